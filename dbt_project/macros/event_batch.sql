@@ -1,0 +1,28 @@
+{#- Rows of raw_events that a run of `model` must (re)process: all of them on a full build, else
+    the arrivals since the newest one already loaded minus the lookback window. -#}
+{% macro event_batch(relation) -%}
+    select *
+    from {{ relation }}
+    {% if is_incremental() -%}
+    where arrived_at > (
+        select coalesce(max(arrived_at), timestamp '1970-01-01')
+            - interval {{ var('lookback_hours') }} hours
+        from {{ this }}
+    )
+    {%- endif %}
+{%- endmacro %}
+
+
+{#- Why a raw event row is unusable, or null when it is fine. One reason per row, first match wins. -#}
+{% macro event_reject_reason() -%}
+    case
+        when event_id is null then 'missing_event_id'
+        when device_id is null then 'missing_device_id'
+        when event_at is null then 'missing_event_at'
+        when event_name not in ('session_start', 'click', 'add_to_cart', 'purchase')
+            then 'unknown_event_name'
+        when event_name = 'purchase' and (value is null or value < 0) then 'invalid_purchase_value'
+        when event_at > arrived_at + interval {{ var('max_clock_skew_hours') }} hours
+            then 'event_after_arrival'
+    end
+{%- endmacro %}

@@ -1,0 +1,130 @@
+"""Strata configuration: one typed settings object, read from the environment.
+
+Every setting has a documented default that makes the embedded, one-machine stack work with no
+configuration at all. Production deployments change settings only (environment variables prefixed
+``STRATA_`` or a ``.env``-style settings file named by ``STRATA_SETTINGS_FILE``), never code.
+
+Usage:
+    >>> from strata.config import Settings
+    >>> s = Settings(home="/tmp/strata-doc")
+    >>> s.catalog_type, s.spark_master
+    ('jdbc', 'local[*]')
+    >>> str(s.warehouse_path)
+    '/tmp/strata-doc/warehouse'
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The repository checkout this package was installed from (editable install), if any.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT: Path | None = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None
+
+
+def _default_home() -> Path:
+    """Local state lives in ``<checkout>/.strata`` (git-ignored), else ``~/.strata``."""
+    return (PROJECT_ROOT or Path.home()) / ".strata"
+
+
+def _default_jars_dir() -> Path:
+    return (PROJECT_ROOT or Path.home() / ".strata") / ".jars"
+
+
+class Settings(BaseSettings):
+    """All knobs of the stack. Field names map to ``STRATA_<NAME>`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STRATA_",
+        env_file=os.environ.get("STRATA_SETTINGS_FILE"),
+        extra="forbid",
+    )
+
+    home: Path = Field(default_factory=_default_home, description="Root of local state.")
+
+    # --- Spark ---------------------------------------------------------------------------
+    spark_master: str = Field("local[*]", description="Spark master URL, e.g. spark://host:7077.")
+    spark_driver_memory: str = Field("6g", description="Driver heap; local mode runs all here.")
+    spark_shuffle_partitions: int = Field(8, ge=1, description="Small default for 2 cores.")
+    spark_local_ip: str = Field("127.0.0.1", description="Bind Spark to loopback by default.")
+    jars_dir: Path = Field(
+        default_factory=_default_jars_dir,
+        description="Folder of JVM jars filled by `make setup` (mvn dependency:copy-dependencies).",
+    )
+
+    # --- Iceberg catalog -----------------------------------------------------------------
+    catalog_name: str = Field(
+        "spark_catalog",
+        description="Catalog name in Spark and pyiceberg (spark_catalog so dbt-spark sees it).",
+    )
+    catalog_type: Literal["jdbc", "rest"] = "jdbc"
+    catalog_uri: str | None = Field(
+        None, description="JDBC SQLite file URI (default <home>/catalog.db) or REST endpoint."
+    )
+    warehouse: str | None = Field(None, description="Warehouse location; default <home>/warehouse.")
+    catalog_credential: SecretStr | None = Field(None, description="REST catalog OAuth credential.")
+    s3_endpoint: str | None = Field(None, description="S3-compatible endpoint (REST catalog).")
+    namespace: str = Field("strata", description="Iceberg namespace (dbt schema) for tables.")
+
+    # --- Redis ---------------------------------------------------------------------------
+    redis_url: str = Field(
+        default_factory=lambda: f"redis://127.0.0.1:{os.environ.get('STRATA_REDIS_PORT', '6390')}/0",
+        description="Lookup table server; default: the local server scripts/redis.sh starts.",
+    )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Redis AUTH password. Default: the local server's generated password file.",
+    )
+
+    @model_validator(mode="after")
+    def _check_rest(self) -> Settings:
+        if self.catalog_type == "rest" and not self.catalog_uri:
+            raise ValueError("STRATA_CATALOG_URI is required when STRATA_CATALOG_TYPE=rest")
+        return self
+
+    # --- Derived locations ---------------------------------------------------------------
+    @property
+    def warehouse_path(self) -> Path:
+        return Path(self.warehouse) if self.warehouse else self.home / "warehouse"
+
+    @property
+    def warehouse_uri(self) -> str:
+        if self.warehouse and "://" in self.warehouse:
+            return self.warehouse
+        return self.warehouse_path.resolve().as_uri()
+
+    @property
+    def catalog_db_path(self) -> Path:
+        return self.home / "catalog.db"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    @property
+    def redis_password_file(self) -> Path:
+        return self.redis_dir / "password"
+
+    def redis_secret(self) -> str | None:
+        """The configured password, else the one the local server was started with."""
+        if self.redis_password is not None:
+            return self.redis_password.get_secret_value()
+        if self.redis_password_file.is_file():
+            return self.redis_password_file.read_text().strip()
+        return None
+
+    def table(self, name: str) -> str:
+        """Fully-qualified Spark name of a Strata table."""
+        return f"{self.catalog_name}.{self.namespace}.{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()

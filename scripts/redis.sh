@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Local Redis lifecycle for the embedded stack: a redis-server on 127.0.0.1, on the project port,
+# with its own directory and a generated password; started, awaited, and stopped by its pid.
+#
+#   scripts/redis.sh start | stop | status
+#
+# Environment: STRATA_HOME (default <repo>/.strata), STRATA_REDIS_PORT (default 6390).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+home=${STRATA_HOME:-$root/.strata}
+port=${STRATA_REDIS_PORT:-6390}
+dir="$home/redis"
+pidfile="$dir/redis-$port.pid"
+pwfile="$dir/password"
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+start() {
+  command -v redis-server >/dev/null || { echo "redis.sh: redis-server not installed (make setup installs it)" >&2; exit 1; }
+  mkdir -p "$dir"
+  if running; then echo "redis: already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
+  [ -s "$pwfile" ] || { umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$pwfile"; }
+  # The password goes in through a config file on stdin, never on the command line (ps shows it).
+  {
+    echo "bind 127.0.0.1"
+    echo "port $port"
+    echo "protected-mode yes"
+    echo "dir $dir"
+    echo "pidfile $pidfile"
+    echo "logfile $dir/redis-$port.log"
+    echo "daemonize yes"
+    echo "save \"\""
+    echo "appendonly no"
+    echo "requirepass $(cat "$pwfile")"
+  } | redis-server -
+  for _ in $(seq 1 100); do
+    if REDISCLI_AUTH=$(cat "$pwfile") redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then
+      echo "redis: ready on 127.0.0.1:$port (pid $(cat "$pidfile"), data in $dir)"; return
+    fi
+    sleep 0.1
+  done
+  echo "redis.sh: redis-server did not answer on 127.0.0.1:$port within 10 s; see $dir/redis-$port.log" >&2
+  exit 1
+}
+
+stop() {
+  if ! running; then echo "redis: not running"; rm -f "$pidfile"; return; fi
+  pid=$(cat "$pidfile")
+  kill "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || { echo "redis: stopped (pid $pid)"; return; }; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  echo "redis: killed (pid $pid)"
+}
+
+status() { if running; then echo "redis: running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; else echo "redis: not running"; exit 3; fi; }
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

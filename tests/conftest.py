@@ -1,0 +1,74 @@
+"""Shared fixtures: one isolated Strata home per test session, one SparkSession, one Redis.
+
+Everything a test touches lives under a temporary STRATA_HOME (Iceberg catalog and warehouse,
+Redis data, Airflow home), so tests never see or damage the demo's data. Servers run on loopback
+on ports of their own and are stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_HOME = Path(tempfile.mkdtemp(prefix="strata-test-"))
+TEST_REDIS_PORT = int(os.environ.get("STRATA_TEST_REDIS_PORT", "6391"))
+
+# Set before anything reads settings or imports Airflow (both read the environment once).
+os.environ.update(
+    {
+        "STRATA_HOME": str(_HOME),
+        "STRATA_REDIS_PORT": str(TEST_REDIS_PORT),
+        "STRATA_REDIS_URL": f"redis://127.0.0.1:{TEST_REDIS_PORT}/0",
+        "STRATA_SPARK_SHUFFLE_PARTITIONS": "4",
+        "STRATA_SPARK_DRIVER_MEMORY": "2g",
+        "AIRFLOW_HOME": str(_HOME / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+)
+os.environ.pop("STRATA_REDIS_PASSWORD", None)
+os.environ.pop("STRATA_SETTINGS_FILE", None)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from strata.config import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    """The one SparkSession of the test run (local mode, Iceberg catalog in the temp home)."""
+    from strata.stack import spark_session
+
+    session = spark_session(settings, app_name="strata-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(settings):
+    """A real redis-server on loopback with a password, started and stopped by the project script."""
+    script = ROOT / "scripts" / "redis.sh"
+    subprocess.run([script, "start"], check=True, capture_output=True)
+    yield settings
+    subprocess.run([script, "stop"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db(settings):
+    """Airflow metadata DB (SQLite) in the temp home, migrated once."""
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True
+    )
+    return Path(os.environ["AIRFLOW_HOME"])

@@ -1,0 +1,35 @@
+"""Redis round trip against a real redis-server on loopback, with and without credentials."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+from strata.errors import StackError
+from strata.health import redis_round_trip
+from strata.stack import redis_client
+
+
+def test_round_trip_with_auth(redis_server):
+    result = redis_round_trip(redis_server)
+    assert result["redis_version"].count(".") == 2
+    assert result["round_trip_ms"] > 0
+
+
+def test_server_refuses_clients_without_password(redis_server):
+    client = redis_client(redis_server, password="")
+    with pytest.raises(redis.AuthenticationError):
+        client.set("strata:probe", "x")
+
+
+def test_wrong_password_is_a_clear_stack_error(redis_server):
+    wrong = redis_server.model_copy(update={"redis_password": SecretStr("not-the-password")})
+    with pytest.raises(StackError, match="refused our credentials"):
+        redis_round_trip(wrong)
+
+
+def test_unreachable_server_names_the_fix(redis_server):
+    elsewhere = redis_server.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with pytest.raises(StackError, match="scripts/redis.sh start"):
+        redis_round_trip(elsewhere)
