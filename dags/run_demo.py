@@ -3,7 +3,8 @@
 `make demo` runs this DAG with `dag.test()`. Stages so far: check the Redis lookup server (an
 authenticated round trip), generate synthetic users/orgs/devices/raw events into Iceberg with
 Spark, then read every table back through Spark and through pyiceberg (no JVM) and require the two
-to agree. Later stages (assignment, publication, aggregates, evaluation) are added here as they land.
+to agree. Later stages (assignment, publication, aggregates, evaluation) are added here as they
+land.
 """
 
 from __future__ import annotations
@@ -38,8 +39,16 @@ def run_demo():
     def generate_data(params: dict | None = None) -> dict:
         from spark_jobs.generate_synthetic import main
 
-        return main(["--users", str(params["users"]), "--days", str(params["days"]),
-                     "--seed", str(params["seed"])])
+        return main(
+            [
+                "--users",
+                str(params["users"]),
+                "--days",
+                str(params["days"]),
+                "--seed",
+                str(params["seed"]),
+            ]
+        )
 
     @task
     def verify_tables(spark_counts: dict) -> dict:
@@ -48,7 +57,9 @@ def run_demo():
 
         py_counts = iceberg_row_counts(TABLES)
         if py_counts != spark_counts:
-            raise DataError(f"Spark and pyiceberg disagree: spark={spark_counts} pyiceberg={py_counts}")
+            raise DataError(
+                f"Spark and pyiceberg disagree: spark={spark_counts} pyiceberg={py_counts}"
+            )
         return py_counts
 
     check_redis() >> verify_tables(generate_data())

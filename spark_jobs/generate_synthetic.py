@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from strata.synthetic import (
     COUNTRIES,
-    EVENT_NAMES,
     ORG_PLANS,
     PLATFORMS,
     GeneratorConfig,
@@ -48,7 +47,7 @@ def _pick(u: Column, values: tuple[str, ...], weights: tuple[float, ...]) -> Col
     total, cum, expr = sum(weights), 0.0, None
     for value, weight in zip(values[:-1], weights[:-1], strict=True):
         cum += weight / total
-        expr = (F.when(u < cum, value) if expr is None else expr.when(u < cum, value))
+        expr = F.when(u < cum, value) if expr is None else expr.when(u < cum, value)
     return F.lit(values[-1]) if expr is None else expr.otherwise(values[-1])
 
 
@@ -265,8 +264,9 @@ def add_mess(clean: DataFrame, cfg: GeneratorConfig) -> DataFrame:
     late_hours = F.floor(u("mess.late_h") * 71) + 1
     events = clean.withColumn(
         "arrived_at",
-        F.when(u("mess.late") < m.late, F.col("event_at") + F.make_interval(hours=late_hours))
-        .otherwise(F.col("arrived_at")),
+        F.when(
+            u("mess.late") < m.late, F.col("event_at") + F.make_interval(hours=late_hours)
+        ).otherwise(F.col("arrived_at")),
     )
     # Unknown units: a device id that is not in `devices` (a foreign id from another app).
     events = events.withColumn(
@@ -298,7 +298,8 @@ def add_mess(clean: DataFrame, cfg: GeneratorConfig) -> DataFrame:
     )
     # Duplicates: the same event delivered again a few minutes later (client retry).
     dups = events.where(
-        F.col("event_id").isNotNull() & (_uniform(seed, "mess.dup", F.col("event_id")) < m.duplicate)
+        F.col("event_id").isNotNull()
+        & (_uniform(seed, "mess.dup", F.col("event_id")) < m.duplicate)
     ).withColumn("arrived_at", F.col("arrived_at") + F.expr("INTERVAL 3 MINUTES"))
     return events.unionByName(dups)
 
@@ -345,7 +346,9 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser.add_argument("--users", type=int, default=GeneratorConfig.users)
     parser.add_argument("--days", type=int, default=GeneratorConfig.days)
     parser.add_argument("--seed", type=int, default=GeneratorConfig.seed)
-    parser.add_argument("--start-date", type=dt.date.fromisoformat, default=GeneratorConfig.start_date)
+    parser.add_argument(
+        "--start-date", type=dt.date.fromisoformat, default=GeneratorConfig.start_date
+    )
     args = parser.parse_args(argv)
     cfg = GeneratorConfig(
         users=args.users, days=args.days, seed=args.seed, start_date=args.start_date

@@ -58,7 +58,7 @@ def spark(settings):
 
 @pytest.fixture(scope="session")
 def redis_server(settings):
-    """A real redis-server on loopback with a password, started and stopped by the project script."""
+    """A real redis-server on loopback with a password, started/stopped by the project script."""
     script = ROOT / "scripts" / "redis.sh"
     subprocess.run([script, "start"], check=True, capture_output=True)
     yield settings
@@ -69,6 +69,8 @@ def redis_server(settings):
 def airflow_db(settings):
     """Airflow metadata DB (SQLite) in the temp home, migrated once."""
     subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        check=True,
+        capture_output=True,
     )
     return Path(os.environ["AIRFLOW_HOME"])

@@ -74,7 +74,9 @@ class Settings(BaseSettings):
 
     # --- Redis ---------------------------------------------------------------------------
     redis_url: str = Field(
-        default_factory=lambda: f"redis://127.0.0.1:{os.environ.get('STRATA_REDIS_PORT', '6390')}/0",
+        default_factory=lambda: (
+            f"redis://127.0.0.1:{os.environ.get('STRATA_REDIS_PORT', '6390')}/0"
+        ),
         description="Lookup table server; default: the local server scripts/redis.sh starts.",
     )
     redis_password: SecretStr | None = Field(

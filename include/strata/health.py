@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from strata.config import Settings, get_settings
 from strata.errors import StackError
 from strata.stack import iceberg_catalog, redis_client
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def redis_round_trip(settings: Settings | None = None) -> dict[str, float | str]:
@@ -24,10 +28,14 @@ def redis_round_trip(settings: Settings | None = None) -> dict[str, float | str]
         elapsed_ms = (time.perf_counter() - started) * 1000
         version = client.info("server")["redis_version"]
     except redis.AuthenticationError as exc:
-        raise StackError(f"Redis at {client.connection_pool.connection_kwargs.get('host')} "
-                         f"refused our credentials: {exc}") from exc
+        raise StackError(
+            f"Redis at {client.connection_pool.connection_kwargs.get('host')} "
+            f"refused our credentials: {exc}"
+        ) from exc
     except redis.ConnectionError as exc:
-        raise StackError(f"Redis is not reachable ({exc}); start it with scripts/redis.sh start") from exc
+        raise StackError(
+            f"Redis is not reachable ({exc}); start it with scripts/redis.sh start"
+        ) from exc
     finally:
         client.close()
     if echoed != value.encode():
@@ -44,3 +52,33 @@ def iceberg_row_counts(tables: list[str], settings: Settings | None = None) -> d
         table = catalog.load_table(f"{settings.namespace}.{name}")
         counts[name] = table.scan().to_arrow().num_rows
     return counts
+
+
+def raw_events_profile(events: pa.Table) -> dict[str, int]:
+    """What a raw events table holds, as counts: the mess a pipeline must handle, made visible.
+
+    ``events`` has the raw events columns (e.g. pyiceberg ``table.scan().to_arrow()``).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from strata.synthetic import EVENT_NAMES
+
+    def count(mask: pa.ChunkedArray) -> int:
+        return int(pc.sum(pc.fill_null(mask, False).cast("int64")).as_py() or 0)
+
+    has_id = pc.is_valid(events["event_id"])
+    lag_us = pc.subtract(events["arrived_at"], events["event_at"]).cast("int64")
+    hour_us = 3600 * 1_000_000
+    return {
+        "rows": events.num_rows,
+        "duplicate_deliveries": count(has_id)
+        - len(pc.unique(pc.filter(events["event_id"], has_id))),
+        "arrived_over_1h_late": count(pc.greater(lag_us, hour_us)),
+        "stamped_over_1d_after_arrival": count(pc.less(lag_us, -24 * hour_us)),
+        "missing_event_id": count(pc.invert(has_id)),
+        "unknown_event_name": count(
+            pc.invert(pc.is_in(events["event_name"], value_set=pa.array(EVENT_NAMES)))
+        ),
+        "negative_value": count(pc.less(events["value"], 0)),
+    }

@@ -39,7 +39,8 @@ def test_dag_files_import_nothing_heavy_at_parse_time():
     code = (
         "import sys, runpy\n"
         f"for p in {[str(p) for p in sorted(DAGS.glob('*.py'))]!r}: runpy.run_path(p)\n"
-        "heavy = [m for m in ('pyspark', 'pyiceberg', 'dbt', 'great_expectations', 'scipy') if m in sys.modules]\n"
+        "heavy = [m for m in ('pyspark', 'pyiceberg', 'dbt', 'great_expectations', 'scipy')"
+        " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

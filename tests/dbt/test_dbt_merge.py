@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,18 @@ def _build(profiles_dir: Path, *extra: str) -> None:
     from dbt.cli.main import dbtRunner
 
     result = dbtRunner().invoke(
-        ["build", "--project-dir", str(PROJECT), "--profiles-dir", str(profiles_dir),
-         "--target-path", str(profiles_dir / "target"), "--log-path", str(profiles_dir / "logs"), *extra]
+        [
+            "build",
+            "--project-dir",
+            str(PROJECT),
+            "--profiles-dir",
+            str(profiles_dir),
+            "--target-path",
+            str(profiles_dir / "target"),
+            "--log-path",
+            str(profiles_dir / "logs"),
+            *extra,
+        ]
     )
     assert result.success, result.exception
 
@@ -40,14 +51,19 @@ def test_incremental_merge_builds_twice(spark, settings, tmp_path):
     old_ids = ", ".join(f"'{r.event_id}'" for r in old)
     spark.sql(f"DELETE FROM {raw} WHERE event_id IN ({old_ids})")
     newest = spark.table(stg).orderBy(F.col("arrived_at").desc()).first()
-    spark.sql(
-        f"""INSERT INTO {raw} VALUES
-        ('new-event-1', 'click', TIMESTAMP '{newest.event_at}', TIMESTAMP '{newest.arrived_at}' + INTERVAL 1 MINUTE,
-         '{newest.device_id}', '{newest.user_id}', '{newest.platform}', '{newest.country}', NULL),
-        ('{newest.event_id}', '{newest.event_name}', TIMESTAMP '{newest.event_at}',
-         TIMESTAMP '{newest.arrived_at}' + INTERVAL 2 MINUTES, '{newest.device_id}', '{newest.user_id}',
-         '{newest.platform}', '{newest.country}', {newest.value if newest.value is not None else 'NULL'})"""
-    )
+    later = newest.asDict()
+    redelivered = later | {"arrived_at": newest.arrived_at + dt.timedelta(minutes=2)}
+    new_event = later | {
+        "event_id": "new-event-1",
+        "event_name": "click",
+        "value": None,
+        "arrived_at": newest.arrived_at + dt.timedelta(minutes=1),
+    }
+    columns = spark.table(raw).columns
+    spark.createDataFrame(
+        [tuple(row[c] for c in columns) for row in (new_event, redelivered)],
+        spark.table(raw).schema,
+    ).writeTo(raw).append()
 
     _build(profiles)
     second = spark.table(stg)
@@ -56,10 +72,20 @@ def test_incremental_merge_builds_twice(spark, settings, tmp_path):
     assert second.where("event_id = 'new-event-1'").count() == 1
     assert second.where(f"event_id = '{newest.event_id}'").count() == 1
     assert second.groupBy("event_id").count().where("count > 1").count() == 0
-    ops = spark.sql(f"SELECT operation FROM {stg}.snapshots WHERE committed_at > TIMESTAMP '{first_snapshot}'")
+    ops = spark.sql(
+        f"SELECT operation FROM {stg}.snapshots WHERE committed_at > TIMESTAMP '{first_snapshot}'"
+    )
     assert [r.operation for r in ops.collect()] == ["overwrite"]  # one MERGE commit, no replace
-    merge_sql = (profiles / "target" / "run" / "strata" / "models" / "staging" / "events"
-                 / "stg_events__events.sql").read_text()
+    merge_sql = (
+        profiles
+        / "target"
+        / "run"
+        / "strata"
+        / "models"
+        / "staging"
+        / "events"
+        / "stg_events__events.sql"
+    ).read_text()
     assert "merge into" in merge_sql.lower()
 
 
@@ -69,11 +95,15 @@ def test_rejects_are_counted_not_dropped(spark, settings, tmp_path):
     raw = spark.table(settings.table("raw_events"))
     valid = spark.table(settings.table("stg_events__events")).count()
     rejects = spark.table(settings.table("stg_events__rejects")).count()
-    duplicate_deliveries = raw.where("event_id IS NOT NULL").count() - raw.where(
-        "event_id IS NOT NULL").select("event_id").distinct().count()
+    duplicate_deliveries = (
+        raw.where("event_id IS NOT NULL").count()
+        - raw.where("event_id IS NOT NULL").select("event_id").distinct().count()
+    )
     assert rejects > 0
     # Every raw row is either a valid event, a quarantined reject, or a repeat delivery.
-    assert raw.count() == valid + rejects + duplicate_deliveries - _rejected_repeats(spark, settings)
+    assert raw.count() == valid + rejects + duplicate_deliveries - _rejected_repeats(
+        spark, settings
+    )
 
 
 def _rejected_repeats(spark, settings) -> int:

@@ -27,7 +27,8 @@ class TestDeterminism:
             assert _rows(again[name].repartition(7)) == _rows(tables[name]), name
         a, b = tables["raw_events"], again["raw_events"].repartition(3)
         assert a.count() == b.count()
-        assert a.exceptAll(b).count() == 0 and b.exceptAll(a).count() == 0
+        assert a.exceptAll(b).count() == 0
+        assert b.exceptAll(a).count() == 0
 
     def test_other_seed_other_rows(self, spark, tables):
         other = build_all(spark, GeneratorConfig(users=4000, days=6, seed=12))["users"]
@@ -37,7 +38,8 @@ class TestDeterminism:
 class TestShapes:
     def test_dimension_tables(self, tables):
         users, devices, orgs = tables["users"], tables["devices"], tables["orgs"]
-        assert users.count() == 4000 and orgs.count() == 200
+        assert users.count() == 4000
+        assert orgs.count() == 200
         assert users.select("user_id").distinct().count() == 4000
         assert devices.select("device_id").distinct().count() == devices.count()
         assert 1.5 < devices.count() / 4000 < 2.5
@@ -78,11 +80,13 @@ class TestPlantedMess:
         assert ev.where(F.col("event_id").isNull()).count() > 0
         assert ev.where(F.col("event_name") == "purchse").count() > 0
         assert ev.where(F.col("value") < 0).count() > 0
-        assert ev.where(F.col("event_at") > F.col("arrived_at") + F.expr("INTERVAL 1 DAY")).count() > 0
+        assert (
+            ev.where(F.col("event_at") > F.col("arrived_at") + F.expr("INTERVAL 1 DAY")).count() > 0
+        )
 
 
 def test_planted_effect_moves_the_treated_units(spark):
-    """Clicks per session rise by the planted 8% in feed_ranking's treatment range (bigger sample)."""
+    """Clicks per session rise by the planted 8% in feed_ranking's treatment range."""
     cfg = GeneratorConfig(users=20_000, days=14, seed=3)
     ev = build_all(spark, cfg)["raw_events"]
     effect = next(e for e in cfg.effects if e.experiment_id == "feed_ranking")

@@ -24,8 +24,9 @@ def test_negative_digests_use_floor_modulo():
     ids = [f"u{i}" for i in range(2000)]
     negative = [i for i in ids if xxhash.xxh64_intdigest(f"s:{i}".encode(), seed=42) >= 1 << 63]
     assert len(negative) > 800
-    differs = sum(slot("s", i) != xxhash.xxh64_intdigest(f"s:{i}".encode(), seed=42) % SLOTS
-                  for i in negative)
+    differs = sum(
+        slot("s", i) != xxhash.xxh64_intdigest(f"s:{i}".encode(), seed=42) % SLOTS for i in negative
+    )
     assert differs > 0.9 * len(negative)
 
 
@@ -36,10 +37,15 @@ def test_python_and_spark_agree_on_every_unit(spark):
 
     ids = [f"unit-{i}" for i in range(20_000)] + ["", "ünïcødé", "with:colon", "x" * 300]
     df = spark.createDataFrame([(i,) for i in ids], "unit_id string")
-    got = {r.unit_id: r.s for r in df.select("unit_id", spark_slot("layer-a", F.col("unit_id")).alias("s")).collect()}
+    got = {
+        r.unit_id: r.s
+        for r in df.select("unit_id", spark_slot("layer-a", F.col("unit_id")).alias("s")).collect()
+    }
     assert got == {i: slot("layer-a", i) for i in ids}
 
 
 def test_slots_are_uniform():
-    counts = np.bincount([slot("uniformity", f"u{i}") // 100 for i in range(100_000)], minlength=100)
+    counts = np.bincount(
+        [slot("uniformity", f"u{i}") // 100 for i in range(100_000)], minlength=100
+    )
     assert stats.chisquare(counts).pvalue > 0.001

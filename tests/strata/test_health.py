@@ -31,5 +31,5 @@ def test_wrong_password_is_a_clear_stack_error(redis_server):
 
 def test_unreachable_server_names_the_fix(redis_server):
     elsewhere = redis_server.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with pytest.raises(StackError, match="scripts/redis.sh start"):
+    with pytest.raises(StackError, match=r"scripts/redis\.sh start"):
         redis_round_trip(elsewhere)

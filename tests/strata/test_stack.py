@@ -32,7 +32,9 @@ class TestSparkAndPyicebergShareTables:
         name = f"{settings.namespace}.stack_py_written"
         if catalog.table_exists(name):
             catalog.drop_table(name)
-        table = catalog.create_table(name, schema=pa.schema([("id", pa.int64()), ("v", pa.float64())]))
+        table = catalog.create_table(
+            name, schema=pa.schema([("id", pa.int64()), ("v", pa.float64())])
+        )
         table.append(pa.table({"id": [1, 2, 3], "v": [0.5, 1.5, None]}))
 
         first = spark.table(settings.table("stack_py_written")).orderBy("id").collect()
@@ -44,7 +46,9 @@ class TestSparkAndPyicebergShareTables:
 
     def test_namespace_is_listed_by_both(self, spark, settings):
         assert (settings.namespace,) in iceberg_catalog(settings).list_namespaces()
-        namespaces = [r[0] for r in spark.sql(f"SHOW NAMESPACES IN {settings.catalog_name}").collect()]
+        namespaces = [
+            r[0] for r in spark.sql(f"SHOW NAMESPACES IN {settings.catalog_name}").collect()
+        ]
         assert settings.namespace in namespaces
 
 
@@ -58,7 +62,9 @@ class TestConfiguration:
             f"jdbc:sqlite:{tmp_path / 'catalog.db'}?"
         )
         assert conf["spark.sql.catalog.spark_catalog.jdbc.schema-version"] == "V1"
-        assert conf["spark.sql.catalog.spark_catalog.warehouse"] == (tmp_path / "warehouse").as_uri()
+        assert (
+            conf["spark.sql.catalog.spark_catalog.warehouse"] == (tmp_path / "warehouse").as_uri()
+        )
 
     def test_rest_catalog_by_configuration_only(self, tmp_path, monkeypatch):
         monkeypatch.setenv("STRATA_CATALOG_TYPE", "rest")
@@ -69,7 +75,9 @@ class TestConfiguration:
         assert conf["spark.sql.catalog.spark_catalog.type"] == "rest"
         assert conf["spark.sql.catalog.spark_catalog.uri"] == "http://127.0.0.1:8181"
         assert conf["spark.sql.catalog.spark_catalog.warehouse"] == "s3://lake/warehouse"
-        assert conf["spark.sql.catalog.spark_catalog.io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
+        assert (
+            conf["spark.sql.catalog.spark_catalog.io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
+        )
 
     def test_rest_without_uri_is_a_clear_error(self, monkeypatch):
         monkeypatch.setenv("STRATA_CATALOG_TYPE", "rest")
