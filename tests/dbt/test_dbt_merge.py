@@ -22,6 +22,9 @@ def _build(profiles_dir: Path, *extra: str) -> None:
     result = dbtRunner().invoke(
         [
             "build",
+            "--select",
+            "stg_events__events",
+            "stg_events__rejects",
             "--project-dir",
             str(PROJECT),
             "--profiles-dir",

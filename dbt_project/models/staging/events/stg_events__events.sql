@@ -38,7 +38,7 @@ select
     arrived_at,
     device_id,
     user_id,
-    platform,
+    coalesce(platform, 'unknown') as platform,
     country,
     cast(value as double) as value
 

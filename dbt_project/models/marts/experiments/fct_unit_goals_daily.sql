@@ -1,0 +1,39 @@
+-- Per unit, experiment, goal, platform and day: how many goal events and their summed value.
+-- Incremental: each run recomputes the last `lookback_days` event dates from the deduplicated
+-- staging events and merges them, so late events are counted exactly once and re-running a day
+-- reproduces it.
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='merge',
+        unique_key=['experiment_id', 'unit_type', 'unit_id', 'goal', 'platform', 'event_date'],
+        partition_by=['event_date'],
+    )
+}}
+
+with
+
+attributed as (
+
+    select * from {{ ref('int_goals_attributed') }}
+    {% if is_incremental() -%}
+    where event_date >= (
+        select date_sub(max(event_date), {{ var('lookback_days') }}) from {{ this }}
+    )
+    {%- endif %}
+
+)
+
+select
+    experiment_id,
+    variant_id,
+    unit_type,
+    unit_id,
+    goal,
+    platform,
+    event_date,
+    count(*) as goal_count,
+    coalesce(sum(value), 0) as goal_value
+
+from attributed
+group by experiment_id, variant_id, unit_type, unit_id, goal, platform, event_date

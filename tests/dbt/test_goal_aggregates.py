@@ -1,0 +1,243 @@
+"""Raw events -> goal aggregates on a hand-built fixture, with hand-computed expected numbers.
+
+One experiment `e1` randomised by user, window 2026-11-02 .. 2026-11-04:
+  u1 (control)   app start 11-02 10:00 -> exposed; clicks 10:01 and 10:02 (the second delivered
+                 twice); purchase 11-03 = 10.0; a click on 11-01 (before the window) and a
+                 purchase on 11-05 (after it) do not count.
+  u2 (treatment) click 11-02 09:00 (before exposure: does not count); app start 12:00 -> exposed;
+                 purchases 12:05 = 20.0 and 11-04 = 5.0.
+  u3 (treatment) assigned, never seen: not exposed, not in any count.
+  u4 (control)   exposed by a LOG event from the endpoint at 11-03 08:00 (no app start); click
+                 09:00; one malformed purchase (negative value) is quarantined, not counted.
+  plus an event from an unknown device, and a LOG line that is not JSON (quarantined).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from spark_jobs.ingest_exposure_logs import ingest
+from strata.stack import write_dbt_profile
+
+PROJECT = Path(__file__).resolve().parents[2] / "dbt_project"
+pytestmark = pytest.mark.slow
+
+T = dt.datetime
+
+
+def ts(day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return T(2026, 11, day, hour, minute)
+
+
+# event_id, name, event_at, arrived_at, device, user, platform, country, value
+EVENTS = [
+    ("u1-click-early", "click", ts(1, 9), ts(1, 9, 1), "d1", "u1", "ios", "US", None),
+    ("u1-start", "session_start", ts(2, 10), ts(2, 10, 1), "d1", "u1", "ios", "US", None),
+    ("u1-click-1", "click", ts(2, 10, 1), ts(2, 10, 2), "d1", "u1", "ios", "US", None),
+    ("u1-click-2", "click", ts(2, 10, 2), ts(2, 10, 3), "d1", "u1", "ios", "US", None),
+    ("u1-click-2", "click", ts(2, 10, 2), ts(2, 10, 9), "d1", "u1", "ios", "US", None),  # again
+    ("u1-buy", "purchase", ts(3, 11), ts(3, 11, 1), "d1", "u1", "ios", "US", 10.0),
+    ("u1-buy-late", "purchase", ts(5, 11), ts(5, 11, 1), "d1", "u1", "ios", "US", 99.0),
+    ("u2-click-pre", "click", ts(2, 9), ts(2, 9, 1), "d2", "u2", "android", "DE", None),
+    ("u2-start", "session_start", ts(2, 12), ts(2, 12, 1), "d2", "u2", "android", "DE", None),
+    ("u2-buy-1", "purchase", ts(2, 12, 5), ts(2, 12, 6), "d2", "u2", "android", "DE", 20.0),
+    ("u2-buy-2", "purchase", ts(4, 8), ts(4, 8, 1), "d2", "u2", "android", "DE", 5.0),
+    ("u4-click", "click", ts(3, 9), ts(3, 9, 1), "d4", "u4", "web", "FR", None),
+    ("u4-bad", "purchase", ts(3, 9, 5), ts(3, 9, 6), "d4", "u4", "web", "FR", -3.0),
+    ("zz-click", "click", ts(3, 9), ts(3, 9, 1), "zz-unknown", None, "web", "FR", None),
+]
+ASSIGNMENTS = [("u1", 0, True), ("u2", 1, False), ("u3", 1, False), ("u4", 0, True)]
+
+
+def _log_event(mid: str, at: dt.datetime, user: str, device: str) -> str:
+    params = {
+        "title": "experiment",
+        "experimentId": "e1",
+        "variantId": "0",
+        "userId": user,
+        "deviceId": device,
+        "url": "",
+    }
+    return json.dumps(
+        {
+            "eid": "LOG",
+            "ets": int(at.replace(tzinfo=dt.UTC).timestamp() * 1000),
+            "ver": "3.0",
+            "mid": mid,
+            "actor": {"id": "", "type": "System"},
+            "edata": {"type": "api_access", "params": [params]},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def fixture_tables(spark, settings, tmp_path_factory):
+    table = settings.table
+    spark.createDataFrame(
+        EVENTS,
+        "event_id string, event_name string, event_at timestamp, arrived_at timestamp, "
+        "device_id string, user_id string, platform string, country string, value double",
+    ).writeTo(table("raw_events")).using("iceberg").createOrReplace()
+    spark.createDataFrame(
+        [
+            (
+                "user_id",
+                u,
+                "e1",
+                vid,
+                "control" if ctl else "treatment",
+                ctl,
+                "l1",
+                "d",
+                100,
+                None,
+                0,
+                "{}",
+                "v1",
+                "r1",
+                ts(1, 0),
+            )
+            for u, vid, ctl in ASSIGNMENTS
+        ],
+        "unit_type string, unit_id string, experiment_id string, variant_id int, "
+        "variant_name string, is_control boolean, layer_id string, domain_id string, "
+        "layer_priority int, service string, slot int, params string, "
+        "definitions_version string, run_id string, assigned_at timestamp",
+    ).writeTo(table("assignments")).using("iceberg").createOrReplace()
+    spark.createDataFrame(
+        [
+            (
+                "e1",
+                "E1",
+                "me",
+                "",
+                "l1",
+                "d",
+                "user_id",
+                "running",
+                dt.date(2026, 11, 2),
+                dt.date(2026, 11, 4),
+                "key-e1",
+                ["ios"],
+                "[]",
+                "[]",
+                "v1",
+            )
+        ],
+        "experiment_id string, name string, owner string, description string, layer_id string, "
+        "domain_id string, unit_type string, status string, start_date date, end_date date, "
+        "deployment_key string, platforms array<string>, variants string, metrics string, "
+        "definitions_version string",
+    ).writeTo(table("experiments")).using("iceberg").createOrReplace()
+    spark.sql(f"DROP TABLE IF EXISTS {table('exposure_logs')}")
+    spark.sql(f"DROP TABLE IF EXISTS {table('exposure_log_rejects')}")
+    landing = tmp_path_factory.mktemp("landing")
+    day = landing / "date=2026-11-03"
+    day.mkdir()
+    line = _log_event("m-u4", ts(3, 8), "u4", "d4")
+    (day / "part-0.jsonl").write_text(f"{line}\n{line}\nthis is not json\n")  # dup + garbage
+    result = ingest(spark, landing, table)
+    assert (result.read, result.merged, result.rejected) == (3, 1, 1)
+    return landing
+
+
+def _build(settings, tmp_path: Path, *extra: str) -> None:
+    from dbt.cli.main import dbtRunner
+
+    profiles = write_dbt_profile(settings, tmp_path)
+    result = dbtRunner().invoke(
+        [
+            "build",
+            "--project-dir",
+            str(PROJECT),
+            "--profiles-dir",
+            str(profiles),
+            "--target-path",
+            str(tmp_path / "target"),
+            "--log-path",
+            str(tmp_path / "logs"),
+            *extra,
+        ]
+    )
+    assert result.success, result.exception
+
+
+def _aggregates(spark, settings, as_of: str) -> dict[tuple, tuple]:
+    rows = spark.sql(
+        f"""SELECT exp_variant_id, goal, count, sum_sqr_count, sum_value, sum_sqr_value,
+                   count_unique
+            FROM {settings.table("goal_aggregates")}
+            WHERE as_of_date = DATE '{as_of}' AND platform = '' AND exp_id = 'e1'"""
+    ).collect()
+    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+
+def test_hand_computed_aggregates(spark, settings, fixture_tables, tmp_path):
+    _build(settings, tmp_path, "--full-refresh")
+
+    #                       count  sum_sqr_count  sum_value  sum_sqr_value  count_unique
+    assert _aggregates(spark, settings, "2026-11-02") == {
+        (0, "exposure"): (1, 1, 0.0, 0.0, 1),
+        (0, "session_start"): (1, 1, 0.0, 0.0, 1),
+        (0, "click"): (2, 4, 0.0, 0.0, 1),
+        (1, "exposure"): (1, 1, 0.0, 0.0, 1),
+        (1, "session_start"): (1, 1, 0.0, 0.0, 1),
+        (1, "purchase"): (1, 1, 20.0, 400.0, 1),
+    }
+    assert _aggregates(spark, settings, "2026-11-04") == {
+        (0, "exposure"): (2, 2, 0.0, 0.0, 2),
+        (0, "session_start"): (1, 1, 0.0, 0.0, 1),
+        (0, "click"): (3, 5, 0.0, 0.0, 2),
+        (0, "purchase"): (1, 1, 10.0, 100.0, 1),
+        (1, "exposure"): (1, 1, 0.0, 0.0, 1),
+        (1, "session_start"): (1, 1, 0.0, 0.0, 1),
+        (1, "purchase"): (2, 4, 25.0, 625.0, 1),
+    }
+    exposed = {
+        r.unit_id: r.exposure_source
+        for r in spark.table(settings.table("int_units_exposed")).collect()
+    }
+    assert exposed == {"u1": "app_start", "u2": "app_start", "u4": "log"}
+    rejects = spark.table(settings.table("stg_events__rejects")).collect()
+    assert [(r.event_id, r.reject_reason) for r in rejects] == [
+        ("u4-bad", "invalid_purchase_value")
+    ]
+    by_platform = spark.sql(
+        f"""SELECT platform, count FROM {settings.table("goal_aggregates")}
+            WHERE as_of_date = DATE '2026-11-04' AND goal = 'click' AND exp_variant_id = 0"""
+    ).collect()
+    assert sorted(map(tuple, by_platform)) == [("", 3), ("ios", 2), ("web", 1)]
+
+
+def test_rerun_is_idempotent_and_late_events_count_once(spark, settings, fixture_tables, tmp_path):
+    _build(settings, tmp_path, "--full-refresh")
+    before = _aggregates(spark, settings, "2026-11-04")
+    _build(settings, tmp_path)  # nothing new arrived: identical numbers
+    assert _aggregates(spark, settings, "2026-11-04") == before
+
+    # Two late arrivals: a purchase of 11-04 (inside the marts' 1-day lookback: counted once, even
+    # when delivered twice) and a click of 11-02 (outside it: in staging, not yet aggregated —
+    # a --full-refresh picks it up).
+    spark.createDataFrame(
+        [
+            ("u2-buy-3", "purchase", ts(4, 20), ts(6, 1), "d2", "u2", "android", "DE", 7.0),
+            ("u2-buy-3", "purchase", ts(4, 20), ts(6, 2), "d2", "u2", "android", "DE", 7.0),
+            ("u1-click-3", "click", ts(2, 11), ts(6, 1), "d1", "u1", "ios", "US", None),
+        ],
+        spark.table(settings.table("raw_events")).schema,
+    ).writeTo(settings.table("raw_events")).append()
+    _build(settings, tmp_path, "--vars", "{lookback_days: 1}")
+    after = _aggregates(spark, settings, "2026-11-04")
+    assert after[(1, "purchase")] == (3, 9, 32.0, 32.0**2, 1)
+    assert after[(0, "click")] == before[(0, "click")]
+    assert (
+        spark.table(settings.table("stg_events__events")).where("event_id = 'u1-click-3'").count()
+        == 1
+    )
+
+    _build(settings, tmp_path, "--full-refresh")
+    assert _aggregates(spark, settings, "2026-11-04")[(0, "click")] == (4, 10, 0.0, 0.0, 2)
