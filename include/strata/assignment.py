@@ -1,0 +1,155 @@
+"""Layered assignment, the pure-Python reference (the Spark job must agree with it on every unit).
+
+For one unit (its type, id and targeting context):
+
+1. **Domains first** (seed 003): a layer is reachable only when the unit is in every domain on the
+   path from ``global`` to the layer's domain (``slot(domain.salt, unit_id)`` in the domain's
+   slots). Domain membership is hashed on the unit id of the layer's own unit type.
+2. **Each layer independently**: ``slot(layer.salt, unit_id)`` picks at most one variant — the one
+   whose ``[start, end)`` holds the slot, of a *running* experiment whose targeting rule matches
+   the context. A unit in an experiment's range that the rule does not match is in no experiment
+   of that layer (slots never fall through to another experiment).
+3. **Parameters** (seed 002): per service, the params of the unit's variants in layers scoped to
+   that service (or to every service) are deep-merged in layer order — ascending ``priority``, then
+   layer id — so on a conflict the **higher priority wins**. This answers seed 004's open question
+   on priority order. Nested mappings merge key by key; any other value (lists included) replaces.
+
+Usage:
+    >>> from strata.definitions import bundled_path, load
+    >>> defs = load(bundled_path())
+    >>> ctx = {"age": 30, "country": "US", "is_premium": False, "org_plan": "free",
+    ...        "org_seats": 10}
+    >>> rows = assign_unit(defs, "user_id", "u00000042", ctx)
+    >>> [(r.experiment_id, r.variant_name) for r in rows]  # doctest: +NORMALIZE_WHITESPACE
+    [('checkout_button', 'treatment'), ('onboarding_tour', 'control'),
+     ('upsell_banner', 'treatment')]
+    >>> view = service_view(rows, ["checkout"])["checkout"]
+    >>> view["parameters"]["button"], view["vids"], view["matched_layers"]
+    ({'text': 'Buy now', 'color': 'green'}, [2002, 1002], ['upsell', 'checkout'])
+    >>> deep_merge({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": [1]})
+    {'a': {'x': 1, 'y': 3}, 'b': [1]}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from strata.bucketing import slot
+from strata.rules import evaluate
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from strata.definitions import Definitions, Layer
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One row of the ``assignments`` table (without the run columns)."""
+
+    unit_type: str
+    unit_id: str
+    experiment_id: str
+    variant_id: int
+    variant_name: str
+    is_control: bool
+    layer_id: str
+    domain_id: str
+    layer_priority: int
+    service: str | None
+    slot: int
+    params: str  # canonical JSON
+
+    def key(self) -> tuple[Any, ...]:
+        return tuple(self.__dict__.values())
+
+
+def in_domain(defs: Definitions, domain_id: str, unit_id: str) -> bool:
+    """Is the unit inside ``domain_id`` (and every domain enclosing it)?"""
+    return all(d.start <= slot(d.salt, unit_id) < d.end for d in defs.domain_chain(domain_id))
+
+
+def assign_layer(
+    defs: Definitions, layer: Layer, unit_id: str, context: Mapping[str, Any]
+) -> Assignment | None:
+    """The unit's variant in one layer, or None."""
+    if not in_domain(defs, layer.domain, unit_id):
+        return None
+    s = slot(layer.salt, unit_id)
+    for e in defs.layer_experiments(layer.id):
+        if not e.assigned:
+            continue
+        for v in e.variants:
+            if v.start <= s < v.end:
+                if not evaluate(e.targeting, context):
+                    return None
+                return Assignment(
+                    layer.unit_type,
+                    unit_id,
+                    e.id,
+                    v.vid,
+                    v.name,
+                    v.is_control,
+                    layer.id,
+                    layer.domain,
+                    layer.priority,
+                    layer.service,
+                    s,
+                    v.params_json,
+                )
+    return None
+
+
+def assign_unit(
+    defs: Definitions, unit_type: str, unit_id: str, context: Mapping[str, Any]
+) -> list[Assignment]:
+    """Every experiment the unit is in, sorted by experiment id."""
+    if unit_id is None:
+        raise ValueError(f"unit_id is None for unit type {unit_type!r}")
+    rows = [
+        a
+        for layer in defs.layers
+        if layer.unit_type == unit_type
+        and (a := assign_layer(defs, layer, unit_id, context)) is not None
+    ]
+    return sorted(rows, key=lambda a: a.experiment_id)
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge: mappings merge key by key, anything else in ``override`` replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def merge_order(assignments: Iterable[Assignment]) -> list[Assignment]:
+    """Seed 002's merge order: ascending layer priority, then layer id (later wins)."""
+    return sorted(assignments, key=lambda a: (a.layer_priority, a.layer_id))
+
+
+def service_view(
+    assignments: Iterable[Assignment], services: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Seed 002's response ``results``: per service the merged params, vids and matched layers.
+
+    A layer with no service scope applies to every service.
+    """
+    rows = merge_order(assignments)
+    out: dict[str, dict[str, Any]] = {}
+    for svc in services:
+        params: dict[str, Any] = {}
+        vids, layers = [], []
+        for a in rows:
+            if a.service is None or a.service == svc:
+                params = deep_merge(params, json.loads(a.params))
+                vids.append(a.variant_id)
+                layers.append(a.layer_id)
+        out[svc] = {"parameters": params, "vids": vids, "matched_layers": layers}
+    return out

@@ -1,0 +1,782 @@
+"""Experiment definitions: YAML files -> validated, resolved, immutable objects.
+
+A definitions folder holds YAML files; each file is a mapping with any of the lists ``domains``,
+``layers`` and ``experiments`` (the format is documented in ``docs/definitions.md`` and by the JSON
+Schema in ``strata/schemas/definitions.schema.json``, generated from :class:`DefinitionFile`).
+
+- **Domains** (seed 003) split traffic first: a unit is in domain ``d`` when it is in ``d``'s parent
+  (the implicit root domain ``global`` holds everything) and ``slot(d.salt, unit_id)`` falls in
+  ``d.slots``. Sibling domains share one salt and never overlap, so each unit is in at most one.
+  ``overlapping`` domains hold any number of layers; ``non_overlapping`` ones exactly one.
+- **Layers** hash units by ``unit_type`` with their own salt, so layers are independent; the
+  ``launch`` layer lives in ``global`` and overlaps everything.
+- **Experiments** in a layer are mutually exclusive: their variants own disjoint slot ranges, given
+  explicitly (``start``/``end``) or as ``weight`` shares of the experiment's ``slots``.
+
+Validation (:func:`load`) reports every problem as ``file: path: message`` and raises
+:class:`DefinitionError` holding them all.
+
+Usage:
+    >>> from strata.definitions import bundled_path, load
+    >>> defs = load(bundled_path())
+    >>> sorted(e.id for e in defs.experiments)[:3]
+    ['checkout_button', 'dark_mode', 'feed_density']
+    >>> [(v.name, v.start, v.end) for v in defs.experiment("price_display").variants]
+    [('control', 0, 2000), ('treatment', 2000, 4000)]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from strata.bucketing import SLOTS
+from strata.errors import StrataError
+from strata.rules import Rule, RuleNode, from_node
+
+#: The implicit root domain: all traffic. The launch layer and top-level domains live in it.
+ROOT_DOMAIN = "global"
+UNIT_TYPES = ("device_id", "user_id", "url")
+STATUSES = ("draft", "running", "stopped")
+#: Experiments in these statuses get units assigned.
+ASSIGNED_STATUSES = ("running",)
+METRIC_ROLES = ("primary", "guardrail", "secondary")
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "definitions.schema.json"
+_ID = r"^[a-z][a-z0-9_]*$"
+_EXTENSIONS = (".yaml", ".yml")
+
+UnitType = Literal["device_id", "user_id", "url"]
+
+
+class DefinitionError(StrataError):
+    """Definitions that do not validate; ``problems`` holds one ``file: path: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# --- ep-stats metric expressions --------------------------------------------------------------
+
+#: ep-stats goal: ``agg(unit_type.level.goal)`` or with dimensions ``...goal(dim=value, ...)``.
+_GOAL = (
+    r"(?:count|value|unique|sum_sqr_count|sum_sqr_value)\(\s*[A-Za-z_]\w*\s*\.\s*(?:unit|global)"
+    r"\s*\.\s*[A-Za-z_]\w*(?:\s*\(\s*[A-Za-z_]\w*\s*=\s*[^(),=]+"
+    r"(?:\s*,\s*[A-Za-z_]\w*\s*=\s*[^(),=]+)*\s*\))?\s*\)"
+)
+_TOKEN = re.compile(rf"\s*(?:(?P<goal>{_GOAL})|(?P<num>\d+(?:\.\d+)?)|(?P<op>[-+*/])|(?P<p>[()]))")
+
+
+def check_metric_expression(expr: str) -> None:
+    """Shape check of an ep-stats metric expression (the stats engine parses it fully).
+
+    Usage:
+        >>> check_metric_expression("value(user.unit.purchase) / count(user.global.exposure)")
+        >>> check_metric_expression("count(user.unit.purchase")
+        Traceback (most recent call last):
+        ...
+        ValueError: not an ep-stats expression at 'count(user.unit.purchase': ...
+    """
+    pos, depth, expect_operand = 0, 0, True
+    while pos < len(expr.rstrip()):
+        m = _TOKEN.match(expr, pos)
+        if not m:
+            raise ValueError(
+                f"not an ep-stats expression at {expr[pos:].strip()!r}: expected a goal like "
+                "count(user.unit.purchase), a number, + - * / or parentheses"
+            )
+        kind = m.lastgroup
+        token = m.group(kind).strip()
+        if kind in ("goal", "num") or token == "(":
+            if not expect_operand:
+                raise ValueError(f"missing operator before {token!r} in {expr!r}")
+            depth += token == "("
+            expect_operand = token == "("
+        elif token == ")":
+            if expect_operand or depth == 0:
+                raise ValueError(f"unbalanced or empty parentheses in {expr!r}")
+            depth -= 1
+        elif expect_operand:
+            raise ValueError(f"operator {token!r} without a left operand in {expr!r}")
+        else:
+            expect_operand = True
+        pos = m.end()
+    if expect_operand or depth:
+        raise ValueError(f"incomplete expression {expr!r}")
+
+
+# --- pydantic models: the file format ---------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class DomainModel(_Strict):
+    """A share of traffic (seed 003). Siblings share ``salt`` and own disjoint ``slots``."""
+
+    id: str = Field(pattern=_ID)
+    name: str | None = None
+    description: str = ""
+    parent: str = Field(ROOT_DOMAIN, description="Enclosing domain (nested domains).")
+    salt: str = Field(min_length=1, description="Salt of the split among sibling domains.")
+    slots: tuple[int, int] = Field(description="[start, end) of the parent's split, in 0..10000.")
+    kind: Literal["overlapping", "non_overlapping"] = "overlapping"
+
+
+class LayerModel(_Strict):
+    """Experiments in a layer are mutually exclusive; layers are independent (own salt)."""
+
+    id: str = Field(pattern=_ID)
+    description: str = ""
+    domain: str = ROOT_DOMAIN
+    salt: str = Field(min_length=1)
+    unit_type: UnitType = Field(description="Hash key: device_id, user_id or url.")
+    priority: int = Field(description="Parameter merge order: higher priority wins conflicts.")
+    service: str | None = Field(None, description="Service scope; null = every service.")
+    launch: bool = Field(False, description="The launch layer: overlaps all traffic.")
+
+
+class MetricModel(_Strict):
+    """An ep-stats metric: ``nominator / denominator`` over goals, and its role."""
+
+    id: str = Field(pattern=_ID)
+    name: str
+    nominator: str
+    denominator: str
+    role: Literal["primary", "guardrail", "secondary"] = "secondary"
+
+    @model_validator(mode="after")
+    def _expressions(self) -> MetricModel:
+        check_metric_expression(self.nominator)
+        check_metric_expression(self.denominator)
+        return self
+
+
+class VariantModel(_Strict):
+    """A variant (seed 002 ``vid``): either a ``weight`` or an explicit ``[start, end)``."""
+
+    vid: int = Field(ge=1)
+    name: str = Field(min_length=1)
+    is_control: bool = False
+    weight: float | None = Field(None, gt=0)
+    start: int | None = None
+    end: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _range(self) -> VariantModel:
+        explicit = (self.start is not None, self.end is not None)
+        if self.weight is not None and any(explicit):
+            raise ValueError("give either weight or start/end, not both")
+        if self.weight is None and not all(explicit):
+            raise ValueError("give a weight, or both start and end")
+        if all(explicit):
+            _check_range(self.start, self.end)  # type: ignore[arg-type]
+        return self
+
+
+class ExperimentModel(_Strict):
+    """One experiment: where it runs, who it targets, its variants and its metrics."""
+
+    id: str = Field(pattern=_ID)
+    name: str
+    owner: str
+    description: str = ""
+    layer: str
+    status: Literal["draft", "running", "stopped"] = "draft"
+    start_date: dt.date
+    end_date: dt.date
+    platforms: list[str] = Field(default_factory=list, description="Channels (seed 003/004).")
+    key: str | None = Field(None, description="Seed 004 deployment key / portal folder id.")
+    slots: tuple[int, int] | None = Field(None, description="Range split by variant weights.")
+    targeting: RuleNode | None = None
+    variants: list[VariantModel] = Field(min_length=2)
+    metrics: list[MetricModel] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentModel:
+        if self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        controls = [v.name for v in self.variants if v.is_control]
+        if not controls:
+            raise ValueError("no control variant: mark one variant is_control: true")
+        if len(controls) > 1:
+            raise ValueError(f"more than one control variant: {controls}")
+        weighted = [v.weight is not None for v in self.variants]
+        if any(weighted) and not all(weighted):
+            raise ValueError("variants mix weights and explicit start/end; use one style")
+        if all(weighted) and self.slots is None:
+            raise ValueError("weighted variants need the experiment's slots: [start, end)")
+        if not any(weighted) and self.slots is not None:
+            raise ValueError("slots is only for weighted variants; explicit ranges give their own")
+        if self.slots is not None:
+            _check_range(*self.slots)
+        return self
+
+
+class DefinitionFile(_Strict):
+    """One YAML file of a definitions folder."""
+
+    domains: list[DomainModel] = Field(default_factory=list)
+    layers: list[LayerModel] = Field(default_factory=list)
+    experiments: list[ExperimentModel] = Field(default_factory=list)
+
+
+def _check_range(start: int, end: int) -> None:
+    if not (0 <= start < end <= SLOTS):
+        raise ValueError(f"range [{start}, {end}) is not inside [0, {SLOTS}) or is empty")
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a definitions file (committed as ``schemas/definitions.schema.json``)."""
+    schema = DefinitionFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Strata experiment definitions file"
+    return schema
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+# --- resolved definitions: dataclasses inside -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Domain:
+    id: str
+    name: str
+    description: str
+    parent: str
+    salt: str
+    start: int
+    end: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    id: str
+    description: str
+    domain: str
+    salt: str
+    unit_type: str
+    priority: int
+    service: str | None
+    launch: bool
+
+
+@dataclass(frozen=True)
+class Variant:
+    vid: int
+    name: str
+    is_control: bool
+    weight: float
+    start: int
+    end: int
+    params: dict[str, Any]
+
+    @property
+    def params_json(self) -> str:
+        return canonical_json(self.params)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    name: str
+    owner: str
+    description: str
+    layer: str
+    status: str
+    start_date: dt.date
+    end_date: dt.date
+    platforms: tuple[str, ...]
+    key: str | None
+    targeting: Rule | None
+    targeting_json: dict[str, Any] | None
+    variants: tuple[Variant, ...]
+    metrics: tuple[dict[str, Any], ...]
+
+    @property
+    def assigned(self) -> bool:
+        return self.status in ASSIGNED_STATUSES
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """A validated definitions set; ``version`` hashes its canonical content."""
+
+    domains: tuple[Domain, ...]
+    layers: tuple[Layer, ...]
+    experiments: tuple[Experiment, ...]
+    version: str
+
+    def domain(self, domain_id: str) -> Domain:
+        return next(d for d in self.domains if d.id == domain_id)
+
+    def layer(self, layer_id: str) -> Layer:
+        return next(lay for lay in self.layers if lay.id == layer_id)
+
+    def experiment(self, experiment_id: str) -> Experiment:
+        return next(e for e in self.experiments if e.id == experiment_id)
+
+    def domain_chain(self, domain_id: str) -> list[Domain]:
+        """The domains a unit must be in to reach ``domain_id``, outermost first."""
+        chain = []
+        while domain_id != ROOT_DOMAIN:
+            d = self.domain(domain_id)
+            chain.append(d)
+            domain_id = d.parent
+        return chain[::-1]
+
+    def layer_experiments(self, layer_id: str) -> list[Experiment]:
+        return [e for e in self.experiments if e.layer == layer_id]
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces: the same params always give the same string.
+
+    Usage:
+        >>> canonical_json({"b": 1, "a": {"y": [1, 2], "x": None}})
+        '{"a":{"x":null,"y":[1,2]},"b":1}'
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _weighted_ranges(start: int, end: int, weights: list[float]) -> list[tuple[int, int]]:
+    """Split ``[start, end)`` by weights; boundaries are floors of cumulative shares."""
+    total, cum, bounds = sum(weights), 0.0, [start]
+    for w in weights[:-1]:
+        cum += w
+        bounds.append(start + int((end - start) * cum / total))
+    bounds.append(end)
+    return list(itertools.pairwise(bounds))
+
+
+# --- loading and validation -------------------------------------------------------------------
+
+
+@dataclass
+class _Located:
+    file: str
+    path: str
+    model: Any
+
+
+def definition_files(path: Path) -> list[Path]:
+    """The YAML files of a definitions file or folder (recursive, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DefinitionError([f"{path}: no such file or folder"])
+    files = sorted(p for p in path.rglob("*") if p.suffix in _EXTENSIONS and p.is_file())
+    if not files:
+        raise DefinitionError([f"{path}: no .yaml/.yml definition files in this folder"])
+    return files
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _parse_file(path: Path, shown: str, problems: list[str]) -> DefinitionFile | None:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "<root>"
+        problems.append(f"{shown}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}")
+        return None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{shown}: <root>: expected a mapping of domains/layers/experiments")
+        return None
+    try:
+        return DefinitionFile.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] in ("extra_forbidden",):
+                msg = "unknown field"
+            problems.append(f"{shown}: {_loc(err['loc'])}: {msg}")
+        return None
+
+
+def load(path: Path | str, *, root: Path | None = None) -> Definitions:
+    """Read, validate and resolve a definitions file or folder.
+
+    Raises :class:`DefinitionError` listing every problem (``file: path: message``).
+    """
+    path = Path(path)
+    problems: list[str] = []
+    files = definition_files(path)
+    base = root or (path if path.is_dir() else path.parent)
+    domains: list[_Located] = []
+    layers: list[_Located] = []
+    experiments: list[_Located] = []
+    for f in files:
+        shown = str(f.relative_to(base)) if f.is_relative_to(base) else str(f)
+        parsed = _parse_file(f, shown, problems)
+        if parsed is None:
+            continue
+        domains += [_Located(shown, f"domains[{i}]", d) for i, d in enumerate(parsed.domains)]
+        layers += [_Located(shown, f"layers[{i}]", lay) for i, lay in enumerate(parsed.layers)]
+        experiments += [
+            _Located(shown, f"experiments[{i}]", e) for i, e in enumerate(parsed.experiments)
+        ]
+    if problems:
+        raise DefinitionError(problems)
+    _cross_check(domains, layers, experiments, problems)
+    if problems:
+        raise DefinitionError(problems)
+    return _resolve(domains, layers, experiments)
+
+
+def _where(x: _Located, suffix: str = "") -> str:
+    return f"{x.file}: {x.path}{suffix}"
+
+
+def _duplicates(items: list[_Located], kind: str, key: str, problems: list[str]) -> None:
+    seen: dict[Any, _Located] = {}
+    for x in items:
+        value = getattr(x.model, key)
+        if value in seen:
+            first = seen[value]
+            problems.append(
+                f"{_where(x, '.' + key)}: duplicate {kind} {key} {value!r} "
+                f"(first defined at {_where(first)})"
+            )
+        else:
+            seen[value] = x
+
+
+def _overlaps(
+    ranges: list[tuple[int, int, str, _Located]], container: str, problems: list[str]
+) -> None:
+    """Report overlapping [start, end) ranges (sorted sweep) and a total over 100%."""
+    total = sum(end - start for start, end, _, _ in ranges)
+    if total > SLOTS:
+        names = ", ".join(sorted({name for _, _, name, _ in ranges}))
+        problems.append(
+            f"{_where(ranges[0][3])}: {container} is over 100%: {total / SLOTS:.2%} of slots "
+            f"({names})"
+        )
+    ordered = sorted(ranges, key=lambda r: (r[0], r[1]))
+    for (s1, e1, n1, x1), (s2, e2, n2, x2) in itertools.pairwise(ordered):
+        if s2 < e1:
+            problems.append(
+                f"{_where(x2)}: {n2} [{s2}, {e2}) overlaps {n1} [{s1}, {e1}) "
+                f"(at {_where(x1)}) in {container}"
+            )
+
+
+def _cross_check(
+    domains: list[_Located],
+    layers: list[_Located],
+    experiments: list[_Located],
+    problems: list[str],
+) -> None:
+    _duplicates(domains, "domain", "id", problems)
+    _duplicates(layers, "layer", "id", problems)
+    _duplicates(layers, "layer", "salt", problems)
+    _duplicates(experiments, "experiment", "id", problems)
+    variants = [
+        _Located(e.file, f"{e.path}.variants[{i}]", v)
+        for e in experiments
+        for i, v in enumerate(e.model.variants)
+    ]
+    _duplicates(variants, "variant", "vid", problems)
+    for e in experiments:
+        names = [
+            _Located(e.file, f"{e.path}.variants[{i}]", v) for i, v in enumerate(e.model.variants)
+        ]
+        _duplicates(names, "variant", "name", problems)
+        _duplicates(
+            [_Located(e.file, f"{e.path}.metrics[{i}]", m) for i, m in enumerate(e.model.metrics)],
+            "metric",
+            "id",
+            problems,
+        )
+
+    domain_by_id = {d.model.id: d for d in domains}
+    if ROOT_DOMAIN in domain_by_id:
+        problems.append(f"{_where(domain_by_id[ROOT_DOMAIN], '.id')}: {ROOT_DOMAIN!r} is reserved")
+    # Domains: parents exist, no cycles, siblings share a salt, no overlap, <= 100%.
+    children: dict[str, list[_Located]] = defaultdict(list)
+    for d in domains:
+        if d.model.parent != ROOT_DOMAIN and d.model.parent not in domain_by_id:
+            problems.append(f"{_where(d, '.parent')}: unknown domain {d.model.parent!r}")
+            continue
+        children[d.model.parent].append(d)
+    for d in domains:
+        seen, cur = {d.model.id}, d.model.parent
+        while cur != ROOT_DOMAIN and cur in domain_by_id:
+            if cur in seen:
+                problems.append(f"{_where(d, '.parent')}: domain nesting cycle through {cur!r}")
+                break
+            seen.add(cur)
+            cur = domain_by_id[cur].model.parent
+    for parent, kids in children.items():
+        salts = sorted({k.model.salt for k in kids})
+        if len(salts) > 1:
+            problems.append(
+                f"{_where(kids[0], '.salt')}: sibling domains in {parent!r} must share one split "
+                f"salt, found {salts}"
+            )
+        _overlaps(
+            [(*k.model.slots, f"domain {k.model.id!r}", k) for k in kids],
+            f"domain {parent!r}",
+            problems,
+        )
+    # Layers: known domain, launch layer rules, non-overlapping domains hold one layer.
+    layer_by_id = {lay.model.id: lay for lay in layers}
+    per_domain: dict[str, list[_Located]] = defaultdict(list)
+    for lay in layers:
+        m = lay.model
+        if m.domain != ROOT_DOMAIN and m.domain not in domain_by_id:
+            problems.append(f"{_where(lay, '.domain')}: unknown domain {m.domain!r}")
+        if m.launch and m.domain != ROOT_DOMAIN:
+            problems.append(
+                f"{_where(lay, '.domain')}: the launch layer must be in {ROOT_DOMAIN!r}"
+            )
+        per_domain[m.domain].append(lay)
+    for did, lays in per_domain.items():
+        d = domain_by_id.get(did)
+        if d is not None and d.model.kind == "non_overlapping" and len(lays) > 1:
+            problems.append(
+                f"{_where(lays[1])}: non_overlapping domain {did!r} holds one layer, found "
+                f"{sorted(x.model.id for x in lays)}"
+            )
+    launch = [lay for lay in layers if lay.model.launch]
+    if len(launch) > 1:
+        problems.append(f"{_where(launch[1], '.launch')}: more than one launch layer")
+    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%.
+    per_layer: dict[str, list[tuple[int, int, str, _Located]]] = defaultdict(list)
+    for e in experiments:
+        m = e.model
+        if m.layer not in layer_by_id:
+            problems.append(f"{_where(e, '.layer')}: unknown layer {m.layer!r}")
+            continue
+        for i, (start, end) in enumerate(_variant_ranges(m)):
+            per_layer[m.layer].append(
+                (start, end, f"{m.id}/{m.variants[i].name}", _Located(e.file, e.path, m))
+            )
+    for lid, ranges in per_layer.items():
+        _overlaps(ranges, f"layer {lid!r}", problems)
+
+
+def _variant_ranges(m: ExperimentModel) -> list[tuple[int, int]]:
+    if m.slots is not None:
+        return _weighted_ranges(*m.slots, [v.weight or 0.0 for v in m.variants])
+    return [(v.start, v.end) for v in m.variants]  # type: ignore[misc]
+
+
+def _resolve(
+    domains: list[_Located], layers: list[_Located], experiments: list[_Located]
+) -> Definitions:
+    ds = tuple(
+        Domain(
+            m.id, m.name or m.id, m.description, m.parent, m.salt, m.slots[0], m.slots[1], m.kind
+        )
+        for m in sorted((d.model for d in domains), key=lambda m: m.id)
+    )
+    ls = tuple(
+        Layer(m.id, m.description, m.domain, m.salt, m.unit_type, m.priority, m.service, m.launch)
+        for m in sorted((lay.model for lay in layers), key=lambda m: (m.priority, m.id))
+    )
+    es = []
+    for m in sorted((e.model for e in experiments), key=lambda m: m.id):
+        ranges = _variant_ranges(m)
+        variants = tuple(
+            Variant(
+                v.vid,
+                v.name,
+                v.is_control,
+                v.weight if v.weight is not None else float(end - start),
+                start,
+                end,
+                v.params,
+            )
+            for v, (start, end) in zip(m.variants, ranges, strict=True)
+        )
+        es.append(
+            Experiment(
+                m.id,
+                m.name,
+                m.owner,
+                m.description,
+                m.layer,
+                m.status,
+                m.start_date,
+                m.end_date,
+                tuple(m.platforms),
+                m.key,
+                from_node(m.targeting) if m.targeting else None,
+                m.targeting.model_dump(exclude_none=True) if m.targeting else None,
+                variants,
+                tuple(x.model_dump() for x in m.metrics),
+            )
+        )
+    content = {
+        "domains": [d.__dict__ for d in ds],
+        "layers": [lay.__dict__ for lay in ls],
+        "experiments": [_experiment_json(e) for e in es],
+    }
+    version = hashlib.sha256(canonical_json(content).encode()).hexdigest()[:16]
+    return Definitions(ds, ls, tuple(es), version)
+
+
+def _experiment_json(e: Experiment) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "name": e.name,
+        "owner": e.owner,
+        "description": e.description,
+        "layer": e.layer,
+        "status": e.status,
+        "start_date": e.start_date.isoformat(),
+        "end_date": e.end_date.isoformat(),
+        "platforms": list(e.platforms),
+        "key": e.key,
+        "targeting": e.targeting_json,
+        "variants": variants_json(e),
+        "metrics": list(e.metrics),
+    }
+
+
+def variants_json(e: Experiment) -> list[dict[str, Any]]:
+    """The ``experiments.variants`` column content: {vid, name, is_control, weight, start, ...}."""
+    return [
+        {
+            "vid": v.vid,
+            "name": v.name,
+            "is_control": v.is_control,
+            "weight": v.weight,
+            "start": v.start,
+            "end": v.end,
+            "params": v.params,
+        }
+        for v in e.variants
+    ]
+
+
+def bundled_path() -> Path:
+    """The example definitions shipped in ``include/definitions``."""
+    return Path(__file__).resolve().parents[1] / "definitions"
+
+
+# --- plan: a dry-run traffic table ------------------------------------------------------------
+
+
+def domain_share(defs: Definitions, domain_id: str) -> float:
+    """Share of all traffic that reaches ``domain_id`` (product of nested shares)."""
+    share = 1.0
+    for d in defs.domain_chain(domain_id):
+        share *= (d.end - d.start) / SLOTS
+    return share
+
+
+def plan_rows(defs: Definitions) -> list[dict[str, Any]]:
+    """One row per variant and one ``(free)`` row per layer: shares of layer and of all traffic."""
+    rows = []
+    for lay in sorted(defs.layers, key=lambda x: (x.domain, x.priority, x.id)):
+        dshare = domain_share(defs, lay.domain)
+        used = 0
+        for e in sorted(defs.layer_experiments(lay.id), key=lambda x: x.variants[0].start):
+            for v in e.variants:
+                size = v.end - v.start
+                used += size
+                rows.append(
+                    {
+                        "domain": lay.domain,
+                        "layer": lay.id,
+                        "unit_type": lay.unit_type,
+                        "experiment": e.id,
+                        "status": e.status,
+                        "variant": f"{v.name}{' (control)' if v.is_control else ''}",
+                        "vid": v.vid,
+                        "slots": f"[{v.start}, {v.end})",
+                        "of_layer": size / SLOTS,
+                        "of_traffic": size / SLOTS * dshare,
+                        "targeted": e.targeting is not None,
+                    }
+                )
+        rows.append(
+            {
+                "domain": lay.domain,
+                "layer": lay.id,
+                "unit_type": lay.unit_type,
+                "experiment": "(free)",
+                "status": "",
+                "variant": "",
+                "vid": None,
+                "slots": f"{SLOTS - used} slots",
+                "of_layer": (SLOTS - used) / SLOTS,
+                "of_traffic": (SLOTS - used) / SLOTS * dshare,
+                "targeted": False,
+            }
+        )
+    return rows
+
+
+def format_plan(defs: Definitions) -> str:
+    """The plan as a text table (``strata plan PATH``)."""
+    from tabulate import tabulate
+
+    lines = [f"definitions version {defs.version}", "", "Domains:"]
+    dom_rows = [
+        [
+            d.id,
+            d.parent,
+            d.kind,
+            d.salt,
+            f"[{d.start}, {d.end})",
+            f"{domain_share(defs, d.id):.2%}",
+        ]
+        for d in defs.domains
+    ]
+    lines.append(
+        tabulate(dom_rows, headers=["domain", "parent", "kind", "salt", "slots", "of traffic"])
+    )
+    lines += ["", "Layers, experiments and variants:"]
+    rows = [
+        [
+            r["domain"],
+            r["layer"],
+            r["unit_type"],
+            r["experiment"],
+            r["status"],
+            r["variant"],
+            r["vid"] if r["vid"] is not None else "",
+            r["slots"],
+            f"{r['of_layer']:.2%}",
+            f"{r['of_traffic']:.2%}",
+            "yes" if r["targeted"] else "",
+        ]
+        for r in plan_rows(defs)
+    ]
+    headers = ["domain", "layer", "unit", "experiment", "status", "variant", "vid", "slots"]
+    headers += ["of layer", "of traffic", "targeting"]
+    lines.append(tabulate(rows, headers=headers))
+    lines.append("")
+    lines.append("(of traffic: before targeting; targeting only narrows it)")
+    return "\n".join(lines)

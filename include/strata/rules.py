@@ -1,0 +1,504 @@
+"""Targeting rules (seed 002): one rule tree, evaluated in Python and compiled to a Spark Column.
+
+A rule is a tree in seed 002's JSON shape::
+
+    {"type": "and", "children": [
+        {"type": "field", "field": "country", "op": "eq", "values": ["US"]},
+        {"type": "field", "field": "age", "op": "gte", "values": [18]}]}
+
+Logic nodes are ``and`` / ``or`` (one or more children) and ``not`` (exactly one child). A field
+node compares one context field with literal ``values`` using one of ten operators (``eq neq gt
+gte lt lte in not_in like not_like``; with ``and or not`` that is seed 002's 13). The field's type
+(``string int float bool semver``) is ``value_type`` when given, else inferred from the literals.
+
+Semantics (identical in :func:`evaluate` and :func:`to_column`; two-valued, never null):
+
+- A field predicate matches only a *present value of the rule's type*. A missing field, a null, a
+  value of another type (a string where the rule says ``int``, a bool where it says ``int``) or a
+  string that is not a valid semver for a ``semver`` rule makes the predicate **false** — for every
+  operator, the negated ones (``neq``, ``not_in``, ``not_like``) included. ``not`` is plain
+  negation, so ``not(country eq "US")`` *does* match a unit without a country. Spark has no
+  per-row "missing", so missing and null are the same thing on purpose.
+- ``int`` and ``float`` rules accept any int or float value (never bool) and compare numerically;
+  a NaN value sorts above every number (Spark's order): ``gt``/``gte``/``neq``/``not_in`` match it,
+  ``eq``/``lt``/``lte``/``in`` do not.
+- ``string`` comparisons (``gt`` ...) use Unicode code point order (= UTF-8 byte order in Spark).
+- ``like``/``not_like``: the whole value must match; ``*`` matches any run of characters (newlines
+  included); every other character, regex metacharacters and SQL ``%``/``_`` included, is literal.
+- ``semver``: precedence per semver.org §11: major.minor.patch numerically, a pre-release sorts
+  before its release, pre-release identifiers compare numerically when numeric, lexically (ASCII)
+  otherwise, numeric < alphanumeric, a longer identifier list wins when all before are equal;
+  build metadata is ignored (``1.0.0+a eq 1.0.0+b``).
+
+Usage:
+    >>> rule = {"type": "and", "children": [
+    ...     {"type": "field", "field": "country", "op": "in", "values": ["US", "GB"]},
+    ...     {"type": "field", "field": "app_version", "op": "gte", "values": ["2.0.0"],
+    ...      "value_type": "semver"}]}
+    >>> evaluate(rule, {"country": "US", "app_version": "2.1.0"})
+    True
+    >>> evaluate(rule, {"country": "US", "app_version": "2.0.0-beta.1"})
+    False
+    >>> evaluate({"type": "not", "children": [rule]}, {})
+    True
+    >>> evaluate({"type": "field", "field": "path", "op": "like", "values": ["/a.b/*"]},
+    ...          {"path": "/a.b/c"})
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import semver
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pyspark.sql import Column
+    from pyspark.sql.types import StructType
+
+LOGIC_TYPES = ("and", "or", "not")
+NODE_TYPES = (*LOGIC_TYPES, "field")
+OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "not_in", "like", "not_like")
+VALUE_TYPES = ("string", "int", "float", "bool", "semver")
+_ORDER_OPS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "not_in")
+#: Which operators each field type supports (anything else is a definition error).
+OPS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "string": OPERATORS,
+    "int": _ORDER_OPS,
+    "float": _ORDER_OPS,
+    "bool": ("eq", "neq", "in", "not_in"),
+    "semver": _ORDER_OPS,
+}
+_SET_OPS = ("in", "not_in")
+#: int literals must fit Spark's LongType.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+#: semver.org's regex with ASCII digits only (Python's ``\d`` also matches other scripts' digits).
+_NUM = r"(?:0|[1-9][0-9]*)"
+_PRE_ID = r"(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
+SEMVER_PATTERN = (
+    rf"({_NUM})\.({_NUM})\.({_NUM})"
+    rf"(?:-({_PRE_ID}(?:\.{_PRE_ID})*))?"
+    r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?"
+)
+_SEMVER_RE = re.compile(SEMVER_PATTERN)
+#: The same pattern for Java's regex engine (``\z``: absolute end; ``$`` allows a final newline).
+_SEMVER_JAVA = f"^{SEMVER_PATTERN}\\z"
+
+
+class RuleError(ValueError):
+    """A rule tree that is not valid; the message names the path inside the rule."""
+
+
+# --- the rule tree: pydantic at the edge (definition files, JSON Schema) ----------------------
+
+
+class RuleNode(BaseModel):
+    """One node of a targeting rule tree, in seed 002's JSON shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["and", "or", "not", "field"] = Field(description="Node kind.")
+    children: list[RuleNode] | None = Field(None, description="Sub-rules of and / or / not.")
+    field: str | None = Field(None, min_length=1, description="Context field (field nodes).")
+    op: (
+        Literal["eq", "neq", "gt", "gte", "lt", "lte", "in", "not_in", "like", "not_like"] | None
+    ) = Field(None, description="Comparison operator (field nodes).")
+    values: list[str | bool | int | float] | None = Field(
+        None, description="Literals; exactly one except for in / not_in."
+    )
+    value_type: Literal["string", "int", "float", "bool", "semver"] | None = Field(
+        None, description="Type of the field; inferred from the literals when omitted."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RuleNode:
+        check_node(self)
+        return self
+
+
+def _infer_type(values: list[Any]) -> str:
+    kinds = {
+        "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else type(v).__name__
+        for v in values
+    }
+    if kinds == {"bool"}:
+        return "bool"
+    if kinds == {"str"}:
+        return "string"
+    if kinds == {"int"}:
+        return "int"
+    if kinds <= {"int", "float"}:
+        return "float"
+    raise RuleError(f"literals of mixed types {sorted(kinds)}: set value_type or fix the values")
+
+
+def _check_literal(value: Any, value_type: str) -> None:
+    bad = f"literal {value!r} is not a valid {value_type}"
+    if value_type in ("string", "semver"):
+        if not isinstance(value, str):
+            raise RuleError(bad)
+        if value_type == "semver" and not _SEMVER_RE.fullmatch(value):
+            raise RuleError(f"invalid semver literal {value!r} (see semver.org, e.g. 1.2.3-beta.1)")
+    elif value_type == "bool":
+        if not isinstance(value, bool):
+            raise RuleError(bad)
+    elif value_type == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RuleError(bad)
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise RuleError(f"int literal {value} does not fit in 64 bits")
+    elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RuleError(f"literal {value!r} is not a finite float")
+
+
+def check_node(node: RuleNode) -> None:
+    """Structural and type checks of one node (children are checked when they are built)."""
+    if node.type in LOGIC_TYPES:
+        extra = [k for k in ("field", "op", "values", "value_type") if getattr(node, k) is not None]
+        if extra:
+            raise RuleError(f"a {node.type!r} node takes only children, not {extra}")
+        if not node.children:
+            raise RuleError(f"a {node.type!r} node needs at least one child")
+        if node.type == "not" and len(node.children) != 1:
+            raise RuleError(f"a 'not' node takes exactly one child, got {len(node.children)}")
+        return
+    if node.children is not None:
+        raise RuleError("a 'field' node has no children")
+    missing = [k for k in ("field", "op", "values") if getattr(node, k) is None]
+    if missing:
+        raise RuleError(f"a 'field' node needs {missing}")
+    if not node.values:
+        raise RuleError(f"operator {node.op!r} needs at least one value")
+    if node.op not in _SET_OPS and len(node.values) != 1:
+        raise RuleError(f"operator {node.op!r} takes exactly one value, got {len(node.values)}")
+    value_type = node.value_type or _infer_type(node.values)
+    if node.op not in OPS_BY_TYPE[value_type]:
+        raise RuleError(
+            f"operator {node.op!r} does not apply to {value_type} fields "
+            f"(allowed: {', '.join(OPS_BY_TYPE[value_type])})"
+        )
+    for value in node.values:
+        _check_literal(value, value_type)
+
+
+# --- the rule tree inside: frozen dataclasses ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Logic:
+    """``and`` / ``or`` / ``not`` over children."""
+
+    type: Literal["and", "or", "not"]
+    children: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """``field op values`` with a resolved value type."""
+
+    field: str
+    op: str
+    values: tuple[Any, ...]
+    value_type: str
+
+
+Rule = Logic | Predicate
+
+
+def from_node(node: RuleNode) -> Rule:
+    """The validated pydantic node as an immutable rule."""
+    if node.type == "field":
+        raw = node.values or []
+        vtype = node.value_type or _infer_type(raw)
+        values = tuple(float(v) if vtype == "float" else v for v in raw)
+        return Predicate(str(node.field), str(node.op), values, vtype)
+    return Logic(node.type, tuple(from_node(c) for c in node.children or ()))
+
+
+def parse(rule: Mapping[str, Any] | RuleNode | Rule) -> Rule:
+    """A rule from seed 002's JSON shape (validated; :class:`RuleError` names what is wrong)."""
+    if isinstance(rule, Logic | Predicate):
+        return rule
+    if isinstance(rule, RuleNode):
+        return from_node(rule)
+    from pydantic import ValidationError
+
+    try:
+        return from_node(RuleNode.model_validate(rule))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise RuleError(f"invalid rule at {where}: {first['msg']}") from None
+
+
+def to_json(rule: Rule) -> dict[str, Any]:
+    """Seed 002's JSON shape of a rule (with ``value_type`` made explicit)."""
+    if isinstance(rule, Logic):
+        return {"type": rule.type, "children": [to_json(c) for c in rule.children]}
+    return {
+        "type": "field",
+        "field": rule.field,
+        "op": rule.op,
+        "values": list(rule.values),
+        "value_type": rule.value_type,
+    }
+
+
+def fields(rule: Rule) -> set[str]:
+    """The context fields a rule reads."""
+    if isinstance(rule, Predicate):
+        return {rule.field}
+    return set().union(*(fields(c) for c in rule.children))
+
+
+# --- Python evaluation -----------------------------------------------------------------------
+
+
+def like_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` wildcards, everything else literal.
+
+    Usage:
+        >>> bool(like_regex("a.*").fullmatch("a.bc")), bool(like_regex("a.*").fullmatch("abc"))
+        (True, False)
+    """
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+def semver_key(value: str) -> semver.Version | None:
+    """The parsed version, or None when ``value`` is not a valid semver string."""
+    if not _SEMVER_RE.fullmatch(value):
+        return None
+    return semver.Version.parse(value)
+
+
+def _typed(value: Any, value_type: str) -> tuple[bool, Any]:
+    """(ok, comparable value): ok is False for null / wrong type / invalid semver."""
+    if value is None:
+        return False, None
+    if value_type == "string":
+        return isinstance(value, str), value
+    if value_type == "bool":
+        return isinstance(value, bool), value
+    if value_type in ("int", "float"):
+        return (isinstance(value, int | float) and not isinstance(value, bool)), value
+    if not isinstance(value, str):  # semver
+        return False, None
+    key = semver_key(value)
+    return key is not None, key
+
+
+def _cmp(a: Any, b: Any, value_type: str) -> int:
+    if value_type == "semver":
+        return a.compare(b)
+    if isinstance(a, float) and math.isnan(a):
+        return 1  # Spark orders NaN above every number (literals are never NaN)
+    return (a > b) - (a < b)
+
+
+def _predicate(p: Predicate, context: Mapping[str, Any]) -> bool:
+    ok, value = _typed(context.get(p.field), p.value_type)
+    if not ok:
+        return False
+    if p.op in ("like", "not_like"):
+        hit = like_regex(p.values[0]).fullmatch(value) is not None
+        return hit if p.op == "like" else not hit
+    literals = [semver.Version.parse(v) for v in p.values] if p.value_type == "semver" else p.values
+    if p.op in _SET_OPS:
+        hit = any(_cmp(value, lit, p.value_type) == 0 for lit in literals)
+        return hit if p.op == "in" else not hit
+    c = _cmp(value, literals[0], p.value_type)
+    return {"eq": c == 0, "neq": c != 0, "gt": c > 0, "gte": c >= 0, "lt": c < 0, "lte": c <= 0}[
+        p.op
+    ]
+
+
+def evaluate(rule: Mapping[str, Any] | RuleNode | Rule | None, context: Mapping[str, Any]) -> bool:
+    """Does ``context`` (field -> value) satisfy ``rule``? ``None`` (no targeting) matches all."""
+    if rule is None:
+        return True
+    r = parse(rule)
+    if isinstance(r, Predicate):
+        return _predicate(r, context)
+    if r.type == "and":
+        return all(evaluate(c, context) for c in r.children)
+    if r.type == "or":
+        return any(evaluate(c, context) for c in r.children)
+    return not evaluate(r.children[0], context)
+
+
+# --- Spark compilation (native Column expressions, no UDF) -----------------------------------
+
+
+def _spark_kind(data_type: Any) -> str | None:
+    """The rule value types a Spark column of this type can satisfy."""
+    from pyspark.sql import types as T
+
+    if isinstance(data_type, T.StringType):
+        return "string"
+    if isinstance(data_type, T.BooleanType):
+        return "bool"
+    numeric = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType)
+    if isinstance(data_type, numeric):
+        return "number"
+    return None
+
+
+def _num_str_cmp(col: Column, lit: str) -> Column:
+    """Compare an ASCII numeral column (no leading zeros) with a numeral literal, any length."""
+    from pyspark.sql import functions as F
+
+    n = F.length(col)
+    return (
+        F.when(n < len(lit), -1)
+        .when(n > len(lit), 1)
+        .when(col < F.lit(lit), -1)
+        .when(col > F.lit(lit), 1)
+        .otherwise(0)
+    )
+
+
+def _semver_cmp(col: Column, literal: str) -> Column:
+    """-1/0/1: precedence of the (valid) semver in ``col`` against ``literal`` (semver.org §11)."""
+    from pyspark.sql import functions as F
+
+    m = _SEMVER_RE.fullmatch(literal)
+    assert m is not None
+    core = [F.regexp_extract(col, _SEMVER_JAVA, i) for i in (1, 2, 3)]
+    pre_col = F.regexp_extract(col, _SEMVER_JAVA, 4)
+    pre_lit = m.group(4)
+
+    if pre_lit is None:
+        pre_cmp = F.when(pre_col == "", 0).otherwise(-1)
+    else:
+        ids = F.split(pre_col, r"\.")
+        lit_ids = pre_lit.split(".")
+        result: Column = F.when(F.size(ids) > len(lit_ids), 1).otherwise(0)
+        for i in reversed(range(len(lit_ids))):
+            cid, lid = F.element_at(ids, i + 1), lit_ids[i]
+            is_num = cid.rlike("^[0-9]+$")
+            if lid.isdigit():
+                c = F.when(is_num, _num_str_cmp(cid, lid)).otherwise(1)
+            else:
+                c = F.when(is_num, -1).when(cid < lid, -1).when(cid > lid, 1).otherwise(0)
+            result = F.when(F.size(ids) <= i, -1).when(c != 0, c).otherwise(result)
+        pre_cmp = F.when(pre_col == "", 1).otherwise(result)
+
+    out = pre_cmp
+    for part, lit in reversed(list(zip(core, m.groups()[:3], strict=True))):
+        c = _num_str_cmp(part, lit)
+        out = F.when(c != 0, c).otherwise(out)
+    return out
+
+
+def _predicate_column(p: Predicate, schema: StructType) -> Column:
+    from pyspark.sql import functions as F
+
+    if p.field not in schema.fieldNames():
+        return F.lit(False)  # missing field == null: no predicate matches
+    col = F.col(f"`{p.field}`")
+    kind = _spark_kind(schema[p.field].dataType)
+    wanted = {"string": "string", "semver": "string", "bool": "bool"}.get(p.value_type, "number")
+    if kind != wanted:
+        return F.lit(False)  # wrong-typed values never match
+    present = col.isNotNull()
+
+    if p.value_type == "semver":
+        present = present & col.rlike(_SEMVER_JAVA)
+        cmps = [_semver_cmp(col, v) for v in p.values]
+        if p.op in _SET_OPS:
+            hit = F.lit(False)
+            for c in cmps:
+                hit = hit | (c == 0)
+            expr = hit if p.op == "in" else ~hit
+        else:
+            c = cmps[0]
+            expr = {"eq": c == 0, "neq": c != 0, "gt": c > 0, "gte": c >= 0, "lt": c < 0}.get(
+                p.op, c <= 0
+            )
+        return F.coalesce(present & expr, F.lit(False))
+
+    if p.op in ("like", "not_like"):
+        sql = "".join("%" if ch == "*" else "\\" + ch if ch in "\\%_" else ch for ch in p.values[0])
+        hit = col.like(sql)
+        expr = hit if p.op == "like" else ~hit
+    else:
+        if wanted == "number":
+            col = (
+                col.cast("double") if p.value_type == "float" or _is_fractional(schema, p) else col
+            )
+            lits = [F.lit(float(v)) if p.value_type == "float" else F.lit(v) for v in p.values]
+        else:
+            lits = [F.lit(v) for v in p.values]
+        if p.op in _SET_OPS:
+            hit = F.lit(False)
+            for lit in lits:
+                hit = hit | (col == lit)
+            expr = hit if p.op == "in" else ~hit
+        else:
+            lit = lits[0]
+            expr = {
+                "eq": col == lit,
+                "neq": col != lit,
+                "gt": col > lit,
+                "gte": col >= lit,
+                "lt": col < lit,
+                "lte": col <= lit,
+            }[p.op]
+    return F.coalesce(present & expr, F.lit(False))
+
+
+def _is_fractional(schema: StructType, p: Predicate) -> bool:
+    from pyspark.sql import types as T
+
+    return isinstance(schema[p.field].dataType, T.FloatType | T.DoubleType)
+
+
+def to_column(rule: Mapping[str, Any] | RuleNode | Rule | None, schema: StructType) -> Column:
+    """The rule as a native, never-null boolean Spark Column over rows of ``schema``."""
+    from pyspark.sql import functions as F
+
+    if rule is None:
+        return F.lit(True)
+    r = parse(rule)
+    if isinstance(r, Predicate):
+        return _predicate_column(r, schema)
+    cols = [to_column(c, schema) for c in r.children]
+    if r.type == "not":
+        return ~cols[0]
+    out = cols[0]
+    for c in cols[1:]:
+        out = (out & c) if r.type == "and" else (out | c)
+    return out
+
+
+def type_mismatches(rule: Rule | None, schema: StructType) -> list[str]:
+    """Fields the rule reads that ``schema`` lacks or holds with another type (always false)."""
+    if rule is None:
+        return []
+    problems = []
+    for p in _predicates(rule):
+        if p.field not in schema.fieldNames():
+            problems.append(f"{p.field}: missing")
+            continue
+        kind = _spark_kind(schema[p.field].dataType)
+        wanted = {"string": "string", "semver": "string", "bool": "bool"}.get(
+            p.value_type, "number"
+        )
+        if kind != wanted:
+            problems.append(
+                f"{p.field}: {p.value_type} rule on a {schema[p.field].dataType} column"
+            )
+    return sorted(set(problems))
+
+
+def _predicates(rule: Rule) -> list[Predicate]:
+    if isinstance(rule, Predicate):
+        return [rule]
+    return [p for c in rule.children for p in _predicates(c)]

@@ -1,0 +1,346 @@
+"""Assign units to experiments natively in Spark and write the Iceberg ``assignments`` table.
+
+Reads validated definitions (:mod:`strata.definitions`) and the Iceberg ``users`` / ``orgs`` /
+``devices`` tables, builds one targeting context per unit (user fields, ``org_*`` fields of the
+user's org, and for devices also the device fields), and assigns every unit in one pass: domain
+split, per-layer slot ``pmod(xxhash64(concat(salt, ':', unit_id)), 10000)``, variant by slot range,
+targeting compiled to native Column expressions (:func:`strata.rules.to_column`) — no Python UDF.
+The semantics are those of the pure-Python reference :mod:`strata.assignment`.
+
+Writes ``assignments`` (one row per unit and experiment, partitioned by unit_type) and
+``experiments`` (one row per experiment), each replaced in one atomic Iceberg commit.
+Re-runs are reproducible: ``run_id`` hashes the definitions version and the input snapshot ids,
+and ``assigned_at`` is the commit time of the newest input snapshot, so the same definitions and
+the same input snapshots give identical rows.
+
+    spark-submit spark_jobs/assign_experiments.py --definitions include/definitions
+    strata assign --definitions include/definitions          # same thing, from the CLI
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from strata.bucketing import SLOTS
+from strata.definitions import Definitions, bundled_path, canonical_json, load, variants_json
+from strata.rules import to_column, type_mismatches
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+    from strata.config import Settings
+
+#: Input tables the unit contexts are built from.
+INPUT_TABLES = ("users", "orgs", "devices")
+ASSIGNMENTS_TABLE = "assignments"
+EXPERIMENTS_TABLE = "experiments"
+
+ASSIGNMENT_FIELDS = (
+    ("experiment_id", "string"),
+    ("variant_id", "int"),
+    ("variant_name", "string"),
+    ("is_control", "boolean"),
+    ("layer_id", "string"),
+    ("domain_id", "string"),
+    ("layer_priority", "int"),
+    ("service", "string"),
+    ("slot", "int"),
+    ("params", "string"),
+)
+ASSIGNMENTS_SCHEMA = (
+    "unit_type string, unit_id string, "
+    + ", ".join(f"{n} {t}" for n, t in ASSIGNMENT_FIELDS)
+    + ", definitions_version string, run_id string, assigned_at timestamp"
+)
+EXPERIMENTS_SCHEMA = (
+    "experiment_id string, name string, owner string, description string, layer_id string, "
+    "domain_id string, unit_type string, status string, start_date date, end_date date, "
+    "deployment_key string, platforms array<string>, variants string, metrics string, "
+    "definitions_version string"
+)
+
+
+# --- unit contexts ---------------------------------------------------------------------------
+
+
+def unit_contexts(users: DataFrame, orgs: DataFrame, devices: DataFrame) -> dict[str, DataFrame]:
+    """One row per unit with every field targeting rules may use, per unit type.
+
+    user_id units: the user's columns plus ``org_plan``, ``org_country``, ``org_seats``,
+    ``org_created_on``; device_id units: additionally the device's columns. Dates become ISO
+    strings so rules can compare them as strings.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    def iso_dates(df: DataFrame) -> DataFrame:
+        return df.select(
+            *[
+                F.date_format(F.col(f.name), "yyyy-MM-dd").alias(f.name)
+                if isinstance(f.dataType, T.DateType)
+                else F.col(f.name)
+                for f in df.schema.fields
+            ]
+        )
+
+    org_cols = [F.col(c).alias(f"org_{c}") for c in orgs.columns if c != "org_id"]
+    org_ctx = orgs.select("org_id", *org_cols)
+    user_ctx = iso_dates(users.join(org_ctx, "org_id", "left"))
+    device_ctx = iso_dates(devices).join(
+        user_ctx.drop(*[c for c in user_ctx.columns if c in devices.columns and c != "user_id"]),
+        "user_id",
+        "left",
+    )
+    return {"user_id": user_ctx, "device_id": device_ctx}
+
+
+# --- the native assignment -------------------------------------------------------------------
+
+
+def slot_column(salt: str, unit_id: Column) -> Column:
+    """DESIGN.md's slot: pmod(xxhash64(concat(salt, ':', unit_id)), 10000)."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64(F.concat(F.lit(f"{salt}:"), unit_id)), F.lit(SLOTS)).cast("int")
+
+
+def _struct_type() -> str:
+    return "struct<" + ",".join(f"{n}:{t}" for n, t in ASSIGNMENT_FIELDS) + ">"
+
+
+def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFrame:
+    """Assignment rows (``unit_type``, ``unit_id`` + ASSIGNMENT_FIELDS) for units of one type.
+
+    ``units`` has the unit id column named ``unit_type`` plus the context columns.
+    """
+    from pyspark.sql import functions as F
+
+    layers = [
+        lay
+        for lay in defs.layers
+        if lay.unit_type == unit_type and any(e.assigned for e in defs.layer_experiments(lay.id))
+    ]
+    uid = F.col(unit_type)
+    salts = sorted(
+        {lay.salt for lay in layers}
+        | {d.salt for lay in layers for d in defs.domain_chain(lay.domain)}
+    )
+    slot_names = {salt: f"__slot_{i}" for i, salt in enumerate(salts)}
+    # Slots first, in their own projection, so each hash is computed once per unit.
+    with_slots = units.select("*", *[slot_column(s, uid).alias(n) for s, n in slot_names.items()])
+    schema = units.schema
+    entries = []
+    for lay in layers:
+        s = F.col(slot_names[lay.salt])
+        entry: Any = None
+        for e in defs.layer_experiments(lay.id):
+            if not e.assigned:
+                continue
+            rule = to_column(e.targeting, schema)
+            for v in e.variants:
+                value = F.struct(
+                    F.lit(e.id).alias("experiment_id"),
+                    F.lit(v.vid).cast("int").alias("variant_id"),
+                    F.lit(v.name).alias("variant_name"),
+                    F.lit(v.is_control).alias("is_control"),
+                    F.lit(lay.id).alias("layer_id"),
+                    F.lit(lay.domain).alias("domain_id"),
+                    F.lit(lay.priority).cast("int").alias("layer_priority"),
+                    F.lit(lay.service).cast("string").alias("service"),
+                    s.alias("slot"),
+                    F.lit(v.params_json).alias("params"),
+                )
+                hit = (s >= v.start) & (s < v.end) & rule
+                entry = F.when(hit, value) if entry is None else entry.when(hit, value)
+        in_domain = F.lit(True)
+        for d in defs.domain_chain(lay.domain):
+            ds = F.col(slot_names[d.salt])
+            in_domain = in_domain & (ds >= d.start) & (ds < d.end)
+        entries.append(F.when(in_domain, entry))
+    if not entries:
+        return units.sparkSession.createDataFrame([], ASSIGNMENTS_SCHEMA).select(
+            "unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]
+        )
+    matched = F.filter(F.array(*entries).cast(f"array<{_struct_type()}>"), lambda x: x.isNotNull())
+    return with_slots.select(
+        F.lit(unit_type).alias("unit_type"),
+        uid.alias("unit_id"),
+        F.explode(matched).alias("a"),
+    ).select("unit_type", "unit_id", "a.*")
+
+
+def transform(
+    units: dict[str, DataFrame], defs: Definitions, run_id: str, assigned_at: dt.datetime
+) -> DataFrame:
+    """All assignment rows, with the run columns: the pure core of the job (nothing written)."""
+    from pyspark.sql import functions as F
+
+    frames = [
+        assign_units(df, unit_type, defs)
+        for unit_type, df in sorted(units.items())
+        if any(lay.unit_type == unit_type for lay in defs.layers)
+    ]
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out.select(
+        "*",
+        F.lit(defs.version).alias("definitions_version"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(assigned_at).cast("timestamp").alias("assigned_at"),
+    )
+
+
+def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
+    """The ``experiments`` table: one row per experiment in the definitions."""
+    rows = []
+    for e in defs.experiments:
+        layer = defs.layer(e.layer)
+        rows.append(
+            (
+                e.id,
+                e.name,
+                e.owner,
+                e.description,
+                layer.id,
+                layer.domain,
+                layer.unit_type,
+                e.status,
+                e.start_date,
+                e.end_date,
+                e.key,
+                list(e.platforms),
+                canonical_json(variants_json(e)),
+                canonical_json(list(e.metrics)),
+                defs.version,
+            )
+        )
+    return spark.createDataFrame(rows, EXPERIMENTS_SCHEMA)
+
+
+def unassignable(units: dict[str, DataFrame], defs: Definitions) -> list[str]:
+    """Warnings: running experiments with no unit source, and rules reading absent/odd fields."""
+    out = []
+    for e in defs.experiments:
+        if not e.assigned:
+            continue
+        unit_type = defs.layer(e.layer).unit_type
+        if unit_type not in units:
+            out.append(f"{e.id}: no {unit_type} units in the inputs; it is assigned online only")
+            continue
+        for problem in type_mismatches(e.targeting, units[unit_type].schema):
+            out.append(f"{e.id}: targeting field {problem} (that predicate is always false)")
+    return out
+
+
+# --- job -------------------------------------------------------------------------------------
+
+
+def input_snapshots(spark: SparkSession, settings: Settings) -> dict[str, tuple[int, dt.datetime]]:
+    """Current snapshot id and commit time of every input table."""
+    out = {}
+    for name in INPUT_TABLES:
+        row = spark.sql(
+            f"SELECT snapshot_id, made_current_at FROM {settings.table(name)}.history "
+            "WHERE is_current_ancestor ORDER BY made_current_at DESC LIMIT 1"
+        ).first()
+        if row is None:
+            raise RuntimeError(f"input table {settings.table(name)} has no snapshot")
+        out[name] = (int(row.snapshot_id), row.made_current_at)
+    return out
+
+
+def run_identity(version: str, snapshots: dict[str, tuple[int, dt.datetime]]) -> tuple[str, Any]:
+    """(run_id, assigned_at): both functions of the definitions and the input snapshots only."""
+    key = version + "|" + "|".join(f"{n}@{sid}" for n, (sid, _) in sorted(snapshots.items()))
+    run_id = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return run_id, max(at for _, at in snapshots.values())
+
+
+def run(spark: SparkSession, settings: Settings, defs: Definitions) -> dict[str, Any]:
+    """Assign and write both tables; returns counts per experiment/variant and the run identity."""
+    from pyspark.sql import functions as F
+
+    snapshots = input_snapshots(spark, settings)
+    read = {
+        name: spark.read.option("snapshot-id", sid).table(settings.table(name))
+        for name, (sid, _) in snapshots.items()
+    }
+    null_ids = {
+        "user_id": read["users"].where(F.col("user_id").isNull()).count(),
+        "device_id": read["devices"].where(F.col("device_id").isNull()).count(),
+    }
+    bad = {k: n for k, n in null_ids.items() if n}
+    if bad:
+        raise ValueError(f"input units with a null id (cannot be hashed): {bad}")
+    units = unit_contexts(read["users"], read["orgs"], read["devices"])
+    run_id, assigned_at = run_identity(defs.version, snapshots)
+    warnings = unassignable(units, defs)
+    props = {
+        "strata.definitions-version": defs.version,
+        "strata.run-id": run_id,
+        "strata.inputs": json.dumps({n: sid for n, (sid, _) in sorted(snapshots.items())}),
+    }
+    assignments = transform(units, defs, run_id, assigned_at)
+    writer = (
+        assignments.sortWithinPartitions("unit_id")
+        .writeTo(settings.table(ASSIGNMENTS_TABLE))
+        .using("iceberg")
+        .partitionedBy(F.col("unit_type"))
+        .tableProperty("format-version", "2")
+    )
+    for k, v in props.items():
+        writer = writer.tableProperty(k, v)
+    writer.createOrReplace()  # one atomic commit (REPLACE TABLE ... AS SELECT)
+    ex_writer = (
+        experiments_frame(spark, defs).coalesce(1).writeTo(settings.table(EXPERIMENTS_TABLE))
+    )
+    ex_writer = ex_writer.using("iceberg").tableProperty("format-version", "2")
+    for k, v in props.items():
+        ex_writer = ex_writer.tableProperty(k, v)
+    ex_writer.createOrReplace()
+    counts = (
+        spark.table(settings.table(ASSIGNMENTS_TABLE))
+        .groupBy("experiment_id", "variant_name", "variant_id")
+        .count()
+        .orderBy("experiment_id", "variant_id")
+        .collect()
+    )
+    return {
+        "definitions_version": defs.version,
+        "run_id": run_id,
+        "assigned_at": assigned_at.isoformat(),
+        "counts": [[r.experiment_id, r.variant_name, r.variant_id, r["count"]] for r in counts],
+        "warnings": warnings,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from strata.config import get_settings
+    from strata.stack import spark_session
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--definitions", default=str(bundled_path()), help="definitions file or folder"
+    )
+    args = parser.parse_args(argv)
+    defs = load(args.definitions)
+    settings = get_settings()
+    result = run(spark_session(settings, "strata-assign"), settings, defs)
+    print(
+        f"{settings.table(ASSIGNMENTS_TABLE)}: definitions {result['definitions_version']}, "
+        f"run {result['run_id']}, assigned_at {result['assigned_at']}"
+    )
+    for exp, variant, vid, n in result["counts"]:
+        print(f"  {exp:<20} {variant:<12} {vid:>6} {n:>10,}")
+    for w in result["warnings"]:
+        print(f"  warning: {w}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
