@@ -1,0 +1,314 @@
+"""Reader client of the Redis lookup table: which experiments is this device / user / url in?
+
+Every answer is read from exactly one version: one server-side Lua script resolves the live
+pointer and reads the unit's buckets of that version in the same atomic step, and the version's
+catalog (experiment names, dates, deployment keys, variant params) is immutable, so caching it per
+version is safe. A reader therefore sees the old or the new version during a flip, never a mix.
+
+The answer is seed 004's ``result.actions`` list: one ``{"type": "experiment", "data": {...}}``
+per experiment (``id, name, startDate, endDate, key`` plus ``variantId, variantName, params``),
+ordered by layer priority (highest first), then one ``{"type": "configUpdate", "data":
+{"service": ..., "params": ...}}`` per service with the variants' params deep-merged in layer
+priority order (seed 002: a higher ``layer_priority`` overrides a lower one).
+
+Seed 004's open question 2, the priority order when device id, user id and url all match: an
+experiment, and a layer (whose experiments are mutually exclusive), is taken from the first unit
+type in ``UNIT_PRIORITY`` = user_id, device_id, url; matches of the same experiment or layer
+through a later unit type are ignored.
+
+Usage:
+    >>> deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}, "c": 4})
+    {'a': {'x': 1, 'y': 3}, 'b': 1, 'c': 4}
+
+    from strata.lookup import lookup, LookupClient
+    lookup("d-42", user_id="u-7")            # -> [{"type": "experiment", "data": {...}}, ...]
+    LookupClient().lookup_many([("d-1", None, None), ("d-2", "u-9", "https://x/p")])
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lookup_loader.keys import (
+    DEFAULT_PREFIX,
+    UNIT_CODES,
+    UNIT_PRIORITY,
+    check_unit_id,
+    decode_tokens,
+    normalize_url,
+    unit_hash,
+)
+from strata.config import Settings, get_settings
+from strata.errors import StackError
+
+if TYPE_CHECKING:
+    import redis
+
+#: Units per script call in ``lookup_many`` (each call is one atomic read of one version).
+BATCH_UNITS = 3000
+#: Catalogs of this many versions are cached (the live one and the one before it).
+CACHED_VERSIONS = 2
+
+#: ARGV: prefix, cached version, then (code, crc32, unit id) triples.
+#: Returns {version, catalog-or-false, value...}; {false} when nothing is published.
+READ_LUA = """
+local p = ARGV[1]
+local ver = redis.call('GET', p .. ':live')
+if not ver then return {false} end
+local meta = p .. ':ver:' .. ver
+local nb = {}
+local counts = redis.call('HMGET', meta, 'buckets:d', 'buckets:u', 'buckets:l')
+nb['d'], nb['u'], nb['l'] = tonumber(counts[1]), tonumber(counts[2]), tonumber(counts[3])
+local out = {ver, false}
+if ver ~= ARGV[2] then out[2] = redis.call('HGETALL', p .. ':' .. ver .. ':cat') end
+for i = 3, #ARGV, 3 do
+  local n = nb[ARGV[i]]
+  local v = false
+  if n and n > 0 then
+    local b = string.format('%d', tonumber(ARGV[i + 1]) % n)
+    v = redis.call('HGET', p .. ':' .. ver .. ':' .. ARGV[i] .. ':' .. b, ARGV[i + 2])
+  end
+  out[#out + 1] = v
+end
+return out
+"""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursive merge (seed 002): nested objects merge, anything else in ``override`` wins."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One lookup's actions and the version they were read from."""
+
+    version: str | None
+    actions: list[dict[str, Any]]
+
+    @property
+    def experiments(self) -> list[tuple[str, int]]:
+        """(experiment id, variant id) pairs, for logging exposures."""
+        return [
+            (a["data"]["id"], a["data"]["variantId"])
+            for a in self.actions
+            if a["type"] == "experiment"
+        ]
+
+
+def _units(device_id: str | None, user_id: str | None, url: str | None) -> list[tuple[str, str]]:
+    """The request's units in priority order; empty strings mean absent (seed 004 sends "")."""
+    given = {"device_id": device_id, "user_id": user_id, "url": url}
+    units = []
+    for unit_type in UNIT_PRIORITY:
+        value = given[unit_type]
+        if value is None or value == "":
+            continue
+        if unit_type == "url":
+            value = normalize_url(check_unit_id(value, "url"))
+        units.append((unit_type, check_unit_id(value, unit_type.replace("_", " "))))
+    return units
+
+
+class LookupClient:
+    """Reads the live version; thread-safe; one instance per process is enough."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        client: redis.Redis | None = None,
+    ) -> None:
+        from strata.stack import redis_client
+
+        self.settings = settings or get_settings()
+        self.prefix = prefix
+        self.redis = client or redis_client(self.settings, socket_timeout=5)
+        self._script = self.redis.register_script(READ_LUA)
+        self._catalogs: dict[str, dict[int, dict]] = {}
+        self._last_version = ""
+        self._lock = threading.Lock()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _read(self, units: list[tuple[str, str]]) -> tuple[str | None, list[bytes | None]]:
+        import redis as redis_lib
+
+        args: list[Any] = [self.prefix, self._last_version]
+        for unit_type, unit_id in units:
+            args += [UNIT_CODES[unit_type], unit_hash(unit_id), unit_id]
+        try:
+            reply = self._script(keys=[], args=args)
+        except redis_lib.AuthenticationError as exc:
+            raise StackError(f"Redis refused the lookup client's credentials: {exc}") from exc
+        except redis_lib.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise StackError(f"Redis refused the lookup client's credentials: {exc}") from exc
+            raise
+        except redis_lib.ConnectionError as exc:
+            raise StackError(f"Redis is not reachable for lookups: {exc}") from exc
+        if not reply or reply[0] is None:
+            return None, [None] * len(units)
+        version = reply[0].decode()
+        if reply[1] is not None:  # the script sent this version's catalog
+            flat = reply[1]
+            catalog = {int(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+            with self._lock:
+                self._catalogs[version] = catalog
+                while len(self._catalogs) > CACHED_VERSIONS:
+                    self._catalogs.pop(next(iter(self._catalogs)))
+                self._last_version = version
+        elif version not in self._catalogs:  # another thread's cache moved on; refetch
+            with self._lock:
+                self._last_version = ""
+            return self._read(units)
+        return version, list(reply[2:])
+
+    def _actions(self, version: str, values: list[tuple[str, bytes | None]]) -> list[dict]:
+        catalog = self._catalogs[version]
+        taken_experiments: set[str] = set()
+        taken_layers: set[str] = set()
+        chosen: list[tuple[dict, int]] = []
+        for _unit_type, raw in values:  # already in UNIT_PRIORITY order
+            if not raw:
+                continue
+            for index, variant in sorted(decode_tokens(raw)):
+                exp = catalog[index]
+                if exp["id"] in taken_experiments or exp["layer"] in taken_layers:
+                    continue
+                taken_experiments.add(exp["id"])
+                taken_layers.add(exp["layer"])
+                chosen.append((exp, variant))
+        chosen.sort(key=lambda c: (-(c[0]["priority"] or 0), c[0]["layer"], c[0]["id"]))
+        actions: list[dict[str, Any]] = []
+        merged: dict[Any, dict] = {}
+        for exp, variant in chosen:
+            v = exp["variants"][str(variant)]
+            actions.append(
+                {
+                    "type": "experiment",
+                    "data": {
+                        "id": exp["id"],
+                        "name": exp["name"],
+                        "startDate": exp["startDate"],
+                        "endDate": exp["endDate"],
+                        "key": exp["key"],
+                        "variantId": variant,
+                        "variantName": v["name"],
+                        "params": v["params"],
+                    },
+                }
+            )
+        for exp, variant in reversed(chosen):  # lowest priority first: higher ones override
+            service = exp["service"]
+            merged[service] = deep_merge(
+                merged.get(service, {}), exp["variants"][str(variant)]["params"]
+            )
+        for service in sorted(merged, key=lambda s: (s is not None, s or "")):
+            actions.append(
+                {"type": "configUpdate", "data": {"service": service, "params": merged[service]}}
+            )
+        return actions
+
+    def answer(
+        self, device_id: str | None, user_id: str | None = None, url: str | None = None
+    ) -> Answer:
+        """Like :meth:`lookup`, with the version the answer came from."""
+        units = _units(device_id, user_id, url)
+        if not units:
+            return Answer(None, [])
+        version, values = self._read(units)
+        if version is None:
+            return Answer(None, [])
+        return Answer(
+            version, self._actions(version, list(zip([u[0] for u in units], values, strict=True)))
+        )
+
+    def lookup(
+        self, device_id: str | None, user_id: str | None = None, url: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Seed 004's actions for one request (empty when nothing is published or matched)."""
+        return self.answer(device_id, user_id, url).actions
+
+    def lookup_many(self, requests: Iterable[Sequence[str | None]]) -> list[list[dict[str, Any]]]:
+        """Actions for many ``(device_id, user_id, url)`` requests, ``BATCH_UNITS`` per round trip.
+
+        Each request's answer comes from one version (a batch is split into atomic script calls;
+        a flip between two calls can put two requests of one batch on different versions).
+        """
+        return [a.actions for a in self.answer_many(requests)]
+
+    def answer_many(self, requests: Iterable[Sequence[str | None]]) -> list[Answer]:
+        """Like :meth:`lookup_many`, with the version of each answer."""
+        parsed = []
+        for i, request in enumerate(requests):
+            if len(request) != 3:
+                raise ValueError(f"request {i} must be (device_id, user_id, url), got {request!r}")
+            parsed.append(_units(*request))
+        answers: list[Answer] = []
+        batch: list[list[tuple[str, str]]] = []
+        size = 0
+
+        def flush() -> None:
+            flat = [u for units in batch for u in units]
+            version, values = self._read(flat) if flat else (None, [])
+            pos = 0
+            for units in batch:
+                own = values[pos : pos + len(units)]
+                pos += len(units)
+                if version is None or not units:
+                    answers.append(Answer(version, []))
+                else:
+                    pairs = list(zip([u[0] for u in units], own, strict=True))
+                    answers.append(Answer(version, self._actions(version, pairs)))
+
+        for units in parsed:
+            if size + len(units) > BATCH_UNITS and batch:
+                flush()
+                batch, size = [], 0
+            batch.append(units)
+            size += len(units)
+        if batch:
+            flush()
+        return answers
+
+    def live_version(self) -> str | None:
+        raw = self.redis.get(f"{self.prefix}:live")
+        return raw.decode() if raw else None
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+_default: LookupClient | None = None
+_default_lock = threading.Lock()
+
+
+def _client() -> LookupClient:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = LookupClient()
+        return _default
+
+
+def lookup(
+    device_id: str | None, user_id: str | None = None, url: str | None = None
+) -> list[dict[str, Any]]:
+    """Seed 004's actions for a request, from the live version (process-wide client)."""
+    return _client().lookup(device_id, user_id, url)
+
+
+def lookup_many(requests: Iterable[Sequence[str | None]]) -> list[list[dict[str, Any]]]:
+    """Batch form of :func:`lookup` for ``(device_id, user_id, url)`` requests."""
+    return _client().lookup_many(requests)

@@ -1,0 +1,1073 @@
+"""Publish the ``assignments`` table into Redis as a new version, verify it, flip one pointer.
+
+A publication never touches the live version: it writes every bucket of a new version beside it
+(pre-encoded RESP ``HSET`` commands streamed on raw sockets, several connections at once), checks
+the server-side counts against the Iceberg source and a sample of units field by field, and only
+then runs one Lua script that re-applies fast-path removals and sets ``strata:lk:live``. Readers
+resolve the pointer and read their buckets inside one script, so they see the old version or the
+new one, never a mix. A publication that dies half-way leaves the live version serving; the
+version id is a digest of the source snapshots, so a re-run writes the same version again and
+completes it. Older versions are unlinked afterwards (the previous one is kept for rollback).
+
+Usage (the functions the CLI and the DAG call)::
+
+    from lookup_loader.loader import publish, invalidate, cleanup
+    result = publish(settings)          # -> PublicationResult, also appended to `publications`
+    invalidate(settings, "device_id", "d-42", "checkout_button")   # fast path, effective now
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lookup_loader.keys import (
+    DEFAULT_PREFIX,
+    UNIT_CODES,
+    UNITS_PER_BUCKET,
+    KeySpace,
+    bucket_count,
+    check_unit_id,
+    decode_tokens,
+    normalize_url,
+    tombstone_field,
+    unit_hash,
+)
+from strata.config import Settings, get_settings
+from strata.errors import DataError, StackError, StrataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import redis
+
+#: Bumped when the stored layout changes; part of every version id.
+FORMAT_VERSION = 1
+ASSIGNMENTS_TABLE = "assignments"
+EXPERIMENTS_TABLE = "experiments"
+PUBLICATIONS_TABLE = "publications"
+#: Experiments in these states are not served (their rows are counted as excluded).
+NOT_SERVED_STATUSES = frozenset({"draft", "paused", "stopped", "archived", "completed"})
+#: HSET commands per socket write (about 100k units, a few MB).
+COMMANDS_PER_CHUNK = 2000
+#: Parallel writer connections (Redis is single-threaded; 2 keep it busy while one encodes).
+DEFAULT_WRITERS = 2
+#: Units compared field by field against the Iceberg source before the flip.
+DEFAULT_SAMPLE = 1000
+#: Previous versions kept after a flip (for rollback); older ones are unlinked.
+KEEP_PREVIOUS = 1
+#: A version still "writing" after this long belongs to a dead publisher and may be unlinked.
+STALE_WRITING_S = 3600
+#: The publisher lock expires this long after its last refresh (a killed loader frees it).
+LOCK_TTL_S = 30
+_ASSIGNMENT_COLUMNS = ("unit_type", "unit_id", "experiment_id", "variant_id", "variant_name")
+_ASSIGNMENT_COLUMNS += (
+    "is_control",
+    "layer_id",
+    "domain_id",
+    "layer_priority",
+    "service",
+    "params",
+)
+_EXPERIMENT_COLUMNS = ("experiment_id", "name", "status", "start_date", "end_date")
+_EXPERIMENT_COLUMNS += ("deployment_key",)
+
+
+class PublicationError(StrataError):
+    """A publication could not be written, verified or flipped; the live version is untouched."""
+
+
+@dataclass(frozen=True)
+class PublicationResult:
+    """What one ``publish`` call did (also the row appended to the ``publications`` table)."""
+
+    version: str
+    state: str  # "live" (flipped now) or "unchanged" (this source was already live)
+    previous_version: str | None
+    assignments_snapshot_id: int
+    experiments_snapshot_id: int
+    rows: int
+    units: dict[str, int]
+    experiments: int
+    excluded_rows: dict[str, int]
+    buckets: int
+    bytes_sent: int
+    tombstones_applied: int
+    write_s: float
+    verify_s: float
+    duration_s: float
+    published_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    @property
+    def units_per_s(self) -> float:
+        return sum(self.units.values()) / self.write_s if self.write_s else 0.0
+
+
+@dataclass
+class Encoded:
+    """A version ready to send: catalog, meta, RESP command stream, and what verification needs."""
+
+    version: str
+    catalog: dict[int, str]  # experiment index -> experiment JSON
+    experiment_index: dict[str, int]
+    buckets: dict[str, int]  # unit type -> bucket count
+    units: dict[str, int]
+    rows: int
+    excluded_rows: dict[str, int]
+    commands: pa.Array  # one HSET per bucket, RESP-encoded, contiguous
+    command_units: Any  # numpy array: units carried by each command
+    grouped: pa.Table  # unit_type, unit_id, value (one row per unit)
+
+
+# --------------------------------------------------------------------------------------------
+# Source: two Iceberg tables at fixed snapshots
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    assignments: pa.Table
+    experiments: pa.Table
+    assignments_snapshot_id: int
+    experiments_snapshot_id: int
+    assignments_table: str
+
+
+def read_source(
+    settings: Settings,
+    assignments_table: str = ASSIGNMENTS_TABLE,
+    experiments_table: str = EXPERIMENTS_TABLE,
+) -> Source:
+    """Both tables read through pyiceberg (Arrow, no JVM) at their current snapshots."""
+    from strata.stack import iceberg_catalog
+
+    catalog = iceberg_catalog(settings)
+    tables = {}
+    for name, columns in (
+        (assignments_table, _ASSIGNMENT_COLUMNS),
+        (experiments_table, _EXPERIMENT_COLUMNS),
+    ):
+        ident = f"{settings.namespace}.{name}"
+        if not catalog.table_exists(ident):
+            raise DataError(f"Iceberg table {ident} does not exist; run the assignment job first")
+        table = catalog.load_table(ident)
+        snapshot = table.current_snapshot()
+        if snapshot is None:
+            raise DataError(f"Iceberg table {ident} has no snapshot (never written)")
+        present = {f.name for f in table.schema().fields}
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise DataError(f"Iceberg table {ident} lacks columns {missing}")
+        data = table.scan(selected_fields=columns, snapshot_id=snapshot.snapshot_id).to_arrow()
+        tables[name] = (data, snapshot.snapshot_id)
+    return Source(
+        assignments=tables[assignments_table][0],
+        experiments=tables[experiments_table][0],
+        assignments_snapshot_id=tables[assignments_table][1],
+        experiments_snapshot_id=tables[experiments_table][1],
+        assignments_table=assignments_table,
+    )
+
+
+def version_id(source: Source, as_of: dt.date) -> str:
+    """Deterministic: the same snapshots (and day) give the same version, so re-runs complete it."""
+    text = (
+        f"{FORMAT_VERSION}:{source.assignments_table}:{source.assignments_snapshot_id}:"
+        f"{source.experiments_snapshot_id}:{as_of.isoformat()}"
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding: vectorised with pyarrow, ending in one contiguous RESP buffer
+# --------------------------------------------------------------------------------------------
+
+
+def _served_experiments(source: Source, as_of: dt.date) -> tuple[dict[str, dict], dict[str, str]]:
+    """Experiments table -> {id: row} of served ones, and {id: reason} of excluded ones."""
+    served, excluded = {}, {}
+    for row in source.experiments.to_pylist():
+        exp_id = row["experiment_id"]
+        if exp_id in served or exp_id in excluded:
+            raise DataError(f"experiments table: experiment_id {exp_id!r} appears twice")
+        status = (row["status"] or "").lower()
+        if status in NOT_SERVED_STATUSES:
+            excluded[exp_id] = f"status_{status}"
+        elif row["end_date"] is not None and row["end_date"] < as_of:
+            excluded[exp_id] = "ended"
+        else:
+            served[exp_id] = row
+    return served, excluded
+
+
+def _catalog_entries(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]:
+    """One JSON-able entry per experiment; its variants and their params, checked for agreement."""
+    import pyarrow.compute as pc
+
+    keys = ["experiment_id", "variant_id"]
+    cols = ["variant_name", "is_control", "layer_id", "domain_id", "layer_priority", "service"]
+    distinct = (
+        rows.select([*keys, *cols, "params"]).group_by([*keys, *cols, "params"]).aggregate([])
+    )
+    entries: dict[str, dict] = {}
+    for r in distinct.sort_by([(k, "ascending") for k in keys]).to_pylist():
+        exp_id, meta = r["experiment_id"], served[r["experiment_id"]]
+        entry = entries.setdefault(
+            exp_id,
+            {
+                "id": exp_id,
+                "name": meta["name"],
+                "startDate": meta["start_date"].isoformat() if meta["start_date"] else None,
+                "endDate": meta["end_date"].isoformat() if meta["end_date"] else None,
+                "key": meta["deployment_key"],
+                "layer": r["layer_id"],
+                "domain": r["domain_id"],
+                "priority": r["layer_priority"],
+                "service": r["service"],
+                "variants": {},
+            },
+        )
+        where = f"assignments: experiment {exp_id!r}"
+        for attr, col in (("layer", "layer_id"), ("priority", "layer_priority")):
+            if entry[attr] != r[col]:
+                raise DataError(f"{where} has more than one {col}: {entry[attr]!r}, {r[col]!r}")
+        vid = str(r["variant_id"])
+        try:
+            params = json.loads(r["params"]) if r["params"] else {}
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where} variant {vid}: params is not JSON ({exc})") from exc
+        if not isinstance(params, dict):
+            raise DataError(f"{where} variant {vid}: params must be a JSON object")
+        variant = {"name": r["variant_name"], "control": bool(r["is_control"]), "params": params}
+        if entry["variants"].setdefault(vid, variant) != variant:
+            raise DataError(
+                f"{where} variant {vid} has different names/params on different rows "
+                "(params must be the variant's own; merging happens in the reader)"
+            )
+    duplicated = rows.group_by(["unit_type", "unit_id", "experiment_id"]).aggregate(
+        [("variant_id", "count")]
+    )
+    dup = duplicated.filter(pc.greater(duplicated["variant_id_count"], 1))
+    if dup.num_rows:
+        first = dup.slice(0, 1).to_pylist()[0]
+        raise DataError(
+            f"assignments: {dup.num_rows} (unit, experiment) pairs appear more than once, e.g. "
+            f"{first['unit_type']}={first['unit_id']!r} in {first['experiment_id']!r}"
+        )
+    return entries
+
+
+def _check_units(rows: pa.Table) -> pa.Table:
+    """Reject bad unit types / ids with the offending row named; normalise url units."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for col in ("unit_type", "unit_id", "experiment_id", "variant_id", "layer_id"):
+        nulls = rows[col].null_count
+        if nulls:
+            raise DataError(f"assignments: {nulls} rows have a null {col}")
+    bad_type = pc.invert(pc.is_in(rows["unit_type"], pa.array(list(UNIT_CODES))))
+    if pc.any(bad_type).as_py():
+        example = rows.filter(bad_type).slice(0, 1).to_pylist()[0]
+        raise DataError(
+            f"assignments: unit_type {example['unit_type']!r} (unit {example['unit_id']!r}, "
+            f"experiment {example['experiment_id']!r}) is not one of {sorted(UNIT_CODES)}"
+        )
+    for col in ("unit_id", "experiment_id"):
+        suspicious = pc.or_(
+            pc.match_substring_regex(rows[col], r"[\x00-\x1f\x7f]"),
+            pc.or_(pc.greater(pc.binary_length(rows[col]), 512), pc.equal(rows[col], "")),
+        )
+        if pc.any(suspicious).as_py():
+            example = rows.filter(suspicious).slice(0, 1).to_pylist()[0]
+            check_unit_id(
+                example[col], f"assignments {col} (experiment {example['experiment_id']!r})"
+            )
+    is_url = pc.equal(rows["unit_type"], "url")
+    if pc.any(is_url).as_py():
+        ids = rows["unit_id"].to_pylist()
+        types = rows["unit_type"].to_pylist()
+        fixed = [normalize_url(u) if t == "url" else u for u, t in zip(ids, types, strict=True)]
+        rows = rows.set_column(rows.schema.get_field_index("unit_id"), "unit_id", pa.array(fixed))
+    return rows
+
+
+def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None = None) -> Encoded:
+    """Turn the source into the version's catalog and its RESP ``HSET`` stream (pure, no I/O)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    as_of = as_of or dt.datetime.now(dt.UTC).date()
+    version = version_id(source, as_of)
+    ks = KeySpace(prefix)
+    served, not_served = _served_experiments(source, as_of)
+    rows = source.assignments
+    unknown = pc.invert(pc.is_in(rows["experiment_id"], pa.array(list(served) + list(not_served))))
+    if pc.any(unknown).as_py():
+        missing = sorted(set(rows.filter(unknown)["experiment_id"].to_pylist()))
+        raise DataError(f"assignments reference experiments missing from `experiments`: {missing}")
+    excluded_rows: dict[str, int] = {}
+    if not_served:
+        reason = pc.index_in(rows["experiment_id"], pa.array(list(not_served)))
+        for i, r in enumerate(not_served.values()):
+            n = pc.sum(pc.equal(reason, i)).as_py() or 0
+            if n:
+                excluded_rows[r] = excluded_rows.get(r, 0) + n
+        rows = rows.filter(pc.is_null(reason))
+    rows = _check_units(rows)
+    entries = _catalog_entries(rows, served)
+    exp_ids = sorted(entries)
+    index = {e: i for i, e in enumerate(exp_ids)}
+    catalog = {
+        i: json.dumps(entries[e], separators=(",", ":"), sort_keys=True) for e, i in index.items()
+    }
+
+    idx = pc.index_in(rows["experiment_id"], pa.array(exp_ids))
+    token = pc.binary_join_element_wise(
+        pc.cast(idx, pa.string()), pc.cast(rows["variant_id"], pa.string()), "."
+    )
+    grouped = (
+        pa.table({"unit_type": rows["unit_type"], "unit_id": rows["unit_id"], "token": token})
+        .group_by(["unit_type", "unit_id"], use_threads=False)
+        .aggregate([("token", "list")])
+    )
+    value = pc.binary_join(grouped["token_list"], ",")
+    grouped = pa.table(
+        {"unit_type": grouped["unit_type"], "unit_id": grouped["unit_id"], "value": value}
+    )
+    unit_ids = grouped["unit_id"].to_pylist()
+    hashes = np.fromiter((unit_hash(u) for u in unit_ids), dtype=np.int64, count=len(unit_ids))
+    units = dict.fromkeys(UNIT_CODES, 0)
+    for t, n in zip(
+        *np.unique(grouped["unit_type"].to_numpy(zero_copy_only=False), return_counts=True),
+        strict=True,
+    ):
+        units[str(t)] = int(n)
+    buckets = {t: bucket_count(n, UNITS_PER_BUCKET) for t, n in units.items()}
+    type_codes = grouped["unit_type"].to_numpy(zero_copy_only=False)
+    per_row_buckets = np.empty(len(unit_ids), dtype=np.int64)
+    for t, n in buckets.items():
+        per_row_buckets[type_codes == t] = n
+    bucket_no = hashes % per_row_buckets
+    key_prefix = pc.binary_join_element_wise(
+        pa.array([ks.bucket_prefix(version, t) for t in UNIT_CODES]).take(
+            pc.index_in(grouped["unit_type"], pa.array(list(UNIT_CODES)))
+        ),
+        pc.cast(pa.array(bucket_no), pa.string()),
+        "",
+    )
+    uid, val = grouped["unit_id"], grouped["value"]
+    fragment = pc.binary_join_element_wise(
+        "$",
+        pc.cast(pc.binary_length(uid), pa.string()),
+        "\r\n",
+        uid,
+        "\r\n$",
+        pc.cast(pc.binary_length(val), pa.string()),
+        "\r\n",
+        val,
+        "\r\n",
+        "",
+    )
+    per_bucket = (
+        pa.table({"key": key_prefix, "fragment": fragment})
+        .group_by("key", use_threads=False)
+        .aggregate([("fragment", "list"), ("fragment", "count")])
+    )
+    keys = per_bucket["key"]
+    body = pc.binary_join(per_bucket["fragment_list"], "")
+    nargs = pc.add(pc.multiply(per_bucket["fragment_count"], 2), 2)
+    commands = pc.binary_join_element_wise(
+        "*",
+        pc.cast(nargs, pa.string()),
+        "\r\n$4\r\nHSET\r\n$",
+        pc.cast(pc.binary_length(keys), pa.string()),
+        "\r\n",
+        keys,
+        "\r\n",
+        body,
+        "",
+    )
+    return Encoded(
+        version=version,
+        catalog=catalog,
+        experiment_index=index,
+        buckets=buckets,
+        units=units,
+        rows=rows.num_rows,
+        excluded_rows=excluded_rows,
+        commands=commands.combine_chunks(),
+        command_units=per_bucket["fragment_count"].to_numpy(),
+        grouped=grouped,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing: pre-encoded RESP on raw sockets, several connections, replies drained concurrently
+# --------------------------------------------------------------------------------------------
+
+
+def _resp(*args: str | bytes | int) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+class RespConnection:
+    """A raw socket to Redis, authenticated from configuration (AUTH and SELECT from the URL)."""
+
+    def __init__(self, settings: Settings, timeout: float = 60.0) -> None:
+        from redis.connection import parse_url
+
+        opts = parse_url(settings.redis_url)
+        if "connection_class" in opts and "SSL" in opts["connection_class"].__name__:
+            raise StackError("the raw-socket writer does not speak TLS; use a redis:// URL")
+        host, port = opts.get("host", "127.0.0.1"), int(opts.get("port", 6379))
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise StackError(f"Redis at {host}:{port} is not reachable: {exc}") from exc
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buf = b""
+        password = settings.redis_secret() or opts.get("password")
+        if password:
+            user = opts.get("username")
+            reply = self.call("AUTH", *([user] if user else []), password)
+            if not reply.startswith(b"+OK"):
+                raise StackError(f"Redis at {host}:{port} refused our credentials: {reply!r}")
+        if opts.get("db"):
+            self.call("SELECT", opts["db"])
+        reply = self.call("PING")
+        if not reply.startswith(b"+PONG"):
+            raise StackError(f"Redis at {host}:{port} answered PING with {reply!r}")
+
+    def call(self, *args: str | bytes | int) -> bytes:
+        """Send one command, return its one-line reply (status, error or integer)."""
+        self.sock.sendall(_resp(*args))
+        while b"\r\n" not in self._buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise StackError("Redis closed the connection")
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\r\n")
+        return line
+
+    def stream(self, chunks: list[memoryview], expected: int, on_chunk: Any = None) -> None:
+        """Send pre-encoded commands while a thread drains and checks their integer replies."""
+        errors: list[str] = []
+        done = threading.Event()
+
+        def drain() -> None:
+            seen, tail = 0, b""
+            try:
+                while seen < expected:
+                    data = self.sock.recv(1 << 20)
+                    if not data:
+                        errors.append("Redis closed the connection mid-publication")
+                        return
+                    data = tail + data
+                    cut = data.rfind(b"\r\n") + 2
+                    whole, tail = data[:cut], data[cut:]
+                    if b"-" in whole:  # integer replies never contain '-'; errors start with it
+                        line = whole[whole.index(b"-") :].split(b"\r\n", 1)[0]
+                        errors.append(line.decode(errors="replace"))
+                        return
+                    seen += whole.count(b"\r\n")
+            except OSError as exc:
+                errors.append(f"reading replies failed: {exc}")
+            finally:
+                done.set()
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        try:
+            for chunk in chunks:
+                if errors:
+                    break
+                self.sock.sendall(chunk)
+                if on_chunk is not None:
+                    on_chunk()
+        except OSError as exc:
+            errors.append(f"sending failed: {exc}")
+        reader.join()
+        if errors:
+            raise PublicationError(f"writing to Redis failed: {errors[0]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _chunks(commands: pa.Array, start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(start, stop, size):
+        yield a, min(a + size, stop)
+
+
+def _buffer(commands: pa.Array, a: int, b: int) -> memoryview:
+    """Zero-copy bytes of commands[a:b] (a string array's data buffer is contiguous)."""
+    import numpy as np
+
+    offsets = np.frombuffer(
+        commands.buffers()[1], dtype=np.int32, count=len(commands) + 1, offset=commands.offset * 4
+    )
+    return memoryview(commands.buffers()[2])[int(offsets[a]) : int(offsets[b])]
+
+
+def write_version(
+    settings: Settings,
+    enc: Encoded,
+    *,
+    writers: int = DEFAULT_WRITERS,
+    max_units_per_s: float | None = None,
+    heartbeat: Any = None,
+) -> int:
+    """Send every bucket of the version; returns bytes sent. Raises on any Redis error reply."""
+    n = len(enc.commands)
+    writers = max(1, min(writers, n or 1))
+    bounds = [round(i * n / writers) for i in range(writers + 1)]
+    failures: list[BaseException] = []
+    total = [0]
+    lock = threading.Lock()
+
+    def run(lo: int, hi: int) -> None:
+        conn = None
+        try:
+            conn = RespConnection(settings)
+            parts = list(_chunks(enc.commands, lo, hi, COMMANDS_PER_CHUNK))
+            views = [_buffer(enc.commands, a, b) for a, b in parts]
+            started = time.perf_counter()
+            sent_units = [0]
+            it = iter(parts)
+
+            def pace() -> None:
+                a, b = next(it)
+                sent_units[0] += int(enc.command_units[a:b].sum())
+                if max_units_per_s:
+                    ahead = sent_units[0] / (max_units_per_s / writers) - (
+                        time.perf_counter() - started
+                    )
+                    if ahead > 0:
+                        time.sleep(ahead)
+
+            conn.stream(views, expected=hi - lo, on_chunk=pace)
+            with lock:
+                total[0] += sum(len(v) for v in views)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    threads = [
+        threading.Thread(target=run, args=(bounds[i], bounds[i + 1]), daemon=True)
+        for i in range(writers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(timeout=1.0)
+            if heartbeat is not None:
+                heartbeat()
+    if failures:
+        exc = failures[0]
+        if isinstance(exc, StrataError):
+            raise exc
+        raise PublicationError(f"writing version {enc.version} failed: {exc}") from exc
+    return total[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Server-side scripts: flip (with fast-path removals re-applied) and the fast path itself
+# --------------------------------------------------------------------------------------------
+
+#: Lua helper: drop the token of experiment index ``e`` from a unit's "e.v,e.v" value.
+_REMOVE_TOKEN_LUA = """
+local function remove_token(value, e)
+  local kept, removed = {}, false
+  for tok in string.gmatch(value, '[^,]+') do
+    if string.match(tok, '^(%d+)%.') == e then removed = true else kept[#kept + 1] = tok end
+  end
+  return table.concat(kept, ','), removed
+end
+local function remove_unit(p, ver, meta, code, exp, uid, h)
+  local e = redis.call('HGET', meta, 'x:' .. exp)
+  local nb = tonumber(redis.call('HGET', meta, 'buckets:' .. code))
+  if not e or not nb then return -1 end
+  local key = p .. ':' .. ver .. ':' .. code .. ':' .. string.format('%d', h % nb)
+  local cur = redis.call('HGET', key, uid)
+  if not cur then return 0 end
+  local new, removed = remove_token(cur, e)
+  if not removed then return 0 end
+  if new == '' then redis.call('HDEL', key, uid) else redis.call('HSET', key, uid, new) end
+  return 1
+end
+"""
+
+#: ARGV: prefix, version, now_ms. Atomically: re-apply tombstones, set the pointer, mark states.
+FLIP_LUA = (
+    _REMOVE_TOKEN_LUA
+    + """
+local p, ver, now = ARGV[1], ARGV[2], ARGV[3]
+local meta = p .. ':ver:' .. ver
+local state = redis.call('HGET', meta, 'state')
+if state ~= 'verified' then
+  return redis.error_reply('version ' .. ver .. ' is ' .. tostring(state) .. ', not verified')
+end
+local applied, dropped = 0, 0
+local tomb = redis.call('HGETALL', p .. ':tomb')
+for i = 1, #tomb, 2 do
+  local code, exp, uid = string.match(tomb[i], '^(%a)\\n([^\\n]*)\\n(.*)$')
+  local h = tonumber(string.match(tomb[i + 1], ':(%d+)$'))
+  local r = remove_unit(p, ver, meta, code, exp, uid, h)
+  if r == -1 then
+    redis.call('HDEL', p .. ':tomb', tomb[i])  -- its experiment is no longer published
+    dropped = dropped + 1
+  elseif r == 1 then
+    applied = applied + 1
+  end
+end
+local prev = redis.call('GET', p .. ':live')
+redis.call('SET', p .. ':live', ver)
+redis.call('HSET', meta, 'state', 'live', 'live_at', now)
+if prev and prev ~= ver then
+  redis.call('HSET', p .. ':ver:' .. prev, 'state', 'retired', 'retired_at', now)
+end
+return {prev or '', applied, dropped}
+"""
+)
+
+#: ARGV: prefix, code, experiment id, unit id, crc32, now_ms. Removes now and records a tombstone.
+INVALIDATE_LUA = (
+    _REMOVE_TOKEN_LUA
+    + """
+local p, code, exp, uid, h, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+redis.call('HSET', p .. ':tomb', code .. '\\n' .. exp .. '\\n' .. uid, now .. ':' .. ARGV[5])
+local ver = redis.call('GET', p .. ':live')
+if not ver then return 0 end
+local r = remove_unit(p, ver, p .. ':ver:' .. ver, code, exp, uid, h)
+if r == 1 then return 1 end
+return 0
+"""
+)
+
+
+def _client(settings: Settings) -> redis.Redis:
+    import redis as redis_lib
+
+    from strata.stack import redis_client
+
+    client = redis_client(settings, socket_timeout=60)
+    try:
+        client.ping()
+    except redis_lib.AuthenticationError as exc:
+        raise StackError(f"Redis at {settings.redis_url} refused our credentials: {exc}") from exc
+    except redis_lib.ConnectionError as exc:
+        raise StackError(f"Redis at {settings.redis_url} is not reachable: {exc}") from exc
+    return client
+
+
+def invalidate(
+    settings: Settings | None,
+    unit_type: str,
+    unit_id: str,
+    experiment_id: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+) -> bool:
+    """Fast path (seed 004 open question 1): take one unit out of one experiment *now*.
+
+    Removes the unit's assignment from the live version in one atomic script and records a
+    tombstone that every later publication re-applies at its flip, for as long as the experiment
+    is published (tombstones of experiments no longer published are dropped). Returns whether the
+    live version held that assignment. ``restore`` lifts a tombstone from the next publication on.
+    """
+    settings = settings or get_settings()
+    if unit_type not in UNIT_CODES:
+        raise DataError(f"unit_type {unit_type!r} is not one of {sorted(UNIT_CODES)}")
+    unit_id = check_unit_id(normalize_url(unit_id) if unit_type == "url" else unit_id, unit_type)
+    check_unit_id(experiment_id, "experiment id")
+    client = _client(settings)
+    now = int(time.time() * 1000)
+    removed = client.eval(
+        INVALIDATE_LUA,
+        0,
+        prefix,
+        UNIT_CODES[unit_type],
+        experiment_id,
+        unit_id,
+        unit_hash(unit_id),
+        now,
+    )
+    return bool(removed)
+
+
+def restore(
+    settings: Settings | None,
+    unit_type: str,
+    unit_id: str,
+    experiment_id: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+) -> bool:
+    """Lift a fast-path removal: the unit comes back with the next publication."""
+    settings = settings or get_settings()
+    if unit_type == "url":
+        unit_id = normalize_url(unit_id)
+    client = _client(settings)
+    field_ = tombstone_field(unit_type, unit_id, experiment_id)
+    return bool(client.hdel(KeySpace(prefix).tombstones, field_))
+
+
+# --------------------------------------------------------------------------------------------
+# Verification against the source, locking, cleanup, and the publication record
+# --------------------------------------------------------------------------------------------
+
+
+def verify(
+    client: redis.Redis,
+    enc: Encoded,
+    source: Source,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+) -> None:
+    """Counts per unit type from the server, and sampled units compared field by field.
+
+    The expected side of the sample comes from the raw source rows (not from the encoded values),
+    so an encoding bug shows up as a mismatch.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ks = KeySpace(prefix)
+    ver = enc.version
+    pipe = client.pipeline(transaction=False)
+    for t, nb in enc.buckets.items():
+        for b in range(nb):
+            pipe.hlen(f"{ks.bucket_prefix(ver, t)}{b}")
+    lengths = pipe.execute()
+    pos = 0
+    for t, nb in enc.buckets.items():
+        got = sum(lengths[pos : pos + nb])
+        pos += nb
+        if got != enc.units[t]:
+            raise PublicationError(
+                f"version {ver}: Redis holds {got} {t} units, the source has {enc.units[t]}"
+            )
+    stored_catalog = {int(k): v.decode() for k, v in client.hgetall(ks.catalog(ver)).items()}
+    if stored_catalog != enc.catalog:
+        raise PublicationError(f"version {ver}: catalog in Redis differs from the source")
+    n = enc.grouped.num_rows
+    if n == 0:
+        return
+    picks = sorted(random.Random(seed).sample(range(n), min(sample, n)))
+    units = enc.grouped.take(pa.array(picks)).select(["unit_type", "unit_id"]).to_pylist()
+    rows = source.assignments
+    wanted = pa.array([u["unit_id"] for u in units])
+    lookup_ids = rows["unit_id"]
+    is_url = pc.equal(rows["unit_type"], "url")
+    if pc.any(is_url).as_py():
+        lookup_ids = pa.array(
+            [
+                normalize_url(u) if t == "url" else u
+                for u, t in zip(
+                    rows["unit_id"].to_pylist(), rows["unit_type"].to_pylist(), strict=True
+                )
+            ]
+        )
+    mask = pc.is_in(lookup_ids, wanted)
+    subset = rows.filter(mask).select(["unit_type", "experiment_id", "variant_id"]).to_pylist()
+    ids = lookup_ids.filter(mask).to_pylist()
+    index = enc.experiment_index
+    expected: dict[tuple[str, str], set[tuple[str, int]]] = {}
+    for uid, r in zip(ids, subset, strict=True):
+        if r["experiment_id"] in index:  # excluded (not served) experiments are not expected
+            expected.setdefault((r["unit_type"], uid), set()).add(
+                (r["experiment_id"], r["variant_id"])
+            )
+    names = {i: e for e, i in index.items()}
+    pipe = client.pipeline(transaction=False)
+    for u in units:
+        h = unit_hash(u["unit_id"])
+        pipe.hget(ks.bucket(ver, u["unit_type"], h, enc.buckets[u["unit_type"]]), u["unit_id"])
+    for u, raw in zip(units, pipe.execute(), strict=True):
+        got = {(names[e], v) for e, v in decode_tokens(raw or b"")}
+        want = expected.get((u["unit_type"], u["unit_id"]), set())
+        if got != want:
+            raise PublicationError(
+                f"version {ver}: {u['unit_type']} {u['unit_id']!r} holds {sorted(got)}, "
+                f"the source says {sorted(want)}"
+            )
+
+
+class _Lock:
+    """One publisher at a time per prefix; a killed publisher's lock is taken over at once."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client, self.key = client, f"{prefix}:lock"
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+
+    def acquire(self) -> None:
+        if self.client.set(self.key, self.token, nx=True, ex=LOCK_TTL_S):
+            return
+        holder = (self.client.get(self.key) or b"").decode()
+        host, _, rest = holder.partition(":")
+        pid = int(rest.partition(":")[0] or 0)
+        if host == socket.gethostname() and pid and not _alive(pid):
+            self.client.set(self.key, self.token, ex=LOCK_TTL_S)
+            return
+        raise PublicationError(f"another publication holds {self.key} ({holder}); retry later")
+
+    def refresh(self) -> None:
+        self.client.expire(self.key, LOCK_TTL_S)
+
+    def release(self) -> None:
+        if (self.client.get(self.key) or b"").decode() == self.token:
+            self.client.delete(self.key)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def unlink_version(client: redis.Redis, version: str, prefix: str = DEFAULT_PREFIX) -> int:
+    """Unlink every key of one version (bucket names are computed, no SCAN). Never the live one."""
+    ks = KeySpace(prefix)
+    if (client.get(ks.live) or b"").decode() == version:
+        raise PublicationError(f"refusing to unlink the live version {version}")
+    meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(version)).items()}
+    keys = [ks.catalog(version), ks.meta(version)]
+    for t in UNIT_CODES:
+        nb = int(meta.get(f"buckets:{UNIT_CODES[t]}", 0))
+        keys.extend(f"{ks.bucket_prefix(version, t)}{b}" for b in range(nb))
+    unlinked = 0
+    for i in range(0, len(keys), 1000):
+        unlinked += client.unlink(*keys[i : i + 1000])
+    client.zrem(ks.versions, version)
+    return unlinked
+
+
+def cleanup(
+    settings: Settings | None = None,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    keep: int = KEEP_PREVIOUS,
+    client: redis.Redis | None = None,
+) -> list[str]:
+    """Unlink retired versions beyond the ``keep`` newest, and stale unfinished ones."""
+    client = client or _client(settings or get_settings())
+    ks = KeySpace(prefix)
+    live = (client.get(ks.live) or b"").decode()
+    now_ms = time.time() * 1000
+    retired_kept = 0
+    removed = []
+    for raw in client.zrevrange(ks.versions, 0, -1):
+        ver = raw.decode()
+        if ver == live:
+            continue
+        meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(ver)).items()}
+        state = meta.get("state", "retired")
+        if state == "retired":
+            retired_kept += 1
+            if retired_kept <= keep:
+                continue
+        elif now_ms - float(meta.get("updated_at", 0)) < STALE_WRITING_S * 1000:
+            continue  # a publication may still be working on it
+        unlink_version(client, ver, prefix)
+        removed.append(ver)
+    return removed
+
+
+_PUBLICATION_FIELDS = (
+    ("version", "string"),
+    ("state", "string"),
+    ("previous_version", "string"),
+    ("assignments_table", "string"),
+    ("assignments_snapshot_id", "int64"),
+    ("experiments_snapshot_id", "int64"),
+    ("rows", "int64"),
+    ("device_units", "int64"),
+    ("user_units", "int64"),
+    ("url_units", "int64"),
+    ("experiments", "int64"),
+    ("excluded_rows", "int64"),
+    ("buckets", "int64"),
+    ("bytes_sent", "int64"),
+    ("tombstones_applied", "int64"),
+    ("write_s", "float64"),
+    ("verify_s", "float64"),
+    ("duration_s", "float64"),
+    ("redis_prefix", "string"),
+)
+
+
+def record_publication(
+    settings: Settings,
+    result: PublicationResult,
+    *,
+    table_name: str = PUBLICATIONS_TABLE,
+    assignments_table: str = ASSIGNMENTS_TABLE,
+    prefix: str = DEFAULT_PREFIX,
+) -> None:
+    """Append one row to the Iceberg ``publications`` table (created on first use)."""
+    import pyarrow as pa
+
+    from strata.stack import iceberg_catalog
+
+    schema = pa.schema(
+        [pa.field(n, getattr(pa, t)()) for n, t in _PUBLICATION_FIELDS]
+        + [pa.field("published_at", pa.timestamp("us", tz="UTC"))]
+    )
+    row = asdict(result) | {
+        "assignments_table": assignments_table,
+        "device_units": result.units.get("device_id", 0),
+        "user_units": result.units.get("user_id", 0),
+        "url_units": result.units.get("url", 0),
+        "excluded_rows": sum(result.excluded_rows.values()),
+        "redis_prefix": prefix,
+    }
+    data = pa.Table.from_pylist([{f.name: row[f.name] for f in schema}], schema=schema)
+    catalog = iceberg_catalog(settings)
+    table = catalog.create_table_if_not_exists(f"{settings.namespace}.{table_name}", schema=schema)
+    table.append(data)
+
+
+# --------------------------------------------------------------------------------------------
+# The publication
+# --------------------------------------------------------------------------------------------
+
+
+def publish(
+    settings: Settings | None = None,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    assignments_table: str = ASSIGNMENTS_TABLE,
+    experiments_table: str = EXPERIMENTS_TABLE,
+    publications_table: str | None = PUBLICATIONS_TABLE,
+    as_of: dt.date | None = None,
+    writers: int = DEFAULT_WRITERS,
+    sample: int = DEFAULT_SAMPLE,
+    max_units_per_s: float | None = None,
+    keep: int = KEEP_PREVIOUS,
+) -> PublicationResult:
+    """Publish the current ``assignments`` snapshot as a new live version (see module doc).
+
+    ``max_units_per_s`` throttles writing to spare a busy production Redis. ``publications_table``
+    None skips the Iceberg record (benchmarks).
+    """
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    as_of = as_of or dt.datetime.now(dt.UTC).date()
+    source = read_source(settings, assignments_table, experiments_table)
+    enc = encode(source, prefix, as_of)
+    ks = KeySpace(prefix)
+    client = _client(settings)
+    lock = _Lock(client, prefix)
+    lock.acquire()
+    try:
+        live = (client.get(ks.live) or b"").decode() or None
+        if live == enc.version:
+            result = _result(enc, source, "unchanged", live, 0, 0, 0.0, 0.0, started)
+        else:
+            now = int(time.time() * 1000)
+            meta = {
+                "state": "writing",
+                "created_at": now,
+                "updated_at": now,
+                "assignments_snapshot_id": source.assignments_snapshot_id,
+                "experiments_snapshot_id": source.experiments_snapshot_id,
+                "rows": enc.rows,
+                **{f"buckets:{UNIT_CODES[t]}": n for t, n in enc.buckets.items()},
+                **{f"units:{UNIT_CODES[t]}": n for t, n in enc.units.items()},
+                **{f"x:{e}": i for e, i in enc.experiment_index.items()},
+            }
+            pipe = client.pipeline(transaction=True)
+            pipe.delete(ks.meta(enc.version), ks.catalog(enc.version))
+            pipe.hset(ks.meta(enc.version), mapping=meta)
+            if enc.catalog:
+                pipe.hset(ks.catalog(enc.version), mapping=enc.catalog)
+            pipe.zadd(ks.versions, {enc.version: now})
+            pipe.execute()
+            t0 = time.perf_counter()
+            sent = write_version(
+                settings,
+                enc,
+                writers=writers,
+                max_units_per_s=max_units_per_s,
+                heartbeat=lambda: (
+                    lock.refresh(),
+                    client.hset(ks.meta(enc.version), "updated_at", int(time.time() * 1000)),
+                ),
+            )
+            write_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            verify(client, enc, source, prefix=prefix, sample=sample)
+            verify_s = time.perf_counter() - t0
+            client.hset(ks.meta(enc.version), "state", "verified")
+            prev, applied, _dropped = client.eval(
+                FLIP_LUA, 0, prefix, enc.version, int(time.time() * 1000)
+            )
+            previous = prev.decode() or None
+            result = _result(
+                enc, source, "live", previous, sent, int(applied), write_s, verify_s, started
+            )
+        cleanup(prefix=prefix, keep=keep, client=client)
+    finally:
+        lock.release()
+    if publications_table:
+        record_publication(
+            settings,
+            result,
+            table_name=publications_table,
+            assignments_table=assignments_table,
+            prefix=prefix,
+        )
+    return result
+
+
+def _result(
+    enc: Encoded,
+    source: Source,
+    state: str,
+    previous: str | None,
+    sent: int,
+    applied: int,
+    write_s: float,
+    verify_s: float,
+    started: float,
+) -> PublicationResult:
+    return PublicationResult(
+        version=enc.version,
+        state=state,
+        previous_version=previous,
+        assignments_snapshot_id=source.assignments_snapshot_id,
+        experiments_snapshot_id=source.experiments_snapshot_id,
+        rows=enc.rows,
+        units=dict(enc.units),
+        experiments=len(enc.catalog),
+        excluded_rows=dict(enc.excluded_rows),
+        buckets=sum(enc.buckets.values()),
+        bytes_sent=sent,
+        tombstones_applied=applied,
+        write_s=round(write_s, 4),
+        verify_s=round(verify_s, 4),
+        duration_s=round(time.perf_counter() - started, 4),
+    )
