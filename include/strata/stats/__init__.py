@@ -1,0 +1,50 @@
+"""Strata's statistics engine: ep-stats-layout aggregates and metric expressions in, decisions out.
+
+Public API (see docs/statistics.md):
+
+- :func:`evaluate` — every metric × variant of many experiments in one vectorised pass;
+- :func:`required_cross_terms` — the cross-product sums the aggregates must carry;
+- :func:`experiment_from_record` — validate an experiments-table row;
+- :mod:`strata.stats.power`, :mod:`strata.stats.sequential`, :mod:`strata.stats.multiple`.
+
+Usage:
+    >>> from strata.stats import EvaluationConfig
+    >>> EvaluationConfig().alpha
+    0.05
+"""
+
+from strata.stats.engine import (
+    CROSS_COLUMNS,
+    KEY_COLUMNS,
+    VALUE_COLUMNS,
+    Evaluation,
+    evaluate,
+    required_cross_terms,
+)
+from strata.stats.errors import AggregateError, DesignError, ExpressionError
+from strata.stats.models import (
+    EvaluationConfig,
+    Experiment,
+    Metric,
+    Variant,
+    experiment_from_record,
+    experiments_from_records,
+)
+
+__all__ = [
+    "CROSS_COLUMNS",
+    "KEY_COLUMNS",
+    "VALUE_COLUMNS",
+    "AggregateError",
+    "DesignError",
+    "Evaluation",
+    "EvaluationConfig",
+    "Experiment",
+    "ExpressionError",
+    "Metric",
+    "Variant",
+    "evaluate",
+    "experiment_from_record",
+    "experiments_from_records",
+    "required_cross_terms",
+]

@@ -1,0 +1,275 @@
+"""ep-stats metric expressions, parsed safely (a tokenizer and a recursive-descent parser, no eval).
+
+A metric is ``nominator / denominator`` where each side is an ep-stats expression such as
+``count(user.unit.click)``, ``value(user.unit.revenue) - value(user.unit.refund)`` or
+``unique(user.unit.purchase(product=a))``. Strata evaluates metrics per randomisation unit, so
+each side must be *linear* in its goal terms: terms may be added, subtracted and scaled by numeric
+constants. Anything else (a product or quotient of two goals, a bare constant added to a goal,
+unknown functions, trailing text) is an :class:`ExpressionError` that names the expression and the
+character position. ep-stats accepts some of these and computes a meaningless variance, or ignores
+trailing text silently; Strata refuses them.
+
+Usage:
+    >>> form = parse_linear("value(user.unit.revenue) - 0.5 * value(user.unit.refund)")
+    >>> [(str(t), c) for t, c in form.items()]
+    [('value(user.unit.revenue)', 1.0), ('value(user.unit.refund)', -0.5)]
+    >>> parse_linear("count(user.unit.click) * count(user.unit.view)")
+    Traceback (most recent call last):
+    ...
+    strata.stats.errors.ExpressionError: product of two goal terms is not per-unit linear ...
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from strata.stats.errors import ExpressionError
+
+#: Functions of ep-stats expressions and the aggregate columns (sum, sum of squares) they read.
+FUNCTION_COLUMNS: dict[str, tuple[str, str]] = {
+    "count": ("count", "sum_sqr_count"),
+    "value": ("sum_value", "sum_sqr_value"),
+    "unique": ("count_unique", "count_unique"),
+}
+AGG_TYPES = ("unit", "global")
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<number>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_\-]*)"
+    r"|(?P<op>[-+*/().,=]))"
+)
+_DIM_VALUE = re.compile(r"\s*([A-Za-z0-9_\-.% /|]+?)\s*(?=[,)])")
+
+
+@dataclass(frozen=True, order=True)
+class Term:
+    """One goal term: ``func(unit_type.agg_type.goal(dim=value, ...))``.
+
+    ``dimensions`` is a sorted tuple of (name, value) pairs; the canonical text (``str(term)``) is
+    the key used to match aggregate rows and cross-product rows.
+    """
+
+    func: str
+    unit_type: str
+    agg_type: str
+    goal: str
+    dimensions: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def goal_key(self) -> str:
+        """Key of the aggregate row this term reads (without the function)."""
+        return goal_key(self.unit_type, self.agg_type, self.goal, self.dimensions)
+
+    @property
+    def columns(self) -> tuple[str, str]:
+        """The aggregate columns holding this term's per-unit sum and sum of squares."""
+        return FUNCTION_COLUMNS[self.func]
+
+    def __str__(self) -> str:
+        return f"{self.func}({self.goal_key})"
+
+
+def goal_key(unit_type: str, agg_type: str, goal: str, dimensions=()) -> str:
+    """Canonical text of a goal row: ``unit.agg.goal`` plus sorted non-empty dimensions.
+
+    Usage:
+        >>> goal_key("user", "unit", "buy", (("product", "b"), ("country", "")))
+        'user.unit.buy(product=b)'
+    """
+    dims = ",".join(f"{k}={v}" for k, v in sorted(dimensions) if v != "")
+    return f"{unit_type}.{agg_type}.{goal}" + (f"({dims})" if dims else "")
+
+
+class LinearForm(dict):
+    """A linear combination of goal terms: ``{Term: coefficient}`` (insertion-ordered)."""
+
+    def scaled(self, factor: float) -> LinearForm:
+        return LinearForm({t: c * factor for t, c in self.items()})
+
+    def plus(self, other: LinearForm, sign: float) -> LinearForm:
+        out = LinearForm(self)
+        for t, c in other.items():
+            out[t] = out.get(t, 0.0) + sign * c
+        return out
+
+
+@dataclass
+class _Node:
+    """Parsed value: a constant (``form is None``) or a linear form of terms."""
+
+    const: float | None
+    form: LinearForm | None
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def fail(self, message: str) -> ExpressionError:
+        return ExpressionError(f"{message} at position {self.pos} in expression {self.text!r}")
+
+    def peek(self) -> tuple[str, str] | None:
+        m = _TOKEN.match(self.text, self.pos)
+        if not m or m.end() == m.start() or m.lastgroup is None:
+            if self.text[self.pos :].strip():
+                raise self.fail(f"unexpected character {self.text[self.pos :].strip()[0]!r}")
+            return None
+        return m.lastgroup, m.group(m.lastgroup)
+
+    def take(self) -> tuple[str, str]:
+        tok = self.peek()
+        if tok is None:
+            raise self.fail("unexpected end")
+        self.pos = _TOKEN.match(self.text, self.pos).end()
+        return tok
+
+    def expect(self, value: str) -> None:
+        _kind, got = self.take()
+        if got != value:
+            raise self.fail(f"expected {value!r} but found {got!r}")
+
+    def parse(self) -> _Node:
+        node = self.expr()
+        if self.peek() is not None:
+            raise self.fail(f"unexpected trailing {self.peek()[1]!r}")
+        return node
+
+    def expr(self) -> _Node:
+        node = self.product()
+        while (tok := self.peek()) is not None and tok[1] in "+-":
+            self.take()
+            node = self.combine_sum(node, self.product(), 1.0 if tok[1] == "+" else -1.0)
+        return node
+
+    def product(self) -> _Node:
+        node = self.unary()
+        while (tok := self.peek()) is not None and tok[1] in "*/":
+            self.take()
+            node = self.combine_product(node, self.unary(), tok[1])
+        return node
+
+    def unary(self) -> _Node:
+        tok = self.peek()
+        if tok is not None and tok[1] == "-":
+            self.take()
+            node = self.unary()
+            if node.form is None:
+                return _Node(-node.const, None)
+            return _Node(None, node.form.scaled(-1.0))
+        return self.atom()
+
+    def atom(self) -> _Node:
+        kind, value = self.take()
+        if kind == "number":
+            return _Node(float(value), None)
+        if value == "(":
+            node = self.expr()
+            self.expect(")")
+            return node
+        if kind == "name":
+            return _Node(None, LinearForm({self.term(value): 1.0}))
+        raise self.fail(f"unexpected {value!r}")
+
+    def term(self, func: str) -> Term:
+        if func not in FUNCTION_COLUMNS:
+            raise self.fail(
+                f"unknown function {func!r} (expected one of {sorted(FUNCTION_COLUMNS)})"
+            )
+        self.expect("(")
+        parts = []
+        for i in range(3):
+            kind, name = self.take()
+            if kind != "name":
+                raise self.fail(f"expected a name in unit_type.agg_type.goal but found {name!r}")
+            parts.append(name)
+            if i < 2:
+                self.expect(".")
+        unit_type, agg_type, goal = parts
+        if agg_type not in AGG_TYPES:
+            raise self.fail(f"agg_type must be one of {AGG_TYPES}, not {agg_type!r}")
+        dims: dict[str, str] = {}
+        if self.peek() == ("op", "("):
+            self.take()
+            while True:
+                kind, dim = self.take()
+                if kind != "name":
+                    raise self.fail(f"expected a dimension name but found {dim!r}")
+                if self.peek() != ("op", "="):
+                    raise self.fail(
+                        f"dimension {dim!r}: only '=' filters are supported (ep-stats range "
+                        "operators are not evaluable from aggregates)"
+                    )
+                self.take()
+                m = _DIM_VALUE.match(self.text, self.pos)
+                if not m:
+                    raise self.fail(f"dimension {dim!r} has no value")
+                if dim in dims:
+                    raise self.fail(f"dimension {dim!r} given twice")
+                dims[dim] = m.group(1)
+                self.pos = m.end()
+                if self.peek() == ("op", ","):
+                    self.take()
+                    continue
+                self.expect(")")
+                break
+        self.expect(")")
+        return Term(func, unit_type, agg_type, goal, tuple(sorted(dims.items())))
+
+    def combine_sum(self, a: _Node, b: _Node, sign: float) -> _Node:
+        if a.form is None and b.form is None:
+            return _Node(a.const + sign * b.const, None)
+        if a.form is None or b.form is None:
+            raise self.fail(
+                "a constant added to a goal term changes every unit's value and is not supported"
+            )
+        return _Node(None, a.form.plus(b.form, sign))
+
+    def combine_product(self, a: _Node, b: _Node, op: str) -> _Node:
+        if a.form is not None and b.form is not None:
+            what = "product" if op == "*" else "quotient"
+            raise self.fail(f"{what} of two goal terms is not per-unit linear")
+        if op == "/":
+            if b.form is not None:
+                raise self.fail("dividing by a goal term is only allowed between the two sides")
+            if b.const == 0:
+                raise self.fail("division by zero")
+            factor = 1.0 / b.const
+            return (
+                _Node(a.const * factor, None)
+                if a.form is None
+                else _Node(None, a.form.scaled(factor))
+            )
+        if a.form is None and b.form is None:
+            return _Node(a.const * b.const, None)
+        form, const = (a.form, b.const) if a.form is not None else (b.form, a.const)
+        return _Node(None, form.scaled(const))
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(text: str) -> tuple[tuple[Term, float], ...]:
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError(f"empty metric expression {text!r}")
+    node = _Parser(text).parse()
+    if node.form is None:
+        raise ExpressionError(f"expression {text!r} has no goal term (a bare constant)")
+    items = tuple((t, c) for t, c in node.form.items() if c != 0.0)
+    if not items:
+        raise ExpressionError(f"expression {text!r}: all goal terms cancel out")
+    return items
+
+
+def parse_linear(text: str) -> LinearForm:
+    """Parse one ep-stats expression into ``{Term: coefficient}``; raise on anything else.
+
+    Usage:
+        >>> [(str(t), c) for t, c in parse_linear("count(user.global.exposure) / 2").items()]
+        [('count(user.global.exposure)', 0.5)]
+        >>> parse_linear("count(user.unit.click) foo")
+        Traceback (most recent call last):
+        ...
+        strata.stats.errors.ExpressionError: unexpected trailing 'foo' at position 22 ...
+    """
+    return LinearForm(_parse_cached(text))

@@ -1,0 +1,219 @@
+"""Experiment designs and evaluation settings: pydantic at the edge, frozen dataclasses inside.
+
+The shared contract (experiments dimension table): an experiment has ``experiment_id``,
+``variants`` (list of ``{vid, name, is_control, weight, ...}``) and ``metrics`` (list of
+``{id, name, nominator, denominator, role}``, ep-stats field names). Strata reads three optional
+metric keys on top: ``covariate`` (a CUPED pre-period expression), ``direction`` (``increase`` |
+``decrease``: which sign is a win) and ``minimum_effect`` (relative MDE of interest for power).
+Variants and metrics may arrive as JSON strings, as they are stored in Iceberg.
+
+Usage:
+    >>> exp = experiment_from_record({
+    ...     "experiment_id": "e1",
+    ...     "variants": '[{"vid": "b", "name": "B", "is_control": false, "weight": 1},'
+    ...                 ' {"vid": "a", "name": "A", "is_control": true, "weight": 1}]',
+    ...     "metrics": [{"id": 1, "name": "CTR", "nominator": "count(user.unit.click)",
+    ...                  "denominator": "count(user.global.exposure)", "role": "primary"}],
+    ... })
+    >>> exp.control.vid, [v.vid for v in exp.variants], exp.metrics[0].role
+    ('a', ['b', 'a'], 'primary')
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from strata.stats.errors import DesignError, ExpressionError
+from strata.stats.expressions import parse_linear
+
+DEFAULT_ALPHA = 0.05
+DEFAULT_SRM_ALPHA = 0.001
+DEFAULT_POWER = 0.8
+DEFAULT_UNIT_TYPE_EXPOSURE_GOAL = "exposure"
+
+Role = Literal["primary", "guardrail", "secondary"]
+Direction = Literal["increase", "decrease"]
+Correction = Literal["holm", "bh", "none"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    vid: str
+    name: str
+    is_control: bool
+    weight: float
+
+
+@dataclass(frozen=True)
+class Metric:
+    id: str
+    name: str
+    nominator: str
+    denominator: str
+    role: Role = "secondary"
+    direction: Direction = "increase"
+    covariate: str | None = None
+    minimum_effect: float | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment_id: str
+    variants: tuple[Variant, ...]
+    metrics: tuple[Metric, ...]
+    start_date: date | None = None
+    end_date: date | None = None
+
+    @property
+    def control(self) -> Variant:
+        return next(v for v in self.variants if v.is_control)
+
+    @property
+    def planned_days(self) -> int | None:
+        if self.start_date is None or self.end_date is None:
+            return None
+        return (self.end_date - self.start_date).days + 1
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How to test. ``correction_scope``: ``variants`` (per metric, across treatment variants, the
+    ep-stats family) or ``metrics`` (per experiment, across all metrics × treatment variants)."""
+
+    alpha: float = DEFAULT_ALPHA
+    srm_alpha: float = DEFAULT_SRM_ALPHA
+    correction: Correction = "holm"
+    correction_scope: Literal["variants", "metrics"] = "variants"
+    sequential: bool = True
+    cuped: bool = True
+    power: float = DEFAULT_POWER
+    exposure_goal: str = DEFAULT_UNIT_TYPE_EXPOSURE_GOAL
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "srm_alpha", "power"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise DesignError(f"EvaluationConfig.{name} must be in (0, 1), got {value!r}")
+        if self.correction not in ("holm", "bh", "none"):
+            raise DesignError(
+                f"EvaluationConfig.correction must be holm|bh|none: {self.correction!r}"
+            )
+        if self.correction_scope not in ("variants", "metrics"):
+            raise DesignError(
+                f"EvaluationConfig.correction_scope invalid: {self.correction_scope!r}"
+            )
+
+
+# --- edge: pydantic models validating the shared contract ------------------------------------
+
+
+class _VariantIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    vid: str
+    name: str = ""
+    is_control: bool = False
+    weight: float = Field(ge=0.0)
+
+    @field_validator("vid", mode="before")
+    @classmethod
+    def _str_vid(cls, v: Any) -> str:
+        return str(v)
+
+
+class _MetricIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    name: str
+    nominator: str
+    denominator: str
+    role: Role = "secondary"
+    direction: Direction = "increase"
+    covariate: str | None = None
+    minimum_effect: float | None = Field(default=None, gt=0.0)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _str_id(cls, v: Any) -> str:
+        return str(v)
+
+
+class _ExperimentIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    experiment_id: str
+    variants: list[_VariantIn]
+    metrics: list[_MetricIn]
+    start_date: date | None = None
+    end_date: date | None = None
+
+    @field_validator("variants", "metrics", mode="before")
+    @classmethod
+    def _json(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
+
+
+def experiment_from_record(record: Mapping[str, Any]) -> Experiment:
+    """Validate one experiments-table row (or an equivalent dict) into an :class:`Experiment`.
+
+    Raises :class:`DesignError` naming the experiment and the problem: no or several controls,
+    duplicate variant or metric ids, all-zero weights, unparsable metric expressions.
+    """
+    name = record.get("experiment_id", "<missing experiment_id>")
+    try:
+        spec = _ExperimentIn.model_validate(dict(record))
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise DesignError(f"experiment {name!r}: invalid definition: {exc}") from exc
+    variants = tuple(Variant(v.vid, v.name or v.vid, v.is_control, v.weight) for v in spec.variants)
+    controls = [v.vid for v in variants if v.is_control]
+    if len(controls) != 1:
+        raise DesignError(
+            f"experiment {name!r}: exactly one control variant needed, got {controls}"
+        )
+    if len(variants) < 2:
+        raise DesignError(f"experiment {name!r}: at least two variants needed")
+    _unique(name, "variant vid", [v.vid for v in variants])
+    if sum(v.weight for v in variants) <= 0:
+        raise DesignError(f"experiment {name!r}: variant weights sum to zero")
+    metrics = tuple(
+        Metric(
+            m.id,
+            m.name,
+            m.nominator,
+            m.denominator,
+            m.role,
+            m.direction,
+            m.covariate,
+            m.minimum_effect,
+        )
+        for m in spec.metrics
+    )
+    _unique(name, "metric id", [m.id for m in metrics])
+    for m in metrics:
+        for side in ("nominator", "denominator", "covariate"):
+            text = getattr(m, side)
+            if text is None:
+                continue
+            try:
+                parse_linear(text)
+            except ExpressionError as exc:
+                raise DesignError(f"experiment {name!r}, metric {m.id!r} {side}: {exc}") from exc
+    return Experiment(spec.experiment_id, variants, metrics, spec.start_date, spec.end_date)
+
+
+def experiments_from_records(records: Sequence[Mapping[str, Any]]) -> list[Experiment]:
+    """Validate many rows; experiment ids must be unique."""
+    out = [experiment_from_record(r) for r in records]
+    _unique("<all>", "experiment_id", [e.experiment_id for e in out])
+    return out
+
+
+def _unique(exp: str, what: str, values: Sequence[str]) -> None:
+    seen: set[str] = set()
+    dup = sorted({v for v in values if v in seen or seen.add(v)})
+    if dup:
+        raise DesignError(f"experiment {exp!r}: duplicate {what}: {dup}")

@@ -1,0 +1,58 @@
+"""Multiple-testing corrections, vectorised over many families at once.
+
+Each row of ``p`` is one family; NaN marks "no hypothesis here" (the control's own slot, a padded
+variant), so the family size is the number of finite p-values in the row, wherever the control
+sits. ep-stats instead assumes the control is the first variant of every metric block.
+
+Usage:
+    >>> import numpy as np
+    >>> holm(np.array([[0.01, np.nan, 0.04, 0.03]]))
+    array([[0.03, nan, 0.06, 0.06]])
+    >>> benjamini_hochberg(np.array([[0.01, 0.04, np.nan, 0.03]]))
+    array([[0.03, 0.04,  nan, 0.04]])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _sorted(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    p = np.asarray(p, dtype=float)
+    if p.ndim != 2:
+        raise ValueError(f"p-values must be 2-D (families × hypotheses), got shape {p.shape}")
+    finite = np.isfinite(p)
+    m = finite.sum(axis=1, keepdims=True)
+    order = np.argsort(np.where(finite, p, np.inf), axis=1, kind="stable")
+    ps = np.take_along_axis(np.where(finite, p, np.inf), order, axis=1)
+    rank = np.arange(1, p.shape[1] + 1)[None, :]
+    return ps, order, m, rank
+
+
+def _unsort(adj_sorted: np.ndarray, order: np.ndarray, p: np.ndarray) -> np.ndarray:
+    out = np.empty_like(adj_sorted)
+    np.put_along_axis(out, order, adj_sorted, axis=1)
+    return np.where(np.isfinite(p), out, np.nan)
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error rate), one family per row."""
+    ps, order, m, rank = _sorted(p)
+    with np.errstate(invalid="ignore"):
+        scaled = np.minimum(1.0, (m - rank + 1) * ps)
+    scaled = np.where(np.isfinite(ps), scaled, 1.0)
+    adj = np.maximum.accumulate(scaled, axis=1)
+    return _unsort(adj, order, np.asarray(p, dtype=float))
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg step-up adjusted p-values (false discovery rate), one family per row."""
+    ps, order, m, rank = _sorted(p)
+    with np.errstate(invalid="ignore"):
+        scaled = np.minimum(1.0, m * ps / rank)
+    scaled = np.where(np.isfinite(ps), scaled, np.inf)
+    adj = np.minimum.accumulate(scaled[:, ::-1], axis=1)[:, ::-1]
+    return _unsort(adj, order, np.asarray(p, dtype=float))
+
+
+CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg, "none": lambda p: np.asarray(p, float)}
