@@ -18,6 +18,7 @@ Usage (the functions the CLI and the DAG call)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -29,6 +30,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import redis as redis_lib
 
 from lookup_loader.keys import (
     DEFAULT_PREFIX,
@@ -663,8 +666,6 @@ return 0
 
 
 def _client(settings: Settings) -> redis.Redis:
-    import redis as redis_lib
-
     from strata.stack import redis_client
 
     client = redis_client(settings, socket_timeout=60)
@@ -978,60 +979,21 @@ def publish(
     as_of = as_of or dt.datetime.now(dt.UTC).date()
     source = read_source(settings, assignments_table, experiments_table)
     enc = encode(source, prefix, as_of)
-    ks = KeySpace(prefix)
     client = _client(settings)
     lock = _Lock(client, prefix)
-    lock.acquire()
     try:
-        live = (client.get(ks.live) or b"").decode() or None
-        if live == enc.version:
-            result = _result(enc, source, "unchanged", live, 0, 0, 0.0, 0.0, started)
-        else:
-            now = int(time.time() * 1000)
-            meta = {
-                "state": "writing",
-                "created_at": now,
-                "updated_at": now,
-                "assignments_snapshot_id": source.assignments_snapshot_id,
-                "experiments_snapshot_id": source.experiments_snapshot_id,
-                "rows": enc.rows,
-                **{f"buckets:{UNIT_CODES[t]}": n for t, n in enc.buckets.items()},
-                **{f"units:{UNIT_CODES[t]}": n for t, n in enc.units.items()},
-                **{f"x:{e}": i for e, i in enc.experiment_index.items()},
-            }
-            pipe = client.pipeline(transaction=True)
-            pipe.delete(ks.meta(enc.version), ks.catalog(enc.version))
-            pipe.hset(ks.meta(enc.version), mapping=meta)
-            if enc.catalog:
-                pipe.hset(ks.catalog(enc.version), mapping=enc.catalog)
-            pipe.zadd(ks.versions, {enc.version: now})
-            pipe.execute()
-            t0 = time.perf_counter()
-            sent = write_version(
-                settings,
-                enc,
-                writers=writers,
-                max_units_per_s=max_units_per_s,
-                heartbeat=lambda: (
-                    lock.refresh(),
-                    client.hset(ks.meta(enc.version), "updated_at", int(time.time() * 1000)),
-                ),
-            )
-            write_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            verify(client, enc, source, prefix=prefix, sample=sample)
-            verify_s = time.perf_counter() - t0
-            client.hset(ks.meta(enc.version), "state", "verified")
-            prev, applied, _dropped = client.eval(
-                FLIP_LUA, 0, prefix, enc.version, int(time.time() * 1000)
-            )
-            previous = prev.decode() or None
-            result = _result(
-                enc, source, "live", previous, sent, int(applied), write_s, verify_s, started
-            )
+        lock.acquire()
+        result = _publish_locked(
+            settings, client, lock, enc, source, prefix, writers, sample, max_units_per_s, started
+        )
         cleanup(prefix=prefix, keep=keep, client=client)
+    except redis_lib.RedisError as exc:
+        raise PublicationError(
+            f"publication of version {enc.version} failed ({exc}); the live version is untouched"
+        ) from exc
     finally:
-        lock.release()
+        with contextlib.suppress(redis_lib.RedisError):  # else the lock expires on its own
+            lock.release()
     if publications_table:
         record_publication(
             settings,
@@ -1041,6 +1003,62 @@ def publish(
             prefix=prefix,
         )
     return result
+
+
+def _publish_locked(
+    settings: Settings,
+    client: redis.Redis,
+    lock: _Lock,
+    enc: Encoded,
+    source: Source,
+    prefix: str,
+    writers: int,
+    sample: int,
+    max_units_per_s: float | None,
+    started: float,
+) -> PublicationResult:
+    ks = KeySpace(prefix)
+    live = (client.get(ks.live) or b"").decode() or None
+    if live == enc.version:
+        return _result(enc, source, "unchanged", live, 0, 0, 0.0, 0.0, started)
+    now = int(time.time() * 1000)
+    meta = {
+        "state": "writing",
+        "created_at": now,
+        "updated_at": now,
+        "assignments_snapshot_id": source.assignments_snapshot_id,
+        "experiments_snapshot_id": source.experiments_snapshot_id,
+        "rows": enc.rows,
+        **{f"buckets:{UNIT_CODES[t]}": n for t, n in enc.buckets.items()},
+        **{f"units:{UNIT_CODES[t]}": n for t, n in enc.units.items()},
+        **{f"x:{e}": i for e, i in enc.experiment_index.items()},
+    }
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(ks.meta(enc.version), ks.catalog(enc.version))
+    pipe.hset(ks.meta(enc.version), mapping=meta)
+    if enc.catalog:
+        pipe.hset(ks.catalog(enc.version), mapping=enc.catalog)
+    pipe.zadd(ks.versions, {enc.version: now})
+    pipe.execute()
+    t0 = time.perf_counter()
+    sent = write_version(
+        settings,
+        enc,
+        writers=writers,
+        max_units_per_s=max_units_per_s,
+        heartbeat=lambda: (
+            lock.refresh(),
+            client.hset(ks.meta(enc.version), "updated_at", int(time.time() * 1000)),
+        ),
+    )
+    write_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    verify(client, enc, source, prefix=prefix, sample=sample)
+    verify_s = time.perf_counter() - t0
+    client.hset(ks.meta(enc.version), "state", "verified")
+    prev, applied, _dropped = client.eval(FLIP_LUA, 0, prefix, enc.version, int(time.time() * 1000))
+    previous = prev.decode() or None
+    return _result(enc, source, "live", previous, sent, int(applied), write_s, verify_s, started)
 
 
 def _result(

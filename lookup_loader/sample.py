@@ -226,6 +226,9 @@ def write_tables(
         table = catalog.create_table_if_not_exists(
             f"{settings.namespace}.{name}", schema=data.schema
         )
-        table.overwrite(data)
+        if table.current_snapshot() is None:
+            table.append(data)
+        else:
+            table.overwrite(data)
         snapshots.append(table.current_snapshot().snapshot_id)
     return snapshots[0], snapshots[1]
