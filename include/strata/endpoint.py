@@ -1,0 +1,343 @@
+"""Reference device-register endpoint (seed 004): what online users copy; not on the batch path.
+
+``POST /v1/device/register/{device_id}`` takes seed 004's request envelope, answers from the live
+lookup version (``strata.lookup``) with seed 004's response envelope (``result.actions``), and
+writes one seed-004 LOG event per served experiment as a JSON line into
+``<STRATA_HOME>/landing/exposures/date=YYYY-MM-DD/<host>-<pid>-<start>.jsonl``, which the events
+pipeline reads as exposures.
+
+Bad input never reaches a 500: bodies over ``MAX_BODY_BYTES`` get 413, malformed JSON, wrong
+types, unknown fields, bad ids and a ``request.did`` that contradicts the path get 400 with the
+offending location named, both in seed 004's envelope (``params.status = "failed"``). Redis being
+unreachable is a 503.
+
+Run it with ``scripts/endpoint.sh start`` (uvicorn on 127.0.0.1, ``STRATA_ENDPOINT_PORT``, default
+8090), or ``uvicorn strata.endpoint:create_app --factory``. ``STRATA_LOOKUP_PREFIX`` chooses the
+Redis key prefix (default ``strata:lk``). This module imports FastAPI; only the server imports it.
+
+Usage:
+    >>> body = {"request": {"did": "d-1", "ext": {"userid": "u-1"}}}
+    >>> RegisterRequest.model_validate(body).request.ext.userid
+    'u-1'
+    >>> event = exposure_event("d-1", "u-1", "", "checkout_button", 1, "3f2a", 0)
+    >>> event["eid"], event["edata"]["params"][0]["variantId"], event["@timestamp"]
+    ('LOG', 1, '1970-01-01T00:00:00+00:00')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from lookup_loader.keys import DEFAULT_PREFIX, MAX_UNIT_ID_BYTES
+from strata.config import Settings, get_settings
+from strata.errors import DataError, StackError
+
+#: Largest request body accepted (seed 004's envelope is well under 1 KiB).
+MAX_BODY_BYTES = 16 * 1024
+API_ID = "api.device.register"
+API_VERSION = "1.0"
+#: Device ids in the path: letters, digits and ``. _ : -``, at most 128 characters.
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SHORT = 512  # max length of free-text envelope fields
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class UaSpec(_Strict):
+    agent: str = Field("", max_length=_SHORT)
+    ver: str = Field("", max_length=_SHORT)
+    system: str = Field("", max_length=_SHORT)
+    platform: str = Field("", max_length=_SHORT)
+    raw: str = Field("", max_length=2048)
+
+
+class Ext(_Strict):
+    userid: str | None = Field(None, max_length=MAX_UNIT_ID_BYTES)
+    url: str | None = Field(None, max_length=MAX_UNIT_ID_BYTES)
+
+
+class RequestBody(_Strict):
+    did: str = Field("", max_length=128)
+    uaspec: UaSpec = Field(default_factory=UaSpec)
+    channel: str = Field("", max_length=_SHORT)
+    fcmToken: str = Field("", max_length=4096)  # seed 004's field name
+    producer: str = Field("", max_length=_SHORT)
+    dspec: dict[str, Any] = Field(default_factory=dict)
+    ext: Ext = Field(default_factory=Ext)
+
+
+class RequestParams(_Strict):
+    msgid: str = Field("", max_length=_SHORT)
+
+
+class RegisterRequest(_Strict):
+    """Seed 004's request envelope (unknown fields are refused, types are not coerced)."""
+
+    id: str = Field("", max_length=_SHORT)
+    ver: str = Field("", max_length=_SHORT)
+    ts: str = Field("", max_length=_SHORT)
+    params: RequestParams = Field(default_factory=RequestParams)
+    request: RequestBody
+
+
+class ResponseParams(BaseModel):
+    resmsgid: str
+    msgid: str | None = None
+    status: str
+    client_key: str | None = None
+    err: str | None = None
+    errmsg: str | None = None
+
+
+class RegisterResponse(BaseModel):
+    """Seed 004's response envelope."""
+
+    id: str = API_ID
+    ver: str = API_VERSION
+    ts: str
+    params: ResponseParams
+    responseCode: str  # seed 004's field name
+    result: dict[str, Any]
+
+
+class BadRequest(Exception):
+    """Client error with the HTTP status and the location of the problem."""
+
+    def __init__(self, status: int, err: str, message: str, errors: list | None = None) -> None:
+        super().__init__(message)
+        self.status, self.err, self.message, self.errors = status, err, message, errors or []
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def exposure_event(
+    device_id: str,
+    user_id: str,
+    url: str,
+    experiment_id: str,
+    variant_id: int,
+    version: str,
+    ets_ms: int,
+) -> dict[str, Any]:
+    """Seed 004's LOG telemetry event for one served experiment."""
+    return {
+        "eid": "LOG",
+        "ets": ets_ms,
+        "ver": "3.0",
+        "mid": uuid.uuid4().hex.upper(),
+        "actor": {"id": "", "type": "System"},
+        "context": {
+            "channel": "analytics.api",
+            "pdata": {"id": "strata.device-register", "ver": API_VERSION, "pid": "experiment",
+                      "model": None},
+            "env": "analytics",
+            "sid": None,
+            "did": device_id,
+            "cdata": None,
+            "rollup": None,
+        },
+        "object": None,
+        "edata": {
+            "type": "api_access",
+            "params": [
+                {
+                    "title": "experiment",
+                    "experimentId": experiment_id,
+                    "variantId": variant_id,
+                    "userId": user_id,
+                    "deviceId": device_id,
+                    "url": url,
+                    "lookupVersion": version,
+                }
+            ],
+        },
+        "@timestamp": dt.datetime.fromtimestamp(ets_ms / 1000, dt.UTC).isoformat("T", "seconds"),
+    }  # fmt: skip
+
+
+class ExposureSink:
+    """Appends LOG events as JSON lines, one file per process and UTC day, under ``landing``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}.jsonl"
+        self._lock = threading.Lock()
+        self._day: str | None = None
+        self._fd: int | None = None
+
+    def path(self, day: str) -> Path:
+        return self.root / f"date={day}" / self.name
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        day = dt.datetime.fromtimestamp(events[0]["ets"] / 1000, dt.UTC).date().isoformat()
+        data = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events).encode()
+        with self._lock:
+            if day != self._day:
+                if self._fd is not None:
+                    os.close(self._fd)
+                target = self.path(day)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                self._day = day
+            os.write(self._fd, data)  # one append per request: lines never interleave
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd, self._day = None, None
+
+
+def _envelope(status: str, code: str, result: dict, msgid: str | None = None, **err: str) -> dict:
+    return RegisterResponse(
+        ts=_now().isoformat(timespec="milliseconds"),
+        params=ResponseParams(resmsgid=str(uuid.uuid4()), msgid=msgid, status=status, **err),
+        responseCode=code,
+        result=result,
+    ).model_dump()
+
+
+def _error(exc: BadRequest) -> JSONResponse:
+    body = _envelope(
+        "failed", "CLIENT_ERROR", {"errors": exc.errors}, err=exc.err, errmsg=exc.message
+    )
+    return JSONResponse(body, status_code=exc.status)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest(400, "INVALID_REQUEST", "Content-Length is not a number")
+        if int(declared) > MAX_BODY_BYTES:
+            raise BadRequest(413, "BODY_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(413, "BODY_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_units(device_id: str, body: RegisterRequest) -> tuple[str, str, str]:
+    if not DEVICE_ID_RE.match(device_id):
+        raise BadRequest(
+            400, "INVALID_DEVICE_ID",
+            f"path device id {device_id[:64]!r} must match {DEVICE_ID_RE.pattern}",
+            [{"loc": "path.device_id", "msg": "invalid device id"}],
+        )  # fmt: skip
+    req = body.request
+    if req.did and req.did != device_id:
+        raise BadRequest(
+            400, "DEVICE_ID_MISMATCH",
+            f"request.did {req.did[:64]!r} does not match the path device id {device_id!r}",
+            [{"loc": "body.request.did", "msg": "differs from the path"}],
+        )  # fmt: skip
+    user_id, url = req.ext.userid or "", req.ext.url or ""
+    if user_id and (_CONTROL.search(user_id) or len(user_id.encode()) > MAX_UNIT_ID_BYTES):
+        raise BadRequest(
+            400, "INVALID_USER_ID", "request.ext.userid has control characters or is too long",
+            [{"loc": "body.request.ext.userid", "msg": "invalid user id"}],
+        )  # fmt: skip
+    if url:
+        parts = urlsplit(url) if not _CONTROL.search(url) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BadRequest(
+                400, "INVALID_URL", "request.ext.url must be an absolute http(s) url",
+                [{"loc": "body.request.ext.url", "msg": "invalid url"}],
+            )  # fmt: skip
+    return device_id, user_id, url
+
+
+def create_app(settings: Settings | None = None, *, prefix: str | None = None) -> FastAPI:
+    """The ASGI app (``uvicorn strata.endpoint:create_app --factory``)."""
+    from strata.lookup import LookupClient
+
+    settings = settings or get_settings()
+    prefix = prefix or os.environ.get("STRATA_LOOKUP_PREFIX", DEFAULT_PREFIX)
+    sink = ExposureSink(settings.home / "landing" / "exposures")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        sink.close()
+
+    app = FastAPI(title="Strata device register", version=API_VERSION, docs_url=None,
+                  redoc_url=None, lifespan=lifespan)  # fmt: skip
+    state: dict[str, Any] = {}
+
+    def reader() -> LookupClient:
+        if "reader" not in state:
+            state["reader"] = LookupClient(settings, prefix=prefix)
+        return state["reader"]
+
+    app.state.sink = sink
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_request: Request, exc: BadRequest) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(StackError)
+    async def _unavailable(_request: Request, exc: StackError) -> JSONResponse:
+        body = _envelope("failed", "SERVER_ERROR", {}, err="LOOKUP_UNAVAILABLE", errmsg=str(exc))
+        return JSONResponse(body, status_code=503)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "live_version": reader().live_version()}
+
+    @app.post("/v1/device/register/{device_id}")
+    async def register(device_id: str, request: Request) -> JSONResponse:
+        raw = await _read_body(request)
+        try:
+            body = RegisterRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = [
+                {"loc": ".".join(["body", *(str(p) for p in e["loc"])]), "msg": e["msg"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ][:20]
+            first = errors[0] if errors else {"loc": "body", "msg": "invalid"}
+            raise BadRequest(
+                400, "INVALID_REQUEST", f"{first['loc']}: {first['msg']}", errors
+            ) from None
+        device_id, user_id, url = _check_units(device_id, body)
+        try:
+            answer = await run_in_threadpool(reader().answer, device_id, user_id, url)
+        except DataError as exc:  # an id the key scheme refuses
+            raise BadRequest(400, "INVALID_REQUEST", str(exc)) from None
+        ets = int(time.time() * 1000)
+        sink.write(
+            [
+                exposure_event(device_id, user_id, url, exp, variant, answer.version or "", ets)
+                for exp, variant in answer.experiments
+            ]
+        )
+        result = {"message": "Device registered successfully", "actions": answer.actions}
+        return JSONResponse(_envelope("successful", "OK", result, msgid=body.params.msgid or None))
+
+    return app

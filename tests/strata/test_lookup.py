@@ -1,0 +1,235 @@
+"""The reader client against a real redis-server: priority order, merged params, atomic flips."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pyarrow as pa
+import pytest
+
+from lookup_loader.loader import publish
+from lookup_loader.sample import (
+    assignment_rows,
+    assignments_schema,
+    experiments_table,
+    write_tables,
+)
+from strata.errors import DataError
+from strata.lookup import LookupClient, deep_merge
+
+
+class Env:
+    def __init__(self, settings) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.settings, self.prefix = settings, f"r{tag}"
+        self.names = {"assignments_table": f"lr_{tag}_a", "experiments_table": f"lr_{tag}_e"}
+
+    def write(self, rows: list[dict], experiments: list[dict]) -> None:
+        write_tables(
+            self.settings,
+            pa.Table.from_pylist(rows, schema=assignments_schema()),
+            experiments_table(experiments),
+            assignments_table=self.names["assignments_table"],
+            experiments_table_name=self.names["experiments_table"],
+        )
+
+    def publish(self):
+        return publish(self.settings, prefix=self.prefix, publications_table=None, **self.names)
+
+    def reader(self) -> LookupClient:
+        return LookupClient(self.settings, prefix=self.prefix)
+
+
+@pytest.fixture
+def env(redis_server):
+    return Env(redis_server)
+
+
+def experiment(exp_id, layer, priority, unit_type, service, variants, name=None):
+    return {
+        "experiment_id": exp_id,
+        "name": name or exp_id.title(),
+        "layer_id": layer,
+        "layer_priority": priority,
+        "unit_type": unit_type,
+        "service": service,
+        "status": "running",
+        "deployment_key": f"key-{exp_id}",
+        "variants": variants,
+    }
+
+
+def pinned(exp: dict, unit_id: str, variant: int) -> dict:
+    """One assignment row with the variant chosen by the test, not by the slot."""
+    row = assignment_rows(exp, [unit_id])[0]
+    name, params = exp["variants"][variant]
+    row |= {"variant_id": variant, "variant_name": name, "is_control": variant == 0}
+    row["params"] = assignment_rows({**exp, "variants": [(name, params)]}, [unit_id])[0]["params"]
+    return row
+
+
+class TestPriorityOrder:
+    """Seed 004 open question 2: user_id before device_id before url, per experiment and layer."""
+
+    EXP_USER = experiment(
+        "exp_user", "L1", 100, "user_id", "svc", [("on", {"a": {"x": 1}, "u": 1})]
+    )
+    EXP_DEVICE = experiment("exp_device", "L1", 100, "device_id", "svc", [("on", {"d": 1})])
+    EXP_URL = experiment("exp_url", "L2", 300, "url", "svc", [("on", {"a": {"y": 2}, "u": 3})])
+    BOTH = experiment(
+        "both", "L3", 10, "device_id", "svc",
+        [("control", {"a": {"x": 0, "z": 9}}), ("treat", {"a": {"x": 5, "z": 8}})],
+    )  # fmt: skip
+    URL = "https://shop.example.com/cart"
+
+    @pytest.fixture
+    def published(self, env):
+        rows = [
+            pinned(self.EXP_USER, "u1", 0),
+            pinned(self.EXP_DEVICE, "d1", 0),
+            pinned(self.EXP_URL, self.URL, 0),
+            pinned(self.BOTH, "d1", 0),
+            pinned(self.BOTH, "u1", 1) | {"unit_type": "user_id"},  # same experiment via user
+        ]
+        env.write(rows, [self.EXP_USER, self.EXP_DEVICE, self.EXP_URL, self.BOTH])
+        env.publish()
+        return env.reader()
+
+    def test_all_three_match(self, published):
+        actions = published.lookup("d1", "u1", self.URL)
+
+        got = [(a["type"], a["data"].get("id"), a["data"].get("variantId")) for a in actions]
+        assert got == [
+            ("experiment", "exp_url", 0),  # layer priority 300 first
+            ("experiment", "exp_user", 0),  # L1: the user's experiment beats the device's
+            ("experiment", "both", 1),  # via user_id, not device_id's variant 0
+            ("configUpdate", None, None),
+        ]
+        # params merged from the lowest layer priority up: both(10) < exp_user(100) < exp_url(300)
+        assert actions[-1]["data"] == {
+            "service": "svc",
+            "params": {"a": {"x": 1, "z": 8, "y": 2}, "u": 3},
+        }
+        assert actions[0]["data"] | {"params": None} == {
+            "id": "exp_url",
+            "name": "Exp_Url",
+            "startDate": "2026-01-01",
+            "endDate": "2099-12-31",
+            "key": "key-exp_url",
+            "variantId": 0,
+            "variantName": "on",
+            "params": None,
+        }
+
+    def test_device_only(self, published):
+        got = [
+            (a["data"]["id"], a["data"]["variantId"])
+            for a in published.lookup("d1")
+            if a["type"] == "experiment"
+        ]
+        assert got == [("exp_device", 0), ("both", 0)]
+
+    def test_url_is_normalised_and_empty_strings_mean_absent(self, published):
+        got = published.lookup("nobody", "", "HTTPS://Shop.Example.COM/cart#reviews")
+        assert [a["data"].get("id") for a in got] == ["exp_url", None]
+
+    def test_batch_equals_single(self, published):
+        requests = [("d1", "u1", self.URL), ("d1", None, None), ("zz", None, None)]
+        assert published.lookup_many(requests) == [published.lookup(*r) for r in requests]
+
+
+class TestAnswers:
+    def test_nothing_published_means_no_actions(self, env):
+        assert env.reader().lookup("d1", "u1") == []
+        assert env.reader().lookup_many([("d1", None, None)]) == [[]]
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (("bad\nid",), "device id 'bad\\\\nid' contains a control character"),
+            (("d1", "u" * 600), "user id is longer than 512 bytes"),
+            ((42,), "device id must be a non-empty string, got 42"),
+        ],
+    )
+    def test_bad_ids_are_refused_with_the_field_named(self, env, args, message):
+        with pytest.raises(DataError, match=message):
+            env.reader().lookup(*args)
+
+    def test_batch_requests_must_be_triples(self, env):
+        with pytest.raises(ValueError, match=r"request 1 must be \(device_id, user_id, url\)"):
+            env.reader().lookup_many([("d1", None, None), ("d2",)])
+
+    def test_deep_merge_leaves_inputs_alone(self):
+        base, over = {"a": {"x": 1}}, {"a": {"y": {"z": 1}}, "b": [1]}
+        assert deep_merge(base, over) == {"a": {"x": 1, "y": {"z": 1}}, "b": [1]}
+        assert base == {"a": {"x": 1}}
+
+
+class TestFlip:
+    def test_concurrent_readers_never_see_a_mixed_or_partial_answer(self, env):
+        """Two experiments per unit; version A serves variant 0 of both, version B variant 1.
+
+        Any answer mixing the two variants, naming the other version's experiment names, or
+        holding fewer than two experiments would be a mixed or half-loaded read.
+        """
+        units = [f"dev{i:05d}" for i in range(1500)]
+        variants = [("v0", {"k": 0}), ("v1", {"k": 1})]
+
+        def source(flavour: int):
+            exps = [
+                experiment(e, f"layer_{e}", p, "device_id", None, variants, f"{e}@{flavour}")
+                for e, p in (("alpha", 20), ("beta", 10))
+            ]
+            rows = [pinned(x, u, flavour) for x in exps for u in units]
+            return rows, exps
+
+        flavour_of_version = {}
+        rows, exps = source(0)
+        env.write(rows, exps)
+        flavour_of_version[env.publish().version] = 0
+        sources = {f: source(f) for f in (0, 1)}
+        stop = threading.Event()
+        bad: list = []
+        seen_versions: set[str] = set()
+        counts = [0]
+
+        def read(seed: int) -> None:
+            reader = env.reader()
+            i = seed
+            while not stop.is_set():
+                i = (i * 7919 + 13) % len(units)
+                if i % 5:
+                    answers = [reader.answer(units[i])]
+                else:
+                    answers = reader.answer_many([(u, None, None) for u in units[i : i + 50]])
+                if len({a.version for a in answers}) != 1:  # one batch call = one version
+                    bad.append([a.version for a in answers])
+                for ans in answers:
+                    seen_versions.add(ans.version)
+                    exp = [a["data"] for a in ans.actions if a["type"] == "experiment"]
+                    picks = {(d["variantId"], d["name"].split("@")[1]) for d in exp}
+                    expected = flavour_of_version.get(ans.version)
+                    wrong = expected is not None and picks != {(expected, str(expected))}
+                    if len(exp) != 2 or len(picks) != 1 or wrong:
+                        bad.append((ans.version, exp))
+                    counts[0] += 1
+
+        threads = [threading.Thread(target=read, args=(s,)) for s in (1, 2, 3)]
+        for t in threads:
+            t.start()
+        try:
+            for flip in range(4):
+                flavour = 1 - flip % 2
+                env.write(*sources[flavour])
+                result = env.publish()
+                flavour_of_version[result.version] = flavour
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+        assert bad == []
+        assert counts[0] > 100
+        assert len(seen_versions & set(flavour_of_version)) >= 3  # readers ran across the flips
