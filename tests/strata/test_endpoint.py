@@ -1,0 +1,224 @@
+"""The device-register endpoint as deployed: uvicorn started by scripts/endpoint.sh, real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from lookup_loader.loader import publish
+from lookup_loader.sample import sample_tables, write_tables
+from strata.config import Settings
+from strata.endpoint import MAX_BODY_BYTES, create_app
+from strata.lookup import LookupClient
+
+ROOT = Path(__file__).resolve().parents[2]
+PORT = int(os.environ.get("STRATA_TEST_REDIS_PORT", "6391")) + 2000
+URL = "https://app.example.com/p/3"
+
+
+@pytest.fixture(scope="module")
+def server(redis_server):
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"e{tag}"
+    names = {"assignments_table": f"le_{tag}_a", "experiments_table": f"le_{tag}_e"}
+    write_tables(
+        redis_server,
+        *sample_tables(devices=300, users=100, urls=10),
+        assignments_table=names["assignments_table"],
+        experiments_table_name=names["experiments_table"],
+    )
+    publish(redis_server, prefix=prefix, publications_table=None, **names)
+    env = os.environ | {"STRATA_ENDPOINT_PORT": str(PORT), "STRATA_LOOKUP_PREFIX": prefix}
+    script = ROOT / "scripts" / "endpoint.sh"
+    subprocess.run([script, "start"], check=True, capture_output=True, env=env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=10) as client:
+            yield client, LookupClient(redis_server, prefix=prefix), redis_server
+    finally:
+        subprocess.run([script, "stop"], check=True, capture_output=True, env=env)
+
+
+def envelope(did="d00000002", userid="u00000002", url=URL, msgid="m-1"):
+    return {
+        "id": "api.device.register",
+        "ver": "1.0",
+        "ts": "2026-11-23T10:00:00Z",
+        "params": {"msgid": msgid},
+        "request": {
+            "did": did,
+            "uaspec": {"agent": "app", "ver": "5.1", "system": "ios", "platform": "ios", "raw": ""},
+            "channel": "c1",
+            "fcmToken": "",
+            "producer": "app.ios",
+            "dspec": {"os": "ios 17", "screen": {"w": 1170, "h": 2532}},
+            "ext": {"userid": userid, "url": url},
+        },
+    }
+
+
+def exposure_lines(home: Path) -> list[dict]:
+    files = sorted((home / "landing" / "exposures").glob("date=*/*.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+class TestRegister:
+    def test_answers_the_seed_envelope_with_the_lookup_actions_and_logs_exposures(self, server):
+        client, reader, settings = server
+        before = len(exposure_lines(settings.home))
+
+        response = client.post("/v1/device/register/d00000002", json=envelope())
+
+        assert response.status_code == 200
+        body = response.json()
+        assert body["responseCode"] == "OK"
+        assert body["params"]["status"] == "successful"
+        assert body["params"]["msgid"] == "m-1"
+        uuid.UUID(body["params"]["resmsgid"])
+        actions = body["result"]["actions"]
+        assert actions == reader.lookup("d00000002", "u00000002", URL)
+        served = [
+            (a["data"]["id"], a["data"]["variantId"]) for a in actions if a["type"] == "experiment"
+        ]
+        assert {e for e, _ in served} == {"checkout_button", "feed_ranking", "landing_copy"}
+        events = exposure_lines(settings.home)[before:]
+        assert [(e["eid"], e["edata"]["type"]) for e in events] == [("LOG", "api_access")] * 3
+        assert sorted(
+            (p["experimentId"], p["variantId"], p["deviceId"], p["userId"], p["url"])
+            for p in (e["edata"]["params"][0] for e in events)
+        ) == sorted((x, v, "d00000002", "u00000002", URL) for x, v in served)
+        assert all(e["edata"]["params"][0]["title"] == "experiment" for e in events)
+
+    def test_unknown_device_gets_no_actions_and_no_events(self, server):
+        client, _, settings = server
+        before = len(exposure_lines(settings.home))
+        response = client.post("/v1/device/register/nobody", json={"request": {}})
+        assert response.status_code == 200
+        assert response.json()["result"]["actions"] == []
+        assert len(exposure_lines(settings.home)) == before
+
+    def test_health(self, server):
+        client, reader, _ = server
+        assert client.get("/healthz").json() == {
+            "status": "ok",
+            "live_version": reader.live_version(),
+        }
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        ("path", "body", "status", "err", "loc"),
+        [
+            ("d1", {"request": {"did": 5}}, 400, "INVALID_REQUEST", "body.request.did"),
+            ("d1", {"request": {"ext": {"userid": ["u"]}}}, 400, "INVALID_REQUEST",
+             "body.request.ext.userid"),
+            ("d1", {"request": {}, "surprise": 1}, 400, "INVALID_REQUEST", "body.surprise"),
+            ("d1", {"id": "x"}, 400, "INVALID_REQUEST", "body.request"),
+            ("d1", [], 400, "INVALID_REQUEST", "body"),
+            ("d1", {"request": {"did": "d2"}}, 400, "DEVICE_ID_MISMATCH", "body.request.did"),
+            ("bad%20id", {"request": {}}, 400, "INVALID_DEVICE_ID", "path.device_id"),
+            ("d1", {"request": {"ext": {"url": "javascript:alert(1)"}}}, 400, "INVALID_URL",
+             "body.request.ext.url"),
+            ("d1", {"request": {"ext": {"userid": "a\u0000b"}}}, 400, "INVALID_USER_ID",
+             "body.request.ext.userid"),
+            ("d1", {"request": {"ext": {"userid": "u" * 600}}}, 400, "INVALID_REQUEST",
+             "body.request.ext.userid"),
+        ],
+    )  # fmt: skip
+    def test_is_a_clear_client_error(self, server, path, body, status, err, loc):
+        response = server[0].post(f"/v1/device/register/{path}", json=body)
+        assert response.status_code == status
+        payload = response.json()
+        assert (payload["responseCode"], payload["params"]["status"], payload["params"]["err"]) == (
+            "CLIENT_ERROR",
+            "failed",
+            err,
+        )
+        assert loc in [e["loc"] for e in payload["result"]["errors"]]
+
+    def test_malformed_json(self, server):
+        response = server[0].post("/v1/device/register/d1", content=b'{"request": {')
+        assert response.status_code == 400
+        assert "Invalid JSON" in response.json()["params"]["errmsg"]
+
+    def test_huge_bodies_are_refused_declared_or_streamed(self, server):
+        client = server[0]
+        huge = json.dumps({"request": {"dspec": {"x": "a" * (MAX_BODY_BYTES + 1)}}}).encode()
+        declared = client.post("/v1/device/register/d1", content=huge)
+        streamed = client.post(
+            "/v1/device/register/d1",
+            content=(huge[i : i + 4096] for i in range(0, len(huge), 4096)),  # chunked, no length
+        )
+        assert (declared.status_code, streamed.status_code) == (413, 413)
+        assert streamed.json()["params"]["err"] == "BODY_TOO_LARGE"
+        assert client.post("/v1/device/register/d1", json=envelope(did="d1")).status_code == 200
+
+
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "did": JSON | st.text(max_size=200),
+        "ext": st.fixed_dictionaries({}, optional={"userid": JSON, "url": JSON | st.text()}) | JSON,
+        "uaspec": JSON,
+        "dspec": JSON,
+        "channel": JSON,
+    },
+)
+
+
+class TestFuzz:
+    @hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        device_id=st.text(min_size=1, max_size=300),
+        body=st.one_of(
+            JSON,
+            st.fixed_dictionaries({"request": FIELDS}, optional={"params": JSON, "id": JSON}),
+        ),
+    )
+    def test_no_input_gives_a_server_error(self, server, device_id, body):
+        path = "/v1/device/register/" + urllib.parse.quote(device_id, safe="")
+        response = server[0].post(path, json=body)
+        assert 200 <= response.status_code < 500, response.text
+        if response.status_code in (400, 413):
+            assert response.json()["params"]["status"] == "failed"
+
+    @hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(raw=st.binary(max_size=3000))
+    def test_raw_bytes_never_give_a_server_error(self, server, raw):
+        response = server[0].post("/v1/device/register/d1", content=raw)
+        assert response.status_code in (200, 400)
+
+
+class TestRedisTrouble:
+    @pytest.mark.parametrize(
+        "change", [{"redis_password": "wrong"}, {"redis_url": "redis://127.0.0.1:9/0"}]
+    )
+    def test_unreachable_or_refused_redis_is_a_503(self, redis_server, change):
+        settings = Settings(home=redis_server.home, **change)
+        app = create_app(settings, prefix="none")
+        with TestClient(app) as client:  # in-process: this server's Redis is deliberately wrong
+            response = client.post("/v1/device/register/d1", json={"request": {}})
+        assert response.status_code == 503
+        assert response.json()["params"]["err"] == "LOOKUP_UNAVAILABLE"
