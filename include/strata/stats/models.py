@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from strata.stats.errors import DesignError, ExpressionError
 from strata.stats.expressions import parse_linear
@@ -119,6 +126,16 @@ class _VariantIn(BaseModel):
     name: str = ""
     is_control: bool = False
     weight: float = Field(ge=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weight_from_slots(cls, data: Any) -> Any:
+        """Variants given as slot ranges [start, end) carry their allocation in the range."""
+        if isinstance(data, dict) and data.get("weight") is None:
+            start, end = data.get("start"), data.get("end")
+            if start is not None and end is not None:
+                return {**data, "weight": float(end) - float(start)}
+        return data
 
     @field_validator("vid", mode="before")
     @classmethod

@@ -1,0 +1,329 @@
+"""The long ``results`` table in Iceberg, written and read with pyiceberg (no JVM).
+
+One row per experiment × analysis date × window × metric × variant × statistic. Each run fully
+replaces the rows of its (experiment, analysis_date, window) keys with one overwrite commit, so
+re-runs are idempotent. Every row records the run id and the Iceberg snapshot ids of the input
+tables it read (``input_snapshots``, JSON ``{"table": snapshot_id}``), so
+:func:`reproduce` can re-evaluate against exactly those snapshots.
+
+Entry points for the CLI / DAG: :func:`run_evaluation` (``strata evaluate EXP --date D``) and
+:func:`read_results` (``strata report EXP``).
+
+Usage:
+    >>> RESULTS_SCHEMA.names[:6]
+    ['experiment_id', 'analysis_date', 'window', 'metric_id', 'metric_name', 'role']
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from strata.stats.engine import CROSS_COLUMNS, KEY_COLUMNS, VALUE_COLUMNS, Evaluation, evaluate
+from strata.stats.errors import AggregateError, DesignError
+from strata.stats.models import EvaluationConfig, Experiment, experiment_from_record
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+RESULTS_TABLE = "results"
+GOALS_TABLE = "goal_aggregates"
+CROSS_TABLE = "goal_cross_aggregates"
+EXPERIMENTS_TABLE = "experiments"
+#: Column of the aggregate tables that selects the analysis date (cumulative window).
+AS_OF_COLUMN = "as_of_date"
+CUMULATIVE_WINDOW = "cumulative"
+SCHEMA_VERSION = "1"
+SRM_METRIC_ID = "__srm__"
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("analysis_date", pa.date32(), nullable=False),
+        pa.field("window", pa.string(), nullable=False),
+        pa.field("metric_id", pa.string(), nullable=False),
+        pa.field("metric_name", pa.string()),
+        pa.field("role", pa.string()),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("comparison", pa.string()),
+        pa.field("statistic", pa.string(), nullable=False),
+        pa.field("point", pa.float64()),
+        pa.field("lower", pa.float64()),
+        pa.field("upper", pa.float64()),
+        pa.field("p_value", pa.float64()),
+        pa.field("p_value_adjusted", pa.float64()),
+        pa.field("decision", pa.string()),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("input_snapshots", pa.string(), nullable=False),
+        pa.field("evaluated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("schema_version", pa.string(), nullable=False),
+    ]
+)
+
+#: (statistic, point column, lower column, upper column, treatment rows only, with p-values)
+_STATISTICS = (
+    ("count", "count", None, None, False, False),
+    ("mean", "mean", None, None, False, False),
+    ("std", "std", None, None, False, False),
+    ("abs_diff", "abs_diff", "abs_lower", "abs_upper", True, True),
+    ("rel_diff", "rel_diff", "rel_lower", "rel_upper", True, True),
+    ("mde", "mde", None, None, True, False),
+)
+
+
+def results_frame(
+    evaluation: Evaluation,
+    run_id: str,
+    input_snapshots: Mapping[str, int | None],
+    window: str = CUMULATIVE_WINDOW,
+    evaluated_at: datetime | None = None,
+) -> pd.DataFrame:
+    """Turn an :class:`Evaluation` into long results rows (metric statistics and SRM)."""
+    if evaluation.analysis_date is None:
+        raise DesignError("results need an analysis date (evaluate(..., analysis_date=...))")
+    m = evaluation.metrics
+    parts = []
+    for stat, point, lower, upper, treatment_only, tested in _STATISTICS:  # vectorised each
+        rows = m[~m["is_control"]] if treatment_only else m
+        parts.append(
+            pd.DataFrame(
+                {
+                    "experiment_id": rows["exp_id"],
+                    "metric_id": rows["metric_id"].astype(str),
+                    "metric_name": rows["metric_name"],
+                    "role": rows["role"],
+                    "variant": rows["variant"],
+                    "comparison": np.where(
+                        rows["is_control"], "", rows["variant"] + " vs " + rows["control"]
+                    ),
+                    "statistic": stat,
+                    "point": rows[point].astype(float),
+                    "lower": rows[lower].astype(float) if lower else np.nan,
+                    "upper": rows[upper].astype(float) if upper else np.nan,
+                    "p_value": rows["p_value"].astype(float) if tested else np.nan,
+                    "p_value_adjusted": rows["p_value_adjusted"].astype(float)
+                    if tested
+                    else np.nan,
+                    "decision": rows["decision"] if tested else None,
+                }
+            )
+        )
+    srm = evaluation.srm
+    parts.append(
+        pd.DataFrame(
+            {
+                "experiment_id": srm["exp_id"],
+                "metric_id": SRM_METRIC_ID,
+                "metric_name": "sample ratio mismatch (" + srm["unit_type"] + ")",
+                "role": "check",
+                "variant": "",
+                "comparison": "",
+                "statistic": "srm_chi2",
+                "point": srm["chi2"].astype(float),
+                "lower": np.nan,
+                "upper": np.nan,
+                "p_value": srm["p_value"].astype(float),
+                "p_value_adjusted": np.nan,
+                "decision": np.where(srm["passed"], "passed", "failed"),
+            }
+        )
+    )
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(1, "analysis_date", evaluation.analysis_date)
+    out.insert(2, "window", window)
+    out["run_id"] = run_id
+    out["input_snapshots"] = json.dumps(dict(sorted(input_snapshots.items())))
+    out["evaluated_at"] = pd.Timestamp(evaluated_at or datetime.now(UTC))
+    out["schema_version"] = SCHEMA_VERSION
+    return out[RESULTS_SCHEMA.names].sort_values(
+        ["experiment_id", "metric_id", "variant", "statistic"], kind="stable", ignore_index=True
+    )
+
+
+def _identifier(catalog: Catalog, name: str, namespace: str) -> str:
+    return name if "." in name else f"{namespace}.{name}"
+
+
+def write_results(
+    catalog: Catalog, frame: pd.DataFrame, table: str = RESULTS_TABLE, namespace: str = "strata"
+) -> int | None:
+    """Replace the rows of every (experiment, analysis_date, window) in ``frame`` in one commit.
+
+    Creates the namespace and table if needed. Returns the new snapshot id.
+    """
+    from pyiceberg.expressions import And, EqualTo, Or
+
+    ident = _identifier(catalog, table, namespace)
+    catalog.create_namespace_if_not_exists(ident.rsplit(".", 1)[0])
+    tbl = catalog.create_table_if_not_exists(ident, schema=RESULTS_SCHEMA)
+    arrow = pa.Table.from_pandas(frame, schema=RESULTS_SCHEMA, preserve_index=False)
+    keys = frame[["experiment_id", "analysis_date", "window"]].drop_duplicates()
+    filters = [
+        And(
+            EqualTo("experiment_id", e),
+            And(EqualTo("analysis_date", d.isoformat()), EqualTo("window", w)),
+        )
+        for e, d, w in keys.itertuples(index=False)
+    ]
+    overwrite_filter = filters[0]
+    for f in filters[1:]:
+        overwrite_filter = Or(overwrite_filter, f)
+    tbl.overwrite(arrow, overwrite_filter=overwrite_filter)
+    snap = tbl.current_snapshot()
+    return snap.snapshot_id if snap else None
+
+
+def read_results(
+    catalog: Catalog,
+    experiment_id: str | None = None,
+    table: str = RESULTS_TABLE,
+    namespace: str = "strata",
+) -> pd.DataFrame:
+    """All stored results (of one experiment if given), as a DataFrame."""
+    from pyiceberg.expressions import AlwaysTrue, EqualTo
+
+    tbl = catalog.load_table(_identifier(catalog, table, namespace))
+    row_filter = EqualTo("experiment_id", experiment_id) if experiment_id else AlwaysTrue()
+    return tbl.scan(row_filter=row_filter).to_pandas()
+
+
+@dataclass
+class Inputs:
+    """What one evaluation read: the frames and the snapshot id of each table."""
+
+    goals: pd.DataFrame
+    cross: pd.DataFrame | None
+    experiments: list[Experiment]
+    snapshots: dict[str, int | None]
+
+
+def _scan(
+    catalog, ident: str, row_filter, snapshot_id: int | None
+) -> tuple[pd.DataFrame, int | None]:
+    tbl = catalog.load_table(ident)
+    if snapshot_id is None:
+        snap = tbl.current_snapshot()
+        snapshot_id = snap.snapshot_id if snap else None
+    if snapshot_id is None:
+        return tbl.schema().as_arrow().empty_table().to_pandas(), None
+    return tbl.scan(row_filter=row_filter, snapshot_id=snapshot_id).to_pandas(), snapshot_id
+
+
+def read_inputs(
+    catalog: Catalog,
+    experiment_ids: Sequence[str],
+    analysis_date: date,
+    namespace: str = "strata",
+    goals_table: str = GOALS_TABLE,
+    cross_table: str | None = CROSS_TABLE,
+    experiments_table: str = EXPERIMENTS_TABLE,
+    snapshots: Mapping[str, int | None] | None = None,
+) -> Inputs:
+    """Read the aggregates of ``analysis_date`` (and the designs) at pinned or current snapshots.
+
+    The ``as_of_date`` column selects the cumulative window and is dropped; every other
+    non-standard column of the aggregates is a dimension. A missing cross table is allowed (the
+    engine then fails clearly if a metric needs it).
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.expressions import And, EqualTo, In
+
+    snapshots = dict(snapshots or {})
+    ids = [str(i) for i in experiment_ids]
+    got: dict[str, int | None] = {}
+    g_ident = _identifier(catalog, goals_table, namespace)
+    flt = And(In("exp_id", ids), EqualTo(AS_OF_COLUMN, analysis_date.isoformat()))
+    goals, got[g_ident] = _scan(catalog, g_ident, flt, snapshots.get(g_ident))
+    goals = goals.drop(columns=[AS_OF_COLUMN])
+    cross = None
+    if cross_table:
+        c_ident = _identifier(catalog, cross_table, namespace)
+        try:
+            cross, got[c_ident] = _scan(catalog, c_ident, flt, snapshots.get(c_ident))
+            cross = cross[list(CROSS_COLUMNS)]
+        except NoSuchTableError:
+            if c_ident in snapshots:
+                raise
+    e_ident = _identifier(catalog, experiments_table, namespace)
+    exp_frame, got[e_ident] = _scan(
+        catalog, e_ident, In("experiment_id", ids), snapshots.get(e_ident)
+    )
+    records = exp_frame.to_dict("records")
+    missing = sorted(set(ids) - {str(r["experiment_id"]) for r in records})
+    if missing:
+        raise AggregateError(f"experiments not found in {e_ident}: {missing}")
+    _require(goals, g_ident)
+    return Inputs(goals, cross, [experiment_from_record(r) for r in records], got)
+
+
+def _require(goals: pd.DataFrame, ident: str) -> None:
+    missing = [c for c in (*KEY_COLUMNS, *VALUE_COLUMNS) if c not in goals.columns]
+    if missing:
+        raise AggregateError(f"{ident} lacks columns {missing}")
+
+
+def run_evaluation(
+    catalog: Catalog,
+    experiment_ids: Sequence[str],
+    analysis_date: date,
+    namespace: str = "strata",
+    config: EvaluationConfig | None = None,
+    run_id: str | None = None,
+    snapshots: Mapping[str, int | None] | None = None,
+    write: bool = True,
+    **tables: Any,
+) -> tuple[Evaluation, pd.DataFrame]:
+    """Read inputs, evaluate, and (by default) replace the results of these experiments and date.
+
+    This is ``strata evaluate EXP --date D``. ``tables`` may rename ``goals_table``,
+    ``cross_table``, ``experiments_table``; ``results_table`` names the output.
+    """
+    results_table = tables.pop("results_table", RESULTS_TABLE)
+    inputs = read_inputs(
+        catalog, experiment_ids, analysis_date, namespace, snapshots=snapshots, **tables
+    )
+    evaluation = evaluate(
+        inputs.goals, inputs.experiments, inputs.cross, analysis_date=analysis_date, config=config
+    )
+    frame = results_frame(evaluation, run_id or uuid.uuid4().hex, inputs.snapshots)
+    if write:
+        write_results(catalog, frame, results_table, namespace)
+    return evaluation, frame
+
+
+def reproduce(
+    catalog: Catalog,
+    experiment_id: str,
+    analysis_date: date,
+    window: str = CUMULATIVE_WINDOW,
+    namespace: str = "strata",
+    config: EvaluationConfig | None = None,
+    **tables: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Re-evaluate a stored result against the input snapshots it recorded.
+
+    Returns ``(stored, recomputed)`` results rows, sorted alike, for comparison.
+    """
+    results_table = tables.pop("results_table", RESULTS_TABLE)
+    stored = read_results(catalog, experiment_id, results_table, namespace)
+    stored = stored[(stored["analysis_date"] == analysis_date) & (stored["window"] == window)]
+    if stored.empty:
+        raise AggregateError(
+            f"no stored results for {experiment_id!r} on {analysis_date} ({window})"
+        )
+    snapshots = json.loads(stored["input_snapshots"].iloc[0])
+    _, recomputed = run_evaluation(
+        catalog, [experiment_id], analysis_date, namespace, config,
+        run_id=stored["run_id"].iloc[0], snapshots=snapshots, write=False, **tables,
+    )  # fmt: skip
+    order = ["experiment_id", "metric_id", "variant", "statistic"]
+    stored = stored.sort_values(order, kind="stable", ignore_index=True)
+    return stored, recomputed.sort_values(order, kind="stable", ignore_index=True)
