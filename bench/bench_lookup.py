@@ -1,0 +1,520 @@
+"""Benchmark of the Redis lookup table: publication, reader, endpoint, flip visibility.
+
+Each figure is printed beside a reference measured in the same run on the same server, with the
+ratio, because the machine is shared and absolute numbers are noisy:
+
+  (a) publication: units/s of the RESP writer vs ``redis-benchmark -P 64 -t set`` (ops/s) and vs
+      naive redis-py pipelining; Arrow-from-pyiceberg read time (vs Spark, with ``--spark``);
+      Redis memory per unit for three encodings beside the payload bytes;
+  (b) reader: single lookup p50/p99 vs a bare redis-py GET; batch lookups/s;
+  (c) endpoint (uvicorn via scripts/endpoint.sh) under bounded load from a second process:
+      p50/p99 and sustained rate, beside GET /healthz on the same server;
+  (d) time from the pointer flip to a polling reader seeing the new version.
+
+Runs its own redis-server (scripts/redis.sh, port 6396) and endpoint (port 8496) in a temporary
+STRATA_HOME, and stops both. Results are printed, not committed.
+
+    .venv/bin/python bench/bench_lookup.py [--units 1000000] [--spark]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_PORT = 6396
+ENDPOINT_PORT = 8496
+PREFIX = "bench:lk"
+SEED = 20261123
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def row(label: str, ours: str, reference: str, ratio: float | str) -> None:
+    r = f"{ratio:.2f}x" if isinstance(ratio, float) else ratio
+    print(f"  {label:<44} {ours:>20}   {reference:>28}   {r:>8}")
+
+
+def header(title: str) -> None:
+    print(f"\n{title}")
+    print(f"  {'measure':<44} {'ours':>20}   {'reference (same run)':>28}   {'ratio':>8}")
+
+
+# --------------------------------------------------------------------------------------------
+# Source tables (columnar, fast to build for millions of units)
+# --------------------------------------------------------------------------------------------
+
+
+def build_tables(units: int):
+    """``units`` devices in checkout_button, a quarter of them also in a second device layer,
+    plus units/10 users in feed_ranking (so values hold one or two tokens, like real traffic)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from lookup_loader.sample import (
+        SAMPLE_EXPERIMENTS,
+        assignments_schema,
+        experiments_table,
+    )
+    from strata.bucketing import slot
+
+    exps = [dict(e) for e in SAMPLE_EXPERIMENTS[:3]]
+    second = dict(SAMPLE_EXPERIMENTS[0]) | {
+        "experiment_id": "search_box",
+        "name": "Search box",
+        "layer_id": "search",
+        "layer_priority": 150,
+        "service": "search",
+        "variants": [("control", {"box": "small"}), ("big", {"box": "big"})],
+    }
+    exps.insert(1, second)
+    devices = [f"d{i:09d}" for i in range(units)]
+    users = [f"u{i:09d}" for i in range(units // 10)]
+    parts = []
+    for exp, ids in ((exps[0], devices), (second, devices[: units // 4]), (exps[2], users)):
+        n = len(ids)
+        slots = np.fromiter((slot(exp["experiment_id"], u) for u in ids), np.int32, count=n)
+        k = len(exp["variants"])
+        vid = np.minimum(slots // (10_000 // k), k - 1).astype(np.int32)
+        names = pa.array([v[0] for v in exp["variants"]]).take(pa.array(vid))
+        params = pa.array(
+            [json.dumps(v[1], sort_keys=True, separators=(",", ":")) for v in exp["variants"]]
+        ).take(pa.array(vid))
+
+        def const(v, t=None, n=n):
+            return pa.array([v] * n, t or pa.string())
+
+        parts.append(
+            pa.table(
+                {
+                    "unit_type": const(exp["unit_type"]),
+                    "unit_id": pa.array(ids),
+                    "experiment_id": const(exp["experiment_id"]),
+                    "variant_id": pa.array(vid),
+                    "variant_name": names,
+                    "is_control": pa.array(vid == 0),
+                    "layer_id": const(exp["layer_id"]),
+                    "domain_id": const("main"),
+                    "layer_priority": const(exp["layer_priority"], pa.int32()),
+                    "service": const(exp["service"]),
+                    "slot": pa.array(slots),
+                    "params": params,
+                    "definitions_version": const("bench-1"),
+                    "run_id": const("bench"),
+                    "assigned_at": pa.array(
+                        [dt.datetime(2026, 11, 1, tzinfo=dt.UTC)] * n,
+                        pa.timestamp("us", tz="UTC"),
+                    ),
+                },
+                schema=assignments_schema(),
+            )
+        )
+    return pa.concat_tables(parts), experiments_table(exps)
+
+
+# --------------------------------------------------------------------------------------------
+# (a) publication
+# --------------------------------------------------------------------------------------------
+
+
+def redis_benchmark_set(client, n: int) -> float:
+    """ops/s of ``redis-benchmark -P 64 -t set`` on the same server (random keys over n).
+
+    redis-benchmark only takes a password on its command line, so it gets a throwaway ACL user
+    that is deleted right after; the configured secret never appears in ``ps``.
+    """
+    import secrets
+
+    user, password = f"bench-{secrets.token_hex(4)}", secrets.token_hex(16)
+    client.acl_setuser(user, enabled=True, passwords=[f"+{password}"], commands=["+@all"],
+                       keys=["*"])  # fmt: skip
+    try:
+        out = subprocess.run(
+            ["redis-benchmark", "-h", "127.0.0.1", "-p", str(REDIS_PORT), "--user", user,
+             "-a", password, "-P", "64", "-t", "set", "-n", str(n), "-r", str(n), "-q"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        client.acl_deluser(user)
+    # "SET: 812345.67 requests per second, p50=..." (the last \r-separated progress line)
+    line = [x for x in out.replace("\r", "\n").splitlines() if x.startswith("SET:")][-1]
+    return float(line.split()[1])
+
+
+def naive_pipeline(client, units: list[tuple[str, str]]) -> float:
+    """units/s of redis-py pipelined HSETs (one per unit, batches of 1000): the naive way."""
+    started = time.perf_counter()
+    pipe = client.pipeline(transaction=False)
+    for i, (uid, value) in enumerate(units, 1):
+        pipe.hset(f"naive:{uid}", "v", value)
+        if i % 1000 == 0:
+            pipe.execute()
+    pipe.execute()
+    elapsed = time.perf_counter() - started
+    for i in range(0, len(units), 5000):
+        client.unlink(*[f"naive:{u}" for u, _ in units[i : i + 5000]])
+    return len(units) / elapsed
+
+
+def encoding_memory(client, units: list[tuple[str, str]]) -> dict[str, float]:
+    """Bytes per unit of three layouts for the same units (used_memory delta / units)."""
+    import zlib
+
+    from lookup_loader.keys import UNITS_PER_BUCKET, bucket_count
+
+    out = {}
+    nb = bucket_count(len(units), UNITS_PER_BUCKET)
+    layouts = {
+        "string key per unit (SET)": lambda p, u, v: p.set(f"m:s:{u}", v),
+        "hash key per unit (HSET 1 field)": lambda p, u, v: p.hset(f"m:h:{u}", "v", v),
+        "bucketed hashes (chosen)": lambda p, u, v: p.hset(
+            f"m:b:{zlib.crc32(u.encode()) % nb}", u, v
+        ),
+    }
+    for name, op in layouts.items():
+        client.flushdb()  # db 1, the benchmark's scratch db: each layout starts from empty
+        client.memory_purge()
+        before = client.info("memory")["used_memory"]
+        pipe = client.pipeline(transaction=False)
+        for i, (u, v) in enumerate(units, 1):
+            op(pipe, u, v)
+            if i % 2000 == 0:
+                pipe.execute()
+        pipe.execute()
+        out[name] = (client.info("memory")["used_memory"] - before) / len(units)
+    client.flushdb()
+    return out
+
+
+def bench_publication(settings, units: int, spark: bool) -> dict:
+    import pyarrow.compute as pc
+
+    from lookup_loader import loader
+    from lookup_loader.keys import KeySpace
+    from lookup_loader.sample import write_tables
+    from strata.stack import redis_client
+
+    client = redis_client(settings)
+    t0 = time.perf_counter()
+    assignments, experiments = build_tables(units)
+    build_s = time.perf_counter() - t0
+    write_tables(settings, assignments, experiments)
+    print(
+        f"\nsource: {assignments.num_rows:,} assignment rows for {units + units // 10:,} units "
+        f"(built in {build_s:.1f} s, written to Iceberg through pyiceberg)"
+    )
+
+    t0 = time.perf_counter()
+    source = loader.read_source(settings)
+    read_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    enc = loader.encode(source, PREFIX)
+    encode_s = time.perf_counter() - t0
+    total_units = sum(enc.units.values())
+    payload = (
+        pc.sum(pc.binary_length(enc.grouped["unit_id"])).as_py()
+        + pc.sum(pc.binary_length(enc.grouped["value"])).as_py()
+    )
+
+    ref_ops = redis_benchmark_set(client, max(total_units, 1_000_000))
+    client.flushdb()
+
+    writes = {}
+    for writers in (1, 2, 3):
+        client.flushdb()
+        before = client.info("memory")["used_memory"]
+        t0 = time.perf_counter()
+        loader.write_version(settings, enc, writers=writers)
+        writes[writers] = time.perf_counter() - t0
+        if writers == 1:
+            version_memory = client.info("memory")["used_memory"] - before
+    client.flushdb()
+    result = loader.publish(settings, prefix=PREFIX, publications_table=None, writers=2)
+    sample_units = list(
+        zip(
+            enc.grouped["unit_id"].slice(0, 200_000).to_pylist(),
+            enc.grouped["value"].slice(0, 200_000).to_pylist(),
+            strict=True,
+        )
+    )
+    naive = naive_pipeline(client, sample_units)
+    layouts = encoding_memory(redis_client(settings, db=1), sample_units[:100_000])
+
+    header(f"(a) publication of {total_units:,} units ({assignments.num_rows:,} rows)")
+    best_writers = min(writes, key=writes.get)
+    for writers, secs in writes.items():
+        rate = total_units / secs
+        row(
+            f"RESP writer, {writers} connection(s), units/s",
+            f"{rate:,.0f}",
+            f"redis-benchmark SET {ref_ops:,.0f}/s",
+            rate / ref_ops,
+        )
+    row(
+        "naive redis-py pipeline HSET, units/s",
+        f"{naive:,.0f}",
+        f"redis-benchmark SET {ref_ops:,.0f}/s",
+        naive / ref_ops,
+    )
+    e2e = total_units / result.duration_s
+    row(
+        "publish() end to end (read+encode+write+verify+flip)",
+        f"{e2e:,.0f} units/s",
+        f"redis-benchmark SET {ref_ops:,.0f}/s",
+        e2e / ref_ops,
+    )
+    print(
+        f"  stages: pyiceberg read {read_s:.2f} s, encode {encode_s:.2f} s, write "
+        f"{writes[best_writers]:.2f} s ({best_writers} conn), publish() total "
+        f"{result.duration_s:.2f} s (write {result.write_s:.2f}, verify {result.verify_s:.2f}); "
+        f"{result.bytes_sent / 1e6:.1f} MB of RESP"
+    )
+    if spark:
+        bench_spark_read(settings, read_s)
+
+    per_unit = version_memory / total_units
+    header("(a) Redis memory per unit")
+    row(
+        "bucketed hashes, full version",
+        f"{per_unit:.1f} B/unit",
+        f"payload {payload / total_units:.1f} B/unit",
+        f"+{per_unit - payload / total_units:.1f} B",
+    )
+    sample_payload = sum(len(u) + len(v) for u, v in sample_units[:100_000]) / 100_000
+    for name, b in layouts.items():
+        row(name + " (100k units)", f"{b:.1f} B/unit", f"payload {sample_payload:.1f} B/unit",
+            f"+{b - sample_payload:.1f} B")  # fmt: skip
+    ks = KeySpace(PREFIX)
+    return {"version": result.version, "client": client, "ks": ks, "units": total_units}
+
+
+def bench_spark_read(settings, pyiceberg_s: float) -> None:
+    """Time for Spark to hand the same table to Python (Arrow-enabled toPandas), JVM warm."""
+    from strata.stack import spark_session
+
+    spark = spark_session(settings, app_name="bench-lookup")
+    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    spark.table(settings.table("assignments")).limit(10).toPandas()  # warm-up
+    t0 = time.perf_counter()
+    frame = spark.table(settings.table("assignments")).toPandas()
+    spark_s = time.perf_counter() - t0
+    row(
+        "source read: pyiceberg Arrow vs Spark toPandas",
+        f"{pyiceberg_s:.2f} s",
+        f"Spark {spark_s:.2f} s ({len(frame):,} rows)",
+        spark_s / pyiceberg_s,
+    )
+    spark.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# (b) reader, (d) flip visibility
+# --------------------------------------------------------------------------------------------
+
+
+def bench_reader(settings, units: int) -> None:
+    import random
+
+    from strata.lookup import LookupClient
+    from strata.stack import redis_client
+
+    reader = LookupClient(settings, prefix=PREFIX)
+    raw = redis_client(settings)
+    raw.set("bench:ref", "x" * 40)
+    rng = random.Random(SEED)
+    ids = [f"d{rng.randrange(units):09d}" for _ in range(20_000)]
+    users = [f"u{rng.randrange(units // 10):09d}" for _ in range(20_000)]
+    reader.lookup(ids[0])  # catalog cached
+    single, triple, ref = [], [], []
+    for i, d in enumerate(ids):
+        t0 = time.perf_counter()
+        raw.get("bench:ref")
+        t1 = time.perf_counter()
+        actions = reader.lookup(d)
+        t2 = time.perf_counter()
+        reader.lookup(d, users[i], "https://app.example.com/p/1")
+        t3 = time.perf_counter()
+        ref.append(t1 - t0)
+        single.append(t2 - t1)
+        triple.append(t3 - t2)
+        if i == 0:
+            assert actions, "the benchmark's units must be published"
+    header("(b) reader client, 20,000 lookups each")
+    for label, xs in (("lookup(device_id)", single), ("lookup(device, user, url)", triple)):
+        for q in (0.5, 0.99):
+            row(
+                f"{label} p{int(q * 100)}",
+                f"{pct(xs, q) * 1e3:.3f} ms",
+                f"redis-py GET {pct(ref, q) * 1e3:.3f} ms",
+                pct(xs, q) / pct(ref, q),
+            )
+    batch = [(d, None, None) for d in ids[:10_000]]
+    t0 = time.perf_counter()
+    reader.lookup_many(batch)
+    batch_rate = len(batch) / (time.perf_counter() - t0)
+    pipe = raw.pipeline(transaction=False)
+    for d in ids[:10_000]:
+        pipe.get(f"bench:none:{d}")
+    t0 = time.perf_counter()
+    pipe.execute()
+    pipe_rate = 10_000 / (time.perf_counter() - t0)
+    row("lookup_many, 10,000 devices: lookups/s", f"{batch_rate:,.0f}",
+        f"pipelined GETs {pipe_rate:,.0f}/s", batch_rate / pipe_rate)  # fmt: skip
+
+
+def bench_flip(settings, units: int) -> None:
+    """A reader polls lookup(); the loader publishes a new snapshot; delay = seen - flipped."""
+    from lookup_loader import loader
+    from lookup_loader.keys import KeySpace
+    from lookup_loader.sample import write_tables
+    from strata.lookup import LookupClient
+
+    ks = KeySpace(PREFIX)
+    delays = []
+    for attempt in range(3):
+        assignments, experiments = build_tables(50_000)
+        write_tables(settings, assignments, experiments)
+        reader = LookupClient(settings, prefix=PREFIX)
+        old = reader.live_version()
+        seen: dict[str, float] = {}
+        stop = threading.Event()
+
+        def poll(reader=reader, old=old, seen=seen, stop=stop) -> None:
+            while not stop.is_set():
+                ans = reader.answer("d000000001")
+                if ans.version != old:
+                    seen["t"] = time.time()
+                    return
+
+        t = threading.Thread(target=poll)
+        t.start()
+        result = loader.publish(settings, prefix=PREFIX, publications_table=None)
+        t.join(timeout=30)
+        stop.set()
+        live_at = int(reader.redis.hget(ks.meta(result.version), "live_at")) / 1000
+        delays.append((seen["t"] - live_at) * 1000)
+        del attempt
+    header("(d) pointer flip -> reader sees the new version (3 publications)")
+    row("max delay", f"{max(delays):.1f} ms", "target (seed 002) 100 ms", max(delays) / 100)
+
+
+# --------------------------------------------------------------------------------------------
+# (c) endpoint under bounded load from a second process
+# --------------------------------------------------------------------------------------------
+
+LOAD_CLIENT = r"""
+import json, random, sys, time, httpx
+port, n, path, rate = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+rng = random.Random(7)
+lat = []
+with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+    for _ in range(200):
+        c.get("/healthz")
+    start = time.perf_counter()
+    for i in range(n):
+        if rate:
+            wait = start + i / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        d = f"d{rng.randrange(int(sys.argv[5])):09d}"
+        t0 = time.perf_counter()
+        if path == "healthz":
+            r = c.get("/healthz")
+        else:
+            body = {"id": "api.device.register", "params": {"msgid": str(i)},
+                    "request": {"did": d, "ext": {"userid": f"u{rng.randrange(1000):09d}"}}}
+            r = c.post(f"/v1/device/register/{d}", json=body)
+        lat.append(time.perf_counter() - t0)
+        assert r.status_code == 200, r.text
+    total = time.perf_counter() - start
+print(json.dumps({"lat": lat, "total": total}))
+"""
+
+
+def load(n: int, path: str, rate: float, units: int) -> tuple[list[float], float]:
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_CLIENT, str(ENDPOINT_PORT), str(n), path, str(rate),
+         str(units)], capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    data = json.loads(out)
+    return data["lat"], n / data["total"]
+
+
+def bench_endpoint(units: int) -> None:
+    env = os.environ | {"STRATA_ENDPOINT_PORT": str(ENDPOINT_PORT), "STRATA_LOOKUP_PREFIX": PREFIX}
+    script = ROOT / "scripts" / "endpoint.sh"
+    subprocess.run([script, "start"], check=True, capture_output=True, env=env)
+    try:
+        ref_lat, ref_rate = load(3000, "healthz", 0, units)
+        closed_lat, closed_rate = load(5000, "register", 0, units)
+        fixed_lat, fixed_rate = load(3000, "register", 300, units)
+    finally:
+        subprocess.run([script, "stop"], check=True, capture_output=True, env=env)
+    header("(c) endpoint, load from a second process (1 keep-alive connection)")
+    for label, lat, rate in (
+        ("closed loop, 5,000 requests", closed_lat, closed_rate),
+        ("open loop at 300 req/s, 3,000 requests", fixed_lat, fixed_rate),
+    ):
+        for q in (0.5, 0.99):
+            ref = pct(ref_lat, q)
+            row(f"{label} p{int(q * 100)}", f"{pct(lat, q) * 1e3:.2f} ms",
+                f"GET /healthz {ref * 1e3:.2f} ms", pct(lat, q) / ref)  # fmt: skip
+        row(f"{label}: sustained rate", f"{rate:,.0f} req/s", f"/healthz {ref_rate:,.0f} req/s",
+            rate / ref_rate)  # fmt: skip
+    row("anchor: p99 under open loop", f"{pct(fixed_lat, 0.99) * 1e3:.2f} ms",
+        "target (seed 002) 5 ms", pct(fixed_lat, 0.99) * 1e3 / 5)  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--units", type=int, default=1_000_000, help="devices (users = /10)")
+    parser.add_argument("--spark", action="store_true", help="also time Spark reading the source")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: a,b,c,d")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="strata-bench-lookup-"))
+    os.environ.update(
+        {
+            "STRATA_HOME": str(home),
+            "STRATA_REDIS_PORT": str(REDIS_PORT),
+            "STRATA_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+        }
+    )
+    os.environ.pop("STRATA_REDIS_PASSWORD", None)
+    from strata.config import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    redis_sh = ROOT / "scripts" / "redis.sh"
+    subprocess.run([redis_sh, "start"], check=True, capture_output=True)
+    print(
+        f"bench_lookup: {os.cpu_count()} cores shared with other workloads (load average "
+        f"{os.getloadavg()[0]:.1f} at start); redis-server {REDIS_PORT}, home {home}"
+    )
+    try:
+        bench_publication(settings, args.units, args.spark)
+        if "b" not in args.skip:
+            bench_reader(settings, args.units)
+        if "c" not in args.skip:
+            bench_endpoint(args.units)
+        if "d" not in args.skip:
+            bench_flip(settings, args.units)
+    finally:
+        subprocess.run([redis_sh, "stop"], check=True, capture_output=True)
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
