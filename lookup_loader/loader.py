@@ -27,6 +27,7 @@ import random
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -213,13 +214,24 @@ def _served_experiments(source: Source, as_of: dt.date) -> tuple[dict[str, dict]
 
 def _catalog_entries(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]:
     """One JSON-able entry per experiment; its variants and their params, checked for agreement."""
-    import pyarrow.compute as pc
+    import pyarrow as pa
 
     keys = ["experiment_id", "variant_id"]
     cols = ["variant_name", "is_control", "layer_id", "domain_id", "layer_priority", "service"]
-    distinct = (
-        rows.select([*keys, *cols, "params"]).group_by([*keys, *cols, "params"]).aggregate([])
-    )
+    # Group on dictionary indices, not on the strings (params repeat on every row): much faster.
+    columns, dictionaries = {}, {}
+    for c in [*keys, *cols, "params"]:
+        col = rows[c].combine_chunks()
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            encoded = col.dictionary_encode()
+            columns[c], dictionaries[c] = encoded.indices, encoded.dictionary
+        else:
+            columns[c] = col
+    codes = pa.table(columns).group_by(list(columns)).aggregate([])
+    decoded = {
+        c: (dictionaries[c].take(codes[c]) if c in dictionaries else codes[c]) for c in columns
+    }
+    distinct = pa.table(decoded)
     entries: dict[str, dict] = {}
     for r in distinct.sort_by([(k, "ascending") for k in keys]).to_pylist():
         exp_id, meta = r["experiment_id"], served[r["experiment_id"]]
@@ -255,16 +267,6 @@ def _catalog_entries(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]
                 f"{where} variant {vid} has different names/params on different rows "
                 "(params must be the variant's own; merging happens in the reader)"
             )
-    duplicated = rows.group_by(["unit_type", "unit_id", "experiment_id"]).aggregate(
-        [("variant_id", "count")]
-    )
-    dup = duplicated.filter(pc.greater(duplicated["variant_id_count"], 1))
-    if dup.num_rows:
-        first = dup.slice(0, 1).to_pylist()[0]
-        raise DataError(
-            f"assignments: {dup.num_rows} (unit, experiment) pairs appear more than once, e.g. "
-            f"{first['unit_type']}={first['unit_id']!r} in {first['experiment_id']!r}"
-        )
     return entries
 
 
@@ -314,13 +316,15 @@ def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None =
     ks = KeySpace(prefix)
     served, not_served = _served_experiments(source, as_of)
     rows = source.assignments
-    unknown = pc.invert(pc.is_in(rows["experiment_id"], pa.array(list(served) + list(not_served))))
+    unknown = pc.invert(
+        pc.is_in(rows["experiment_id"], pa.array(list(served) + list(not_served), pa.string()))
+    )
     if pc.any(unknown).as_py():
         missing = sorted(set(rows.filter(unknown)["experiment_id"].to_pylist()))
         raise DataError(f"assignments reference experiments missing from `experiments`: {missing}")
     excluded_rows: dict[str, int] = {}
     if not_served:
-        reason = pc.index_in(rows["experiment_id"], pa.array(list(not_served)))
+        reason = pc.index_in(rows["experiment_id"], pa.array(list(not_served), pa.string()))
         for i, r in enumerate(not_served.values()):
             n = pc.sum(pc.equal(reason, i)).as_py() or 0
             if n:
@@ -334,72 +338,64 @@ def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None =
         i: json.dumps(entries[e], separators=(",", ":"), sort_keys=True) for e, i in index.items()
     }
 
-    idx = pc.index_in(rows["experiment_id"], pa.array(exp_ids))
+    idx = pc.index_in(rows["experiment_id"], pa.array(exp_ids, pa.string()))
     token = pc.binary_join_element_wise(
         pc.cast(idx, pa.string()), pc.cast(rows["variant_id"], pa.string()), "."
     )
     grouped = (
-        pa.table({"unit_type": rows["unit_type"], "unit_id": rows["unit_id"], "token": token})
+        pa.table({"unit_type": rows["unit_type"], "unit_id": rows["unit_id"], "token": token,
+                  "idx": idx})
         .group_by(["unit_type", "unit_id"], use_threads=False)
-        .aggregate([("token", "list")])
-    )
+        .aggregate([("token", "list"), ("idx", "count_distinct"), ("idx", "count")])
+    )  # fmt: skip
+    dup = pc.not_equal(grouped["idx_count_distinct"], grouped["idx_count"])
+    if pc.any(dup).as_py():
+        first = grouped.filter(dup).slice(0, 1).to_pylist()[0]
+        raise DataError(
+            f"assignments: {pc.sum(dup).as_py()} units have more than one row for one experiment, "
+            f"e.g. {first['unit_type']}={first['unit_id']!r} (rows must be one per unit and "
+            "experiment)"
+        )
     value = pc.binary_join(grouped["token_list"], ",")
     grouped = pa.table(
         {"unit_type": grouped["unit_type"], "unit_id": grouped["unit_id"], "value": value}
     )
-    unit_ids = grouped["unit_id"].to_pylist()
-    hashes = np.fromiter((unit_hash(u) for u in unit_ids), dtype=np.int64, count=len(unit_ids))
-    units = dict.fromkeys(UNIT_CODES, 0)
-    for t, n in zip(
-        *np.unique(grouped["unit_type"].to_numpy(zero_copy_only=False), return_counts=True),
-        strict=True,
-    ):
-        units[str(t)] = int(n)
+    n_units = grouped.num_rows
+    types = list(UNIT_CODES)
+    type_idx = pc.index_in(grouped["unit_type"], pa.array(types)).to_numpy()
+    per_type = np.bincount(type_idx, minlength=len(types))
+    units = {t: int(per_type[i]) for i, t in enumerate(types)}
     buckets = {t: bucket_count(n, UNITS_PER_BUCKET) for t, n in units.items()}
-    type_codes = grouped["unit_type"].to_numpy(zero_copy_only=False)
-    per_row_buckets = np.empty(len(unit_ids), dtype=np.int64)
-    for t, n in buckets.items():
-        per_row_buckets[type_codes == t] = n
-    bucket_no = hashes % per_row_buckets
-    key_prefix = pc.binary_join_element_wise(
-        pa.array([ks.bucket_prefix(version, t) for t in UNIT_CODES]).take(
-            pc.index_in(grouped["unit_type"], pa.array(list(UNIT_CODES)))
-        ),
-        pc.cast(pa.array(bucket_no), pa.string()),
-        "",
-    )
     uid, val = grouped["unit_id"], grouped["value"]
+    # crc32 through a C builtin over bytes objects: no Python frame per unit
+    raw_ids = pc.cast(uid, pa.binary()).to_pylist()
+    hashes = np.fromiter(map(zlib.crc32, raw_ids), dtype=np.int64, count=n_units)
+    bucket_no = hashes % np.array([buckets[t] for t in types], dtype=np.int64)[type_idx]
+    order = np.lexsort((bucket_no, type_idx))  # units sorted by (type, bucket)
     fragment = pc.binary_join_element_wise(
-        "$",
-        pc.cast(pc.binary_length(uid), pa.string()),
-        "\r\n",
-        uid,
-        "\r\n$",
-        pc.cast(pc.binary_length(val), pa.string()),
-        "\r\n",
-        val,
-        "\r\n",
-        "",
-    )
-    per_bucket = (
-        pa.table({"key": key_prefix, "fragment": fragment})
-        .group_by("key", use_threads=False)
-        .aggregate([("fragment", "list"), ("fragment", "count")])
-    )
-    keys = per_bucket["key"]
-    body = pc.binary_join(per_bucket["fragment_list"], "")
-    nargs = pc.add(pc.multiply(per_bucket["fragment_count"], 2), 2)
-    commands = pc.binary_join_element_wise(
-        "*",
-        pc.cast(nargs, pa.string()),
-        "\r\n$4\r\nHSET\r\n$",
-        pc.cast(pc.binary_length(keys), pa.string()),
-        "\r\n",
-        keys,
-        "\r\n",
-        body,
-        "",
-    )
+        "$", pc.cast(pc.binary_length(uid), pa.string()), "\r\n", uid, "\r\n$",
+        pc.cast(pc.binary_length(val), pa.string()), "\r\n", val, "\r\n", "",
+    ).combine_chunks().take(pa.array(order))  # fmt: skip
+    combined = type_idx[order].astype(np.int64) * (1 << 32) + bucket_no[order]
+    starts = np.flatnonzero(np.diff(combined)) + 1 if n_units else np.array([], np.int64)
+    offsets = np.concatenate([[0], starts, [n_units]]).astype(np.int32) if n_units else None
+    if n_units:
+        first = offsets[:-1]
+        keys = pc.binary_join_element_wise(
+            pa.array([ks.bucket_prefix(version, t) for t in types]).take(
+                pa.array(type_idx[order][first])
+            ),
+            pc.cast(pa.array(bucket_no[order][first]), pa.string()),
+            "",
+        )
+        body = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), fragment), "")
+        counts = np.diff(offsets)
+        commands = pc.binary_join_element_wise(
+            "*", pc.cast(pa.array(counts * 2 + 2), pa.string()), "\r\n$4\r\nHSET\r\n$",
+            pc.cast(pc.binary_length(keys), pa.string()), "\r\n", keys, "\r\n", body, "",
+        )  # fmt: skip
+    else:
+        commands, counts = pa.array([], pa.string()), np.array([], np.int64)
     return Encoded(
         version=version,
         catalog=catalog,
@@ -408,8 +404,8 @@ def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None =
         units=units,
         rows=rows.num_rows,
         excluded_rows=excluded_rows,
-        commands=commands.combine_chunks(),
-        command_units=per_bucket["fragment_count"].to_numpy(),
+        commands=commands,
+        command_units=counts,
         grouped=grouped,
     )
 

@@ -186,6 +186,18 @@ class TestPublish:
         assert client.hget(ks.meta(second.version), "state") == b"retired"
         assert client.get(ks.live).decode() == third.version
 
+    def test_all_experiments_stopped_publishes_an_empty_version(self, env):
+        assignments, _ = sample_tables(devices=50, users=5, urls=1)
+        stopped = [dict(e, status="stopped") for e in SAMPLE_EXPERIMENTS]
+        env.write(assignments, sample_tables(1, 1, 1, experiments=stopped)[1])
+        result = env.publish()
+        assert (result.state, result.units, sum(result.excluded_rows.values())) == (
+            "live",
+            {"device_id": 0, "user_id": 0, "url": 0},
+            assignments.num_rows,
+        )
+        assert env.reader().lookup("d00000001", "u00000001") == []
+
 
 class TestBadInput:
     @pytest.mark.parametrize(
@@ -213,7 +225,9 @@ class TestBadInput:
     def test_duplicate_unit_experiment_rows_are_refused(self, env):
         assignments, experiments = sample_tables(devices=20, users=5, urls=1)
         env.write(pa.concat_tables([assignments, assignments.slice(0, 1)]), experiments)
-        with pytest.raises(DataError, match=r"appear more than once, e\.g\. device_id='d00000000'"):
+        with pytest.raises(
+            DataError, match=r"more than one row for one experiment, e\.g\. device_id='d00000000'"
+        ):
             env.publish()
 
 
