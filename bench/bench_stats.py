@@ -1,0 +1,133 @@
+"""Benchmark: Strata's engine vs ep-stats on the same aggregates, in the same run.
+
+1,000 experiments × 20 metrics × 3 variants (defaults), ep-stats-compatible metrics (count, value
+and unique goals over exposures), aggregates built from simulated per-unit data with a fixed seed.
+ep-stats evaluates one experiment per call (its API); Strata evaluates all in one call. Both get
+their input frames prepared before the clock starts. Prints both wall times, the ratio, and the
+largest disagreement in means and relative differences as a sanity check.
+
+    .venv/bin/python bench/bench_stats.py [--experiments 1000] [--metrics 20] [--variants 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from strata.stats import EvaluationConfig, evaluate, experiments_from_records
+from strata.stats.aggregate import aggregate_arrays
+
+SEED = 42
+UNITS_PER_VARIANT = 200
+GOALS = [f"g{i}" for i in range(10)]
+FUNCS = ("count", "value", "unique")
+
+
+def build(n_exp: int, n_metrics: int, n_var: int):
+    rng = np.random.default_rng(SEED)
+    shape = (n_exp, n_var, UNITS_PER_VARIANT)
+    data = {}
+    for g in GOALS:
+        counts = rng.poisson(rng.uniform(0.2, 3.0), shape).astype(float)
+        data[g] = (counts, counts * rng.gamma(2.0, 5.0, shape))
+    variants = [chr(ord("a") + j) for j in range(n_var)]
+    metrics = [
+        {
+            "id": i + 1,
+            "name": f"metric {i + 1}",
+            "nominator": f"{FUNCS[i % 3]}(user.unit.{GOALS[i % len(GOALS)]})",
+            "denominator": "count(user.global.exposure)",
+            "role": "primary" if i == 0 else "secondary",
+        }
+        for i in range(n_metrics)
+    ]
+    records = [
+        {
+            "experiment_id": f"exp{e:05d}",
+            "variants": [{"vid": v, "is_control": v == "a", "weight": 1} for v in variants],
+            "metrics": metrics,
+        }
+        for e in range(n_exp)
+    ]
+    goals, _ = aggregate_arrays(
+        [r["experiment_id"] for r in records], [variants] * n_exp, "user", data
+    )
+    return records, goals, metrics
+
+
+def run_strata(records, goals):
+    exps = experiments_from_records(records)
+    start = time.perf_counter()
+    out = evaluate(goals, exps, config=EvaluationConfig(sequential=False))
+    return time.perf_counter() - start, out.metrics
+
+
+def run_epstats(records, goals, metrics, limit: int):
+    from epstats.toolkit import Experiment, Metric, SrmCheck
+
+    by_exp = dict(tuple(goals.groupby("exp_id", sort=False)))
+    ep_metrics = [Metric(m["id"], m["name"], m["nominator"], m["denominator"]) for m in metrics]
+    exps = [
+        (
+            Experiment(
+                r["experiment_id"], "a", ep_metrics,
+                [SrmCheck(1, "SRM", "count(user.global.exposure)")], unit_type="user",
+            ),
+            by_exp[r["experiment_id"]].reset_index(drop=True),
+        )
+        for r in records[:limit]
+    ]  # fmt: skip
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        for exp, frame in exps:
+            results.append(exp.evaluate_agg(frame).metrics)
+        elapsed = time.perf_counter() - start
+    return elapsed, pd.concat(results, ignore_index=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--experiments", type=int, default=1000)
+    parser.add_argument("--metrics", type=int, default=20)
+    parser.add_argument("--variants", type=int, default=3)
+    parser.add_argument(
+        "--epstats-experiments", type=int, default=20,
+        help="experiments evaluated by ep-stats (it needs seconds each); time scaled linearly",
+    )  # fmt: skip
+    args = parser.parse_args()
+    records, goals, metrics = build(args.experiments, args.metrics, args.variants)
+    n_ep = min(args.epstats_experiments or args.experiments, args.experiments)
+    print(
+        f"{args.experiments} experiments × {args.metrics} metrics × {args.variants} variants "
+        f"({len(goals):,} aggregate rows)"
+    )
+    run_strata(records[:2], goals[goals["exp_id"].isin({"exp00000", "exp00001"})])  # warm-up
+    t_strata, ours = run_strata(records, goals)
+    t_ep, theirs = run_epstats(records, goals, metrics, n_ep)
+    t_ep_full = t_ep * args.experiments / n_ep
+    scaled = "" if n_ep == args.experiments else f" (measured on {n_ep}, scaled linearly)"
+    print(f"{'engine':<10}{'wall time [s]':>15}")
+    print(f"{'strata':<10}{t_strata:>15.3f}")
+    print(f"{'ep-stats':<10}{t_ep_full:>15.3f}{scaled}")
+    print(f"speed-up ep-stats / strata: {t_ep_full / t_strata:.1f}×")
+
+    key = ["exp_id", "metric_id", "variant"]
+    theirs = theirs.rename(columns={"exp_variant_id": "variant"})
+    theirs["metric_id"] = theirs["metric_id"].astype(str)
+    joined = theirs.merge(ours, on=key, suffixes=("_ep", ""))
+    treat = joined[joined["variant"] != "a"]
+    print(
+        f"agreement on {len(joined):,} rows: max |Δ mean| = "
+        f"{np.nanmax(np.abs(joined['mean_ep'] - joined['mean'])):.2e}, max |Δ rel diff| = "
+        f"{np.nanmax(np.abs(treat['diff'] - treat['rel_diff'])):.2e}"
+    )
+
+
+if __name__ == "__main__":
+    main()
