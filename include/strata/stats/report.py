@@ -1,0 +1,239 @@
+"""Static HTML reports from the results table: one page per experiment and an index.
+
+Pages are self-contained (inline CSS and SVG, no JavaScript, no CDN): a forest plot of relative
+effects with confidence intervals at the latest analysis date, the cumulative relative effect over
+time per metric, SRM status, and the metric table. ``strata report EXP`` calls
+:func:`build_reports`.
+
+Usage:
+    >>> import pandas as pd
+    >>> html = render_index(pd.DataFrame(columns=["experiment_id", "analysis_date"]))
+    >>> "<title>Strata experiments</title>" in html
+    True
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from strata.stats.results import RESULTS_TABLE, SRM_METRIC_ID, read_results
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+PLOT_WIDTH = 640
+ROW_HEIGHT = 26
+LABEL_WIDTH = 240
+TREND_HEIGHT = 160
+COLORS = {"win": "#1a7f37", "loss": "#cf222e", "invalid_srm": "#9a6700"}
+DEFAULT_COLOR = "#57606a"
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#1f2328;max-width:1000px}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #d0d7de;padding:3px 8px}
+th{background:#f6f8fa}.ok{color:#1a7f37}.bad{color:#cf222e;font-weight:bold}
+.win{color:#1a7f37;font-weight:bold}.loss{color:#cf222e;font-weight:bold}
+svg text{font-size:11px;font-family:system-ui,sans-serif}
+"""
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _fmt(x, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:+.2%}" if pct else f"{x:.4g}"
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        f"<style>{CSS}</style></head><body>{body}</body></html>"
+    )
+
+
+def _scale(lo: float, hi: float, width: float):
+    span = (hi - lo) or 1.0
+    return lambda x: (x - lo) / span * width
+
+
+def forest_plot(rows: pd.DataFrame) -> str:
+    """SVG forest plot of ``rel_diff`` rows (point, lower, upper, decision, label)."""
+    if rows.empty:
+        return "<p>No comparisons.</p>"
+    finite = rows[["lower", "upper", "point"]].to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    lo, hi = (min(finite.min(), 0.0), max(finite.max(), 0.0)) if finite.size else (-1.0, 1.0)
+    pad = 0.05 * ((hi - lo) or 1.0)
+    x = _scale(lo - pad, hi + pad, PLOT_WIDTH - LABEL_WIDTH - 20)
+    height = ROW_HEIGHT * (len(rows) + 1)
+    parts = [f"<svg width='{PLOT_WIDTH}' height='{height}' role='img'>"]
+    zero = LABEL_WIDTH + x(0.0)
+    parts.append(f"<line x1='{zero:.1f}' x2='{zero:.1f}' y1='0' y2='{height}' stroke='#8c959f'/>")
+    for i, r in enumerate(rows.itertuples(index=False)):
+        y = ROW_HEIGHT * (i + 0.5)
+        color = COLORS.get(r.decision, DEFAULT_COLOR)
+        parts.append(f"<text x='4' y='{y + 4:.1f}'>{_e(r.label)}</text>")
+        if all(math.isfinite(v) for v in (r.lower, r.upper, r.point)):
+            x1, x2, xp = (LABEL_WIDTH + x(v) for v in (r.lower, r.upper, r.point))
+            parts.append(
+                f"<line x1='{x1:.1f}' x2='{x2:.1f}' y1='{y:.1f}' y2='{y:.1f}' "
+                f"stroke='{color}' stroke-width='2'/><circle cx='{xp:.1f}' cy='{y:.1f}' r='4' "
+                f"fill='{color}'><title>{_e(r.label)}: {_fmt(r.point, True)} "
+                f"[{_fmt(r.lower, True)}, {_fmt(r.upper, True)}]</title></circle>"
+            )
+    axis_y = height - 6
+    for v in (lo, 0.0, hi):
+        parts.append(
+            f"<text x='{LABEL_WIDTH + x(v):.1f}' y='{axis_y}' text-anchor='middle'>"
+            f"{_fmt(v, True)}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def trend_plot(rows: pd.DataFrame, title: str) -> str:
+    """SVG of cumulative relative effect over analysis dates, with its CI band."""
+    rows = rows.sort_values("analysis_date")
+    vals = rows[["point", "lower", "upper"]].to_numpy(dtype=float)
+    if not np.isfinite(vals).any():
+        return ""
+    lo, hi = min(np.nanmin(vals), 0.0), max(np.nanmax(vals), 0.0)
+    n = len(rows)
+    xs = [40 + (PLOT_WIDTH - 60) * (i / max(n - 1, 1)) for i in range(n)]
+    sy = _scale(lo, hi, TREND_HEIGHT - 30)
+    y = lambda v: TREND_HEIGHT - 15 - sy(v)  # noqa: E731
+    ok = np.isfinite(vals).all(axis=1)
+    band = [(xx, y(v[2])) for xx, v, k in zip(xs, vals, ok, strict=True) if k] + [
+        (xx, y(v[1])) for xx, v, k in reversed(list(zip(xs, vals, ok, strict=True))) if k
+    ]
+    line = [(xx, y(v[0])) for xx, v, k in zip(xs, vals, ok, strict=True) if k]
+    pts = lambda p: " ".join(f"{a:.1f},{b:.1f}" for a, b in p)  # noqa: E731
+    dates = rows["analysis_date"].astype(str).tolist()
+    return (
+        f"<h4>{_e(title)}</h4><svg width='{PLOT_WIDTH}' height='{TREND_HEIGHT}' role='img'>"
+        f"<polygon points='{pts(band)}' fill='#ddf4ff'/>"
+        f"<polyline points='{pts(line)}' fill='none' stroke='#0969da' stroke-width='2'/>"
+        f"<line x1='40' x2='{PLOT_WIDTH - 20}' y1='{y(0):.1f}' y2='{y(0):.1f}' stroke='#8c959f'/>"
+        f"<text x='40' y='{TREND_HEIGHT - 2}'>{_e(dates[0])}</text>"
+        f"<text x='{PLOT_WIDTH - 20}' y='{TREND_HEIGHT - 2}' text-anchor='end'>{_e(dates[-1])}"
+        f"</text><text x='2' y='{y(hi) + 4:.1f}'>{_fmt(hi, True)}</text>"
+        f"<text x='2' y='{y(lo):.1f}'>{_fmt(lo, True)}</text></svg>"
+    )
+
+
+def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
+    """HTML page of one experiment from its results rows (all dates)."""
+    res = results[results["experiment_id"] == experiment_id]
+    if res.empty:
+        return _page(experiment_id, f"<h1>{_e(experiment_id)}</h1><p>No results yet.</p>")
+    latest = res["analysis_date"].max()
+    now = res[res["analysis_date"] == latest]
+    srm = now[now["metric_id"] == SRM_METRIC_ID]
+    srm_ok = bool((srm["decision"] == "passed").all()) if len(srm) else None
+    srm_html = (
+        "<p>No exposure data for an SRM check.</p>"
+        if srm_ok is None
+        else "".join(
+            f"<p class='{'ok' if r.decision == 'passed' else 'bad'}'>{_e(r.metric_name)}: "
+            f"{_e(r.decision)} (χ² = {_fmt(r.point)}, p = {_fmt(r.p_value)})</p>"
+            for r in srm.itertuples(index=False)
+        )
+    )
+    if srm_ok is False:
+        srm_html += "<p class='bad'>Sample ratio mismatch: effects are not trustworthy.</p>"
+    rel = now[now["statistic"] == "rel_diff"].copy()
+    rel["label"] = rel["metric_name"].astype(str) + " · " + rel["comparison"].astype(str)
+    order = {"primary": 0, "guardrail": 1, "secondary": 2}
+    rel = rel.sort_values(["role", "metric_id"], key=lambda s: s.map(order).fillna(s))
+    means = now[now["statistic"] == "mean"].set_index(["metric_id", "variant"])["point"]
+    counts = now[now["statistic"] == "count"].set_index(["metric_id", "variant"])["point"]
+    table = [
+        "<table><tr><th>metric</th><th>role</th><th>comparison</th><th>mean</th><th>units</th>"
+        "<th>rel. effect</th><th>CI</th><th>p</th><th>adj. p</th><th>decision</th></tr>"
+    ]
+    for r in rel.itertuples(index=False):
+        key = (r.metric_id, r.variant)
+        table.append(
+            f"<tr><td>{_e(r.metric_name)}</td><td>{_e(r.role)}</td><td>{_e(r.comparison)}</td>"
+            f"<td>{_fmt(means.get(key))}</td><td>{_fmt(counts.get(key))}</td>"
+            f"<td>{_fmt(r.point, True)}</td><td>[{_fmt(r.lower, True)}, {_fmt(r.upper, True)}]"
+            f"</td><td>{_fmt(r.p_value)}</td><td>{_fmt(r.p_value_adjusted)}</td>"
+            f"<td class='{_e(r.decision)}'>{_e(r.decision)}</td></tr>"
+        )
+    table.append("</table>")
+    history = res[res["statistic"] == "rel_diff"]
+    trends = "".join(
+        trend_plot(g, f"{name} · {comp}")
+        for (name, comp), g in history.groupby(["metric_name", "comparison"], sort=True)
+    )
+    body = (
+        f"<p><a href='index.html'>all experiments</a></p><h1>{_e(experiment_id)}</h1>"
+        f"<p>Analysis date {_e(latest)} · window {_e(now['window'].iloc[0])} · run "
+        f"{_e(now['run_id'].iloc[0])}</p><h2>Data quality</h2>{srm_html}"
+        f"<p>Inputs (Iceberg snapshots): <code>{_e(now['input_snapshots'].iloc[0])}</code></p>"
+        f"<h2>Effects (relative, with confidence intervals)</h2>{forest_plot(rel)}"
+        f"<h2>Metrics</h2>{''.join(table)}<h2>Cumulative effect over time</h2>{trends}"
+    )
+    return _page(f"Strata · {experiment_id}", body)
+
+
+def render_index(results: pd.DataFrame) -> str:
+    """HTML index of all experiments in ``results`` with their latest status."""
+    rows = []
+    for exp_id, res in results.groupby("experiment_id", sort=True):
+        latest = res["analysis_date"].max()
+        now = res[res["analysis_date"] == latest]
+        srm = now[now["metric_id"] == SRM_METRIC_ID]
+        srm_ok = (srm["decision"] == "passed").all()
+        primary = now[(now["role"] == "primary") & (now["statistic"] == "rel_diff")]
+        decisions = ", ".join(
+            f"{r.metric_name} {r.comparison}: {r.decision}" for r in primary.itertuples()
+        )
+        rows.append(
+            f"<tr><td><a href='{_e(exp_id)}.html'>{_e(exp_id)}</a></td><td>{_e(latest)}</td>"
+            f"<td class='{'ok' if srm_ok else 'bad'}'>{'ok' if srm_ok else 'SRM'}</td>"
+            f"<td>{_e(decisions) or '–'}</td></tr>"
+        )
+    body = (
+        "<h1>Strata experiments</h1><table><tr><th>experiment</th><th>latest analysis</th>"
+        f"<th>SRM</th><th>primary metrics</th></tr>{''.join(rows)}</table>"
+    )
+    return _page("Strata experiments", body)
+
+
+def write_reports(
+    results: pd.DataFrame, out_dir: Path, experiment_ids: Sequence[str] | None = None
+) -> list[Path]:
+    """Write ``<experiment>.html`` per experiment and ``index.html``; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = sorted(results["experiment_id"].unique()) if experiment_ids is None else experiment_ids
+    paths = []
+    for exp_id in ids:
+        path = out_dir / f"{exp_id}.html"
+        path.write_text(render_experiment_report(results, exp_id), encoding="utf-8")
+        paths.append(path)
+    index = out_dir / "index.html"
+    index.write_text(render_index(results), encoding="utf-8")
+    return [*paths, index]
+
+
+def build_reports(
+    catalog: Catalog,
+    out_dir: Path,
+    experiment_ids: Sequence[str] | None = None,
+    namespace: str = "strata",
+    table: str = RESULTS_TABLE,
+) -> list[Path]:
+    """``strata report [EXP]``: read the results table and write the HTML pages."""
+    results = read_results(catalog, None, table, namespace)
+    return write_reports(results, out_dir, experiment_ids)

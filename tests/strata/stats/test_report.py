@@ -1,0 +1,94 @@
+"""HTML reports: self-contained pages with the forest plot, trend, SRM status and metric table."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from strata.stats import evaluate
+from strata.stats.aggregate import aggregate_arrays
+from strata.stats.report import write_reports
+from strata.stats.results import results_frame
+
+START = date(2026, 5, 1)
+DAYS = 4
+
+
+def experiment(exp_id: str) -> dict:
+    return {
+        "experiment_id": exp_id,
+        "variants": [{"vid": v, "is_control": v == "a", "weight": 1} for v in "abc"],
+        "metrics": [
+            {
+                "id": 1,
+                "name": "clicks <script>alert(1)</script>",
+                "role": "primary",
+                "nominator": "count(user.unit.click)",
+                "denominator": "count(user.global.exposure)",
+            },
+            {
+                "id": 2,
+                "name": "revenue",
+                "role": "guardrail",
+                "nominator": "value(user.unit.click)",
+                "denominator": "count(user.global.exposure)",
+            },
+        ],
+        "start_date": START,
+        "end_date": START + timedelta(days=13),
+    }
+
+
+def history(lost_units: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(9)
+    clicks = rng.poisson(np.array([1.0, 1.5, 1.0])[None, :, None], (2, 3, 400)).astype(float)
+    clicks[1, 1, 400 - lost_units :] = np.nan  # exp "lossy" loses units in variant b
+    frames = []
+    for day in range(1, DAYS + 1):
+        seen = np.where(np.arange(400) < day * 100, clicks, np.nan)
+        goals, _ = aggregate_arrays(
+            ["good", "lossy"], [["a", "b", "c"]] * 2, "user", {"click": (seen, seen * 2)}
+        )
+        when = START + timedelta(days=day - 1)
+        ev = evaluate(goals, [experiment("good"), experiment("lossy")], analysis_date=when)
+        frames.append(results_frame(ev, f"run{day}", {"strata.goal_aggregates": day}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_reports_are_self_contained_and_show_effects(tmp_path):
+    paths = write_reports(history(lost_units=150), tmp_path)
+    assert sorted(p.name for p in paths) == ["good.html", "index.html", "lossy.html"]
+    good = (tmp_path / "good.html").read_text()
+    assert "<script" not in good  # metric names are escaped, no JS at all
+    assert "&lt;script&gt;" in good
+    assert not re.search(r"(src|href)=['\"]https?:", good)  # nothing loaded from elsewhere
+    # forest plot: one point per metric × treatment comparison (2 metrics × 2 treatments)
+    forest = good.split("<h2>Effects")[1].split("<h2>")[0]
+    assert forest.count("<circle") == 4
+    # the planted +50% effect on b is a significant win; c (no effect) is not
+    assert "b vs a" in good
+    table = good.split("<h2>Metrics</h2>")[1].split("<h2>")[0]
+    b_row = next(r for r in table.split("<tr>") if "b vs a" in r and "clicks" in r)
+    c_row = next(r for r in table.split("<tr>") if "c vs a" in r and "clicks" in r)
+    assert "class='win'" in b_row
+    assert "class='win'" not in c_row
+    # cumulative effect over time: one trend per metric × comparison, one point per day
+    trends = good.split("Cumulative effect over time")[1]
+    lines = re.findall(r"<polyline points='([^']*)'", trends)
+    assert len(lines) == 4
+    assert all(len(points.split()) == DAYS for points in lines)
+    assert "Sample ratio mismatch" not in good
+
+
+def test_srm_failure_is_flagged_in_page_and_index(tmp_path):
+    write_reports(history(lost_units=150), tmp_path)
+    lossy = (tmp_path / "lossy.html").read_text()
+    assert "Sample ratio mismatch: effects are not trustworthy" in lossy
+    assert "invalid_srm" in lossy
+    index = (tmp_path / "index.html").read_text()
+    rows = {r.split("</a>")[0].split(">")[-1]: r for r in index.split("<tr>")[2:]}
+    assert "class='bad'>SRM" in rows["lossy"]
+    assert "class='ok'>ok" in rows["good"]
