@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 BATCH_UNITS = 3000
 #: Catalogs of this many versions are cached (the live one and the one before it).
 CACHED_VERSIONS = 2
+#: Answers memoised per (version, stored values); cleared when full.
+MEMO_ENTRIES = 50_000
 
 #: ARGV: prefix, cached version, then (code, crc32, unit id) triples.
 #: Returns {version, catalog-or-false, value...}; {false} when nothing is published.
@@ -137,6 +139,7 @@ class LookupClient:
         self.redis = client or redis_client(self.settings, socket_timeout=5)
         self._script = self.redis.register_script(READ_LUA)
         self._catalogs: dict[str, dict[int, dict]] = {}
+        self._memo: dict[tuple, str] = {}
         self._last_version = ""
         self._lock = threading.Lock()
 
@@ -175,6 +178,21 @@ class LookupClient:
         return version, list(reply[2:])
 
     def _actions(self, version: str, values: list[tuple[str, bytes | None]]) -> list[dict]:
+        """Actions for a unit's stored values; memoised per version (few distinct combinations).
+
+        The memo holds JSON text, so every caller gets its own objects to keep or mutate.
+        """
+        key = (version, tuple(v for _, v in values))
+        cached = self._memo.get(key)
+        if cached is None:
+            cached = json.dumps(self._build_actions(version, values), separators=(",", ":"))
+            with self._lock:
+                if len(self._memo) >= MEMO_ENTRIES:
+                    self._memo.clear()
+                self._memo[key] = cached
+        return json.loads(cached)
+
+    def _build_actions(self, version: str, values: list[tuple[str, bytes | None]]) -> list[dict]:
         catalog = self._catalogs[version]
         taken_experiments: set[str] = set()
         taken_layers: set[str] = set()
