@@ -5,6 +5,9 @@ Public API (see docs/statistics.md):
 - :func:`evaluate` — every metric × variant of many experiments in one vectorised pass;
 - :func:`required_cross_terms` — the cross-product sums the aggregates must carry;
 - :func:`experiment_from_record` — validate an experiments-table row;
+- :func:`run_evaluation` (``strata evaluate EXP --date D``), :func:`read_results`,
+  :func:`reproduce` — the Iceberg ``results`` table through pyiceberg;
+- :func:`build_reports` (``strata report [EXP]``), :func:`write_reports` — static HTML;
 - :mod:`strata.stats.power`, :mod:`strata.stats.sequential`, :mod:`strata.stats.multiple`.
 
 Usage:
@@ -30,6 +33,8 @@ from strata.stats.models import (
     experiment_from_record,
     experiments_from_records,
 )
+from strata.stats.report import build_reports, write_reports
+from strata.stats.results import read_results, reproduce, run_evaluation
 
 __all__ = [
     "CROSS_COLUMNS",
@@ -43,8 +48,13 @@ __all__ = [
     "ExpressionError",
     "Metric",
     "Variant",
+    "build_reports",
     "evaluate",
     "experiment_from_record",
     "experiments_from_records",
+    "read_results",
+    "reproduce",
     "required_cross_terms",
+    "run_evaluation",
+    "write_reports",
 ]
