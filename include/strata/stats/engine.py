@@ -527,6 +527,8 @@ def evaluate(
         m = mN / mD
         var_l = (vNN - 2 * m * cND + m**2 * vDD) / mD**2
         cov_lx = (cNX - m * cDX) / mD
+    _check_variances(rows, valid, {"nominator": (vNN, sNN / n), "denominator": (vDD, sDD / n),
+                                   "covariate": (vXX, sXX / n)})  # fmt: skip
     var_l = np.where(valid, np.maximum(var_l, 0.0), np.nan)
     m = np.where(valid, m, np.nan)
     m_raw = m.copy()
@@ -649,6 +651,26 @@ def evaluate(
     for col in ("abs_lower", "abs_upper", "rel_lower", "rel_upper"):
         out.loc[~out["p_value"].notna(), col] = np.nan
     return Evaluation(out, srm, config, analysis_date)
+
+
+#: Relative tolerance for round-off when a sum of squares is checked against its sum.
+VARIANCE_TOLERANCE = 1e-9
+
+
+def _check_variances(rows: _MetricRows, valid: np.ndarray, parts: dict) -> None:
+    """A negative sample variance means sum_sqr_* is not the sum of per-unit squares (e.g. squares
+    of per-event or per-day values were summed). That is bad input, not something to clip."""
+    for side, (var, mean_sq) in parts.items():
+        with np.errstate(invalid="ignore"):
+            bad = valid & (var < -VARIANCE_TOLERANCE * (np.abs(mean_sq) + 1.0))
+        if bad.any():
+            r, v = np.argwhere(bad)[0]
+            exp = rows.experiments[rows.exp_index[r]]
+            raise AggregateError(
+                f"negative variance of the {side} of metric {rows.metrics[r].id!r} in experiment "
+                f"{exp.experiment_id!r}, variant {exp.variants[v].vid!r}: its sum of squares is "
+                "smaller than sum²/count, so it is not a sum of per-unit squares"
+            )
 
 
 def _family_sizes(testable: np.ndarray, exp_index: np.ndarray, n_exp: int, config) -> np.ndarray:

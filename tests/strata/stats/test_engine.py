@@ -298,3 +298,12 @@ class TestBadInput:
         )
         with pytest.raises(AggregateError, match="sum_sqr_value"):
             evaluate(goals.drop(columns="sum_sqr_value"), [design([MEAN_METRIC])])
+
+    def test_sums_of_squares_that_are_not_per_unit_are_an_error(self):
+        goals, _ = aggregate_arrays(
+            ["e1"], [["a", "b"]], "user", units(np.random.default_rng(1), 50)
+        )
+        bad = goals["goal"].eq("click") & goals["exp_variant_id"].eq("b")
+        goals.loc[bad, "sum_sqr_count"] = goals.loc[bad, "count"] ** 2 / 100  # < sum² / n
+        with pytest.raises(AggregateError, match=r"negative variance.*'e1', variant 'b'"):
+            evaluate(goals, [design([MEAN_METRIC])])
