@@ -15,6 +15,11 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__API__HOST := 127.0.0.1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export GX_ANALYTICS_ENABLED := false
+# No telemetry leaves the machine: Airflow usage data, Cosmos (Scarf), dbt.
+export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED := False
+export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
+export DO_NOT_TRACK := 1
+export SCARF_ANALYTICS := false
 export SPARK_LOCAL_IP := 127.0.0.1
 export PYTHONDONTWRITEBYTECODE := 1
 

@@ -1,0 +1,106 @@
+"""Great Expectations suites, one per guarded table, named after it.
+
+Raw data is messy by nature, so the raw suite bounds the mess (``mostly``) instead of forbidding
+it: the staging models quarantine the bad rows, and a *surge* of them is what should stop the
+pipeline. Tables Strata writes itself (assignments, goal_aggregates) must be exactly right.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import great_expectations as gx
+
+#: Share of raw rows that must be well-formed; the generator plants ~0.3% malformed rows.
+RAW_WELL_FORMED_SHARE = 0.98
+#: Share of purchases with a usable (non-negative) amount; ~4% are broken in the synthetic data.
+PURCHASE_VALID_SHARE = 0.9
+EVENT_NAMES = ["session_start", "click", "add_to_cart", "purchase"]
+
+
+def raw_events() -> gx.ExpectationSuite:
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    return gx.ExpectationSuite(
+        name="raw_events",
+        expectations=[
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnValuesToNotBeNull(column="arrived_at"),
+            gxe.ExpectColumnValuesToNotBeNull(column="event_id", mostly=RAW_WELL_FORMED_SHARE),
+            gxe.ExpectColumnValuesToNotBeNull(column="device_id", mostly=RAW_WELL_FORMED_SHARE),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="event_name", value_set=EVENT_NAMES, mostly=RAW_WELL_FORMED_SHARE
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="value",
+                min_value=0,
+                mostly=PURCHASE_VALID_SHARE,
+                row_condition="event_name = 'purchase'",
+                condition_parser="spark",
+            ),
+        ],
+    )
+
+
+def assignments() -> gx.ExpectationSuite:
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    return gx.ExpectationSuite(
+        name="assignments",
+        expectations=[
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            *(
+                gxe.ExpectColumnValuesToNotBeNull(column=c)
+                for c in ("unit_type", "unit_id", "experiment_id", "variant_id", "slot")
+            ),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="unit_type", value_set=["device_id", "user_id", "url"]
+            ),
+            gxe.ExpectColumnValuesToBeBetween(column="slot", min_value=0, max_value=9999),
+            gxe.ExpectCompoundColumnsToBeUnique(
+                column_list=["experiment_id", "unit_type", "unit_id"]
+            ),
+        ],
+    )
+
+
+def goal_aggregates() -> gx.ExpectationSuite:
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    return gx.ExpectationSuite(
+        name="goal_aggregates",
+        expectations=[
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            *(
+                gxe.ExpectColumnValuesToNotBeNull(column=c)
+                for c in ("as_of_date", "exp_id", "exp_variant_id", "goal", "count")
+            ),
+            gxe.ExpectColumnValuesToBeInSet(column="agg_type", value_set=["unit", "global"]),
+            gxe.ExpectColumnValuesToBeBetween(column="count_unique", min_value=0),
+            gxe.ExpectColumnValuesToBeBetween(column="sum_sqr_value", min_value=0),
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="count", column_B="count_unique", or_equal=True
+            ),
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="sum_sqr_count", column_B="count", or_equal=True
+            ),
+            gxe.ExpectCompoundColumnsToBeUnique(
+                column_list=[
+                    "as_of_date",
+                    "exp_id",
+                    "exp_variant_id",
+                    "unit_type",
+                    "agg_type",
+                    "goal",
+                    "platform",
+                ]
+            ),
+        ],
+    )
+
+
+SUITES = {"raw_events": raw_events, "assignments": assignments, "goal_aggregates": goal_aggregates}
