@@ -13,8 +13,61 @@ def _generate(argv: list[str]) -> int:
     return 0
 
 
+def _validate(argv: list[str]) -> int:
+    from strata.definitions import DefinitionError, load
+
+    parser = argparse.ArgumentParser(
+        prog="strata validate",
+        description="Validate experiment definitions; one line per problem (file: path: message).",
+    )
+    parser.add_argument("path", help="definitions file or folder (YAML)")
+    args = parser.parse_args(argv)
+    try:
+        defs = load(args.path)
+    except DefinitionError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    running = sum(e.assigned for e in defs.experiments)
+    print(
+        f"OK {args.path}: {len(defs.domains)} domains, {len(defs.layers)} layers, "
+        f"{len(defs.experiments)} experiments ({running} running), version {defs.version}"
+    )
+    return 0
+
+
+def _plan(argv: list[str]) -> int:
+    from strata.definitions import DefinitionError, format_plan, load
+
+    parser = argparse.ArgumentParser(
+        prog="strata plan",
+        description="Dry run: traffic per domain/layer/experiment/variant and free space per layer.",
+    )
+    parser.add_argument("path", help="definitions file or folder (YAML)")
+    args = parser.parse_args(argv)
+    try:
+        defs = load(args.path)
+    except DefinitionError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(format_plan(defs))
+    return 0
+
+
+def _assign(argv: list[str]) -> int:
+    from spark_jobs.assign_experiments import main as assign
+
+    assign(argv)
+    return 0
+
+
 COMMANDS = {
+    "validate": (_validate, "validate experiment definitions (exit 1 and one line per problem)"),
+    "plan": (_plan, "dry-run traffic table of definitions: shares and free space per layer"),
     "generate": (_generate, "generate synthetic users, orgs, devices and raw events into Iceberg"),
+    "assign": (_assign, "assign users and devices to experiments in Spark -> Iceberg assignments"),
 }
 
 

@@ -235,7 +235,8 @@ def parse(rule: Mapping[str, Any] | RuleNode | Rule) -> Rule:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise RuleError(f"invalid rule at {where}: {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise RuleError(f"invalid rule at {where}: {msg}") from None
 
 
 def to_json(rule: Rule) -> dict[str, Any]:
@@ -350,51 +351,56 @@ def _spark_kind(data_type: Any) -> str | None:
     return None
 
 
-def _num_str_cmp(col: Column, lit: str) -> Column:
-    """Compare an ASCII numeral column (no leading zeros) with a numeral literal, any length."""
+#: Width of the length prefix of numerals in semver sort keys (numerals up to 99,999 digits).
+_KEY_WIDTH = 5
+#: Key separators: end of the pre-release list < between identifiers < any identifier character.
+_KEY_END, _KEY_SEP = "\x01", "\x02"
+
+
+def semver_sort_key(version: str) -> str | None:
+    """A string whose plain (code point) order is semver precedence; None for invalid versions.
+
+    Numerals become ``len + digits`` (numeric order at any length), a release sorts after its
+    pre-releases, numeric pre-release identifiers before alphanumeric ones, a shorter identifier
+    list first, build metadata dropped. :func:`to_column` computes the same key natively.
+
+    Usage:
+        >>> keys = [semver_sort_key(v) for v in ("1.0.0-alpha", "1.0.0-alpha.1", "1.0.0", "10.0.0")]
+        >>> keys == sorted(keys)
+        True
+        >>> semver_sort_key("1.0.0+a") == semver_sort_key("1.0.0+b"), semver_sort_key("1.0")
+        (True, None)
+    """
+    m = _SEMVER_RE.fullmatch(version)
+    if m is None:
+        return None
+    core = "".join(f"{len(n):0{_KEY_WIDTH}d}{n}" for n in m.groups()[:3])
+    if m.group(4) is None:
+        return core + "1"
+    ids = [
+        f"0{len(i):0{_KEY_WIDTH}d}{i}" if i.isdigit() else f"1{i}" for i in m.group(4).split(".")
+    ]
+    return core + "0" + _KEY_SEP.join(ids) + _KEY_END
+
+
+def _semver_key_column(col: Column) -> Column:
+    """:func:`semver_sort_key` as a native expression (null when ``col`` is not a valid semver)."""
     from pyspark.sql import functions as F
 
-    n = F.length(col)
-    return (
-        F.when(n < len(lit), -1)
-        .when(n > len(lit), 1)
-        .when(col < F.lit(lit), -1)
-        .when(col > F.lit(lit), 1)
-        .otherwise(0)
+    def num(c: Column) -> Column:
+        return F.concat(F.lpad(F.length(c).cast("string"), _KEY_WIDTH, "0"), c)
+
+    core = F.concat(*[num(F.regexp_extract(col, _SEMVER_JAVA, i)) for i in (1, 2, 3)])
+    pre = F.regexp_extract(col, _SEMVER_JAVA, 4)
+    ids = F.transform(
+        F.split(pre, r"\."),
+        lambda i: F.when(i.rlike("^[0-9]+$"), F.concat(F.lit("0"), num(i))).otherwise(
+            F.concat(F.lit("1"), i)
+        ),
     )
-
-
-def _semver_cmp(col: Column, literal: str) -> Column:
-    """-1/0/1: precedence of the (valid) semver in ``col`` against ``literal`` (semver.org §11)."""
-    from pyspark.sql import functions as F
-
-    m = _SEMVER_RE.fullmatch(literal)
-    assert m is not None
-    core = [F.regexp_extract(col, _SEMVER_JAVA, i) for i in (1, 2, 3)]
-    pre_col = F.regexp_extract(col, _SEMVER_JAVA, 4)
-    pre_lit = m.group(4)
-
-    if pre_lit is None:
-        pre_cmp = F.when(pre_col == "", 0).otherwise(-1)
-    else:
-        ids = F.split(pre_col, r"\.")
-        lit_ids = pre_lit.split(".")
-        result: Column = F.when(F.size(ids) > len(lit_ids), 1).otherwise(0)
-        for i in reversed(range(len(lit_ids))):
-            cid, lid = F.element_at(ids, i + 1), lit_ids[i]
-            is_num = cid.rlike("^[0-9]+$")
-            if lid.isdigit():
-                c = F.when(is_num, _num_str_cmp(cid, lid)).otherwise(1)
-            else:
-                c = F.when(is_num, -1).when(cid < lid, -1).when(cid > lid, 1).otherwise(0)
-            result = F.when(F.size(ids) <= i, -1).when(c != 0, c).otherwise(result)
-        pre_cmp = F.when(pre_col == "", 1).otherwise(result)
-
-    out = pre_cmp
-    for part, lit in reversed(list(zip(core, m.groups()[:3], strict=True))):
-        c = _num_str_cmp(part, lit)
-        out = F.when(c != 0, c).otherwise(out)
-    return out
+    pre_key = F.concat(F.lit("0"), F.array_join(ids, _KEY_SEP), F.lit(_KEY_END))
+    key = F.concat(core, F.when(pre == "", F.lit("1")).otherwise(pre_key))
+    return F.when(col.rlike(_SEMVER_JAVA), key)
 
 
 def _predicate_column(p: Predicate, schema: StructType) -> Column:
@@ -410,18 +416,11 @@ def _predicate_column(p: Predicate, schema: StructType) -> Column:
     present = col.isNotNull()
 
     if p.value_type == "semver":
-        present = present & col.rlike(_SEMVER_JAVA)
-        cmps = [_semver_cmp(col, v) for v in p.values]
-        if p.op in _SET_OPS:
-            hit = F.lit(False)
-            for c in cmps:
-                hit = hit | (c == 0)
-            expr = hit if p.op == "in" else ~hit
-        else:
-            c = cmps[0]
-            expr = {"eq": c == 0, "neq": c != 0, "gt": c > 0, "gte": c >= 0, "lt": c < 0}.get(
-                p.op, c <= 0
-            )
+        # Compare order-preserving keys: the literal's computed here, the column's natively.
+        col = _semver_key_column(col)
+        present = col.isNotNull()
+        lits = [F.lit(semver_sort_key(v)) for v in p.values]
+        expr = _compare(col, p.op, lits)
         return F.coalesce(present & expr, F.lit(False))
 
     if p.op in ("like", "not_like"):
@@ -436,22 +435,23 @@ def _predicate_column(p: Predicate, schema: StructType) -> Column:
             lits = [F.lit(float(v)) if p.value_type == "float" else F.lit(v) for v in p.values]
         else:
             lits = [F.lit(v) for v in p.values]
-        if p.op in _SET_OPS:
-            hit = F.lit(False)
-            for lit in lits:
-                hit = hit | (col == lit)
-            expr = hit if p.op == "in" else ~hit
-        else:
-            lit = lits[0]
-            expr = {
-                "eq": col == lit,
-                "neq": col != lit,
-                "gt": col > lit,
-                "gte": col >= lit,
-                "lt": col < lit,
-                "lte": col <= lit,
-            }[p.op]
+        expr = _compare(col, p.op, lits)
     return F.coalesce(present & expr, F.lit(False))
+
+
+def _compare(col: Column, op: str, lits: list[Column]) -> Column:
+    if op in _SET_OPS:
+        hit = col.isin(*lits)
+        return hit if op == "in" else ~hit
+    lit = lits[0]
+    return {
+        "eq": col == lit,
+        "neq": col != lit,
+        "gt": col > lit,
+        "gte": col >= lit,
+        "lt": col < lit,
+        "lte": col <= lit,
+    }[op]
 
 
 def _is_fractional(schema: StructType, p: Predicate) -> bool:
