@@ -59,6 +59,8 @@ from strata.stats.sequential import obf_boundaries
 #: Columns every aggregate row must carry (the ep-stats layout).
 KEY_COLUMNS = ("exp_id", "exp_variant_id", "unit_type", "agg_type", "goal")
 VALUE_COLUMNS = ("count", "sum_sqr_count", "sum_value", "sum_sqr_value", "count_unique")
+#: Date column of the cumulative aggregate tables; must be selected and dropped before evaluate.
+DATE_COLUMN = "as_of_date"
 #: Columns of the cross-product input: per-unit sum of term_x × term_y, terms in canonical text.
 CROSS_COLUMNS = ("exp_id", "exp_variant_id", "term_x", "term_y", "sum_product")
 #: Decision labels.
@@ -186,6 +188,11 @@ def _goal_sums(
 ) -> dict[str, np.ndarray]:
     """Dense (E, V, T) arrays of each term's per-unit sum ``s1`` and sum of squares ``s2``."""
     _require_columns(goals, KEY_COLUMNS + VALUE_COLUMNS, "goal aggregates")
+    if DATE_COLUMN in goals.columns:
+        raise AggregateError(
+            f"goal aggregates still have {DATE_COLUMN!r}: select one analysis date and drop the "
+            "column (any extra column is a dimension; results.read_inputs does this)"
+        )
     wanted = {e.experiment_id for e in experiments}
     g = goals[goals["exp_id"].astype(str).isin(wanted)]
     dims = sorted(set(g.columns) - set(KEY_COLUMNS) - set(VALUE_COLUMNS))

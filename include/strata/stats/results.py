@@ -27,7 +27,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from strata.stats.engine import CROSS_COLUMNS, KEY_COLUMNS, VALUE_COLUMNS, Evaluation, evaluate
+from strata.stats.engine import (
+    CROSS_COLUMNS,
+    DATE_COLUMN,
+    KEY_COLUMNS,
+    VALUE_COLUMNS,
+    Evaluation,
+    evaluate,
+)
 from strata.stats.errors import AggregateError, DesignError
 from strata.stats.models import EvaluationConfig, Experiment, experiment_from_record
 
@@ -39,7 +46,7 @@ GOALS_TABLE = "goal_aggregates"
 CROSS_TABLE = "goal_cross_aggregates"
 EXPERIMENTS_TABLE = "experiments"
 #: Column of the aggregate tables that selects the analysis date (cumulative window).
-AS_OF_COLUMN = "as_of_date"
+AS_OF_COLUMN = DATE_COLUMN
 CUMULATIVE_WINDOW = "cumulative"
 SCHEMA_VERSION = "1"
 SRM_METRIC_ID = "__srm__"

@@ -307,3 +307,10 @@ class TestBadInput:
         goals.loc[bad, "sum_sqr_count"] = goals.loc[bad, "count"] ** 2 / 100  # < sum² / n
         with pytest.raises(AggregateError, match=r"negative variance.*'e1', variant 'b'"):
             evaluate(goals, [design([MEAN_METRIC])])
+
+    def test_undropped_date_column_is_an_error_not_a_dimension(self):
+        goals, _ = aggregate_arrays(
+            ["e1"], [["a", "b"]], "user", units(np.random.default_rng(1), 5)
+        )
+        with pytest.raises(AggregateError, match="as_of_date"):
+            evaluate(goals.assign(as_of_date="2026-01-01"), [design([MEAN_METRIC])])
