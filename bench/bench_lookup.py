@@ -502,6 +502,13 @@ def main() -> int:
     get_settings.cache_clear()
     settings = get_settings()
     redis_sh = ROOT / "scripts" / "redis.sh"
+    import socket
+
+    for port in (REDIS_PORT, ENDPOINT_PORT):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                print(f"bench_lookup: port {port} is already in use; stop that server first")
+                return 1
     subprocess.run([redis_sh, "start"], check=True, capture_output=True)
     print(
         f"bench_lookup: {os.cpu_count()} cores shared with other workloads (load average "
