@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -524,6 +525,7 @@ def main() -> int:
             bench_flip(settings, args.units)
     finally:
         subprocess.run([redis_sh, "stop"], check=True, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)  # the benchmark's tables and Redis files
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -305,6 +305,20 @@ def _check_units(rows: pa.Table) -> pa.Table:
     return rows
 
 
+def _concat(*parts: Any) -> pa.Array:
+    """Row-wise concatenation into ``large_string`` (64-bit offsets: a version's RESP stream may
+    exceed 2 GiB); ``str`` parts are literals, arrays of any type are cast to text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cast = [
+        pa.scalar(p, pa.large_string()) if isinstance(p, str) else pc.cast(p, pa.large_string())
+        for p in parts
+    ]
+    out = pc.binary_join_element_wise(*cast, pa.scalar("", pa.large_string()))
+    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
+
 def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None = None) -> Encoded:
     """Turn the source into the version's catalog and its RESP ``HSET`` stream (pure, no I/O)."""
     import numpy as np
@@ -366,36 +380,39 @@ def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None =
     per_type = np.bincount(type_idx, minlength=len(types))
     units = {t: int(per_type[i]) for i, t in enumerate(types)}
     buckets = {t: bucket_count(n, UNITS_PER_BUCKET) for t, n in units.items()}
-    uid, val = grouped["unit_id"], grouped["value"]
+    # 64-bit offsets: a version's RESP stream may exceed 2 GiB (tens of millions of units)
+    uid = pc.cast(grouped["unit_id"], pa.large_string())
+    val = pc.cast(grouped["value"], pa.large_string())
     # crc32 through a C builtin over bytes objects: no Python frame per unit
-    raw_ids = pc.cast(uid, pa.binary()).to_pylist()
+    raw_ids = pc.cast(uid, pa.large_binary()).to_pylist()
     hashes = np.fromiter(map(zlib.crc32, raw_ids), dtype=np.int64, count=n_units)
     bucket_no = hashes % np.array([buckets[t] for t in types], dtype=np.int64)[type_idx]
     order = np.lexsort((bucket_no, type_idx))  # units sorted by (type, bucket)
-    fragment = pc.binary_join_element_wise(
-        "$", pc.cast(pc.binary_length(uid), pa.string()), "\r\n", uid, "\r\n$",
-        pc.cast(pc.binary_length(val), pa.string()), "\r\n", val, "\r\n", "",
-    ).combine_chunks().take(pa.array(order))  # fmt: skip
+    fragment = _concat(
+        "$", pc.binary_length(uid), "\r\n", uid, "\r\n$", pc.binary_length(val), "\r\n", val,
+        "\r\n",
+    ).take(pa.array(order))  # fmt: skip
     combined = type_idx[order].astype(np.int64) * (1 << 32) + bucket_no[order]
     starts = np.flatnonzero(np.diff(combined)) + 1 if n_units else np.array([], np.int64)
     offsets = np.concatenate([[0], starts, [n_units]]).astype(np.int32) if n_units else None
     if n_units:
         first = offsets[:-1]
-        keys = pc.binary_join_element_wise(
+        keys = _concat(
             pa.array([ks.bucket_prefix(version, t) for t in types]).take(
                 pa.array(type_idx[order][first])
             ),
-            pc.cast(pa.array(bucket_no[order][first]), pa.string()),
-            "",
+            pa.array(bucket_no[order][first]),
         )
-        body = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), fragment), "")
+        body = pc.binary_join(
+            pa.ListArray.from_arrays(pa.array(offsets), fragment), pa.scalar("", pa.large_string())
+        )
         counts = np.diff(offsets)
-        commands = pc.binary_join_element_wise(
-            "*", pc.cast(pa.array(counts * 2 + 2), pa.string()), "\r\n$4\r\nHSET\r\n$",
-            pc.cast(pc.binary_length(keys), pa.string()), "\r\n", keys, "\r\n", body, "",
+        commands = _concat(
+            "*", pa.array(counts * 2 + 2), "\r\n$4\r\nHSET\r\n$", pc.binary_length(keys),
+            "\r\n", keys, "\r\n", body,
         )  # fmt: skip
     else:
-        commands, counts = pa.array([], pa.string()), np.array([], np.int64)
+        commands, counts = pa.array([], pa.large_string()), np.array([], np.int64)
     return Encoded(
         version=version,
         catalog=catalog,
@@ -515,9 +532,14 @@ def _chunks(commands: pa.Array, start: int, stop: int, size: int) -> Iterator[tu
 def _buffer(commands: pa.Array, a: int, b: int) -> memoryview:
     """Zero-copy bytes of commands[a:b] (a string array's data buffer is contiguous)."""
     import numpy as np
+    import pyarrow as pa
 
+    width = np.int64 if pa.types.is_large_string(commands.type) else np.int32
     offsets = np.frombuffer(
-        commands.buffers()[1], dtype=np.int32, count=len(commands) + 1, offset=commands.offset * 4
+        commands.buffers()[1],
+        dtype=width,
+        count=len(commands) + 1,
+        offset=commands.offset * np.dtype(width).itemsize,
     )
     return memoryview(commands.buffers()[2])[int(offsets[a]) : int(offsets[b])]
 
