@@ -508,7 +508,11 @@ def evaluate(
     cN, cD, cX, cn = (rows.coef[k][:, None, :] for k in ("N", "D", "X", "n"))
     n = np.sum(cn * s1, axis=-1)
     sN, sX = np.sum(cN * s1, axis=-1), np.sum(cX * s1, axis=-1)
-    quad = lambda a, b: np.einsum("rvl,rvlm,rvm->rv", a, q, b)  # noqa: E731
+
+    def quad(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per-unit cross sums of two linear forms: sum_u (a·T_u)(b·T_u) = a^T Q b."""
+        return np.einsum("rvl,rvlm,rvm->rv", a, q, b)
+
     cN_b, cD_b, cX_b = (np.broadcast_to(c, s1.shape) for c in (cN, cD, cX))
     sNN, sXX, sNX = quad(cN_b, cN_b), quad(cX_b, cX_b), quad(cN_b, cX_b)
     ratio = rows.is_ratio[:, None]
@@ -553,7 +557,11 @@ def evaluate(
 
     ctrl = np.array([next(j for j, x in enumerate(exp.variants) if x.is_control) for exp in exps])
     c_idx = ctrl[rows.exp_index][:, None]
-    take = lambda a: np.take_along_axis(a, c_idx, axis=1)  # noqa: E731
+
+    def take(a: np.ndarray) -> np.ndarray:
+        """The control variant's column of an (R, V) array, as (R, 1)."""
+        return np.take_along_axis(a, c_idx, axis=1)
+
     m_c, var_c, n_c = take(m), take(var_l), take(n)
     is_ctrl = v == c_idx
     with np.errstate(divide="ignore", invalid="ignore"):

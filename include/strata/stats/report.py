@@ -110,13 +110,19 @@ def trend_plot(rows: pd.DataFrame, title: str) -> str:
     n = len(rows)
     xs = [40 + (PLOT_WIDTH - 60) * (i / max(n - 1, 1)) for i in range(n)]
     sy = _scale(lo, hi, TREND_HEIGHT - 30)
-    y = lambda v: TREND_HEIGHT - 15 - sy(v)  # noqa: E731
+
+    def y(v: float) -> float:
+        return TREND_HEIGHT - 15 - sy(v)
+
     ok = np.isfinite(vals).all(axis=1)
     band = [(xx, y(v[2])) for xx, v, k in zip(xs, vals, ok, strict=True) if k] + [
         (xx, y(v[1])) for xx, v, k in reversed(list(zip(xs, vals, ok, strict=True))) if k
     ]
     line = [(xx, y(v[0])) for xx, v, k in zip(xs, vals, ok, strict=True) if k]
-    pts = lambda p: " ".join(f"{a:.1f},{b:.1f}" for a, b in p)  # noqa: E731
+
+    def pts(points: list[tuple[float, float]]) -> str:
+        return " ".join(f"{a:.1f},{b:.1f}" for a, b in points)
+
     dates = rows["analysis_date"].astype(str).tolist()
     return (
         f"<h4>{_e(title)}</h4><svg width='{PLOT_WIDTH}' height='{TREND_HEIGHT}' role='img'>"
