@@ -8,8 +8,10 @@ version is safe. A reader therefore sees the old or the new version during a fli
 The answer is seed 004's ``result.actions`` list: one ``{"type": "experiment", "data": {...}}``
 per experiment (``id, name, startDate, endDate, key`` plus ``variantId, variantName, params``),
 ordered by layer priority (highest first), then one ``{"type": "configUpdate", "data":
-{"service": ..., "params": ...}}`` per service with the variants' params deep-merged in layer
-priority order (seed 002: a higher ``layer_priority`` overrides a lower one).
+{"service": ..., "params": ...}}`` per service with the variants' params deep-merged in seed 002's
+order, the same as ``strata.assignment.merge_order``: ascending layer priority, then layer id, the
+later one winning; a layer without a service applies to every service (``service: null`` carries
+the unscoped layers alone).
 
 Seed 004's open question 2, the priority order when device id, user id and url all match: an
 experiment, and a layer (whose experiments are mutually exclusive), is taken from the first unit
@@ -209,7 +211,6 @@ class LookupClient:
                 chosen.append((exp, variant))
         chosen.sort(key=lambda c: (-(c[0]["priority"] or 0), c[0]["layer"], c[0]["id"]))
         actions: list[dict[str, Any]] = []
-        merged: dict[Any, dict] = {}
         for exp, variant in chosen:
             v = exp["variants"][str(variant)]
             actions.append(
@@ -227,15 +228,16 @@ class LookupClient:
                     },
                 }
             )
-        for exp, variant in reversed(chosen):  # lowest priority first: higher ones override
-            service = exp["service"]
-            merged[service] = deep_merge(
-                merged.get(service, {}), exp["variants"][str(variant)]["params"]
-            )
-        for service in sorted(merged, key=lambda s: (s is not None, s or "")):
-            actions.append(
-                {"type": "configUpdate", "data": {"service": service, "params": merged[service]}}
-            )
+        # seed 002 merge order (as strata.assignment.merge_order): ascending layer priority, then
+        # layer id, later wins; a layer without a service applies to every service.
+        in_order = sorted(chosen, key=lambda c: (c[0]["priority"] or 0, c[0]["layer"]))
+        services = sorted({exp["service"] for exp, _ in chosen}, key=lambda s: (s is not None, s))
+        for service in services:
+            merged: dict[str, Any] = {}
+            for exp, variant in in_order:
+                if exp["service"] is None or exp["service"] == service:
+                    merged = deep_merge(merged, exp["variants"][str(variant)]["params"])
+            actions.append({"type": "configUpdate", "data": {"service": service, "params": merged}})
         return actions
 
     def answer(

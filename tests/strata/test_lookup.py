@@ -16,6 +16,7 @@ from lookup_loader.sample import (
     experiments_table,
     write_tables,
 )
+from strata.assignment import Assignment, service_view
 from strata.errors import DataError
 from strata.lookup import LookupClient, deep_merge
 
@@ -138,6 +139,37 @@ class TestPriorityOrder:
     def test_batch_equals_single(self, published):
         requests = [("d1", "u1", self.URL), ("d1", None, None), ("zz", None, None)]
         assert published.lookup_many(requests) == [published.lookup(*r) for r in requests]
+
+
+class TestParamsMerge:
+    def test_unscoped_layers_apply_to_every_service_and_layer_id_breaks_ties(self, env):
+        exps = [
+            experiment("a", "la", 100, "device_id", "checkout", [("on", {"x": 1, "n": {"p": 1}})]),
+            experiment("b", "lb", 200, "device_id", None, [("on", {"x": 2, "y": 1})]),
+            experiment("c", "lc", 50, "device_id", "search", [("on", {"z": 1, "x": 0})]),
+            experiment("d", "ld", 100, "device_id", "checkout", [("on", {"n": {"q": 2}, "w": 1})]),
+            experiment("e", "le", 100, "device_id", "checkout", [("on", {"w": 2})]),
+        ]
+        rows = [pinned(x, "dev", 0) for x in exps]
+        env.write(rows, exps)
+        env.publish()
+
+        updates = [a["data"] for a in env.reader().lookup("dev") if a["type"] == "configUpdate"]
+
+        assert updates == [
+            {"service": None, "params": {"x": 2, "y": 1}},
+            # a(100, la) < d(100, ld) < e(100, le) < b(200): e beats d on w, b beats a on x
+            {"service": "checkout", "params": {"x": 2, "n": {"p": 1, "q": 2}, "w": 2, "y": 1}},
+            {"service": "search", "params": {"z": 1, "x": 2, "y": 1}},
+        ]
+        # and the same as the assignment engine's reference merge (strata.assignment)
+        fields = Assignment.__dataclass_fields__
+        view = service_view(
+            [Assignment(**{k: r[k] for k in fields}) for r in rows], ["checkout", "search"]
+        )
+        assert {u["service"]: u["params"] for u in updates if u["service"]} == {
+            service: v["parameters"] for service, v in view.items()
+        }
 
 
 class TestAnswers:
