@@ -196,3 +196,24 @@ def test_fixed_horizon_config_ignores_dates():
     treat = out.metrics[~out.metrics["is_control"]]
     assert (treat["planned_looks"] == 0).all()
     assert (treat["significant"] == (treat["p_value_adjusted"] < ALPHA)).all()
+
+
+def test_sequential_holm_controls_familywise_error_over_looks():
+    """Three treatments vs one control (correlated comparisons), 8 daily looks, A/A: the
+    group-sequential Holm decisions keep the any-look family-wise error at or below alpha."""
+    sims, days, per_day = 1500, 8, 25
+    variants = ("a", "b", "c", "d")
+    data = simulate(np.random.default_rng(SEED + 7), sims, days * per_day, n_variants=4)
+    start = date(2026, 1, 1)
+    exps = designs(sims, MEAN, variants, start_date=start,
+                   end_date=start + timedelta(days=days - 1))  # fmt: skip
+    ids = [e.experiment_id for e in exps]
+    any_reject = np.zeros(sims, bool)
+    for day in range(1, days + 1):
+        keep = np.arange(days * per_day) < day * per_day
+        seen = {k: (np.where(keep, c, np.nan), v) for k, (c, v) in data.items()}
+        goals, _ = aggregate_arrays(ids, [list(variants)] * sims, "user", seen)
+        out = evaluate(goals, exps, analysis_date=start + timedelta(days=day - 1)).metrics
+        hits = out[~out["is_control"]].groupby("exp_id")["significant"].any()
+        any_reject |= hits.loc[ids].to_numpy()
+    assert any_reject.mean() <= ALPHA + mc_tolerance(ALPHA, sims)

@@ -55,3 +55,17 @@ def test_daily_boundary_past_the_plan_uses_the_final_boundary():
 def test_bad_fractions_are_rejected(bad):
     with pytest.raises(ValueError, match="information fractions"):
         obf_boundaries(np.array(bad), ALPHA)
+
+
+def test_planned_power_with_the_final_boundary_is_a_tight_lower_bound():
+    """Power planned with the final boundary (what strata.stats.power gets in sequential mode):
+    the simulated any-look power is at least the claim and only slightly above it."""
+    looks, paths = 10, 100_000
+    t = np.arange(1, looks + 1) / looks
+    c = obf_boundaries(t, ALPHA)
+    drift = c[-1] + stats.norm.ppf(0.8)  # E[Z_K] giving 80% at the final look
+    rng = np.random.default_rng(12)
+    b = np.cumsum(rng.standard_normal((paths, looks)) * np.sqrt(1 / looks), axis=1)
+    z = (b + drift * t) / np.sqrt(t)
+    simulated = (np.abs(z) >= c).any(axis=1).mean()
+    assert 0.8 - 0.005 <= simulated <= 0.8 + 0.03
