@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ class LookupClient:
         self.redis = client or redis_client(self.settings, socket_timeout=5)
         self._script = self.redis.register_script(READ_LUA)
         self._catalogs: dict[str, dict[int, dict]] = {}
-        self._memo: dict[tuple, str] = {}
+        self._memo: dict[tuple, bytes] = {}
         self._last_version = ""
         self._lock = threading.Lock()
 
@@ -182,17 +183,19 @@ class LookupClient:
     def _actions(self, version: str, values: list[tuple[str, bytes | None]]) -> list[dict]:
         """Actions for a unit's stored values; memoised per version (few distinct combinations).
 
-        The memo holds JSON text, so every caller gets its own objects to keep or mutate.
+        The memo holds a pickle this process made itself (never bytes from outside), so every
+        caller gets its own objects to keep or mutate; unpickling is about twice as fast as
+        parsing JSON and five times faster than ``copy.deepcopy``.
         """
         key = (version, tuple(v for _, v in values))
         cached = self._memo.get(key)
         if cached is None:
-            cached = json.dumps(self._build_actions(version, values), separators=(",", ":"))
+            cached = pickle.dumps(self._build_actions(version, values), pickle.HIGHEST_PROTOCOL)
             with self._lock:
                 if len(self._memo) >= MEMO_ENTRIES:
                     self._memo.clear()
                 self._memo[key] = cached
-        return json.loads(cached)
+        return pickle.loads(cached)  # our own bytes, see above
 
     def _build_actions(self, version: str, values: list[tuple[str, bytes | None]]) -> list[dict]:
         catalog = self._catalogs[version]

@@ -136,6 +136,13 @@ class TestPriorityOrder:
         got = published.lookup("nobody", "", "HTTPS://Shop.Example.COM/cart#reviews")
         assert [a["data"].get("id") for a in got] == ["exp_url", None]
 
+    def test_answers_are_the_callers_own(self, published):
+        first = published.lookup("d1")
+        first[0]["data"]["params"]["d"] = "mutated by the caller"
+        first.append({"type": "junk"})
+        assert published.lookup("d1")[0]["data"]["params"] == {"d": 1}
+        assert len(published.lookup("d1")) == len(first) - 1
+
     def test_batch_equals_single(self, published):
         requests = [("d1", "u1", self.URL), ("d1", None, None), ("zz", None, None)]
         assert published.lookup_many(requests) == [published.lookup(*r) for r in requests]
