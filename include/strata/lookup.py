@@ -161,7 +161,7 @@ class LookupClient:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
                 raise StackError(f"Redis refused the lookup client's credentials: {exc}") from exc
             raise
-        except redis_lib.ConnectionError as exc:
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
             raise StackError(f"Redis is not reachable for lookups: {exc}") from exc
         if not reply or reply[0] is None:
             return None, [None] * len(units)
@@ -306,7 +306,13 @@ class LookupClient:
         return answers
 
     def live_version(self) -> str | None:
-        raw = self.redis.get(f"{self.prefix}:live")
+        """The live version id (None when nothing is published); StackError if Redis is down."""
+        import redis as redis_lib
+
+        try:
+            raw = self.redis.get(f"{self.prefix}:live")
+        except redis_lib.RedisError as exc:
+            raise StackError(f"Redis is not usable for lookups: {exc}") from exc
         return raw.decode() if raw else None
 
     def close(self) -> None:

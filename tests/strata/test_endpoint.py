@@ -220,5 +220,7 @@ class TestRedisTrouble:
         app = create_app(settings, prefix="none")
         with TestClient(app) as client:  # in-process: this server's Redis is deliberately wrong
             response = client.post("/v1/device/register/d1", json={"request": {}})
+            health = client.get("/healthz")
         assert response.status_code == 503
         assert response.json()["params"]["err"] == "LOOKUP_UNAVAILABLE"
+        assert health.status_code == 503
