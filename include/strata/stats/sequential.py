@@ -13,7 +13,7 @@ spends alpha more than once and its any-look false-positive rate exceeds alpha (
 Usage:
     >>> c = obf_boundaries(np.array([0.5, 1.0]), alpha=0.05)
     >>> [round(float(x), 3) for x in c]
-    [2.772, 1.98]
+    [2.772, 1.979]
 """
 
 from __future__ import annotations
@@ -61,23 +61,28 @@ def _boundaries(fractions: tuple[float, ...], alpha: float) -> tuple[float, ...]
             dens_k = signal.fftconvolve(density * db, kernel, mode="same")
         z = b / np.sqrt(tk)
 
+        absz = np.abs(z)
+        half = 0.5 * db / np.sqrt(tk)  # half a grid cell on the z scale
+        mass = dens_k * db
+
+        def beyond(c: float, absz=absz, half=half) -> np.ndarray:
+            """Share of each grid cell (width 2·half around |z|) lying beyond c: a continuous,
+            piecewise-linear tail instead of a step function of c."""
+            return np.clip((absz + half - c) / (2 * half), 0.0, 1.0)
+
         if spend[k] < MIN_SPEND:
             c_k = INFINITE_BOUNDARY
         else:
-            # exact tail mass as a function of c: integrate the grid density smoothly in c by
-            # solving on a continuous interpolation of the survival function
-            absz = np.abs(z)
-            order = np.argsort(-absz)
-            cum = np.cumsum(dens_k[order]) * db
-            target = spend[k]
 
-            def f(c: float, absz_sorted=absz[order], cum=cum, target=target) -> float:
-                return float(np.interp(-c, -absz_sorted, cum)) - target
+            def f(c: float, mass=mass, target=spend[k]) -> float:
+                return float(np.sum(mass * beyond(c))) - target
 
             hi = float(absz.max())
-            c_k = optimize.brentq(f, 0.0, hi) if f(0.0) > 0 > f(hi) else INFINITE_BOUNDARY
+            c_k = (
+                optimize.brentq(f, 0.0, hi, xtol=1e-10) if f(0.0) > 0 > f(hi) else INFINITE_BOUNDARY
+            )
         out.append(c_k)
-        density = np.where(np.abs(z) < c_k, dens_k, 0.0)
+        density = dens_k * (1.0 - beyond(c_k))
         prev_t = tk
     return tuple(out)
 
