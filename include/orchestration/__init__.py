@@ -1,4 +1,4 @@
-"""Airflow-side helpers shared by the DAG files (import Airflow/Cosmos; strata never imports them)."""
+"""Airflow-side helpers for the DAG files (they import Airflow and Cosmos; strata never does)."""
 
 import os
 import shutil
