@@ -1,0 +1,154 @@
+"""The assignment job: native Spark == Python reference on every unit; tables; reproducible runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from pyspark.sql import functions as F
+
+from spark_jobs.assign_experiments import (
+    ASSIGNMENT_FIELDS,
+    ASSIGNMENTS_SCHEMA,
+    EXPERIMENTS_SCHEMA,
+    main,
+    run,
+    transform,
+    unit_contexts,
+)
+from spark_jobs.generate_synthetic import build_all
+from strata.assignment import assign_unit
+from strata.definitions import bundled_path, load
+from strata.synthetic import GeneratorConfig
+
+CFG = GeneratorConfig(users=40_000, days=1, seed=5)
+KEY = ["unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]]
+
+
+@pytest.fixture(scope="module")
+def inputs(spark, settings):
+    """users / orgs / devices of 40k synthetic users (~120k units) written to Iceberg."""
+    tables = build_all(spark, CFG)
+    for name in ("users", "orgs", "devices"):
+        tables[name].writeTo(settings.table(name)).using("iceberg").createOrReplace()
+    return {n: spark.table(settings.table(n)).cache() for n in ("users", "orgs", "devices")}
+
+
+@pytest.fixture(scope="module")
+def defs():
+    return load(bundled_path())
+
+
+def test_spark_matches_the_python_reference_on_every_unit(inputs, defs):
+    units = unit_contexts(inputs["users"], inputs["orgs"], inputs["devices"])
+    got = transform(units, defs, "run", dt.datetime(2026, 11, 8)).select(*KEY).collect()
+    spark_rows = {tuple(r) for r in got}
+    assert len(spark_rows) == len(got)  # no duplicate rows
+
+    python_rows, n_units = set(), 0
+    for unit_type, df in units.items():
+        for row in df.toLocalIterator():
+            ctx = row.asDict()
+            n_units += 1
+            python_rows |= {a.key() for a in assign_unit(defs, unit_type, ctx[unit_type], ctx)}
+    assert n_units >= 100_000
+    assert spark_rows == python_rows
+    experiments = {r[2] for r in spark_rows}
+    assert experiments == {e.id for e in defs.experiments if e.assigned}
+
+
+def test_targeting_really_narrows(inputs, defs):
+    units = unit_contexts(inputs["users"], inputs["orgs"], inputs["devices"])
+    out = transform(units, defs, "run", dt.datetime(2026, 11, 8))
+    devices = out.where(F.col("experiment_id") == "dark_mode").join(
+        units["device_id"], F.col("unit_id") == F.col("device_id")
+    )
+    assert devices.count() > 0
+    assert (
+        devices.where((F.col("platform") != "ios") | ~F.col("os_version").like("17.%")).count() == 0
+    )
+    minors = out.where(F.col("experiment_id") == "checkout_button").join(
+        units["user_id"].where(F.col("age") < 18), F.col("unit_id") == F.col("user_id")
+    )
+    assert minors.count() == 0
+    # The planted experiments keep most of their traffic (effects stay detectable).
+    share = out.where(F.col("experiment_id") == "checkout_button").count() / CFG.users
+    assert 0.8 < share < 0.9  # 90% domain x 97% adults
+
+
+class TestJob:
+    @pytest.fixture(scope="class")
+    def first(self, spark, settings, inputs):
+        result = main(["--definitions", str(bundled_path())])
+        rows = spark.table(settings.table("assignments")).collect()
+        return result, rows
+
+    def test_tables_follow_the_contract(self, spark, settings, first):
+        result, rows = first
+        table = spark.table(settings.table("assignments"))
+        assert table.schema.simpleString() == f"struct<{_ddl(ASSIGNMENTS_SCHEMA)}>"
+        parts = spark.sql(f"SELECT * FROM {settings.table('assignments')}.partitions").count()
+        assert parts == 2  # user_id and device_id
+        assert table.select("run_id").distinct().count() == 1
+        ex = spark.table(settings.table("experiments"))
+        assert ex.schema.simpleString() == f"struct<{_ddl(EXPERIMENTS_SCHEMA)}>"
+        checkout = ex.where(F.col("experiment_id") == "checkout_button").first()
+        variants = json.loads(checkout.variants)
+        assert [(v["vid"], v["start"], v["end"]) for v in variants] == [
+            (1001, 0, 5000),
+            (1002, 5000, 10000),
+        ]
+        assert json.loads(checkout.metrics)[0]["nominator"] == "count(user.unit.purchase)"
+        assert checkout.deployment_key == "checkout-button-v2"
+        assert ex.count() == 9
+        counted = sum(n for *_, n in result["counts"])
+        assert counted == len(rows)
+
+    def test_rerun_gives_identical_rows_in_one_new_commit(self, spark, settings, first, defs):
+        result, rows = first
+        snaps_before = spark.sql(f"SELECT * FROM {settings.table('assignments')}.snapshots").count()
+        again = run(spark, settings, defs)
+        snaps_after = spark.sql(f"SELECT * FROM {settings.table('assignments')}.snapshots").count()
+        assert snaps_after == snaps_before + 1
+        assert (again["run_id"], again["assigned_at"]) == (result["run_id"], result["assigned_at"])
+        rerun_rows = spark.table(settings.table("assignments")).collect()
+        assert sorted(map(tuple, rerun_rows)) == sorted(map(tuple, rows))
+
+    def test_new_inputs_give_a_new_run_id(self, spark, settings, first, defs, inputs):
+        result, _ = first
+        spark.sql(
+            f"UPDATE {settings.table('orgs')} SET seats = seats + 1 WHERE org_id = 'o0000000'"
+        )
+        changed = run(spark, settings, defs)
+        assert changed["run_id"] != result["run_id"]
+        assert changed["assigned_at"] > result["assigned_at"]
+
+    def test_null_unit_ids_are_refused(self, spark, settings, first, defs):
+        users = settings.table("users")
+        spark.sql(
+            f"INSERT INTO {users} SELECT NULL, org_id, country, language, age, "
+            f"signup_date, is_premium FROM {users} LIMIT 1"
+        )
+        try:
+            with pytest.raises(ValueError, match=r"null id .*'user_id': 1"):
+                run(spark, settings, defs)
+        finally:
+            spark.sql(f"DELETE FROM {users} WHERE user_id IS NULL")
+
+
+def _ddl(schema: str) -> str:
+    return ",".join(":".join(part.strip().split(" ", 1)) for part in _split(schema))
+
+
+def _split(schema: str) -> list[str]:
+    out, depth, cur = [], 0, ""
+    for ch in schema:
+        depth += ch == "<"
+        depth -= ch == ">"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*out, cur]
