@@ -23,6 +23,7 @@ from strata.stats.engine import (
     Evaluation,
     evaluate,
     required_cross_terms,
+    verdicts,
 )
 from strata.stats.errors import AggregateError, DesignError, ExpressionError
 from strata.stats.models import (
@@ -56,5 +57,6 @@ __all__ = [
     "reproduce",
     "required_cross_terms",
     "run_evaluation",
+    "verdicts",
     "write_reports",
 ]

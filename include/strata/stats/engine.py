@@ -827,3 +827,41 @@ def required_cross_terms(
                 x, y = sorted((str(a), str(b)))
                 out.add((exps[rows.exp_index[r]].experiment_id, x, y))
     return pd.DataFrame(sorted(out), columns=["exp_id", "term_x", "term_y"])
+
+
+GUARDRAIL_BREACH = "guardrail_breach"
+
+
+def verdicts(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per experiment × treatment variant from the metric decisions.
+
+    In order: ``invalid_srm`` if the SRM check failed; ``guardrail_breach`` if a guardrail metric
+    is a significant loss; ``loss`` if a primary metric is; ``win`` if a primary metric is a
+    significant win; else ``inconclusive``. Secondary metrics never decide.
+
+    Usage:
+        >>> m = pd.DataFrame({"exp_id": "e", "variant": ["b", "b", "c", "c"],
+        ...     "is_control": False, "role": ["primary", "guardrail"] * 2,
+        ...     "decision": ["win", "inconclusive", "win", "loss"]})
+        >>> verdicts(m)["verdict"].tolist()
+        ['win', 'guardrail_breach']
+    """
+    t = metrics[~metrics["is_control"]]
+    flags = pd.DataFrame(
+        {
+            "exp_id": t["exp_id"],
+            "variant": t["variant"],
+            "srm": t["decision"].eq(INVALID_SRM),
+            "guard": t["role"].eq("guardrail") & t["decision"].eq(LOSS),
+            "loss": t["role"].eq("primary") & t["decision"].eq(LOSS),
+            "win": t["role"].eq("primary") & t["decision"].eq(WIN),
+        }
+    )
+    g = flags.groupby(["exp_id", "variant"], sort=True).any()
+    verdict = np.select(
+        [g["srm"], g["guard"], g["loss"], g["win"]],
+        [INVALID_SRM, GUARDRAIL_BREACH, LOSS, WIN],
+        default=INCONCLUSIVE,
+    )
+    return pd.DataFrame({"exp_id": g.index.get_level_values(0),
+                         "variant": g.index.get_level_values(1), "verdict": verdict})  # fmt: skip

@@ -20,6 +20,7 @@ from strata.stats import (
     ExpressionError,
     evaluate,
     required_cross_terms,
+    verdicts,
 )
 from strata.stats.aggregate import aggregate_arrays
 
@@ -314,3 +315,24 @@ class TestBadInput:
         )
         with pytest.raises(AggregateError, match="as_of_date"):
             evaluate(goals.assign(as_of_date="2026-01-01"), [design([MEAN_METRIC])])
+
+
+class TestVerdicts:
+    def test_guardrail_and_srm_take_precedence_over_primary_wins(self):
+        rng = np.random.default_rng(RNG_SEED + 8)
+        data = units(rng, 400, n_variants=3)
+        data["click"][0][0, 1:] += 1  # b and c win on the primary metric
+        data["rev"][1][0, 2] -= 5  # c loses revenue, a guardrail
+        goals, _ = aggregate_arrays(["e1"], [["a", "b", "c"]], "user", data)
+        metrics = [MEAN_METRIC, {"nominator": "value(user.unit.rev)", "role": "guardrail",
+                                 "denominator": "count(user.global.exposure)"}]  # fmt: skip
+        out = evaluate(goals, [design(metrics, ["a", "b", "c"])]).metrics
+        assert verdicts(out).set_index("variant")["verdict"].to_dict() == {
+            "b": "win",
+            "c": "guardrail_breach",
+        }
+        for goal in data.values():  # variant c loses a quarter of its units: SRM
+            goal[0][0, 2, 300:] = np.nan
+        goals, _ = aggregate_arrays(["e1"], [["a", "b", "c"]], "user", data)
+        out = evaluate(goals, [design(metrics, ["a", "b", "c"])]).metrics
+        assert set(verdicts(out)["verdict"]) == {"invalid_srm"}
