@@ -538,8 +538,11 @@ def evaluate(
         m = mN / mD
         var_l = (vNN - 2 * m * cND + m**2 * vDD) / mD**2
         cov_lx = (cNX - m * cDX) / mD
-    _check_variances(rows, valid, {"nominator": (vNN, sNN / n), "denominator": (vDD, sDD / n),
-                                   "covariate": (vXX, sXX / n)})  # fmt: skip
+    with np.errstate(divide="ignore", invalid="ignore"):  # padded variants have n = 0
+        mean_sq = {"nominator": sNN / n, "denominator": sDD / n, "covariate": sXX / n}
+    _check_variances(rows, valid, {"nominator": (vNN, mean_sq["nominator"]),
+                                   "denominator": (vDD, mean_sq["denominator"]),
+                                   "covariate": (vXX, mean_sq["covariate"])})  # fmt: skip
     var_l = np.where(valid, np.maximum(var_l, 0.0), np.nan)
     m = np.where(valid, m, np.nan)
     m_raw = m.copy()

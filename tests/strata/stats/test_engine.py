@@ -336,3 +336,53 @@ class TestVerdicts:
         goals, _ = aggregate_arrays(["e1"], [["a", "b", "c"]], "user", data)
         out = evaluate(goals, [design(metrics, ["a", "b", "c"])]).metrics
         assert set(verdicts(out)["verdict"]) == {"invalid_srm"}
+
+
+class TestVectorisation:
+    def test_one_call_equals_separate_calls_with_ragged_designs(self):
+        rng = np.random.default_rng(RNG_SEED + 9)
+        two = aggregate_arrays(["two"], [["a", "b"]], "user", units(rng, 120))[0]
+        three = aggregate_arrays(["three"], [["x", "ctl", "y"]], "user", units(rng, 90, 3))[0]
+        d2 = design([MEAN_METRIC], experiment_id="two")
+        d3 = design([MEAN_METRIC, {"nominator": "value(user.unit.rev)",
+                                   "denominator": "count(user.global.exposure)"}],
+                    ["x", "ctl", "y"], control="ctl", experiment_id="three")  # fmt: skip
+        for cfg in (EvaluationConfig(), EvaluationConfig(correction_scope="metrics")):
+            both = evaluate(pd.concat([two, three]), [d2, d3], config=cfg).metrics
+            alone = pd.concat(
+                [evaluate(two, [d2], config=cfg).metrics, evaluate(three, [d3], config=cfg).metrics]
+            )
+            key = ["exp_id", "metric_id", "variant"]
+            pd.testing.assert_frame_equal(
+                both.sort_values(key).reset_index(drop=True),
+                alone.sort_values(key).reset_index(drop=True),
+            )
+
+
+class TestDimensions:
+    def test_dimension_filter_reads_only_matching_rows(self):
+        rows = []
+        for vid, (n, ios, android) in {"a": (100, 10, 30), "b": (100, 20, 25)}.items():
+            base = {"exp_id": "e1", "exp_variant_id": vid, "unit_type": "user",
+                    "sum_value": 0.0, "sum_sqr_value": 0.0}  # fmt: skip
+            rows += [
+                {**base, "agg_type": "global", "goal": "exposure", "platform": "", "count": n,
+                 "sum_sqr_count": n, "count_unique": n},
+                {**base, "agg_type": "unit", "goal": "buy", "platform": "ios", "count": ios,
+                 "sum_sqr_count": ios, "count_unique": ios},
+                {**base, "agg_type": "unit", "goal": "buy", "platform": "android",
+                 "count": android, "sum_sqr_count": android, "count_unique": android},
+                {**base, "agg_type": "unit", "goal": "buy", "platform": "", "count": ios + android,
+                 "sum_sqr_count": ios + android, "count_unique": ios + android},
+            ]  # fmt: skip
+        goals = pd.DataFrame(rows)
+        metrics = [
+            {"nominator": "unique(user.unit.buy(platform=ios))",
+             "denominator": "count(user.global.exposure)"},
+            {"nominator": "unique(user.unit.buy)", "denominator": "count(user.global.exposure)"},
+        ]  # fmt: skip
+        out = evaluate(goals, [design(metrics)]).metrics.set_index(["metric_id", "variant"])
+        assert out.loc[("1", "b"), "mean"] == pytest.approx(0.20)  # ios buyers only
+        assert out.loc[("2", "b"), "mean"] == pytest.approx(0.45)  # the all-platform row
+        # a 0/1 metric: std is sqrt(p (1 - p) n / (n - 1))
+        assert out.loc[("1", "a"), "std"] == pytest.approx(np.sqrt(0.1 * 0.9 * 100 / 99))
