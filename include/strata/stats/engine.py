@@ -39,7 +39,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -83,7 +83,6 @@ class Evaluation:
     srm: pd.DataFrame
     config: EvaluationConfig
     analysis_date: date | None = None
-    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

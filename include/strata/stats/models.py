@@ -42,7 +42,7 @@ from strata.stats.expressions import parse_linear
 DEFAULT_ALPHA = 0.05
 DEFAULT_SRM_ALPHA = 0.001
 DEFAULT_POWER = 0.8
-DEFAULT_UNIT_TYPE_EXPOSURE_GOAL = "exposure"
+DEFAULT_EXPOSURE_GOAL = "exposure"
 
 Role = Literal["primary", "guardrail", "secondary"]
 Direction = Literal["increase", "decrease"]
@@ -100,7 +100,7 @@ class EvaluationConfig:
     sequential: bool = True
     cuped: bool = True
     power: float = DEFAULT_POWER
-    exposure_goal: str = DEFAULT_UNIT_TYPE_EXPOSURE_GOAL
+    exposure_goal: str = DEFAULT_EXPOSURE_GOAL
 
     def __post_init__(self) -> None:
         for name in ("alpha", "srm_alpha", "power"):

@@ -12,8 +12,9 @@ spends alpha more than once and its any-look false-positive rate exceeds alpha (
 
 Usage:
     >>> c = obf_boundaries(np.array([0.5, 1.0]), alpha=0.05)
-    >>> [round(float(x), 3) for x in c]
-    [2.772, 1.979]
+    >>> z = stats.norm.isf(0.025)  # first look: the spending quantile z / sqrt(t), closed form
+    >>> round(float(c[0]), 4) == round(float(z / np.sqrt(0.5)), 4), bool(c[1] > z)
+    (True, True)
 """
 
 from __future__ import annotations
