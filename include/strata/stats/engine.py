@@ -594,8 +594,9 @@ def evaluate(
     t_crit = np.where(seq[:, None], crit_single, stats.t.isf(alpha / 2, df))
     significant = np.where(seq[:, None], significant_seq, testable & (p_adj <= alpha))
 
-    # power / MDE with the critical value of the test actually run (Bonferroni over the family)
-    fam = np.maximum(family_size, 1)
+    # power / MDE with the critical value of the test actually run (Bonferroni over the family,
+    # Holm's first step; BH's first step is the same level)
+    fam = np.ones_like(family_size) if config.correction == "none" else np.maximum(family_size, 1)
     crit_power = np.where(
         seq[:, None],
         _final_boundary(planned, rows.exp_index, alpha, fam),
