@@ -136,3 +136,18 @@ def test_epstats_sequential_levels_overspend_alpha():
     crit = stats.norm.isf(levels / 2)
     fpr = (np.abs(z) >= crit).any(axis=1).mean()
     assert fpr > alpha + 0.01  # standard error is 0.0005
+
+
+def test_trailing_garbage_is_ignored_by_epstats_and_refused_by_strata():
+    from epstats.toolkit.parser import Parser
+
+    from strata.stats import ExpressionError
+    from strata.stats.expressions import parse_linear
+
+    text = "count(user.unit.click) garbage!!"
+    assert Parser(text, "count(user.global.exposure)").get_goals_str() == {
+        "user.unit.click",
+        "user.global.exposure",
+    }
+    with pytest.raises(ExpressionError, match="trailing 'garbage'"):
+        parse_linear(text)
