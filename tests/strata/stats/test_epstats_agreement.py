@@ -14,10 +14,13 @@ import pytest
 from epstats.toolkit import Experiment as EpExperiment
 from epstats.toolkit import Metric as EpMetric
 from epstats.toolkit import SrmCheck
+from epstats.toolkit.parser import Parser
 from epstats.toolkit.statistics import Statistics
+from scipy import stats
 
-from strata.stats import evaluate
+from strata.stats import ExpressionError, evaluate
 from strata.stats.aggregate import aggregate_arrays
+from strata.stats.expressions import parse_linear
 
 METRICS = [
     ("clicks per user", "count(user.unit.click)", "count(user.global.exposure)"),
@@ -131,19 +134,12 @@ def test_epstats_sequential_levels_overspend_alpha():
             for k in range(1, looks + 1)
         ]
     )
-    from scipy import stats
-
     crit = stats.norm.isf(levels / 2)
     fpr = (np.abs(z) >= crit).any(axis=1).mean()
     assert fpr > alpha + 0.01  # standard error is 0.0005
 
 
 def test_trailing_garbage_is_ignored_by_epstats_and_refused_by_strata():
-    from epstats.toolkit.parser import Parser
-
-    from strata.stats import ExpressionError
-    from strata.stats.expressions import parse_linear
-
     text = "count(user.unit.click) garbage!!"
     assert Parser(text, "count(user.global.exposure)").get_goals_str() == {
         "user.unit.click",
