@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from strata.stats.results import RESULTS_TABLE, SRM_METRIC_ID, read_results
+from strata.stats.results import RESULTS_TABLE, SRM_METRIC_ID, VERDICT_METRIC_ID, read_results
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -156,6 +156,11 @@ def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
     )
     if srm_ok is False:
         srm_html += "<p class='bad'>Sample ratio mismatch: effects are not trustworthy.</p>"
+    verdict = now[now["metric_id"] == VERDICT_METRIC_ID]
+    verdict_html = "".join(
+        f"<li>{_e(r.comparison)}: <span class='{_e(r.decision)}'>{_e(r.decision)}</span></li>"
+        for r in verdict.itertuples(index=False)
+    )
     rel = now[now["statistic"] == "rel_diff"].copy()
     rel["label"] = rel["metric_name"].astype(str) + " · " + rel["comparison"].astype(str)
     order = {"primary": 0, "guardrail": 1, "secondary": 2}
@@ -184,7 +189,8 @@ def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
     body = (
         f"<p><a href='index.html'>all experiments</a></p><h1>{_e(experiment_id)}</h1>"
         f"<p>Analysis date {_e(latest)} · window {_e(now['window'].iloc[0])} · run "
-        f"{_e(now['run_id'].iloc[0])}</p><h2>Data quality</h2>{srm_html}"
+        f"{_e(now['run_id'].iloc[0])}</p><h2>Verdict</h2><ul>{verdict_html}</ul>"
+        f"<h2>Data quality</h2>{srm_html}"
         f"<p>Inputs (Iceberg snapshots): <code>{_e(now['input_snapshots'].iloc[0])}</code></p>"
         f"<h2>Effects (relative, with confidence intervals)</h2>{forest_plot(rel)}"
         f"<h2>Metrics</h2>{''.join(table)}<h2>Cumulative effect over time</h2>{trends}"
@@ -200,10 +206,8 @@ def render_index(results: pd.DataFrame) -> str:
         now = res[res["analysis_date"] == latest]
         srm = now[now["metric_id"] == SRM_METRIC_ID]
         srm_ok = (srm["decision"] == "passed").all()
-        primary = now[(now["role"] == "primary") & (now["statistic"] == "rel_diff")]
-        decisions = ", ".join(
-            f"{r.metric_name} {r.comparison}: {r.decision}" for r in primary.itertuples()
-        )
+        verdict = now[now["metric_id"] == VERDICT_METRIC_ID]
+        decisions = ", ".join(f"{r.comparison}: {r.decision}" for r in verdict.itertuples())
         rows.append(
             f"<tr><td><a href='{_e(exp_id)}.html'>{_e(exp_id)}</a></td><td>{_e(latest)}</td>"
             f"<td class='{'ok' if srm_ok else 'bad'}'>{'ok' if srm_ok else 'SRM'}</td>"
@@ -211,7 +215,7 @@ def render_index(results: pd.DataFrame) -> str:
         )
     body = (
         "<h1>Strata experiments</h1><table><tr><th>experiment</th><th>latest analysis</th>"
-        f"<th>SRM</th><th>primary metrics</th></tr>{''.join(rows)}</table>"
+        f"<th>SRM</th><th>verdict per treatment</th></tr>{''.join(rows)}</table>"
     )
     return _page("Strata experiments", body)
 

@@ -34,6 +34,7 @@ from strata.stats.engine import (
     VALUE_COLUMNS,
     Evaluation,
     evaluate,
+    verdicts,
 )
 from strata.stats.errors import AggregateError, DesignError
 from strata.stats.models import EvaluationConfig, Experiment, experiment_from_record
@@ -50,6 +51,7 @@ AS_OF_COLUMN = DATE_COLUMN
 CUMULATIVE_WINDOW = "cumulative"
 SCHEMA_VERSION = "1"
 SRM_METRIC_ID = "__srm__"
+VERDICT_METRIC_ID = "__verdict__"
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -123,6 +125,27 @@ def results_frame(
                 }
             )
         )
+    v = verdicts(m)
+    control = m.drop_duplicates("exp_id").set_index("exp_id")["control"]
+    parts.append(
+        pd.DataFrame(
+            {
+                "experiment_id": v["exp_id"],
+                "metric_id": VERDICT_METRIC_ID,
+                "metric_name": "verdict",
+                "role": "verdict",
+                "variant": v["variant"],
+                "comparison": v["variant"] + " vs " + v["exp_id"].map(control),
+                "statistic": "verdict",
+                "point": np.nan,
+                "lower": np.nan,
+                "upper": np.nan,
+                "p_value": np.nan,
+                "p_value_adjusted": np.nan,
+                "decision": v["verdict"],
+            }
+        )
+    )
     srm = evaluation.srm
     parts.append(
         pd.DataFrame(

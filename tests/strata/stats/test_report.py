@@ -91,4 +91,7 @@ def test_srm_failure_is_flagged_in_page_and_index(tmp_path):
     index = (tmp_path / "index.html").read_text()
     rows = {r.split("</a>")[0].split(">")[-1]: r for r in index.split("<tr>")[2:]}
     assert "class='bad'>SRM" in rows["lossy"]
+    assert "b vs a: invalid_srm" in rows["lossy"]
     assert "class='ok'>ok" in rows["good"]
+    assert "b vs a: win" in rows["good"]
+    assert "c vs a: inconclusive" in rows["good"]
