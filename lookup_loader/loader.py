@@ -19,6 +19,7 @@ Usage (the functions the CLI and the DAG call)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -94,7 +95,7 @@ class PublicationResult:
     """What one ``publish`` call did (also the row appended to the ``publications`` table)."""
 
     version: str
-    state: str  # "live" (flipped now) or "unchanged" (this source was already live)
+    state: str  # "live" (flipped now), "unchanged" (already live) or "failed" (recorded only)
     previous_version: str | None
     assignments_snapshot_id: int
     experiments_snapshot_id: int
@@ -109,6 +110,7 @@ class PublicationResult:
     verify_s: float
     duration_s: float
     published_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    error: str | None = None  # set on failed publications (state "failed")
 
     @property
     def units_per_s(self) -> float:
@@ -935,6 +937,7 @@ _PUBLICATION_FIELDS = (
     ("verify_s", "float64"),
     ("duration_s", "float64"),
     ("redis_prefix", "string"),
+    ("error", "string"),
 )
 
 
@@ -999,27 +1002,36 @@ def publish(
     enc = encode(source, prefix, as_of)
     client = _client(settings)
     lock = _Lock(client, prefix)
+    record = {"table_name": publications_table, "assignments_table": assignments_table}
     try:
         lock.acquire()
         result = _publish_locked(
             settings, client, lock, enc, source, prefix, writers, sample, max_units_per_s, started
         )
         cleanup(prefix=prefix, keep=keep, client=client)
-    except redis_lib.RedisError as exc:
-        raise PublicationError(
-            f"publication of version {enc.version} failed ({exc}); the live version is untouched"
-        ) from exc
+    except (redis_lib.RedisError, StrataError) as exc:
+        error = (
+            exc
+            if isinstance(exc, StrataError)
+            else PublicationError(
+                f"publication of version {enc.version} failed ({exc}); "
+                "the live version is untouched"
+            )
+        )
+        if publications_table:  # failures are recorded too, with their error
+            failed = _result(enc, source, "failed", None, 0, 0, 0.0, 0.0, started)
+            failed = dataclasses.replace(failed, error=str(error))
+            try:
+                record_publication(settings, failed, prefix=prefix, **record)
+            except Exception as record_exc:  # keep the original error; say the record is missing
+                error.add_note(f"recording the failure in {publications_table} failed too: "
+                               f"{record_exc}")  # fmt: skip
+        raise error from exc
     finally:
         with contextlib.suppress(redis_lib.RedisError):  # else the lock expires on its own
             lock.release()
     if publications_table:
-        record_publication(
-            settings,
-            result,
-            table_name=publications_table,
-            assignments_table=assignments_table,
-            prefix=prefix,
-        )
+        record_publication(settings, result, prefix=prefix, **record)
     return result
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 import redis
 
-from lookup_loader.keys import UNIT_CODES, KeySpace
+from lookup_loader.keys import KeySpace
 from lookup_loader.loader import (
     PublicationError,
     RespConnection,
@@ -305,6 +305,13 @@ class TestInterruptedPublication:
         finally:
             client.config_set("maxmemory", 0)
         assert env.publish().previous_version == old.version
+        table = iceberg_catalog(env.settings).load_table(
+            f"{env.settings.namespace}.{env.publications}"
+        )
+        rows = table.scan().to_arrow().sort_by("published_at").to_pylist()
+        assert [r["state"] for r in rows] == ["live", "failed", "live"]
+        assert "OOM command not allowed" in rows[1]["error"]
+        assert rows[0]["error"] is None
 
 
 class TestFastPathInvalidation:
@@ -383,4 +390,3 @@ def test_cli_status_and_invalidate(env):
     )
     assert bad.returncode == 1
     assert "contains a control character" in bad.stderr
-    assert set(UNIT_CODES) == {"device_id", "user_id", "url"}
