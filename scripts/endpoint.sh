@@ -18,7 +18,11 @@ pidfile="$dir/endpoint-$port.pid"
 logfile="$dir/endpoint-$port.log"
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
-healthy() { curl -fsS --max-time 1 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; }
+healthy() {
+  if command -v curl >/dev/null; then curl -fsS --max-time 1 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1
+  else "$python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/healthz', timeout=1)" 2>/dev/null
+  fi
+}
 
 start() {
   mkdir -p "$dir"
