@@ -69,13 +69,18 @@ RATIO_CROSS = [("count(user.unit.click)", "count(user.unit.view)")]
 CUPED = {"nominator": "value(user.unit.rev)", "denominator": "count(user.global.exposure)",
          "covariate": "value(user.unit.pre)"}  # fmt: skip
 CUPED_CROSS = [("value(user.unit.pre)", "value(user.unit.rev)")]
+RATIO_CUPED = {"nominator": "value(user.unit.rev)", "denominator": "count(user.unit.view)",
+               "covariate": "value(user.unit.pre)"}  # fmt: skip
+RATIO_CUPED_CROSS = [
+    ("value(user.unit.pre)", "value(user.unit.rev)"),
+    ("count(user.unit.view)", "value(user.unit.rev)"),
+    ("count(user.unit.view)", "value(user.unit.pre)"),
+]
+CASES = [(MEAN, ()), (RATIO, RATIO_CROSS), (CUPED, CUPED_CROSS), (RATIO_CUPED, RATIO_CUPED_CROSS)]
+CASE_IDS = ["mean", "ratio", "cuped", "ratio_cuped"]
 
 
-@pytest.mark.parametrize(
-    ("metric", "cross"),
-    [(MEAN, ()), (RATIO, RATIO_CROSS), (CUPED, CUPED_CROSS)],
-    ids=["mean", "ratio", "cuped"],
-)
+@pytest.mark.parametrize(("metric", "cross"), CASES, ids=CASE_IDS)
 def test_aa_false_positive_rate_is_alpha(metric, cross):
     sims = 4000
     out = run(simulate(np.random.default_rng(SEED), sims, 200), metric, cross)
@@ -108,17 +113,16 @@ def pd_concat(*frames):
     return pd.concat(frames, ignore_index=True)
 
 
-@pytest.mark.parametrize(
-    ("metric", "cross"),
-    [(MEAN, ()), (RATIO, RATIO_CROSS), (CUPED, CUPED_CROSS)],
-    ids=["mean", "ratio", "cuped"],
-)
+@pytest.mark.parametrize(("metric", "cross"), CASES, ids=CASE_IDS)
 def test_confidence_intervals_cover_the_true_effect(metric, cross):
     sims, n, lift = 3000, 300, 1.1
     out = run(simulate(np.random.default_rng(SEED + 2), sims, n, lift=[1.0, lift]), metric, cross)
     treat = out[~out["is_control"]]
     # true values: E[CTR] = 2 / 20, E[views] = 5, E[revenue] = 0.8 * 10 + 3
-    truth = {"mean": 0.1 * 5.0, "ratio": 0.1, "cuped": 11.0}[metric_kind(metric)]
+    # revenue / views: views are independent of revenue, so E[rev] / E[views] = 11 / 5
+    truth = {"mean": 0.1 * 5.0, "ratio": 0.1, "cuped": 11.0, "ratio_cuped": 11.0 / 5.0}[
+        metric_kind(metric)
+    ]
     true_abs = truth * (lift - 1.0)
     cover_abs = ((treat["abs_lower"] <= true_abs) & (true_abs <= treat["abs_upper"])).mean()
     cover_rel = ((treat["rel_lower"] <= lift - 1) & (lift - 1 <= treat["rel_upper"])).mean()
@@ -127,13 +131,10 @@ def test_confidence_intervals_cover_the_true_effect(metric, cross):
 
 
 def metric_kind(metric):
-    return (
-        "cuped"
-        if "covariate" in metric
-        else "ratio"
-        if "unit.view" in metric["denominator"]
-        else "mean"
-    )
+    ratio = "unit.view" in metric["denominator"]
+    if "covariate" in metric:
+        return "ratio_cuped" if ratio else "cuped"
+    return "ratio" if ratio else "mean"
 
 
 def test_simulated_power_matches_claimed_power():
