@@ -182,6 +182,7 @@ def test_hand_computed_aggregates(spark, settings, fixture_tables, tmp_path):
     #                       count  sum_sqr_count  sum_value  sum_sqr_value  count_unique
     assert _aggregates(spark, settings, "2026-11-02") == {
         (0, "exposure"): (1, 1, 0.0, 0.0, 1),
+        (0, "pre_click"): (1, 1, 0.0, 0.0, 1),  # u1's click of 11-01: its CUPED covariate
         (0, "session_start"): (1, 1, 0.0, 0.0, 1),
         (0, "click"): (2, 4, 0.0, 0.0, 1),
         (1, "exposure"): (1, 1, 0.0, 0.0, 1),
@@ -190,12 +191,33 @@ def test_hand_computed_aggregates(spark, settings, fixture_tables, tmp_path):
     }
     assert _aggregates(spark, settings, "2026-11-04") == {
         (0, "exposure"): (2, 2, 0.0, 0.0, 2),
+        (0, "pre_click"): (1, 1, 0.0, 0.0, 1),
         (0, "session_start"): (1, 1, 0.0, 0.0, 1),
         (0, "click"): (3, 5, 0.0, 0.0, 2),
         (0, "purchase"): (1, 1, 10.0, 100.0, 1),
         (1, "exposure"): (1, 1, 0.0, 0.0, 1),
         (1, "session_start"): (1, 1, 0.0, 0.0, 1),
         (1, "purchase"): (2, 4, 25.0, 625.0, 1),
+    }
+    cross = {
+        (r.exp_variant_id, r.term_x, r.term_y): r.sum_product
+        for r in spark.table(settings.table("goal_cross_aggregates"))
+        .where("as_of_date = DATE '2026-11-04' AND sum_product != 0")
+        .collect()
+    }
+    assert cross == {
+        # sum over units of count(purchase) * value(purchase): u1 1*10 (+ u4 0) | u2 2*25
+        (0, "count(user.unit.purchase)", "value(user.unit.purchase)"): 10.0,
+        (1, "count(user.unit.purchase)", "value(user.unit.purchase)"): 50.0,
+        # clicks x sessions: u1 2*1 (u4 1*0) | u2 has no clicks after exposure
+        (0, "count(user.unit.click)", "count(user.unit.session_start)"): 2.0,
+        # clicks x purchases: u1 2*1
+        (0, "count(user.unit.click)", "count(user.unit.purchase)"): 2.0,
+        # clicks x pre-period clicks (CUPED): u1 2*1
+        (0, "count(user.unit.click)", "count(user.unit.pre_click)"): 2.0,
+        # purchases x sessions: u1 1*1 | u2 2*1
+        (0, "count(user.unit.purchase)", "count(user.unit.session_start)"): 1.0,
+        (1, "count(user.unit.purchase)", "count(user.unit.session_start)"): 2.0,
     }
     exposed = {
         r.unit_id: r.exposure_source

@@ -1,4 +1,5 @@
 -- Per unit, experiment, goal, platform and day: how many goal events and their summed value.
+-- Pre-period goals (pre_<goal>, the CUPED covariates) are dated on the unit's exposure day.
 -- Incremental: each run recomputes the last `lookback_days` event dates from the deduplicated
 -- staging events and merges them, so late events are counted exactly once and re-running a day
 -- reproduces it.
@@ -15,7 +16,11 @@ with
 
 attributed as (
 
-    select * from {{ ref('int_goals_attributed') }}
+    select * from (
+        select * from {{ ref('int_goals_attributed') }}
+        union all
+        select * from {{ ref('int_goals_pre_period') }}
+    ) as goals
     {% if is_incremental() -%}
     where event_date >= (
         select date_sub(max(event_date), {{ var('lookback_days') }}) from {{ this }}

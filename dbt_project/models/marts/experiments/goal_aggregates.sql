@@ -20,12 +20,6 @@
 
 with
 
-experiments as (
-
-    select * from {{ ref('stg_strata__experiments') }}
-
-),
-
 unit_days as (
 
     -- per unit and day, by platform and over all platforms ('')
@@ -101,23 +95,9 @@ exposure_increments as (
 
 ),
 
-analysis_dates as (
-
-    -- every day of each experiment's window up to the newest event we have
-    select
-        x.experiment_id,
-        explode(sequence(x.start_date, least(x.end_date, m.max_event_date))) as as_of_date
-    from experiments as x
-    cross join (
-        select max(event_date) as max_event_date from {{ ref('stg_events__events') }}
-    ) as m
-    where x.start_date <= m.max_event_date
-
-),
-
 targets as (
 
-    select * from analysis_dates
+    select * from {{ ref('int_analysis_dates') }}
     {% if is_incremental() -%}
     where as_of_date >= (
         select date_sub(max(as_of_date), {{ var('lookback_days') }}) from {{ this }}
