@@ -18,10 +18,9 @@ experiment, and a layer (whose experiments are mutually exclusive), is taken fro
 type in ``UNIT_PRIORITY`` = user_id, device_id, url; matches of the same experiment or layer
 through a later unit type are ignored.
 
-Usage:
-    >>> deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}, "c": 4})
-    {'a': {'x': 1, 'y': 3}, 'b': 1, 'c': 4}
+Params are merged with :func:`strata.assignment.deep_merge` in seed 002's order.
 
+Usage:
     from strata.lookup import lookup, LookupClient
     lookup("d-42", user_id="u-7")            # -> [{"type": "experiment", "data": {...}}, ...]
     LookupClient().lookup_many([("d-1", None, None), ("d-2", "u-9", "https://x/p")])
@@ -45,6 +44,7 @@ from lookup_loader.keys import (
     normalize_url,
     unit_hash,
 )
+from strata.assignment import deep_merge
 from strata.config import Settings, get_settings
 from strata.errors import StackError
 
@@ -81,17 +81,6 @@ for i = 3, #ARGV, 3 do
 end
 return out
 """
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Recursive merge (seed 002): nested objects merge, anything else in ``override`` wins."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 @dataclass(frozen=True)

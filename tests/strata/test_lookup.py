@@ -18,7 +18,7 @@ from lookup_loader.sample import (
 )
 from strata.assignment import Assignment, service_view
 from strata.errors import DataError
-from strata.lookup import LookupClient, deep_merge
+from strata.lookup import LookupClient
 
 
 class Env:
@@ -199,11 +199,6 @@ class TestAnswers:
     def test_batch_requests_must_be_triples(self, env):
         with pytest.raises(ValueError, match=r"request 1 must be \(device_id, user_id, url\)"):
             env.reader().lookup_many([("d1", None, None), ("d2",)])
-
-    def test_deep_merge_leaves_inputs_alone(self):
-        base, over = {"a": {"x": 1}}, {"a": {"y": {"z": 1}}, "b": [1]}
-        assert deep_merge(base, over) == {"a": {"x": 1, "y": {"z": 1}}, "b": [1]}
-        assert base == {"a": {"x": 1}}
 
 
 class TestFlip:
