@@ -42,7 +42,7 @@ def _plan(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="strata plan",
-        description="Dry run: traffic per domain/layer/experiment/variant and free space per layer.",
+        description="Dry run: traffic per domain/layer/experiment/variant, free space per layer.",
     )
     parser.add_argument("path", help="definitions file or folder (YAML)")
     args = parser.parse_args(argv)
@@ -63,11 +63,104 @@ def _assign(argv: list[str]) -> int:
     return 0
 
 
+def _publish(argv: list[str]) -> int:
+    from lookup_loader.__main__ import main as loader_main
+
+    return loader_main(["publish", *argv])
+
+
+def _lookup(argv: list[str]) -> int:
+    import json
+
+    from strata.lookup import LookupClient
+
+    parser = argparse.ArgumentParser(
+        prog="strata lookup", description="Seed-004 actions for a device (and user / url)."
+    )
+    parser.add_argument("device_id")
+    parser.add_argument("--user-id")
+    parser.add_argument("--url")
+    args = parser.parse_args(argv)
+    answer = LookupClient().answer(args.device_id, args.user_id, args.url)
+    print(json.dumps({"version": answer.version, "actions": answer.actions}, indent=2))
+    return 0
+
+
+def _serve(argv: list[str]) -> int:
+    import uvicorn
+
+    from strata.endpoint import create_app
+
+    parser = argparse.ArgumentParser(
+        prog="strata serve", description="Reference device-register endpoint (seed 004)."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args(argv)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    import datetime as dt
+
+    from strata.config import get_settings
+    from strata.stack import iceberg_catalog
+    from strata.stats import evaluable_experiments, run_evaluation, verdicts
+
+    parser = argparse.ArgumentParser(
+        prog="strata evaluate",
+        description="Evaluate experiments from goal_aggregates into the Iceberg results table.",
+    )
+    parser.add_argument("experiments", nargs="*", help="experiment ids (default: all evaluable)")
+    parser.add_argument(
+        "--date", type=dt.date.fromisoformat, help="analysis date (default: newest)"
+    )
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    catalog = iceberg_catalog(settings)
+    ids, day = evaluable_experiments(catalog, args.date, settings.namespace)
+    ids = args.experiments or ids
+    if not ids or day is None:
+        print("nothing to evaluate: goal_aggregates has no rows for that date", file=sys.stderr)
+        return 1
+    evaluation, frame = run_evaluation(catalog, ids, day, namespace=settings.namespace)
+    print(f"evaluated {len(ids)} experiments as of {day}: {len(frame):,} result rows")
+    print(verdicts(evaluation).to_string(index=False))
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from strata.config import get_settings
+    from strata.stack import iceberg_catalog
+    from strata.stats import build_reports
+
+    settings = get_settings()
+    parser = argparse.ArgumentParser(
+        prog="strata report", description="Static HTML reports from the results table."
+    )
+    parser.add_argument("experiments", nargs="*", help="experiment ids (default: all)")
+    parser.add_argument("--out", type=Path, default=settings.home / "reports")
+    args = parser.parse_args(argv)
+    pages = build_reports(
+        iceberg_catalog(settings), args.out, args.experiments or None, settings.namespace
+    )
+    print(f"wrote {len(pages)} pages; open {args.out / 'index.html'}")
+    return 0
+
+
 COMMANDS = {
     "validate": (_validate, "validate experiment definitions (exit 1 and one line per problem)"),
     "plan": (_plan, "dry-run traffic table of definitions: shares and free space per layer"),
     "generate": (_generate, "generate synthetic users, orgs, devices and raw events into Iceberg"),
     "assign": (_assign, "assign users and devices to experiments in Spark -> Iceberg assignments"),
+    "publish": (_publish, "publish the assignments into Redis as a new version, atomic flip"),
+    "lookup": (_lookup, "answer a device-register lookup from the live Redis version"),
+    "serve": (_serve, "run the reference device-register endpoint (seed 004) on 127.0.0.1"),
+    "evaluate": (_evaluate, "evaluate experiments into the Iceberg results table"),
+    "report": (_report, "write static HTML reports (forest plot, trend, SRM) from results"),
 }
 
 

@@ -35,7 +35,7 @@ from strata.stats.models import (
     experiments_from_records,
 )
 from strata.stats.report import build_reports, write_reports
-from strata.stats.results import read_results, reproduce, run_evaluation
+from strata.stats.results import evaluable_experiments, read_results, reproduce, run_evaluation
 
 __all__ = [
     "CROSS_COLUMNS",
@@ -50,6 +50,7 @@ __all__ = [
     "Metric",
     "Variant",
     "build_reports",
+    "evaluable_experiments",
     "evaluate",
     "experiment_from_record",
     "experiments_from_records",

@@ -329,6 +329,28 @@ def run_evaluation(
     return evaluation, frame
 
 
+def evaluable_experiments(
+    catalog: Catalog, analysis_date: date | None = None, namespace: str = "strata"
+) -> tuple[list[str], date | None]:
+    """What a nightly run evaluates: every experiment with aggregates, at the newest date.
+
+    ``analysis_date`` defaults to the newest ``as_of_date`` in ``goal_aggregates``. An experiment
+    is evaluable when it has aggregates for that date (it has started and units were exposed).
+    """
+    from pyiceberg.expressions import EqualTo
+
+    goals = catalog.load_table(_identifier(catalog, GOALS_TABLE, namespace))
+    if analysis_date is None:
+        dates = goals.scan(selected_fields=(AS_OF_COLUMN,)).to_arrow()[AS_OF_COLUMN]
+        if len(dates) == 0:
+            return [], None
+        analysis_date = max(dates.to_pylist())
+    rows = goals.scan(
+        row_filter=EqualTo(AS_OF_COLUMN, analysis_date.isoformat()), selected_fields=("exp_id",)
+    ).to_arrow()
+    return sorted(set(rows["exp_id"].to_pylist())), analysis_date
+
+
 def reproduce(
     catalog: Catalog,
     experiment_id: str,
