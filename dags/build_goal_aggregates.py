@@ -12,13 +12,12 @@ many rows, samples) is in the task log and under `$STRATA_HOME/expectations/repo
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup
 from pendulum import datetime
 
+from orchestration.assets import GOAL_AGGREGATES
 from orchestration.dbt import execution_config, profile_config, project_config, render_config
-
-GOAL_AGGREGATES = Asset("iceberg://strata/goal_aggregates")
 
 
 @dag(
