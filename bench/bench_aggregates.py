@@ -2,7 +2,8 @@
 
 Both engines start from the same Iceberg data files (synthetic raw events, assignments and
 experiments) and compute the same thing: dedupe by event id, drop malformed rows, first exposure
-per unit (app start), attribute goals after exposure inside the window, per-unit daily sums,
+per unit (app start), attribute goals after exposure inside the window, pre-period covariates,
+per-unit daily sums,
 cumulative ep-stats aggregates per analysis date. dbt runs the real project (`dbt run
 --full-refresh --select +goal_aggregates`); DuckDB runs an equivalent SQL port on 2 threads over
 the Parquet files. The run checks both produce the same totals, then prints times and ratios.
@@ -141,6 +142,14 @@ unit_days AS (
     JOIN exposed x ON e.unit_type = x.unit_type AND e.unit_id = x.unit_id
     JOIN windows w ON w.experiment_id = x.experiment_id
     WHERE e.event_at >= x.exposed_at AND e.event_at < w.ends_at
+    GROUP BY ALL
+    UNION ALL  -- pre-period goals (CUPED covariates), dated on the exposure day
+    SELECT x.experiment_id, x.variant_id, x.unit_type, x.unit_id, 'pre_' || e.event_name,
+           e.platform, CAST(x.exposed_at AS DATE), count(*), coalesce(sum(e.value), 0)
+    FROM by_unit e
+    JOIN exposed x ON e.unit_type = x.unit_type AND e.unit_id = x.unit_id
+    JOIN windows w ON w.experiment_id = x.experiment_id
+    WHERE e.event_at >= w.starts_at - INTERVAL 7 DAY AND e.event_at < w.starts_at
     GROUP BY ALL
 ),
 dims AS (
