@@ -3,8 +3,9 @@
 `make demo` runs this DAG with `dag.test()`. Stages so far: check the Redis lookup server (an
 authenticated round trip), generate synthetic users/orgs/devices/raw events into Iceberg with
 Spark, then read every table back through Spark and through pyiceberg (no JVM) and require the two
-to agree. Later stages (assignment, publication, aggregates, evaluation) are added here as they
-land.
+to agree; validate the bundled experiment definitions and assign the synthetic users and devices
+to experiments (Iceberg `assignments`). Later stages (publication, aggregates, evaluation) are
+added here as they land.
 """
 
 from __future__ import annotations
@@ -62,7 +63,23 @@ def run_demo():
             )
         return py_counts
 
-    check_redis() >> verify_tables(generate_data())
+    @task
+    def validate_definitions() -> dict:
+        from strata.assignment_tasks import validate
+        from strata.definitions import bundled_path
+
+        return validate(str(bundled_path()))
+
+    @task
+    def assign_units(summary: dict) -> dict:
+        from strata.assignment_tasks import assign
+
+        return assign(summary["path"])
+
+    generated = generate_data()
+    check_redis() >> verify_tables(generated)
+    assigned = assign_units(validate_definitions())
+    generated >> assigned
 
 
 run_demo()

@@ -52,11 +52,36 @@ def summary() -> None:
     print("\nRaw events: what the events pipeline must clean up")
     for key, value in raw_events_profile(events).items():
         print(f"  {key:<32} {value:>10,}")
+    print_assignments(catalog, settings)
     rt = redis_round_trip(settings)
     print(
         f"\nRedis {rt['redis_version']} at {settings.redis_url}: authenticated round trip "
         f"{rt['round_trip_ms']:.2f} ms"
     )
+
+
+def print_assignments(catalog, settings) -> None:
+    """Units per experiment and variant, read from the Iceberg assignments table (no JVM)."""
+    table = catalog.load_table(f"{settings.namespace}.assignments")
+    props = table.properties
+    rows = (
+        table.scan(selected_fields=("experiment_id", "variant_name", "variant_id", "unit_type"))
+        .to_arrow()
+        .group_by(["experiment_id", "variant_id", "variant_name", "unit_type"])
+        .aggregate([("variant_id", "count")])
+        .sort_by([("experiment_id", "ascending"), ("variant_id", "ascending")])
+        .to_pylist()
+    )
+    print(
+        f"\nAssignments (definitions {props.get('strata.definitions-version')}, "
+        f"run {props.get('strata.run-id')}): units per experiment and variant"
+    )
+    print(f"  {'experiment':<18} {'variant':<12} {'vid':>5} {'unit':<10} {'units':>9}")
+    for r in rows:
+        print(
+            f"  {r['experiment_id']:<18} {r['variant_name']:<12} {r['variant_id']:>5} "
+            f"{r['unit_type']:<10} {r['variant_id_count']:>9,}"
+        )
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from strata.bucketing import SLOTS
 from strata.definitions import Definitions, bundled_path, canonical_json, load, variants_json
-from strata.rules import to_column, type_mismatches
+from strata.rules import predicates, semver_key_column, to_column, type_mismatches
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -108,10 +108,6 @@ def slot_column(salt: str, unit_id: Column) -> Column:
     return F.pmod(F.xxhash64(F.concat(F.lit(f"{salt}:"), unit_id)), F.lit(SLOTS)).cast("int")
 
 
-def _struct_type() -> str:
-    return "struct<" + ",".join(f"{n}:{t}" for n, t in ASSIGNMENT_FIELDS) + ">"
-
-
 def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFrame:
     """Assignment rows (``unit_type``, ``unit_id`` + ASSIGNMENT_FIELDS) for units of one type.
 
@@ -130,47 +126,77 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
         | {d.salt for lay in layers for d in defs.domain_chain(lay.domain)}
     )
     slot_names = {salt: f"__slot_{i}" for i, salt in enumerate(salts)}
-    # Slots first, in their own projection, so each hash is computed once per unit.
-    with_slots = units.select("*", *[slot_column(s, uid).alias(n) for s, n in slot_names.items()])
+    # Slots and semver sort keys first, in their own projection, so each is computed once per unit.
+    semver_fields = sorted(
+        {
+            p.field
+            for lay in layers
+            for e in defs.layer_experiments(lay.id)
+            if e.assigned and e.targeting is not None
+            for p in predicates(e.targeting)
+            if p.value_type == "semver" and p.field in units.columns
+        }
+    )
+    key_names = {f: f"__semver_{i}" for i, f in enumerate(semver_fields)}
+    with_slots = units.select(
+        "*",
+        *[slot_column(s, uid).alias(n) for s, n in slot_names.items()],
+        *[semver_key_column(F.col(f"`{f}`")).alias(n) for f, n in key_names.items()],
+    )
+    semver_keys = {f: F.col(n) for f, n in key_names.items()}
     schema = units.schema
-    entries = []
+    # Each layer yields one int per unit: variant index * SLOTS + slot (null: not assigned). Ints
+    # keep the per-layer CASE WHEN cheap; the metadata is looked up once per output row in a
+    # constant array of structs.
+    meta: list[Column] = []
+    codes = []
     for lay in layers:
         s = F.col(slot_names[lay.salt])
-        entry: Any = None
+        code: Any = None
         for e in defs.layer_experiments(lay.id):
             if not e.assigned:
                 continue
-            rule = to_column(e.targeting, schema)
+            rule = to_column(e.targeting, schema, semver_keys=semver_keys)
             for v in e.variants:
-                value = F.struct(
-                    F.lit(e.id).alias("experiment_id"),
-                    F.lit(v.vid).cast("int").alias("variant_id"),
-                    F.lit(v.name).alias("variant_name"),
-                    F.lit(v.is_control).alias("is_control"),
-                    F.lit(lay.id).alias("layer_id"),
-                    F.lit(lay.domain).alias("domain_id"),
-                    F.lit(lay.priority).cast("int").alias("layer_priority"),
-                    F.lit(lay.service).cast("string").alias("service"),
-                    s.alias("slot"),
-                    F.lit(v.params_json).alias("params"),
+                meta.append(
+                    F.struct(
+                        F.lit(e.id).alias("experiment_id"),
+                        F.lit(v.vid).cast("int").alias("variant_id"),
+                        F.lit(v.name).alias("variant_name"),
+                        F.lit(v.is_control).alias("is_control"),
+                        F.lit(lay.id).alias("layer_id"),
+                        F.lit(lay.domain).alias("domain_id"),
+                        F.lit(lay.priority).cast("int").alias("layer_priority"),
+                        F.lit(lay.service).cast("string").alias("service"),
+                        F.lit(v.params_json).alias("params"),
+                    )
                 )
+                value = F.lit((len(meta) - 1) * SLOTS) + s
                 hit = (s >= v.start) & (s < v.end) & rule
-                entry = F.when(hit, value) if entry is None else entry.when(hit, value)
+                code = F.when(hit, value) if code is None else code.when(hit, value)
         in_domain = F.lit(True)
         for d in defs.domain_chain(lay.domain):
             ds = F.col(slot_names[d.salt])
             in_domain = in_domain & (ds >= d.start) & (ds < d.end)
-        entries.append(F.when(in_domain, entry))
-    if not entries:
+        codes.append(F.when(in_domain, code))
+    if not codes:
         return units.sparkSession.createDataFrame([], ASSIGNMENTS_SCHEMA).select(
             "unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]
         )
-    matched = F.filter(F.array(*entries).cast(f"array<{_struct_type()}>"), lambda x: x.isNotNull())
-    return with_slots.select(
-        F.lit(unit_type).alias("unit_type"),
-        uid.alias("unit_id"),
-        F.explode(matched).alias("a"),
-    ).select("unit_type", "unit_id", "a.*")
+    code_col = F.col("code")
+    m = F.element_at(F.array(*meta), (F.floor(code_col / SLOTS) + 1).cast("int"))
+    return (
+        with_slots.select(uid.alias("unit_id"), F.explode(F.array(*codes)).alias("code"))
+        .where(code_col.isNotNull())
+        .select(
+            F.lit(unit_type).alias("unit_type"),
+            "unit_id",
+            *[
+                (F.pmod(code_col, F.lit(SLOTS)).cast("int") if n == "slot" else m[n]).alias(n)
+                for n, _ in ASSIGNMENT_FIELDS
+            ],
+        )
+    )
 
 
 def transform(

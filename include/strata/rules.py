@@ -355,6 +355,8 @@ def _spark_kind(data_type: Any) -> str | None:
 _KEY_WIDTH = 5
 #: Key separators: end of the pre-release list < between identifiers < any identifier character.
 _KEY_END, _KEY_SEP = "\x01", "\x02"
+#: Pre-release identifiers encoded without a higher-order function (the usual case).
+_KEY_IDS = 8
 
 
 def semver_sort_key(version: str) -> str | None:
@@ -383,27 +385,42 @@ def semver_sort_key(version: str) -> str | None:
     return core + "0" + _KEY_SEP.join(ids) + _KEY_END
 
 
-def _semver_key_column(col: Column) -> Column:
+def semver_key_column(col: Column) -> Column:
     """:func:`semver_sort_key` as a native expression (null when ``col`` is not a valid semver)."""
     from pyspark.sql import functions as F
 
     def num(c: Column) -> Column:
         return F.concat(F.lpad(F.length(c).cast("string"), _KEY_WIDTH, "0"), c)
 
-    core = F.concat(*[num(F.regexp_extract(col, _SEMVER_JAVA, i)) for i in (1, 2, 3)])
-    pre = F.regexp_extract(col, _SEMVER_JAVA, 4)
-    ids = F.transform(
-        F.split(pre, r"\."),
-        lambda i: F.when(i.rlike("^[0-9]+$"), F.concat(F.lit("0"), num(i))).otherwise(
-            F.concat(F.lit("1"), i)
-        ),
+    # One regex (validity); the parts come from plain string functions, which are much cheaper.
+    plain = F.substring_index(col, "+", 1)  # build metadata dropped
+    core_str = F.substring_index(plain, "-", 1)  # the core has no '-'
+    dash = F.instr(plain, "-")
+    parts = [
+        F.substring_index(core_str, ".", 1),
+        F.substring_index(F.substring_index(core_str, ".", 2), ".", -1),
+        F.substring_index(core_str, ".", -1),
+    ]
+    core = F.concat(*[num(p) for p in parts])
+    pre = F.when(dash > 0, plain.substr(dash + 1, F.length(plain))).otherwise(F.lit(""))
+    split = F.split(pre, r"\.")
+
+    def ident(i: Column) -> Column:
+        is_num = F.translate(i, "0123456789", "") == ""
+        return F.when(is_num, F.concat(F.lit("0"), num(i))).otherwise(F.concat(F.lit("1"), i))
+
+    # The first identifiers one by one (code-generated; concat_ws skips the missing ones), and a
+    # higher-order transform (interpreted, slower) only for longer pre-release lists.
+    explicit = F.concat_ws(_KEY_SEP, *[ident(F.get(split, i)) for i in range(_KEY_IDS)])
+    ids = F.when(F.size(split) <= _KEY_IDS, explicit).otherwise(
+        F.array_join(F.transform(split, ident), _KEY_SEP)
     )
-    pre_key = F.concat(F.lit("0"), F.array_join(ids, _KEY_SEP), F.lit(_KEY_END))
+    pre_key = F.concat(F.lit("0"), ids, F.lit(_KEY_END))
     key = F.concat(core, F.when(pre == "", F.lit("1")).otherwise(pre_key))
     return F.when(col.rlike(_SEMVER_JAVA), key)
 
 
-def _predicate_column(p: Predicate, schema: StructType) -> Column:
+def _predicate_column(p: Predicate, schema: StructType, semver_keys: dict[str, Column]) -> Column:
     from pyspark.sql import functions as F
 
     if p.field not in schema.fieldNames():
@@ -416,8 +433,9 @@ def _predicate_column(p: Predicate, schema: StructType) -> Column:
     present = col.isNotNull()
 
     if p.value_type == "semver":
-        # Compare order-preserving keys: the literal's computed here, the column's natively.
-        col = _semver_key_column(col)
+        # Compare order-preserving keys: the literal's computed here, the column's natively
+        # (or precomputed once per row by the caller, when the same field is used often).
+        col = semver_keys[p.field] if p.field in semver_keys else semver_key_column(col)
         present = col.isNotNull()
         lits = [F.lit(semver_sort_key(v)) for v in p.values]
         expr = _compare(col, p.op, lits)
@@ -460,16 +478,26 @@ def _is_fractional(schema: StructType, p: Predicate) -> bool:
     return isinstance(schema[p.field].dataType, T.FloatType | T.DoubleType)
 
 
-def to_column(rule: Mapping[str, Any] | RuleNode | Rule | None, schema: StructType) -> Column:
-    """The rule as a native, never-null boolean Spark Column over rows of ``schema``."""
+def to_column(
+    rule: Mapping[str, Any] | RuleNode | Rule | None,
+    schema: StructType,
+    *,
+    semver_keys: dict[str, Column] | None = None,
+) -> Column:
+    """The rule as a native, never-null boolean Spark Column over rows of ``schema``.
+
+    ``semver_keys`` optionally maps a field to a column holding ``semver_key_column(field)``
+    computed once per row (the assignment job does this when many rules read one field).
+    """
+    semver_keys = semver_keys or {}
     from pyspark.sql import functions as F
 
     if rule is None:
         return F.lit(True)
     r = parse(rule)
     if isinstance(r, Predicate):
-        return _predicate_column(r, schema)
-    cols = [to_column(c, schema) for c in r.children]
+        return _predicate_column(r, schema, semver_keys)
+    cols = [to_column(c, schema, semver_keys=semver_keys) for c in r.children]
     if r.type == "not":
         return ~cols[0]
     out = cols[0]
@@ -483,7 +511,7 @@ def type_mismatches(rule: Rule | None, schema: StructType) -> list[str]:
     if rule is None:
         return []
     problems = []
-    for p in _predicates(rule):
+    for p in predicates(rule):
         if p.field not in schema.fieldNames():
             problems.append(f"{p.field}: missing")
             continue
@@ -498,7 +526,7 @@ def type_mismatches(rule: Rule | None, schema: StructType) -> list[str]:
     return sorted(set(problems))
 
 
-def _predicates(rule: Rule) -> list[Predicate]:
+def predicates(rule: Rule) -> list[Predicate]:
     if isinstance(rule, Predicate):
         return [rule]
-    return [p for c in rule.children for p in _predicates(c)]
+    return [p for c in rule.children for p in predicates(c)]

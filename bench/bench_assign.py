@@ -1,0 +1,184 @@
+"""Benchmark: the native assignment vs a bare hash scan and vs a Python UDF, in one run.
+
+10M units x 10 layers with targeting rules on local[2] (defaults). Three measurements over the
+same cached units, each forced with a ``noop`` write:
+
+- full: :func:`spark_jobs.assign_experiments.assign_units` (domain split, slots, targeting,
+  variant choice, one row per unit and experiment);
+- (a) bare scan: only the 10 layer slots ``pmod(xxhash64(concat(salt, ':', id)), 10000)``;
+- (b) UDF: the same assignment with the Python reference (:func:`strata.assignment.assign_unit`)
+  in a Python UDF, on a smaller sample (``--udf-units``), reported as units/s.
+
+    .venv/bin/python bench/bench_assign.py [--units 10000000] [--udf-units 200000]
+
+Results are printed, not committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LAYERS = 10
+JIT_FLAG = "-XX:-DontCompileHugeMethods"
+
+
+def definitions_yaml() -> str:
+    """10 layers in two domains, two experiments per layer, each with a targeting rule."""
+    out = [
+        "domains:",
+        "  - {id: main, salt: bench-split, slots: [0, 8000]}",
+        "  - {id: side, salt: bench-split, slots: [8000, 10000]}",
+        "layers:",
+    ]
+    for i in range(LAYERS):
+        domain = "main" if i < 7 else "side"
+        out.append(
+            f"  - {{id: l{i}, domain: {domain}, salt: bench-{i}, unit_type: user_id, "
+            f"priority: {100 + i}, service: s{i % 3}}}"
+        )
+    out.append("experiments:")
+    rules = [
+        "{type: field, field: country, op: in, values: [US, GB, DE]}",
+        "{type: field, field: age, op: gte, values: [18]}",
+        '{type: field, field: app_version, op: gte, values: ["2.0.0"], value_type: semver}',
+        "{type: and, children: [{type: field, field: platform, op: eq, values: [ios]}, "
+        "{type: not, children: [{type: field, field: is_premium, op: eq, values: [true]}]}]}",
+        '{type: field, field: language, op: like, values: ["e*"]}',
+    ]
+    vid = 1
+    for i in range(LAYERS):
+        for j, (start, end) in enumerate([(0, 4000), (4000, 9000)]):
+            mid = (start + end) // 2
+            out += [
+                f"  - id: e{i}_{j}",
+                f"    name: e{i}_{j}",
+                "    owner: bench",
+                f"    layer: l{i}",
+                "    status: running",
+                "    start_date: 2026-11-08",
+                "    end_date: 2026-11-14",
+                f"    targeting: {rules[(i + j) % len(rules)]}",
+                "    variants:",
+                f"      - {{vid: {vid}, name: control, is_control: true, start: {start}, "
+                f"end: {mid}, params: {{x: {{a: 1}}}}}}",
+                f"      - {{vid: {vid + 1}, name: treatment, start: {mid}, end: {end}, "
+                f"params: {{x: {{a: 2}}}}}}",
+            ]
+            vid += 2
+    return "\n".join(out) + "\n"
+
+
+def units_frame(spark, n: int):
+    """n user units with targeting fields, derived from hashes (no Python)."""
+    from pyspark.sql import functions as F
+
+    idx = F.col("id")
+
+    def pick(tag, values):
+        h = F.pmod(F.xxhash64(F.lit(tag), idx), F.lit(len(values)))
+        return F.element_at(F.array(*[F.lit(v) for v in values]), (h + 1).cast("int"))
+
+    return spark.range(n).select(
+        F.format_string("u%09d", idx).alias("user_id"),
+        pick("country", ["US", "GB", "DE", "FR", "IN", "BR", "JP", "CZ"]).alias("country"),
+        pick("language", ["en", "de", "fr", "es", "ja"]).alias("language"),
+        (F.pmod(F.xxhash64(F.lit("age"), idx), F.lit(60)) + 16).cast("int").alias("age"),
+        pick("platform", ["ios", "android", "web"]).alias("platform"),
+        pick("version", ["1.9.9", "2.0.0-beta.1", "2.0.0", "2.3.1", "3.0.0"]).alias("app_version"),
+        (F.pmod(F.xxhash64(F.lit("premium"), idx), F.lit(8)) == 0).alias("is_premium"),
+    )
+
+
+def timed(label: str, action) -> float:
+    started = time.perf_counter()
+    action()
+    seconds = time.perf_counter() - started
+    print(f"  {label:<44} {seconds:8.1f} s", flush=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--units", type=int, default=10_000_000)
+    parser.add_argument("--udf-units", type=int, default=200_000)
+    parser.add_argument("--master", default="local[2]")
+    args = parser.parse_args(argv)
+
+    os.environ["STRATA_SPARK_MASTER"] = args.master
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # UDF workers need this venv (strata)
+    # Let HotSpot JIT-compile Spark's large generated methods (> 8 KB bytecode); without it the
+    # wide assignment projection runs in the bytecode interpreter.
+    os.environ.setdefault("JAVA_TOOL_OPTIONS", JIT_FLAG)
+    os.environ.setdefault("STRATA_HOME", tempfile.mkdtemp(prefix="strata-bench-"))
+    from pyspark.sql import functions as F
+
+    from spark_jobs.assign_experiments import assign_units, slot_column
+    from strata.assignment import assign_unit
+    from strata.config import get_settings
+    from strata.definitions import load
+    from strata.stack import spark_session
+
+    get_settings.cache_clear()
+    spark = spark_session(get_settings(), "strata-bench-assign")
+    folder = Path(tempfile.mkdtemp(prefix="bench-defs-"))
+    (folder / "bench.yaml").write_text(definitions_yaml())
+    defs = load(folder)
+
+    units = units_frame(spark, args.units).repartition(8).cache()
+    print(
+        f"{args.units:,} units, {LAYERS} layers, {len(defs.experiments)} targeted experiments, "
+        f"master {args.master}"
+    )
+    timed("cache the units (not compared)", units.count)
+
+    def bare():
+        slots = [slot_column(lay.salt, F.col("user_id")).alias(lay.id) for lay in defs.layers]
+        units.select("user_id", *slots).write.format("noop").mode("overwrite").save()
+
+    def full():
+        assign_units(units, "user_id", defs).write.format("noop").mode("overwrite").save()
+
+    timed("warm-up (full job, not compared)", full)
+    t_bare = timed("(a) bare pmod(xxhash64) scan, 10 slots", bare)
+    t_full = timed("full assignment job", full)
+    rows = assign_units(units, "user_id", defs).count()
+
+    sample = units.limit(args.udf_units).cache()
+    sample.count()
+    ctx_cols = [c for c in units.columns if c != "user_id"]
+
+    @F.udf("array<struct<experiment_id:string,variant_id:int,slot:int,params:string>>")
+    def assign_udf(user_id, *values):
+        ctx = dict(zip(ctx_cols, values, strict=True))
+        return [
+            (a.experiment_id, a.variant_id, a.slot, a.params)
+            for a in assign_unit(defs, "user_id", user_id, ctx)
+        ]
+
+    def udf():
+        sample.select(
+            "user_id", F.explode(assign_udf("user_id", *ctx_cols)).alias("a")
+        ).write.format("noop").mode("overwrite").save()
+
+    t_udf = timed(f"(b) Python UDF on {args.udf_units:,} units", udf)
+
+    full_rate, bare_rate = args.units / t_full, args.units / t_bare
+    udf_rate = args.udf_units / t_udf
+    print()
+    print(f"  {'measurement':<30} {'units/s':>14}")
+    print(f"  {'full assignment job':<30} {full_rate:>14,.0f}   ({rows:,} assignment rows)")
+    print(f"  {'(a) bare hash scan':<30} {bare_rate:>14,.0f}")
+    print(f"  {'(b) Python UDF (sample)':<30} {udf_rate:>14,.0f}")
+    print()
+    print(f"  full / bare scan = {full_rate / bare_rate:.2f}x   (target >= 0.8x)")
+    print(f"  full / Python UDF = {full_rate / udf_rate:.1f}x   (target >= 20x)")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
