@@ -4,13 +4,16 @@ Validates the experiment definitions at ``definitions_path`` (fails with one lin
 then runs `spark_jobs/assign_experiments.py`: targeting rules compiled to native Spark columns,
 seed 003's domain split, per-layer hashing, and one atomic Iceberg commit of the `assignments` and
 `experiments` tables. Re-running with the same definitions and input snapshots writes identical
-rows.
+rows. Then the assignments are published into the Redis lookup table as a new version (verified
+against Iceberg, one atomic pointer flip) that the device-register API reads.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 from pendulum import datetime
+
+from orchestration.assets import ASSIGNMENTS
 
 
 @dag(
@@ -35,13 +38,20 @@ def assign_experiments():
 
         return validate(params["definitions_path"])
 
-    @task
+    @task(outlets=[ASSIGNMENTS])
     def assign(summary: dict) -> dict:
         from strata.assignment_tasks import assign as run_assignment
 
         return run_assignment(summary["path"])
 
-    assign(validate_definitions())
+    @task
+    def publish_lookups(assigned: dict) -> dict:
+        from lookup_loader.loader import publish
+
+        result = publish()
+        return {"version": result.version, "state": result.state, "rows": result.rows}
+
+    publish_lookups(assign(validate_definitions()))
 
 
 assign_experiments()

@@ -4,8 +4,10 @@
 authenticated round trip), generate synthetic users/orgs/devices/raw events into Iceberg with
 Spark, then read every table back through Spark and through pyiceberg (no JVM) and require the two
 to agree; validate the bundled experiment definitions and assign the synthetic users and devices
-to experiments (Iceberg `assignments`). Later stages (publication, aggregates, evaluation) are
-added here as they land.
+to experiments (Iceberg `assignments`); publish the assignments into the Redis lookup table
+(versioned, atomic flip) and serve sample device-register requests through the reference
+endpoint. `make demo` then runs `build_goal_aggregates` and `evaluate_experiments`, each with
+`dag.test()` in its own process, as Airflow workers would.
 """
 
 from __future__ import annotations
@@ -76,10 +78,44 @@ def run_demo():
 
         return assign(summary["path"])
 
+    @task
+    def publish_lookups(assigned: dict, params: dict | None = None) -> dict:
+        import datetime as dt
+
+        from lookup_loader.loader import publish
+        from strata.synthetic import DEFAULT_START_DATE
+
+        # The synthetic data's "today": its last day (experiments ended before the real today).
+        as_of = DEFAULT_START_DATE + dt.timedelta(days=params["days"] - 1)
+        result = publish(as_of=as_of)
+        return {
+            "version": result.version,
+            "state": result.state,
+            "rows": result.rows,
+            "units": result.units,
+            "duration_s": round(result.duration_s, 2),
+        }
+
+    @task
+    def serve_sample_requests(published: dict) -> list:
+        import json
+
+        from strata.config import get_settings
+        from strata.demo import serve_samples
+
+        answers = serve_samples(n=5)
+        out = get_settings().home / "logs" / "demo-samples.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(answers, indent=1))
+        return answers
+
     generated = generate_data()
-    check_redis() >> verify_tables(generated)
+    redis_ok = check_redis()
+    redis_ok >> verify_tables(generated)
     assigned = assign_units(validate_definitions())
     generated >> assigned
+    served = serve_sample_requests(publish_lookups(assigned))
+    redis_ok >> served
 
 
 run_demo()

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DAG_ID = "run_demo"
+#: The demo's DAGs, in order; each runs with dag.test() in its own process (as a worker would).
+DAG_IDS = ("run_demo", "build_goal_aggregates", "evaluate_experiments")
 
 
-def run_dag(conf: dict[str, int]) -> int:
+def run_dag(dag_id: str, conf: dict[str, int]) -> int:
     """Run the DAG in-process (called in a child so its logs can go to a file)."""
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils.state import DagRunState
@@ -25,7 +26,7 @@ def run_dag(conf: dict[str, int]) -> int:
     if bag.import_errors:
         print(f"DAG import errors: {bag.import_errors}", file=sys.stderr)
         return 1
-    run = bag.get_dag(DAG_ID).test(run_conf=conf)
+    run = bag.get_dag(dag_id).test(run_conf=conf if dag_id == "run_demo" else None)
     return 0 if run.state == DagRunState.SUCCESS else 1
 
 
@@ -53,6 +54,9 @@ def summary() -> None:
     for key, value in raw_events_profile(events).items():
         print(f"  {key:<32} {value:>10,}")
     print_assignments(catalog, settings)
+    print_publication(catalog, settings)
+    print_aggregates(catalog, settings)
+    print_results(catalog, settings)
     rt = redis_round_trip(settings)
     print(
         f"\nRedis {rt['redis_version']} at {settings.redis_url}: authenticated round trip "
@@ -84,6 +88,73 @@ def print_assignments(catalog, settings) -> None:
         )
 
 
+def print_publication(catalog, settings) -> None:
+    """The newest Redis publication and the sample requests the endpoint served."""
+    import json
+
+    pubs = catalog.load_table(f"{settings.namespace}.publications").scan().to_pandas()
+    last = pubs.sort_values("published_at").iloc[-1]
+    print(
+        f"\nRedis lookup table: version {last['version']} {last['state']}, {last['rows']:,} "
+        f"assignment rows in {last['duration_s']:.1f} s (write {last['write_s']:.1f} s, "
+        f"verify {last['verify_s']:.1f} s)"
+    )
+    samples = settings.home / "logs" / "demo-samples.json"
+    if samples.exists():
+        print("Sample device-register requests served by the endpoint (POST /v1/device/register):")
+        for answer in json.loads(samples.read_text()):
+            print(
+                f"  device {answer['device_id']} user {answer['user_id']}: "
+                f"{', '.join(answer['experiments']) or '(no experiment)'}"
+            )
+
+
+def print_aggregates(catalog, settings) -> None:
+    """Exposed units per experiment and variant at the newest analysis date."""
+    goals = catalog.load_table(f"{settings.namespace}.goal_aggregates").scan().to_pandas()
+    rejects = catalog.load_table(f"{settings.namespace}.stg_events__rejects").scan().to_pandas()
+    if goals.empty:
+        print("\ngoal_aggregates is empty")
+        return
+    day = goals["as_of_date"].max()
+    exposed = goals[(goals["as_of_date"] == day) & (goals["goal"] == "exposure")]
+    print(
+        f"\nGoal aggregates (dbt): {len(goals):,} rows; exposed units as of {day}; "
+        f"{len(rejects):,} raw rows quarantined by reason "
+        f"{rejects['reject_reason'].value_counts().to_dict()}"
+    )
+    for r in exposed.sort_values(["exp_id", "exp_variant_id"]).itertuples():
+        print(f"  {r.exp_id:<18} vid {r.exp_variant_id:>5} {r.count_unique:>9,}")
+
+
+def print_results(catalog, settings) -> None:
+    """The evaluation's verdicts: relative effect with its CI and the decision, per metric."""
+    from strata.stats import read_results
+
+    res = read_results(catalog, namespace=settings.namespace)
+    rel = res[(res["statistic"] == "rel_diff")].sort_values(["experiment_id", "metric_id"])
+    print(
+        f"\nEvaluation as of {res['analysis_date'].max()} (Iceberg results; HTML reports in "
+        f"{settings.home / 'reports' / 'index.html'}):"
+    )
+    print(
+        f"  {'experiment':<18} {'metric':<16} {'variant':<12} {'effect':>8} "
+        f"{'95% CI':>19} {'p adj':>7}  decision"
+    )
+    for r in rel.itertuples():
+        print(
+            f"  {r.experiment_id:<18} {r.metric_id:<16} {r.variant:<12} {r.point:>+8.1%} "
+            f"[{r.lower:>+7.1%}, {r.upper:>+7.1%}] {r.p_value_adjusted:>7.4f}  {r.decision}"
+        )
+    from strata.synthetic import PLANTED_EFFECTS
+
+    print(
+        "  planted: "
+        + "; ".join(f"{e.experiment_id} {e.goal} x{e.multiplier}" for e in PLANTED_EFFECTS)
+        + "; price_display is A/A (no effect)"
+    )
+
+
 def main() -> int:
     conf = {
         "users": int(os.environ.get("DEMO_USERS", 100_000)),
@@ -92,29 +163,33 @@ def main() -> int:
     }
     from strata.config import get_settings
 
-    log = get_settings().home / "logs" / "demo-dag.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"Running DAG {DAG_ID} with dag.test() {conf} (Airflow log: {log}) ...", flush=True)
-    started = time.monotonic()
-    with log.open("w") as out:
-        rc = subprocess.call(
-            [sys.executable, __file__, "--run-dag", repr(conf)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    elapsed = time.monotonic() - started
-    if rc != 0:
-        print(f"DAG {DAG_ID} FAILED after {elapsed:.0f} s. Last lines of {log}:", file=sys.stderr)
-        print("".join(log.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
-        return rc
-    print(f"DAG {DAG_ID}: success in {elapsed:.0f} s")
+    logs = get_settings().home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for dag_id in DAG_IDS:
+        log = logs / f"demo-{dag_id}.log"
+        print(f"Running DAG {dag_id} with dag.test() (Airflow log: {log}) ...", flush=True)
+        started = time.monotonic()
+        with log.open("w") as out:
+            rc = subprocess.call(
+                [sys.executable, __file__, "--run-dag", dag_id, repr(conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        elapsed = time.monotonic() - started
+        if rc != 0:
+            print(
+                f"DAG {dag_id} FAILED after {elapsed:.0f} s. Last lines of {log}:", file=sys.stderr
+            )
+            print("".join(log.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+            return rc
+        print(f"DAG {dag_id}: success in {elapsed:.0f} s", flush=True)
     summary()
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--run-dag":
+    if len(sys.argv) == 4 and sys.argv[1] == "--run-dag":
         import ast
 
-        sys.exit(run_dag(ast.literal_eval(sys.argv[2])))
+        sys.exit(run_dag(sys.argv[2], ast.literal_eval(sys.argv[3])))
     sys.exit(main())

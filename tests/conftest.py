@@ -25,6 +25,7 @@ os.environ.update(
         "STRATA_HOME": str(_HOME),
         "STRATA_REDIS_PORT": str(TEST_REDIS_PORT),
         "STRATA_REDIS_URL": f"redis://127.0.0.1:{TEST_REDIS_PORT}/0",
+        "STRATA_ENDPOINT_PORT": str(TEST_REDIS_PORT + 1700),  # 8091 by default
         "STRATA_SPARK_SHUFFLE_PARTITIONS": "4",
         "STRATA_SPARK_DRIVER_MEMORY": "2g",
         "AIRFLOW_HOME": str(_HOME / "airflow"),

@@ -57,6 +57,9 @@ def catalog_conf(settings: Settings) -> dict[str, str]:
             f"{prefix}.uri": uri,
             f"{prefix}.warehouse": settings.warehouse_uri,
             f"{prefix}.jdbc.schema-version": "V1",
+            # One pooled connection: with two, one can hold a stale WAL read snapshot while the
+            # other commits, and its next commit fails with SQLITE_BUSY_SNAPSHOT.
+            f"{prefix}.clients": "1",
         }
     else:
         conf |= {
@@ -87,7 +90,11 @@ def spark_conf(settings: Settings | None = None) -> dict[str, str]:
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.driver.host": settings.spark_local_ip,
         "spark.driver.bindAddress": settings.spark_local_ip,
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={derby_home.resolve()}",
+        # -XX:-DontCompileHugeMethods: let the JIT compile Spark's large generated methods (the
+        # assignment job's per-layer CASE WHENs run ~5x faster); derby: dbt-spark's Hive metastore.
+        "spark.driver.extraJavaOptions": (
+            f"-XX:-DontCompileHugeMethods -Dderby.system.home={derby_home.resolve()}"
+        ),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.adaptive.enabled": "true",
     }
