@@ -287,8 +287,8 @@ def test_dag_builds_the_aggregates_with_cosmos(
     spark.sql(f"DROP TABLE IF EXISTS {settings.table('goal_aggregates')}")
     run, states = _run_dag()
     assert run.state == DagRunState.SUCCESS, states
-    assert "dbt.goal_aggregates.run" in states  # Cosmos rendered one task per model
-    assert "dbt.goal_aggregates.test" in states  # and its tests after it
+    assert "events.dbt.goal_aggregates.run" in states  # Cosmos rendered one task per model
+    assert "events.dbt.goal_aggregates.test" in states  # and its tests after it
     assert set(states.values()) == {TaskInstanceState.SUCCESS}
     assert _aggregates(spark, settings, "2026-11-04")[(1, "purchase")][:3] == (2, 4, 25.0)
 
@@ -303,9 +303,9 @@ def test_failing_suite_blocks_everything_downstream(spark, settings, fixture_tab
     run, states = _run_dag()
 
     assert run.state == DagRunState.FAILED
-    assert states["check_assignments"] == TaskInstanceState.FAILED
-    assert states["dbt.goal_aggregates.run"] == TaskInstanceState.UPSTREAM_FAILED
-    assert states["check_goal_aggregates"] == TaskInstanceState.UPSTREAM_FAILED
+    assert states["events.check_assignments"] == TaskInstanceState.FAILED
+    assert states["events.dbt.goal_aggregates.run"] == TaskInstanceState.UPSTREAM_FAILED
+    assert states["events.check_goal_aggregates"] == TaskInstanceState.UPSTREAM_FAILED
     assert not spark.catalog.tableExists(settings.table("goal_aggregates"))
     report = max((settings.home / "expectations" / "reports" / "assignments").glob("*.md"))
     assert "expect_compound_columns_to_be_unique" in report.read_text()
