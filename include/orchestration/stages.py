@@ -47,7 +47,7 @@ def evaluate(analysis_date: str | None = None) -> dict:
     if not ids:
         return {"analysis_date": None, "experiments": 0, "rows": 0}
     evaluation, frame = run_evaluation(catalog, ids, day, namespace=settings.namespace)
-    print(verdicts(evaluation).to_string(index=False))
+    print(verdicts(evaluation.metrics).to_string(index=False))
     return {"analysis_date": day.isoformat(), "experiments": len(ids), "rows": len(frame)}
 
 

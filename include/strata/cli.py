@@ -126,7 +126,7 @@ def _evaluate(argv: list[str]) -> int:
         return 1
     evaluation, frame = run_evaluation(catalog, ids, day, namespace=settings.namespace)
     print(f"evaluated {len(ids)} experiments as of {day}: {len(frame):,} result rows")
-    print(verdicts(evaluation).to_string(index=False))
+    print(verdicts(evaluation.metrics).to_string(index=False))
     return 0
 
 
