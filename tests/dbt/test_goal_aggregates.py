@@ -284,7 +284,14 @@ def test_dag_builds_the_aggregates_with_cosmos(
     monkeypatch.setenv("STRATA_HOME", str(settings.home))
     # One malformed row in 15 is 7% of this tiny fixture: over the raw gate's bound. Remove it.
     spark.sql(f"DELETE FROM {settings.table('raw_events')} WHERE event_id = 'u4-bad'")
-    spark.sql(f"DROP TABLE IF EXISTS {settings.table('goal_aggregates')}")
+    for model in (
+        "stg_events__events",
+        "stg_events__rejects",
+        "fct_unit_goals_daily",
+        "goal_aggregates",
+        "goal_cross_aggregates",
+    ):  # earlier tests' increments
+        spark.sql(f"DROP TABLE IF EXISTS {settings.table(model)}")
     run, states = _run_dag()
     assert run.state == DagRunState.SUCCESS, states
     assert "events.dbt.goal_aggregates.run" in states  # Cosmos rendered one task per model
