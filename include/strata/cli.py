@@ -13,21 +13,28 @@ def _generate(argv: list[str]) -> int:
     return 0
 
 
-def _validate(argv: list[str]) -> int:
+def _load_definitions(path: str):
+    """The definitions at ``path``, or None after printing one line per problem to stderr."""
     from strata.definitions import DefinitionError, load
 
+    try:
+        return load(path)
+    except DefinitionError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        return None
+
+
+def _validate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="strata validate",
         description="Validate experiment definitions; one line per problem (file: path: message).",
     )
     parser.add_argument("path", help="definitions file or folder (YAML)")
     args = parser.parse_args(argv)
-    try:
-        defs = load(args.path)
-    except DefinitionError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) in {args.path}", file=sys.stderr)
+    defs = _load_definitions(args.path)
+    if defs is None:
         return 1
     running = sum(e.assigned for e in defs.experiments)
     print(
@@ -38,7 +45,7 @@ def _validate(argv: list[str]) -> int:
 
 
 def _plan(argv: list[str]) -> int:
-    from strata.definitions import DefinitionError, format_plan, load
+    from strata.definitions import format_plan
 
     parser = argparse.ArgumentParser(
         prog="strata plan",
@@ -46,11 +53,8 @@ def _plan(argv: list[str]) -> int:
     )
     parser.add_argument("path", help="definitions file or folder (YAML)")
     args = parser.parse_args(argv)
-    try:
-        defs = load(args.path)
-    except DefinitionError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    defs = _load_definitions(args.path)
+    if defs is None:
         return 1
     print(format_plan(defs))
     return 0
