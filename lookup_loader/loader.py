@@ -28,7 +28,6 @@ import random
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ import redis as redis_lib
 
 from lookup_loader.keys import (
     DEFAULT_PREFIX,
+    MAX_UNIT_ID_BYTES,
     UNIT_CODES,
     UNITS_PER_BUCKET,
     KeySpace,
@@ -128,7 +128,8 @@ class Encoded:
     units: dict[str, int]
     rows: int
     excluded_rows: dict[str, int]
-    commands: pa.Array  # one HSET per bucket, RESP-encoded, contiguous
+    stream: pa.Array  # RESP: each bucket's HSET header then its fields; one contiguous buffer
+    command_bytes: Any  # numpy int64: byte offset of each HSET in the stream's buffer, plus end
     command_units: Any  # numpy array: units carried by each command
     grouped: pa.Table  # unit_type, unit_id, value (one row per unit)
 
@@ -215,7 +216,45 @@ def _served_experiments(source: Source, as_of: dt.date) -> tuple[dict[str, dict]
 
 
 def _catalog_entries(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]:
-    """One JSON-able entry per experiment; its variants and their params, checked for agreement."""
+    """One JSON-able entry per experiment; its variants and their params, checked for agreement.
+
+    Fast path: one hash aggregation on the integer (experiment, variant) key computing min and max
+    of every descriptive column; when min == max (and nulls are all-or-none) on every group, all
+    rows of a variant agree and the min row describes it. Any disagreement falls back to the exact
+    distinct-row path below, which names the experiment (or accepts params that differ only in
+    JSON spelling).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = ["variant_name", "is_control", "layer_id", "domain_id", "layer_priority", "service"]
+    cols.append("params")
+    exp_ids = sorted(set(pc.unique(rows["experiment_id"]).to_pylist()))
+    code = pc.index_in(rows["experiment_id"], pa.array(exp_ids, pa.string()))
+    table = pa.table({"e": code, "v": rows["variant_id"], **{c: rows[c] for c in cols}})
+    aggs: list[tuple[Any, str]] = [([], "count_all")]
+    for c in cols:
+        aggs += [(c, "min"), (c, "max"), (c, "count")]
+    stats = table.group_by(["e", "v"], use_threads=False).aggregate(aggs)
+    agree = all(
+        pc.all(pc.equal(stats[f"{c}_min"], stats[f"{c}_max"])).as_py() is not False
+        and pc.all(
+            pc.or_(
+                pc.equal(stats[f"{c}_count"], 0),
+                pc.equal(stats[f"{c}_count"], stats["count_all"]),
+            )
+        ).as_py()
+        for c in cols
+    )
+    if not agree:
+        return _catalog_entries_exact(rows, served)
+    decoded = {"experiment_id": pa.array(exp_ids, pa.string()).take(stats["e"]),
+               "variant_id": stats["v"], **{c: stats[f"{c}_min"] for c in cols}}  # fmt: skip
+    return _entries_from_distinct(pa.table(decoded), served)
+
+
+def _catalog_entries_exact(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]:
+    """The distinct (experiment, variant, descriptive columns) rows, grouped exactly."""
     import pyarrow as pa
 
     keys = ["experiment_id", "variant_id"]
@@ -233,7 +272,11 @@ def _catalog_entries(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]
     decoded = {
         c: (dictionaries[c].take(codes[c]) if c in dictionaries else codes[c]) for c in columns
     }
-    distinct = pa.table(decoded)
+    return _entries_from_distinct(pa.table(decoded), served)
+
+
+def _entries_from_distinct(distinct: pa.Table, served: dict[str, dict]) -> dict[str, dict]:
+    keys = ["experiment_id", "variant_id"]
     entries: dict[str, dict] = {}
     for r in distinct.sort_by([(k, "ascending") for k in keys]).to_pylist():
         exp_id, meta = r["experiment_id"], served[r["experiment_id"]]
@@ -272,6 +315,89 @@ def _catalog_entries(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]
     return entries
 
 
+def _string_bytes(arr: pa.Array) -> tuple[Any, Any]:
+    """(offsets as int64 numpy, data bytes as uint8 numpy) of a string/binary array, zero-copy."""
+    import numpy as np
+    import pyarrow as pa
+
+    large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+    width = np.int64 if large else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=width, count=len(arr) + 1,
+                            offset=arr.offset * np.dtype(width).itemsize)  # fmt: skip
+    data = arr.buffers()[2]
+    values = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return offsets.astype(np.int64), values
+
+
+def _crc32_table() -> Any:
+    import numpy as np
+
+    table = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table[i] = c
+    return table
+
+
+def crc32_array(arr: pa.Array) -> Any:
+    """``zlib.crc32`` of every string of an Arrow string array, vectorised with numpy.
+
+    Byte position by byte position over all strings at once (strings sorted by length, so the
+    ones still going are a prefix): ~10 numpy passes for 10-byte ids instead of a Python call and
+    a bytes object per id. Equal to ``lookup_loader.keys.unit_hash`` (tested).
+    """
+    import numpy as np
+
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.uint32)
+    offsets, data = _string_bytes(arr)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    by_length = np.argsort(-lengths, kind="stable")
+    starts, lengths = starts[by_length], lengths[by_length]
+    # active[j] = how many strings are longer than j (a prefix, lengths being descending)
+    active = np.searchsorted(-lengths, -np.arange(int(lengths[0]) if n else 0), side="left")
+    table = _crc32_table()
+    crc = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
+    pos = starts.copy()
+    for j, m in enumerate(active):
+        head = crc[:m]
+        byte = data[pos[:m]]
+        crc[:m] = table[(head ^ byte) & 0xFF] ^ (head >> 8)
+        pos[:m] += 1
+        del j
+    out = np.empty(n, np.uint32)
+    out[by_length] = crc ^ np.uint32(0xFFFFFFFF)
+    return out
+
+
+def _has_control_bytes(arr: pa.Array) -> bool:
+    """Any byte < 0x20 or == 0x7f in the strings (UTF-8 continuation bytes are >= 0x80)."""
+    import numpy as np
+
+    offsets, data = _string_bytes(arr)
+    span = data[int(offsets[0]) : int(offsets[-1])] if len(arr) else data[:0]
+    return bool(np.any((span < 0x20) | (span == 0x7F)))
+
+
+def _normalized_unit_ids(rows: pa.Table) -> pa.Array:
+    """``unit_id`` with url units in their stored normal form (only url rows go through Python)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = rows["unit_id"].combine_chunks() if isinstance(rows["unit_id"], pa.ChunkedArray) else (
+        rows["unit_id"])  # fmt: skip
+    is_url = pc.equal(rows["unit_type"], "url")
+    if isinstance(is_url, pa.ChunkedArray):
+        is_url = is_url.combine_chunks()
+    if not pc.any(is_url).as_py():
+        return ids
+    fixed = pa.array([normalize_url(u) for u in ids.filter(is_url).to_pylist()], ids.type)
+    return pc.replace_with_mask(ids, is_url, fixed)
+
+
 def _check_units(rows: pa.Table) -> pa.Table:
     """Reject bad unit types / ids with the offending row named; normalise url units."""
     import pyarrow as pa
@@ -289,22 +415,23 @@ def _check_units(rows: pa.Table) -> pa.Table:
             f"experiment {example['experiment_id']!r}) is not one of {sorted(UNIT_CODES)}"
         )
     for col in ("unit_id", "experiment_id"):
-        suspicious = pc.or_(
-            pc.match_substring_regex(rows[col], r"[\x00-\x1f\x7f]"),
-            pc.or_(pc.greater(pc.binary_length(rows[col]), 512), pc.equal(rows[col], "")),
-        )
-        if pc.any(suspicious).as_py():
+        values = rows[col].combine_chunks()
+        lengths = pc.binary_length(values)
+        if len(values) and (
+            _has_control_bytes(values)
+            or pc.max(lengths).as_py() > MAX_UNIT_ID_BYTES
+            or pc.min(lengths).as_py() == 0
+        ):  # rare: find and name the offending row
+            suspicious = pc.or_(
+                pc.match_substring_regex(values, r"[\x00-\x1f\x7f]"),
+                pc.or_(pc.greater(lengths, MAX_UNIT_ID_BYTES), pc.equal(lengths, 0)),
+            )
             example = rows.filter(suspicious).slice(0, 1).to_pylist()[0]
             check_unit_id(
                 example[col], f"assignments {col} (experiment {example['experiment_id']!r})"
             )
-    is_url = pc.equal(rows["unit_type"], "url")
-    if pc.any(is_url).as_py():
-        ids = rows["unit_id"].to_pylist()
-        types = rows["unit_type"].to_pylist()
-        fixed = [normalize_url(u) if t == "url" else u for u, t in zip(ids, types, strict=True)]
-        rows = rows.set_column(rows.schema.get_field_index("unit_id"), "unit_id", pa.array(fixed))
-    return rows
+    ids = _normalized_unit_ids(rows)
+    return rows.set_column(rows.schema.get_field_index("unit_id"), "unit_id", ids)
 
 
 def _concat(*parts: Any) -> pa.Array:
@@ -321,8 +448,54 @@ def _concat(*parts: Any) -> pa.Array:
     return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
 
+def _group_units(type_idx: Any, exp_idx: Any, crc: Any, uid: pa.Array) -> tuple[Any, Any]:
+    """Sort rows so each unit's rows are adjacent (experiment order inside); find unit starts.
+
+    Sorts on one integer key (unit type, crc32 of the id, experiment index) instead of hashing
+    strings; rows of different units whose ids share a crc32 (about n^2 / 2^33 pairs) are put
+    in order by id in Python. Returns (row order, boolean "a new unit starts here" per sorted row).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(type_idx)
+    key = (type_idx.astype(np.uint64) << np.uint64(61)) | (crc.astype(np.uint64) << np.uint64(29))
+    key |= exp_idx.astype(np.uint64)
+    order = np.argsort(key, kind="quicksort")
+    unit_key = key[order] >> np.uint64(29)
+    same_key = unit_key[1:] == unit_key[:-1]
+    ids = uid.take(pa.array(order))
+    same_id = pc.equal(ids.slice(1), ids.slice(0, max(n - 1, 0))).to_numpy(zero_copy_only=False)
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = ~(same_key & same_id)
+    clashes = np.flatnonzero(same_key & ~same_id)  # two ids with one crc32 in one run
+    if len(clashes):
+        run_starts = np.flatnonzero(np.concatenate([[True], ~same_key]))
+        for run in sorted({int(run_starts[np.searchsorted(run_starts, c, "right") - 1])
+                           for c in clashes}):  # fmt: skip
+            end = run + 1
+            while end < n and same_key[end - 1]:
+                end += 1
+            seg = order[run:end]
+            texts = uid.take(pa.array(seg)).to_pylist()
+            resorted = sorted(range(len(seg)), key=lambda i: (texts[i], int(exp_idx[seg[i]])))
+            order[run:end] = seg[resorted]
+            texts = [texts[i] for i in resorted]
+            starts[run] = True
+            for i in range(1, len(texts)):
+                starts[run + i] = texts[i] != texts[i - 1]
+    return order, starts
+
+
 def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None = None) -> Encoded:
-    """Turn the source into the version's catalog and its RESP ``HSET`` stream (pure, no I/O)."""
+    """Turn the source into the version's catalog and its RESP ``HSET`` stream (pure, no I/O).
+
+    Vectorised end to end: experiment and unit-type codes with ``index_in``, crc32 of the unit ids
+    with numpy, one integer sort to bring each unit's rows together, the values joined from a
+    small dictionary of ``<exp>.<variant>`` tokens, and the RESP stream assembled by pyarrow
+    string kernels into one buffer: every bucket's ``HSET`` header followed by its fields.
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -332,98 +505,120 @@ def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None =
     ks = KeySpace(prefix)
     served, not_served = _served_experiments(source, as_of)
     rows = source.assignments
-    unknown = pc.invert(
-        pc.is_in(rows["experiment_id"], pa.array(list(served) + list(not_served), pa.string()))
-    )
-    if pc.any(unknown).as_py():
-        missing = sorted(set(rows.filter(unknown)["experiment_id"].to_pylist()))
+    known = list(served) + list(not_served)
+    code = pc.index_in(rows["experiment_id"], pa.array(known, pa.string()))
+    if code.null_count:
+        missing = sorted(set(rows.filter(pc.is_null(code))["experiment_id"].to_pylist()))
         raise DataError(f"assignments reference experiments missing from `experiments`: {missing}")
     excluded_rows: dict[str, int] = {}
     if not_served:
-        reason = pc.index_in(rows["experiment_id"], pa.array(list(not_served), pa.string()))
-        for i, r in enumerate(not_served.values()):
-            n = pc.sum(pc.equal(reason, i)).as_py() or 0
-            if n:
-                excluded_rows[r] = excluded_rows.get(r, 0) + n
-        rows = rows.filter(pc.is_null(reason))
+        per_exp = np.bincount(pc.fill_null(code, 0).to_numpy(), minlength=len(known))
+        for i, e in enumerate(known[len(served) :], len(served)):
+            if per_exp[i]:
+                reason = not_served[e]
+                excluded_rows[reason] = excluded_rows.get(reason, 0) + int(per_exp[i])
+        rows = rows.filter(pc.less(code, len(served)))
     rows = _check_units(rows)
-    entries = _catalog_entries(rows, served)
+    entries = _catalog_entries(rows, served) if rows.num_rows else {}
     exp_ids = sorted(entries)
     index = {e: i for i, e in enumerate(exp_ids)}
     catalog = {
         i: json.dumps(entries[e], separators=(",", ":"), sort_keys=True) for e, i in index.items()
     }
-
-    idx = pc.index_in(rows["experiment_id"], pa.array(exp_ids, pa.string()))
-    token = pc.binary_join_element_wise(
-        pc.cast(idx, pa.string()), pc.cast(rows["variant_id"], pa.string()), "."
-    )
-    grouped = (
-        pa.table({"unit_type": rows["unit_type"], "unit_id": rows["unit_id"], "token": token,
-                  "idx": idx})
-        .group_by(["unit_type", "unit_id"], use_threads=False)
-        .aggregate([("token", "list"), ("idx", "count_distinct"), ("idx", "count")])
-    )  # fmt: skip
-    dup = pc.not_equal(grouped["idx_count_distinct"], grouped["idx_count"])
-    if pc.any(dup).as_py():
-        first = grouped.filter(dup).slice(0, 1).to_pylist()[0]
+    types = list(UNIT_CODES)
+    n_rows = rows.num_rows
+    uid = rows["unit_id"].combine_chunks() if n_rows else pa.array([], pa.string())
+    type_idx = pc.index_in(rows["unit_type"], pa.array(types)).to_numpy(zero_copy_only=False)
+    exp_idx = pc.index_in(rows["experiment_id"], pa.array(exp_ids, pa.string()))
+    exp_idx = exp_idx.to_numpy(zero_copy_only=False).astype(np.int64)
+    variant = rows["variant_id"].to_numpy().astype(np.int64)
+    crc = crc32_array(uid)
+    order, starts = _group_units(type_idx, exp_idx, crc, uid)
+    exp_sorted = exp_idx[order]
+    dup = ~starts[1:] & (exp_sorted[1:] == exp_sorted[:-1])
+    if dup.any():
+        first_rows = np.flatnonzero(starts)
+        unit_of = np.cumsum(starts) - 1
+        bad_units = np.unique(unit_of[1:][dup])
+        row0 = int(order[first_rows[bad_units[0]]])
         raise DataError(
-            f"assignments: {pc.sum(dup).as_py()} units have more than one row for one experiment, "
-            f"e.g. {first['unit_type']}={first['unit_id']!r} (rows must be one per unit and "
+            f"assignments: {len(bad_units)} units have more than one row for one experiment, "
+            f"e.g. {types[type_idx[row0]]}={uid[row0].as_py()!r} (rows must be one per unit and "
             "experiment)"
         )
-    value = pc.binary_join(grouped["token_list"], ",")
-    grouped = pa.table(
-        {"unit_type": grouped["unit_type"], "unit_id": grouped["unit_id"], "value": value}
-    )
-    n_units = grouped.num_rows
-    types = list(UNIT_CODES)
-    type_idx = pc.index_in(grouped["unit_type"], pa.array(types)).to_numpy()
-    per_type = np.bincount(type_idx, minlength=len(types))
+    first = np.flatnonzero(starts)  # sorted-row position of each unit's first row
+    n_units = len(first)
+    unit_type = type_idx[order[first]]
+    per_type = np.bincount(unit_type, minlength=len(types))
     units = {t: int(per_type[i]) for i, t in enumerate(types)}
     buckets = {t: bucket_count(n, UNITS_PER_BUCKET) for t, n in units.items()}
-    # 64-bit offsets: a version's RESP stream may exceed 2 GiB (tens of millions of units)
-    uid = pc.cast(grouped["unit_id"], pa.large_string())
-    val = pc.cast(grouped["value"], pa.large_string())
-    # crc32 through a C builtin over bytes objects: no Python frame per unit
-    raw_ids = pc.cast(uid, pa.large_binary()).to_pylist()
-    hashes = np.fromiter(map(zlib.crc32, raw_ids), dtype=np.int64, count=n_units)
-    bucket_no = hashes % np.array([buckets[t] for t in types], dtype=np.int64)[type_idx]
-    order = np.lexsort((bucket_no, type_idx))  # units sorted by (type, bucket)
-    fragment = _concat(
-        "$", pc.binary_length(uid), "\r\n", uid, "\r\n$", pc.binary_length(val), "\r\n", val,
-        "\r\n",
-    ).take(pa.array(order))  # fmt: skip
-    combined = type_idx[order].astype(np.int64) * (1 << 32) + bucket_no[order]
-    starts = np.flatnonzero(np.diff(combined)) + 1 if n_units else np.array([], np.int64)
-    offsets = np.concatenate([[0], starts, [n_units]]).astype(np.int32) if n_units else None
+    bucket_no = (
+        crc[order[first]].astype(np.int64)
+        % np.array([buckets[t] for t in types], dtype=np.int64)[unit_type]
+    )
+    wire = np.argsort((unit_type.astype(np.int64) << 32) | bucket_no, kind="stable")
+
+    # Values: "<exp>.<variant>,..." per unit, from a small dictionary of distinct tokens.
+    v_sorted = variant[order]
+    pair = exp_sorted * (1 << 32) + (v_sorted - np.int64(-(1 << 31)))
+    distinct, token_of_row = np.unique(pair, return_inverse=True) if n_rows else (pair, pair)
+    words = pa.array([f"{p >> 32}.{(p & 0xFFFFFFFF) - (1 << 31)}" for p in distinct.tolist()],
+                     pa.string())  # fmt: skip
+    tokens = words.take(pa.array(token_of_row))
+    value_offsets = np.append(first, n_rows).astype(np.int32)
+    values = pc.binary_join(pa.ListArray.from_arrays(pa.array(value_offsets), tokens), ",")
+    values = values.take(pa.array(wire))
+    ids = uid.take(pa.array(order[first][wire]))
+    unit_type, bucket_no = unit_type[wire], bucket_no[wire]
+
     if n_units:
-        first = offsets[:-1]
+        combined = unit_type.astype(np.int64) * (1 << 32) + bucket_no
+        heads = np.flatnonzero(np.concatenate([[True], np.diff(combined) != 0]))
+        counts = np.diff(np.append(heads, n_units))
         keys = _concat(
             pa.array([ks.bucket_prefix(version, t) for t in types]).take(
-                pa.array(type_idx[order][first])
+                pa.array(unit_type[heads])
             ),
-            pa.array(bucket_no[order][first]),
+            pa.array(bucket_no[heads]),
         )
-        body = pc.binary_join(
-            pa.ListArray.from_arrays(pa.array(offsets), fragment), pa.scalar("", pa.large_string())
-        )
-        counts = np.diff(offsets)
-        commands = _concat(
+        headers = _concat(
             "*", pa.array(counts * 2 + 2), "\r\n$4\r\nHSET\r\n$", pc.binary_length(keys),
-            "\r\n", keys, "\r\n", body,
+            "\r\n", keys, "\r\n",
         )  # fmt: skip
+        fields = _concat(
+            "$", pc.binary_length(ids), "\r\n", ids, "\r\n$", pc.binary_length(values), "\r\n",
+            values, "\r\n",
+        )  # fmt: skip
+        # One array whose data buffer is the whole stream: header of bucket 0, its fields, ...
+        n_cmd = len(heads)
+        slot_of_header = heads + np.arange(n_cmd)
+        slot_of_field = np.arange(n_units) + np.repeat(np.arange(1, n_cmd + 1), counts)
+        pick = np.empty(n_cmd + n_units, dtype=np.int64)
+        pick[slot_of_header] = np.arange(n_cmd)
+        pick[slot_of_field] = n_cmd + np.arange(n_units)
+        stream = pa.concat_arrays([headers, fields]).take(pa.array(pick))
+        piece_offsets, _ = _string_bytes(stream)
+        command_bytes = np.append(piece_offsets[slot_of_header], piece_offsets[-1])
     else:
-        commands, counts = pa.array([], pa.large_string()), np.array([], np.int64)
+        stream = pa.array([], pa.large_string())
+        counts = np.array([], np.int64)
+        command_bytes = np.zeros(1, np.int64)
+    grouped = pa.table({
+        "unit_type": pa.DictionaryArray.from_arrays(pa.array(unit_type.astype(np.int32)),
+                                                    pa.array(types)),
+        "unit_id": ids,
+        "value": values,
+    })  # fmt: skip
     return Encoded(
         version=version,
         catalog=catalog,
         experiment_index=index,
         buckets=buckets,
         units=units,
-        rows=rows.num_rows,
+        rows=n_rows,
         excluded_rows=excluded_rows,
-        commands=commands,
+        stream=stream,
+        command_bytes=command_bytes,
         command_units=counts,
         grouped=grouped,
     )
@@ -526,24 +721,15 @@ class RespConnection:
         self.sock.close()
 
 
-def _chunks(commands: pa.Array, start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
+def _chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
     for a in range(start, stop, size):
         yield a, min(a + size, stop)
 
 
-def _buffer(commands: pa.Array, a: int, b: int) -> memoryview:
-    """Zero-copy bytes of commands[a:b] (a string array's data buffer is contiguous)."""
-    import numpy as np
-    import pyarrow as pa
-
-    width = np.int64 if pa.types.is_large_string(commands.type) else np.int32
-    offsets = np.frombuffer(
-        commands.buffers()[1],
-        dtype=width,
-        count=len(commands) + 1,
-        offset=commands.offset * np.dtype(width).itemsize,
-    )
-    return memoryview(commands.buffers()[2])[int(offsets[a]) : int(offsets[b])]
+def _buffer(enc: Encoded, a: int, b: int) -> memoryview:
+    """Zero-copy bytes of HSET commands a..b-1 (the stream's data buffer is contiguous)."""
+    data = enc.stream.buffers()[2]
+    return memoryview(data)[int(enc.command_bytes[a]) : int(enc.command_bytes[b])]
 
 
 def write_version(
@@ -555,7 +741,7 @@ def write_version(
     heartbeat: Any = None,
 ) -> int:
     """Send every bucket of the version; returns bytes sent. Raises on any Redis error reply."""
-    n = len(enc.commands)
+    n = len(enc.command_units)
     writers = max(1, min(writers, n or 1))
     bounds = [round(i * n / writers) for i in range(writers + 1)]
     failures: list[BaseException] = []
@@ -566,8 +752,8 @@ def write_version(
         conn = None
         try:
             conn = RespConnection(settings)
-            parts = list(_chunks(enc.commands, lo, hi, COMMANDS_PER_CHUNK))
-            views = [_buffer(enc.commands, a, b) for a, b in parts]
+            parts = list(_chunks(lo, hi, COMMANDS_PER_CHUNK))
+            views = [_buffer(enc, a, b) for a, b in parts]
             started = time.perf_counter()
             sent_units = [0]
             it = iter(parts)
@@ -636,6 +822,18 @@ local function remove_unit(p, ver, meta, code, exp, uid, h)
   return 1
 end
 """
+
+#: ARGV: bucket key prefix, first bucket, end bucket. Sum of HLEN over the buckets (verification:
+#: one script per COUNT_BUCKETS_PER_CALL buckets instead of one HLEN round trip each).
+COUNT_LUA = """
+local p, total = ARGV[1], 0
+for b = tonumber(ARGV[2]), tonumber(ARGV[3]) - 1 do
+  total = total + redis.call('HLEN', p .. b)
+end
+return total
+"""
+#: Buckets counted per COUNT_LUA call (about a millisecond of server time each).
+COUNT_BUCKETS_PER_CALL = 2000
 
 #: ARGV: prefix, version, now_ms. Atomically: re-apply tombstones, set the pointer, mark states.
 FLIP_LUA = (
@@ -774,15 +972,19 @@ def verify(
 
     ks = KeySpace(prefix)
     ver = enc.version
+    count = client.register_script(COUNT_LUA)
     pipe = client.pipeline(transaction=False)
+    spans = []
     for t, nb in enc.buckets.items():
-        for b in range(nb):
-            pipe.hlen(f"{ks.bucket_prefix(ver, t)}{b}")
-    lengths = pipe.execute()
-    pos = 0
-    for t, nb in enc.buckets.items():
-        got = sum(lengths[pos : pos + nb])
-        pos += nb
+        for lo in range(0, nb, COUNT_BUCKETS_PER_CALL):
+            count(args=[ks.bucket_prefix(ver, t), lo, min(nb, lo + COUNT_BUCKETS_PER_CALL)],
+                  client=pipe)  # fmt: skip
+            spans.append(t)
+    held = dict.fromkeys(enc.buckets, 0)
+    for t, n in zip(spans, pipe.execute(), strict=True):
+        held[t] += int(n)
+    for t in enc.buckets:
+        got = held[t]
         if got != enc.units[t]:
             raise PublicationError(
                 f"version {ver}: Redis holds {got} {t} units, the source has {enc.units[t]}"
@@ -797,17 +999,7 @@ def verify(
     units = enc.grouped.take(pa.array(picks)).select(["unit_type", "unit_id"]).to_pylist()
     rows = source.assignments
     wanted = pa.array([u["unit_id"] for u in units])
-    lookup_ids = rows["unit_id"]
-    is_url = pc.equal(rows["unit_type"], "url")
-    if pc.any(is_url).as_py():
-        lookup_ids = pa.array(
-            [
-                normalize_url(u) if t == "url" else u
-                for u, t in zip(
-                    rows["unit_id"].to_pylist(), rows["unit_type"].to_pylist(), strict=True
-                )
-            ]
-        )
+    lookup_ids = _normalized_unit_ids(rows)
     mask = pc.is_in(lookup_ids, wanted)
     subset = rows.filter(mask).select(["unit_type", "experiment_id", "variant_id"]).to_pylist()
     ids = lookup_ids.filter(mask).to_pylist()
