@@ -280,11 +280,15 @@ def bench_publication(settings, units: int, spark: bool) -> dict:
         f"redis-benchmark SET {ref_ops:,.0f}/s",
         e2e / ref_ops,
     )
+    rest = result.duration_s - result.read_s - result.encode_s - result.write_s - result.verify_s
     print(
-        f"  stages: pyiceberg read {read_s:.2f} s, encode {encode_s:.2f} s, write "
-        f"{writes[best_writers]:.2f} s ({best_writers} conn), publish() total "
-        f"{result.duration_s:.2f} s (write {result.write_s:.2f}, verify {result.verify_s:.2f}); "
-        f"{result.bytes_sent / 1e6:.1f} MB of RESP"
+        f"  publish() {result.duration_s:.2f} s = pyiceberg read {result.read_s:.2f} + encode "
+        f"{result.encode_s:.2f} + write {result.write_s:.2f} (2 conn) + verify "
+        f"{result.verify_s:.2f} + lock/meta/flip/cleanup {rest:.2f}; "
+        f"{result.bytes_sent / 1e6:.1f} MB of RESP\n"
+        f"  stand-alone stages before it: read {read_s:.2f} s, encode {encode_s:.2f} s, write "
+        f"{writes[best_writers]:.2f} s (best: {best_writers} conn); load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
     if spark:
         bench_spark_read(settings, read_s)
@@ -356,15 +360,33 @@ def bench_reader(settings, units: int) -> None:
         triple.append(t3 - t2)
         if i == 0:
             assert actions, "the benchmark's units must be published"
-    header("(b) reader client, 20,000 lookups each")
+    load_b = os.getloadavg()[0]
+    cpu = {}
+    for name, fn in (("lookup", reader.lookup), ("GET", lambda _d: raw.get("bench:ref"))):
+        t0 = time.process_time()
+        for d in ids[:5000]:
+            fn(d)
+        cpu[name] = (time.process_time() - t0) / 5000
+    header(
+        f"(b) reader client, 20,000 lookups each, interleaved with the reference "
+        f"(load average {load_b:.1f} on {os.cpu_count()} cores)"
+    )
     for label, xs in (("lookup(device_id)", single), ("lookup(device, user, url)", triple)):
-        for q in (0.5, 0.99):
+        for q in (0.5, 0.99, 0.999):
             row(
-                f"{label} p{int(q * 100)}",
+                f"{label} p{q * 100:g}",
                 f"{pct(xs, q) * 1e3:.3f} ms",
                 f"redis-py GET {pct(ref, q) * 1e3:.3f} ms",
                 pct(xs, q) / pct(ref, q),
             )
+        over = sum(x > 1e-3 for x in xs) / len(xs)
+        row(f"{label}: share over 1 ms", f"{over:.2%}",
+            f"GET {sum(x > 1e-3 for x in ref) / len(ref):.2%}", "")  # fmt: skip
+    row("client CPU per call (process_time)", f"{cpu['lookup'] * 1e6:.0f} us",
+        f"redis-py GET {cpu['GET'] * 1e6:.0f} us", cpu["lookup"] / cpu["GET"])  # fmt: skip
+    p99 = pct(single, 0.99) * 1e3
+    row("anchor: lookup(device_id) p99", f"{p99:.3f} ms", "target 1 ms",
+        "met" if p99 < 1 else "NOT met")  # fmt: skip
     batch = [(d, None, None) for d in ids[:10_000]]
     t0 = time.perf_counter()
     reader.lookup_many(batch)
@@ -420,71 +442,128 @@ def bench_flip(settings, units: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 LOAD_CLIENT = r"""
-import http.client, json, random, sys, time
-port, n, path, rate = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+# A thin load generator: raw keep-alive sockets, a selector, no HTTP library (http.client parses
+# headers through email.parser: ~0.15 ms of CPU per request on the same 2 cores as the server).
+import json, random, selectors, socket, sys, time
+port, n, path, rate, units, conns = sys.argv[1:7]
+port, n, rate, units, conns = int(port), int(n), float(rate), int(units), int(conns)
 rng = random.Random(7)
-lat = []
-# stdlib http.client on one keep-alive connection: a thin client, so the figures are the server's
-conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-headers = {"Content-Type": "application/json"}
-for _ in range(200):
-    conn.request("GET", "/healthz"); conn.getresponse().read()
-start = time.perf_counter()
-for i in range(n):
-    if rate:
-        wait = start + i / rate - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
-    d = f"d{rng.randrange(int(sys.argv[5])):09d}"
-    t0 = time.perf_counter()
+
+def request(i):
     if path == "healthz":
-        conn.request("GET", "/healthz")
-    else:
-        body = json.dumps({"id": "api.device.register", "params": {"msgid": str(i)},
-                           "request": {"did": d, "ext": {"userid": f"u{rng.randrange(1000):09d}"}}})
-        conn.request("POST", f"/v1/device/register/{d}", body, headers)
-    r = conn.getresponse()
-    payload = r.read()
-    lat.append(time.perf_counter() - t0)
-    assert r.status == 200, payload
-total = time.perf_counter() - start
+        return b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
+    d = f"d{rng.randrange(units):09d}"
+    body = json.dumps({"id": "api.device.register", "params": {"msgid": str(i)},
+                       "request": {"did": d, "ext": {"userid": f"u{rng.randrange(1000):09d}"}}})
+    body = body.encode()
+    return (b"POST /v1/device/register/%s HTTP/1.1\r\nHost: bench\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (d.encode(), len(body), body))
+
+sel = selectors.DefaultSelector()
+idle, state = [], {}
+for _ in range(conns):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+    idle.append(s)
+    state[s] = [b"", 0.0]
+
+def parse(buf):
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end].lower()
+    at = head.find(b"content-length:")
+    length = int(head[at + 15 :].split(b"\r\n", 1)[0])
+    if len(buf) < end + 4 + length:
+        return None
+    return buf[9:12], end + 4 + length
+
+def run(total, warm=False):
+    lat, sent, done = [], 0, 0
+    start = time.perf_counter()
+    while done < total:
+        now = time.perf_counter()
+        # open loop: request i is due at start + i / rate; its latency counts from then (so a
+        # stall delays and is charged to every request due behind it: no coordinated omission)
+        while sent < total and idle and (not rate or now >= start + sent / rate):
+            s = idle.pop()
+            state[s][1] = start + sent / rate if rate else now
+            s.sendall(request(sent))
+            sent += 1
+        timeout = None
+        if rate and sent < total and idle:
+            timeout = max(0.0, start + sent / rate - time.perf_counter())
+        for key, _ in sel.select(timeout):
+            s = key.fileobj
+            data = s.recv(65536)
+            if not data:
+                raise SystemExit("server closed a connection")
+            buf = state[s][0] + data
+            got = parse(buf)
+            if got is None:
+                state[s][0] = buf
+                continue
+            status, used = got
+            if status != b"200":
+                raise SystemExit(f"HTTP {status!r}: {buf[:300]!r}")
+            state[s][0] = buf[used:]
+            lat.append(time.perf_counter() - state[s][1])
+            idle.append(s)
+            done += 1
+    return lat, time.perf_counter() - start
+
+run(200)  # warm-up: connections, catalog cache, memo
+lat, total = run(n)
 print(json.dumps({"lat": lat, "total": total}))
 """
 
 
-def load(n: int, path: str, rate: float, units: int) -> tuple[list[float], float]:
+def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1):
+    """(latencies, requests/s, load average) of one run of the load client in its own process."""
     out = subprocess.run(
         [sys.executable, "-c", LOAD_CLIENT, str(ENDPOINT_PORT), str(n), path, str(rate),
-         str(units)], capture_output=True, text=True, check=True,
+         str(units), str(conns)], capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     data = json.loads(out)
-    return data["lat"], n / data["total"]
+    return data["lat"], n / data["total"], os.getloadavg()[0]
 
 
 def bench_endpoint(units: int) -> None:
     env = os.environ | {"STRATA_ENDPOINT_PORT": str(ENDPOINT_PORT), "STRATA_LOOKUP_PREFIX": PREFIX}
     script = ROOT / "scripts" / "endpoint.sh"
-    subprocess.run([script, "start"], check=True, capture_output=True, env=env)
+    started = subprocess.run([script, "start"], check=True, capture_output=True, env=env, text=True)
+    runs = {}
     try:
-        ref_lat, ref_rate = load(3000, "healthz", 0, units)
-        closed_lat, closed_rate = load(5000, "register", 0, units)
-        open_rate = round(closed_rate / 2)  # half the measured capacity: latency without queueing
-        fixed_lat, fixed_rate = load(3000, "register", open_rate, units)
+        for conns in (1, 4):  # closed loop: 1 keep-alive connection, then 4 (bounded concurrency)
+            runs[f"ref{conns}"] = load(3000, "healthz", units, conns=conns)
+            runs[f"closed{conns}"] = load(5000, "register", units, conns=conns)
+        open_rate = round(runs["closed1"][1] / 2)  # half the 1-connection capacity
+        runs["open"] = load(5000, "register", units, rate=open_rate, conns=4)
+        runs["refopen"] = load(5000, "healthz", units, rate=open_rate, conns=4)
     finally:
         subprocess.run([script, "stop"], check=True, capture_output=True, env=env)
-    header("(c) endpoint, load from a second process (http.client, 1 keep-alive connection)")
-    for label, lat, rate in (
-        ("closed loop, 5,000 requests", closed_lat, closed_rate),
-        (f"open loop at {open_rate} req/s, 3,000 requests", fixed_lat, fixed_rate),
+    header(
+        "(c) endpoint, load from a second process (raw keep-alive sockets)\n  "
+        + started.stdout.strip()
+    )
+    for label, ours, ref in (
+        ("closed loop, 1 connection, 5,000 req", "closed1", "ref1"),
+        ("closed loop, 4 connections, 5,000 req", "closed4", "ref4"),
+        (f"open loop {open_rate}/s, <=4 conn, 5,000 req", "open", "refopen"),
     ):
+        lat, rate, load_avg = runs[ours]
+        ref_lat, ref_rate, _ = runs[ref]
         for q in (0.5, 0.99):
-            ref = pct(ref_lat, q)
+            r = pct(ref_lat, q)
             row(f"{label} p{int(q * 100)}", f"{pct(lat, q) * 1e3:.2f} ms",
-                f"GET /healthz {ref * 1e3:.2f} ms", pct(lat, q) / ref)  # fmt: skip
-        row(f"{label}: sustained rate", f"{rate:,.0f} req/s", f"/healthz {ref_rate:,.0f} req/s",
-            rate / ref_rate)  # fmt: skip
-    row("anchor: p99 under open loop", f"{pct(fixed_lat, 0.99) * 1e3:.2f} ms",
-        "target (seed 002) 5 ms", pct(fixed_lat, 0.99) * 1e3 / 5)  # fmt: skip
+                f"GET /healthz {r * 1e3:.2f} ms", pct(lat, q) / r)  # fmt: skip
+        row(f"{label}: rate (load {load_avg:.1f})", f"{rate:,.0f} req/s",
+            f"/healthz {ref_rate:,.0f} req/s", rate / ref_rate)  # fmt: skip
+    p99 = pct(runs["open"][0], 0.99) * 1e3
+    row("anchor: p99 under open loop (from due time)", f"{p99:.2f} ms", "target (seed 002) 5 ms",
+        f"{'met' if p99 < 5 else 'NOT met'}")  # fmt: skip
 
 
 def main() -> int:

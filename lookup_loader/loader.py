@@ -111,6 +111,8 @@ class PublicationResult:
     duration_s: float
     published_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     error: str | None = None  # set on failed publications (state "failed")
+    read_s: float = 0.0  # pyiceberg read of both tables (not in the Iceberg record)
+    encode_s: float = 0.0  # building catalog and RESP stream (not in the Iceberg record)
 
     @property
     def units_per_s(self) -> float:
@@ -1191,7 +1193,9 @@ def publish(
     started = time.perf_counter()
     as_of = as_of or dt.datetime.now(dt.UTC).date()
     source = read_source(settings, assignments_table, experiments_table)
+    read_s = time.perf_counter() - started
     enc = encode(source, prefix, as_of)
+    encode_s = time.perf_counter() - started - read_s
     client = _client(settings)
     lock = _Lock(client, prefix)
     record = {"table_name": publications_table, "assignments_table": assignments_table}
@@ -1222,6 +1226,7 @@ def publish(
     finally:
         with contextlib.suppress(redis_lib.RedisError):  # else the lock expires on its own
             lock.release()
+    result = dataclasses.replace(result, read_s=round(read_s, 4), encode_s=round(encode_s, 4))
     if publications_table:
         record_publication(settings, result, prefix=prefix, **record)
     return result

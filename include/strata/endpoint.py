@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import re
@@ -178,6 +179,52 @@ def exposure_event(
     }  # fmt: skip
 
 
+_SENTINEL = "\x00{}\x00"
+
+
+def _line_template() -> str:
+    """``exposure_event`` as one JSON line with ``%s`` holes: serialised once, at import.
+
+    Derived from :func:`exposure_event` itself, so the fast path cannot drift from it (a test
+    checks a line from :func:`exposure_lines` parses to ``exposure_event``'s dict).
+    """
+    names = ["ets", "mid", "did", "exp", "variant", "user", "device", "url", "version", "ts"]
+    marks = {n: _SENTINEL.format(n) for n in names}
+    event = exposure_event(marks["did"], marks["user"], marks["url"], marks["exp"], 0,
+                           marks["version"], 0, marks["ts"])  # fmt: skip
+    event["ets"], event["mid"] = marks["ets"], marks["mid"]
+    event["context"]["did"] = marks["did"]
+    event["edata"]["params"][0]["variantId"] = marks["variant"]
+    event["edata"]["params"][0]["deviceId"] = marks["device"]
+    text = json.dumps(event, separators=(",", ":")).replace("%", "%%")
+    for n in names:  # each mark was serialised as a JSON string: "\u0000name\u0000"
+        text = text.replace(json.dumps(marks[n]), "%s")
+    return text + "\n"
+
+
+def exposure_lines(
+    device_id: str,
+    user_id: str,
+    url: str,
+    served: list[tuple[str, int]],
+    version: str,
+    ets_ms: int,
+) -> bytes:
+    """The JSON lines of :func:`exposure_event` for every served (experiment, variant) of one
+    request, byte for byte what ``json.dumps(event, separators=(",", ":"))`` gives, at a fraction
+    of the cost (the constant parts are serialised once)."""
+    if not served:
+        return b""
+    stamp = json.dumps(dt.datetime.fromtimestamp(ets_ms / 1000, dt.UTC).isoformat("T", "seconds"))
+    did, user, link, ver = (json.dumps(x) for x in (device_id, user_id, url, version))
+    ets = str(int(ets_ms))
+    return "".join(
+        _LINE % (ets, json.dumps(os.urandom(16).hex().upper()), did, json.dumps(exp),
+                 int(variant), user, did, link, ver, stamp)
+        for exp, variant in served
+    ).encode()  # fmt: skip
+
+
 class ExposureSink:
     """Appends LOG events as JSON lines, one file per process and UTC day, under ``landing``."""
 
@@ -194,8 +241,20 @@ class ExposureSink:
     def write(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
-        day = dt.datetime.fromtimestamp(events[0]["ets"] / 1000, dt.UTC).date().isoformat()
         data = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events).encode()
+        self.append(events[0]["ets"], data)
+
+    def append(self, ets_ms: int, data: bytes) -> None:
+        """Append one request's lines with one ``O_APPEND`` write (lines never interleave).
+
+        Synchronous on purpose: the write goes to the page cache (no fsync; a few microseconds,
+        measured), so an event is in the file before its response is sent and a killed server
+        loses none; a queue to a writer thread would add a GIL hand-off per request and a window
+        of events held only in memory.
+        """
+        if not data:
+            return
+        day = dt.datetime.fromtimestamp(ets_ms / 1000, dt.UTC).date().isoformat()
         with self._lock:
             if day != self._day:
                 if self._fd is not None:
@@ -204,7 +263,9 @@ class ExposureSink:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 self._day = day
-            os.write(self._fd, data)  # one append per request: lines never interleave
+            written = os.write(self._fd, data)  # one append per request
+            while written < len(data):  # a short write (disk full, signal): finish it or raise
+                written += os.write(self._fd, data[written:])
 
     def close(self) -> None:
         with self._lock:
@@ -215,18 +276,21 @@ class ExposureSink:
 
 def _envelope(status: str, code: str, result: dict, msgid: str | None = None, **err: str) -> dict:
     """The response envelope (built without re-validating what this module itself produced)."""
-    params = ResponseParams.model_construct(
-        resmsgid=str(uuid.uuid4()), msgid=msgid, status=status, client_key=None,
-        err=err.get("err"), errmsg=err.get("errmsg"),
-    )  # fmt: skip
-    return RegisterResponse.model_construct(
-        id=API_ID,
-        ver=API_VERSION,
-        ts=_now().isoformat(timespec="milliseconds"),
-        params=params,
-        responseCode=code,
-        result=result,
-    ).model_dump()
+    return {  # the fields of RegisterResponse / ResponseParams, in their order
+        "id": API_ID,
+        "ver": API_VERSION,
+        "ts": _now().isoformat(timespec="milliseconds"),
+        "params": {
+            "resmsgid": str(uuid.uuid4()),
+            "msgid": msgid,
+            "status": status,
+            "client_key": None,
+            "err": err.get("err"),
+            "errmsg": err.get("errmsg"),
+        },
+        "responseCode": code,
+        "result": result,
+    }
 
 
 def _error(exc: BadRequest) -> JSONResponse:
@@ -293,6 +357,11 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Everything imported and built so far lives as long as the server: move it out of the
+        # collector's reach, so a full collection walks request garbage only (measured: a 22 ms
+        # gen-2 pause per few thousand requests without this).
+        gc.collect()
+        gc.freeze()
         yield
         sink.close()
 
@@ -324,8 +393,8 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "live_version": reader().live_version()}
 
-    @app.post("/v1/device/register/{device_id}")
-    async def register(device_id: str, request: Request) -> JSONResponse:
+    async def register(request: Request) -> JSONResponse:
+        device_id = request.path_params["device_id"]
         raw = await _read_body(request)
         try:
             body = RegisterRequest.model_validate_json(raw)
@@ -345,15 +414,18 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
         except DataError as exc:  # an id the key scheme refuses
             raise BadRequest(400, "INVALID_REQUEST", str(exc)) from None
         ets = int(time.time() * 1000)
-        stamp = dt.datetime.fromtimestamp(ets / 1000, dt.UTC).isoformat("T", "seconds")
-        version = answer.version or ""
-        sink.write(
-            [
-                exposure_event(device_id, user_id, url, exp, variant, version, ets, stamp)
-                for exp, variant in answer.experiments
-            ]
-        )
+        served = answer.experiments
+        if served:
+            sink.append(
+                ets, exposure_lines(device_id, user_id, url, served, answer.version or "", ets)
+            )
         result = {"message": "Device registered successfully", "actions": answer.actions}
         return JSONResponse(_envelope("successful", "OK", result, msgid=body.params.msgid or None))
 
+    # A plain Starlette route: the handler validates the body itself (strict pydantic model), so
+    # FastAPI's per-request dependency solving would only repeat work (~0.1 ms per request).
+    app.add_route("/v1/device/register/{device_id}", register, methods=["POST"])
     return app
+
+
+_LINE = _line_template()

@@ -130,6 +130,8 @@ class LookupClient:
         self.prefix = prefix
         self.redis = client or redis_client(self.settings, socket_timeout=5)
         self._script = self.redis.register_script(READ_LUA)
+        self._local = threading.local()  # one held connection per thread (see _eval)
+        self._held: list[Any] = []
         self._catalogs: dict[str, dict[int, dict]] = {}
         self._memo: dict[tuple, bytes] = {}
         self._last_version = ""
@@ -143,7 +145,7 @@ class LookupClient:
         for unit_type, unit_id in units:
             args += [UNIT_CODES[unit_type], unit_hash(unit_id), unit_id]
         try:
-            reply = self._script(keys=[], args=args)
+            reply = self._eval(args)
         except redis_lib.AuthenticationError as exc:
             raise StackError(f"Redis refused the lookup client's credentials: {exc}") from exc
         except redis_lib.ResponseError as exc:
@@ -168,6 +170,49 @@ class LookupClient:
                 self._last_version = ""
             return self._read(units)
         return version, list(reply[2:])
+
+    def _eval(self, args: list[Any]) -> Any:
+        """EVALSHA of READ_LUA on this thread's own connection: one round trip, no pool traffic.
+
+        redis-py's pool checkout/return and command wrappers cost about as much CPU as the round
+        trip itself (measured 75 us vs 35 us per call), so each thread keeps one connection from
+        the client's pool. A connection that failed is dropped and the call retried once on a
+        fresh one (a restarted server, an idle timeout); a flushed script cache is reloaded.
+        """
+        import redis as redis_lib
+
+        for attempt in (0, 1):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self.redis.connection_pool.get_connection()
+                self._local.conn = conn
+                with self._lock:
+                    self._held.append(conn)
+            try:
+                conn.send_command("EVALSHA", self._script.sha, 0, *args)
+                return conn.read_response()
+            except redis_lib.exceptions.NoScriptError:
+                self._script.sha = self.redis.script_load(READ_LUA)
+                if attempt:
+                    raise
+            except (redis_lib.ConnectionError, redis_lib.TimeoutError, OSError):
+                self._drop(conn)
+                if attempt:
+                    raise
+            except redis_lib.ResponseError:
+                raise  # the reply was read whole: the connection stays usable
+            except BaseException:
+                self._drop(conn)  # an unknown state: never reuse a connection mid-reply
+                raise
+        raise AssertionError("unreachable")
+
+    def _drop(self, conn: Any) -> None:
+        self._local.conn = None
+        with self._lock:
+            if conn in self._held:
+                self._held.remove(conn)
+        conn.disconnect()
+        self.redis.connection_pool.release(conn)
 
     def _actions(self, version: str, values: list[tuple[str, bytes | None]]) -> list[dict]:
         """Actions for a unit's stored values; memoised per version (few distinct combinations).
@@ -305,6 +350,11 @@ class LookupClient:
         return raw.decode() if raw else None
 
     def close(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for conn in held:
+            conn.disconnect()
+            self.redis.connection_pool.release(conn)
         self.redis.close()
 
 
