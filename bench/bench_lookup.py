@@ -522,11 +522,13 @@ print(json.dumps({"lat": lat, "total": total}))
 
 def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1):
     """(latencies, requests/s, load average) of one run of the load client in its own process."""
-    out = subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", LOAD_CLIENT, str(ENDPOINT_PORT), str(n), path, str(rate),
-         str(units), str(conns)], capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    data = json.loads(out)
+         str(units), str(conns)], capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"load client ({path}, {conns} conn) failed: {done.stderr[-2000:]}")
+    data = json.loads(done.stdout)
     return data["lat"], n / data["total"], os.getloadavg()[0]
 
 

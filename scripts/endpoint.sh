@@ -5,8 +5,6 @@
 #   scripts/endpoint.sh start | stop | status
 #
 # Environment: STRATA_HOME (default <repo>/.strata), STRATA_ENDPOINT_PORT (default 8090),
-# STRATA_ENDPOINT_WORKERS (uvicorn worker processes, default 1: on 2 shared cores Redis and the
-# callers need the other one),
 # STRATA_LOOKUP_PREFIX (Redis key prefix, default strata:lk), plus the usual STRATA_REDIS_* settings.
 # Exposure LOG events land in $STRATA_HOME/landing/exposures/date=YYYY-MM-DD/*.jsonl.
 set -euo pipefail
@@ -14,7 +12,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 home=${STRATA_HOME:-$root/.strata}
 port=${STRATA_ENDPOINT_PORT:-8090}
-workers=${STRATA_ENDPOINT_WORKERS:-1}
 python=${STRATA_PYTHON:-$root/.venv/bin/python}
 dir="$home/endpoint"
 pidfile="$dir/endpoint-$port.pid"
@@ -35,12 +32,12 @@ start() {
   local fast=()
   if "$python" -c "import uvloop, httptools" 2>/dev/null; then fast=(--loop uvloop --http httptools); fi
   STRATA_HOME="$home" nohup "$python" -m uvicorn strata.endpoint:create_app --factory \
-    --host 127.0.0.1 --port "$port" --workers "$workers" "${fast[@]}" \
+    --host 127.0.0.1 --port "$port" "${fast[@]}" \
     --no-access-log --no-server-header --log-level warning >"$logfile" 2>&1 &
   echo $! >"$pidfile"
   for _ in $(seq 1 150); do
     if healthy; then
-      echo "endpoint: ready on http://127.0.0.1:$port (pid $(cat "$pidfile"), $workers worker(s), ${fast[*]:-default loop}, log $logfile)"
+      echo "endpoint: ready on http://127.0.0.1:$port (pid $(cat "$pidfile"), ${fast[*]:-default loop}, log $logfile)"
       return
     fi
     running || { echo "endpoint.sh: the server exited; see $logfile" >&2; tail -5 "$logfile" >&2; rm -f "$pidfile"; exit 1; }

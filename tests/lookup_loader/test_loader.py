@@ -390,3 +390,41 @@ def test_cli_status_and_invalidate(env):
     )
     assert bad.returncode == 1
     assert "contains a control character" in bad.stderr
+
+
+class TestEncoding:
+    def test_vectorised_crc32_equals_zlib(self):
+        import zlib
+
+        from lookup_loader.loader import crc32_array
+
+        ids = ["a", "d00000001", "héllo wörld", "x" * 512, "plumless", "buckeroo", "ünï"]
+        got = crc32_array(pa.array(ids)).tolist()
+        assert got == [zlib.crc32(u.encode()) for u in ids]
+        assert crc32_array(pa.array(ids).slice(2, 3)).tolist() == got[2:5]
+        assert crc32_array(pa.array([], pa.string())).tolist() == []
+
+    def test_units_sharing_a_crc32_are_kept_apart(self, env):
+        """'plumless' and 'buckeroo' have the same crc32: same bucket, interleaved after the
+        integer sort; each must still get exactly its own assignments."""
+        import zlib
+
+        assert zlib.crc32(b"plumless") == zlib.crc32(b"buckeroo")
+        assignments, experiments = sample_tables(devices=50, users=5, urls=1)
+        rows = assignments.to_pylist()
+        devices = [r for r in rows if r["unit_type"] == "device_id"]
+        one = devices[0]
+        other = next(r for r in devices if r["experiment_id"] != one["experiment_id"])
+        extra = [
+            one | {"unit_id": "plumless"},
+            other | {"unit_id": "buckeroo"},
+            other | {"unit_id": "plumless"},
+            one | {"unit_id": "buckeroo", "variant_id": one["variant_id"]},
+        ]
+        table = pa.Table.from_pylist(rows + extra, schema=assignments.schema)
+        env.write(table, experiments)
+        env.publish()
+        expected = served_pairs(table, stopped={"old_banner"})
+        reader = env.reader()
+        for uid in ("plumless", "buckeroo"):
+            assert experiment_pairs(reader.lookup(uid)) == expected[("device_id", uid)]

@@ -224,3 +224,18 @@ class TestRedisTrouble:
         assert response.status_code == 503
         assert response.json()["params"]["err"] == "LOOKUP_UNAVAILABLE"
         assert health.status_code == 503
+
+
+def test_exposure_lines_are_byte_for_byte_the_json_of_exposure_event():
+    from strata.endpoint import exposure_event, exposure_lines
+
+    served = [("exp_1", 3), ("checkout_button", 0)]
+    url = 'https://a.example/p?q=%20é&x="1"'
+    text = exposure_lines("d-1", 'u"7\\', url, served, "3f2a", 1763900000123).decode()
+    lines = text.splitlines()
+    assert len(lines) == 2 and text.endswith("\n")
+    for line, (exp, variant) in zip(lines, served, strict=True):
+        event = exposure_event("d-1", 'u"7\\', url, exp, variant, "3f2a", 1763900000123)
+        event["mid"] = json.loads(line)["mid"]
+        assert line == json.dumps(event, separators=(",", ":"))
+    assert exposure_lines("d-1", "", "", [], "v", 0) == b""

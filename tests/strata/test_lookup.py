@@ -267,3 +267,20 @@ class TestFlip:
         assert bad == []
         assert counts[0] > 100
         assert len(seen_versions & set(flavour_of_version)) >= 3  # readers ran across the flips
+
+
+class TestConnection:
+    def test_a_killed_connection_or_flushed_script_cache_is_recovered(self, env):
+        exp = experiment("alpha", "layer_a", 10, "device_id", None, [("v0", {"k": 0})])
+        env.write([pinned(exp, "dev00001", 0)], [exp])
+        env.publish()
+        reader = env.reader()
+        first = reader.lookup("dev00001")
+        assert first
+        admin = reader.redis
+        held = reader._local.conn  # the connection this thread's lookups go through
+        held.send_command("CLIENT", "ID")
+        assert admin.client_kill_filter(_id=held.read_response()) == 1
+        assert reader.lookup("dev00001") == first
+        admin.script_flush()
+        assert reader.lookup("dev00001") == first
