@@ -233,7 +233,8 @@ def test_exposure_lines_are_byte_for_byte_the_json_of_exposure_event():
     url = 'https://a.example/p?q=%20é&x="1"'
     text = exposure_lines("d-1", 'u"7\\', url, served, "3f2a", 1763900000123).decode()
     lines = text.splitlines()
-    assert len(lines) == 2 and text.endswith("\n")
+    assert len(lines) == 2
+    assert text.endswith("\n")
     for line, (exp, variant) in zip(lines, served, strict=True):
         event = exposure_event("d-1", 'u"7\\', url, exp, variant, "3f2a", 1763900000123)
         event["mid"] = json.loads(line)["mid"]
