@@ -357,7 +357,10 @@ def crc32_array(arr: pa.Array) -> Any:
         return np.zeros(0, np.uint32)
     offsets, data = _string_bytes(arr)
     starts, lengths = offsets[:-1], np.diff(offsets)
-    by_length = np.argsort(-lengths, kind="stable")
+    # lengths <= MAX_UNIT_ID_BYTES after the checks: a 16-bit key gets numpy's O(n) radix sort
+    short = int(lengths.max()) < (1 << 16)
+    key = (np.int64(1 << 16) - 1 - lengths).astype(np.uint16) if short else -lengths
+    by_length = np.argsort(key, kind="stable")
     starts, lengths = starts[by_length], lengths[by_length]
     # active[j] = how many strings are longer than j (a prefix, lengths being descending)
     active = np.searchsorted(-lengths, -np.arange(int(lengths[0]) if n else 0), side="left")
@@ -563,7 +566,19 @@ def encode(source: Source, prefix: str = DEFAULT_PREFIX, as_of: dt.date | None =
     # Values: "<exp>.<variant>,..." per unit, from a small dictionary of distinct tokens.
     v_sorted = variant[order]
     pair = exp_sorted * (1 << 32) + (v_sorted - np.int64(-(1 << 31)))
-    distinct, token_of_row = np.unique(pair, return_inverse=True) if n_rows else (pair, pair)
+    v_lo = int(v_sorted.min()) if n_rows else 0
+    span = int(v_sorted.max()) - v_lo + 1 if n_rows else 1
+    if n_rows and len(exp_ids) * span <= 1 << 22:  # a direct table: no sort
+        dense = exp_sorted * span + (v_sorted - v_lo)
+        used = np.zeros(len(exp_ids) * span, dtype=bool)
+        used[dense] = True
+        codes = np.flatnonzero(used)
+        distinct = (codes // span) * (1 << 32) + (codes % span + v_lo + (1 << 31))
+        slot = np.zeros(len(used), dtype=np.int64)
+        slot[codes] = np.arange(len(codes))
+        token_of_row = slot[dense]
+    else:
+        distinct, token_of_row = np.unique(pair, return_inverse=True) if n_rows else (pair, pair)
     words = pa.array([f"{p >> 32}.{(p & 0xFFFFFFFF) - (1 << 31)}" for p in distinct.tolist()],
                      pa.string())  # fmt: skip
     tokens = words.take(pa.array(token_of_row))
