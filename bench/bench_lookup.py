@@ -463,13 +463,17 @@ def request(i):
 
 sel = selectors.DefaultSelector()
 idle, state = [], {}
-for _ in range(conns):
+
+def connect():
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.setblocking(False)
     sel.register(s, selectors.EVENT_READ)
     idle.append(s)
     state[s] = [b"", 0.0]
+
+for _ in range(conns):
+    connect()
 
 def parse(buf):
     end = buf.find(b"\r\n\r\n")
@@ -490,7 +494,7 @@ def run(total, warm=False):
         # open loop: request i is due at start + i / rate; its latency counts from then (so a
         # stall delays and is charged to every request due behind it: no coordinated omission)
         while sent < total and idle and (not rate or now >= start + sent / rate):
-            s = idle.pop()
+            s = idle.pop(0)  # round robin: no connection idles into the server's keep-alive timeout
             state[s][1] = start + sent / rate if rate else now
             s.sendall(request(sent))
             sent += 1
@@ -500,8 +504,14 @@ def run(total, warm=False):
         for key, _ in sel.select(timeout):
             s = key.fileobj
             data = s.recv(65536)
+            if not data and s in idle:  # closed while idle (keep-alive timeout): replace it
+                idle.remove(s)
+                sel.unregister(s)
+                s.close()
+                connect()
+                continue
             if not data:
-                raise SystemExit("server closed a connection")
+                raise SystemExit("server closed a connection with a request in flight")
             buf = state[s][0] + data
             got = parse(buf)
             if got is None:
