@@ -5,6 +5,7 @@
 3. dbt (rendered by Cosmos, one task per model, its tests right after it): staging (dedupe,
    quarantine) → exposures → attributed goals → `fct_unit_goals_daily` → `goal_aggregates` and
    `goal_cross_aggregates`;
+   Trigger with `{"full_refresh": true}` to rebuild the incremental models from scratch;
 4. gate the output: the goal_aggregates suite (updates the `goal_aggregates` asset, which
    schedules `evaluate_experiments`).
 
@@ -14,7 +15,7 @@ many rows, samples) is in the task log and under `$STRATA_HOME/expectations/repo
 
 from __future__ import annotations
 
-from airflow.sdk import dag
+from airflow.sdk import Param, dag
 from pendulum import datetime
 
 from orchestration.stages import DEFAULT_ARGS, goal_aggregates_stage
@@ -28,6 +29,14 @@ from orchestration.stages import DEFAULT_ARGS, goal_aggregates_stage
     default_args=DEFAULT_ARGS,
     tags=["strata", "events", "dbt"],
     doc_md=__doc__,
+    params={
+        "full_refresh": Param(
+            False,
+            type="boolean",
+            description="Rebuild the incremental models from all raw events (after raw data "
+            "was replaced, or backfilled further back than the lookback).",
+        )
+    },
 )
 def build_goal_aggregates():
     goal_aggregates_stage()

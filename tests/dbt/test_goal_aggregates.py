@@ -277,27 +277,37 @@ def _run_dag(**overrides):
 
 
 def test_dag_builds_the_aggregates_with_cosmos(
-    spark, settings, fixture_tables, airflow_db, monkeypatch
+    spark, settings, fixture_tables, airflow_db, monkeypatch, tmp_path
 ):
+    """Cosmos renders a task per model with its tests after it; the DAG's full_refresh param
+    rebuilds the incremental models, so rows left by replaced raw data disappear."""
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     monkeypatch.setenv("STRATA_HOME", str(settings.home))
     # One malformed row in 15 is 7% of this tiny fixture: over the raw gate's bound. Remove it.
     spark.sql(f"DELETE FROM {settings.table('raw_events')} WHERE event_id = 'u4-bad'")
-    for model in (
-        "stg_events__events",
-        "stg_events__rejects",
-        "fct_unit_goals_daily",
-        "goal_aggregates",
-        "goal_cross_aggregates",
-    ):  # earlier tests' increments
-        spark.sql(f"DROP TABLE IF EXISTS {settings.table(model)}")
-    run, states = _run_dag()
+    daily, staged = settings.table("fct_unit_goals_daily"), settings.table("stg_events__events")
+    if not spark.catalog.tableExists(daily):
+        _build(settings, tmp_path)
+    # Rows of a previous, replaced raw data set, older than any lookback: an incremental run
+    # keeps them, a full refresh must not.
+    spark.sql(
+        f"INSERT INTO {staged} SELECT 'stale-event', event_name, event_at - INTERVAL 30 DAYS, "
+        f"date_sub(event_date, 30), arrived_at - INTERVAL 30 DAYS, device_id, user_id, "
+        f"platform, country, value FROM {staged} LIMIT 1"
+    )
+    spark.sql(
+        f"INSERT INTO {daily} SELECT experiment_id, variant_id, unit_type, 'stale-unit', goal, "
+        f"platform, event_date, goal_count, goal_value FROM {daily} LIMIT 1"
+    )
+    run, states = _run_dag(run_conf={"full_refresh": True})
     assert run.state == DagRunState.SUCCESS, states
     assert "events.dbt.goal_aggregates.run" in states  # Cosmos rendered one task per model
     assert "events.dbt.goal_aggregates.test" in states  # and its tests after it
     assert set(states.values()) == {TaskInstanceState.SUCCESS}
     assert _aggregates(spark, settings, "2026-11-04")[(1, "purchase")][:3] == (2, 4, 25.0)
+    assert spark.sql(f"SELECT * FROM {staged} WHERE event_id = 'stale-event'").count() == 0
+    assert spark.sql(f"SELECT * FROM {daily} WHERE unit_id = 'stale-unit'").count() == 0
 
 
 def test_failing_suite_blocks_everything_downstream(spark, settings, fixture_tables, airflow_db):

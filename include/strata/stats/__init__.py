@@ -35,7 +35,13 @@ from strata.stats.models import (
     experiments_from_records,
 )
 from strata.stats.report import build_reports, write_reports
-from strata.stats.results import evaluable_experiments, read_results, reproduce, run_evaluation
+from strata.stats.results import (
+    analysis_dates,
+    evaluable_experiments,
+    read_results,
+    reproduce,
+    run_evaluation,
+)
 
 __all__ = [
     "CROSS_COLUMNS",
@@ -49,6 +55,7 @@ __all__ = [
     "ExpressionError",
     "Metric",
     "Variant",
+    "analysis_dates",
     "build_reports",
     "evaluable_experiments",
     "evaluate",

@@ -351,6 +351,19 @@ def evaluable_experiments(
     return sorted(set(rows["exp_id"].to_pylist())), analysis_date
 
 
+def analysis_dates(
+    catalog: Catalog, until: date | None = None, namespace: str = "strata"
+) -> list[date]:
+    """Every ``as_of_date`` with aggregates, oldest first (up to ``until`` when given).
+
+    Evaluating each of them (oldest first) rebuilds the results' history, e.g. the cumulative
+    effect curves after a backfill or a full refresh of the aggregates.
+    """
+    goals = catalog.load_table(_identifier(catalog, GOALS_TABLE, namespace))
+    dates = goals.scan(selected_fields=(AS_OF_COLUMN,)).to_arrow()[AS_OF_COLUMN]
+    return sorted(d for d in set(dates.to_pylist()) if until is None or d <= until)
+
+
 def reproduce(
     catalog: Catalog,
     experiment_id: str,

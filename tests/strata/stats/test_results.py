@@ -140,3 +140,23 @@ def test_results_frame_matches_schema_and_keeps_srm(catalog):
     assert (treat["comparison"] == "treat vs control").all()
     assert (treat["lower"] < treat["point"]).all()
     assert (treat["point"] < treat["upper"]).all()
+
+
+def test_analysis_dates_lists_every_evaluable_day_oldest_first(catalog):
+    from datetime import timedelta
+
+    from strata.stats import analysis_dates, evaluable_experiments
+
+    namespace = f"{NAMESPACE}_dates"
+    catalog.create_namespace_if_not_exists(namespace)
+    goals, _ = aggregates(4, ["exp_d"])
+    days = [DAY + timedelta(days=d) for d in (2, 0, 1)]
+    frame = pd.concat([goals.assign(as_of_date=d) for d in days], ignore_index=True)
+    table = catalog.create_table_if_not_exists(
+        f"{namespace}.goal_aggregates", schema=pa.Table.from_pandas(frame).schema
+    )
+    table.overwrite(pa.Table.from_pandas(frame, preserve_index=False))
+
+    assert analysis_dates(catalog, namespace=namespace) == sorted(days)
+    assert analysis_dates(catalog, DAY + timedelta(days=1), namespace) == sorted(days)[:2]
+    assert evaluable_experiments(catalog, None, namespace) == (["exp_d"], max(days))
