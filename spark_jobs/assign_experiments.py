@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from strata.bucketing import SLOTS
 from strata.definitions import Definitions, bundled_path, canonical_json, load, variants_json
-from strata.rules import predicates, semver_key_column, to_column, type_mismatches
+from strata.rules import (
+    SEMVER_KEY_IDS,
+    predicates,
+    semver_ids,
+    to_column,
+    type_mismatches,
+    with_semver_keys,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -127,28 +134,26 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
     )
     slot_names = {salt: f"__slot_{i}" for i, salt in enumerate(salts)}
     # Slots and semver sort keys first, in their own projection, so each is computed once per unit.
-    semver_fields = sorted(
-        {
-            p.field
-            for lay in layers
-            for e in defs.layer_experiments(lay.id)
-            if e.assigned and e.targeting is not None
-            for p in predicates(e.targeting)
-            if p.value_type == "semver" and p.field in units.columns
-        }
-    )
+    semver_preds = [
+        p
+        for lay in layers
+        for e in defs.layer_experiments(lay.id)
+        if e.assigned and e.targeting is not None
+        for p in predicates(e.targeting)
+        if p.value_type == "semver" and p.field in units.columns
+    ]
+    semver_fields = sorted({p.field for p in semver_preds})
     key_names = {f: f"__semver_{i}" for i, f in enumerate(semver_fields)}
-    with_slots = units.select(
-        "*",
-        *[slot_column(s, uid).alias(n) for s, n in slot_names.items()],
-        *[semver_key_column(F.col(f"`{f}`")).alias(n) for f, n in key_names.items()],
+    n_ids = max([SEMVER_KEY_IDS] + [semver_ids(v) for p in semver_preds for v in p.values])
+    with_slots = with_semver_keys(units, key_names, n_ids).select(
+        "*", *[slot_column(s, uid).alias(n) for s, n in slot_names.items()]
     )
     semver_keys = {f: F.col(n) for f, n in key_names.items()}
     schema = units.schema
     # Each layer yields one int per unit: variant index * SLOTS + slot (null: not assigned). Ints
-    # keep the per-layer CASE WHEN cheap; the metadata is looked up once per output row in a
-    # constant array of structs.
-    meta: list[Column] = []
+    # keep the per-layer CASE WHEN cheap; each output field is then looked up once per output
+    # row by index in a constant array of that field's values.
+    meta: list[tuple[Any, ...]] = []
     codes = []
     for lay in layers:
         s = F.col(slot_names[lay.salt])
@@ -159,16 +164,16 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
             rule = to_column(e.targeting, schema, semver_keys=semver_keys)
             for v in e.variants:
                 meta.append(
-                    F.struct(
-                        F.lit(e.id).alias("experiment_id"),
-                        F.lit(v.vid).cast("int").alias("variant_id"),
-                        F.lit(v.name).alias("variant_name"),
-                        F.lit(v.is_control).alias("is_control"),
-                        F.lit(lay.id).alias("layer_id"),
-                        F.lit(lay.domain).alias("domain_id"),
-                        F.lit(lay.priority).cast("int").alias("layer_priority"),
-                        F.lit(lay.service).cast("string").alias("service"),
-                        F.lit(v.params_json).alias("params"),
+                    (
+                        e.id,
+                        v.vid,
+                        v.name,
+                        v.is_control,
+                        lay.id,
+                        lay.domain,
+                        lay.priority,
+                        lay.service,
+                        v.params_json,
                     )
                 )
                 value = F.lit((len(meta) - 1) * SLOTS) + s
@@ -184,7 +189,15 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
             "unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]
         )
     code_col = F.col("code")
-    m = F.element_at(F.array(*meta), (F.floor(code_col / SLOTS) + 1).cast("int"))
+    index = F.expr(f"code div {SLOTS}").cast("int") + 1  # codes are >= 0: integer division
+
+    def field(i: int, name: str, dtype: str) -> Column:
+        if name == "slot":
+            return (code_col % F.lit(SLOTS)).cast("int")
+        values = F.array(*[F.lit(row[i]).cast(dtype) for row in meta])
+        return F.element_at(values, index)
+
+    fields = [n for n, _ in ASSIGNMENT_FIELDS if n != "slot"]
     return (
         with_slots.select(uid.alias("unit_id"), F.explode(F.array(*codes)).alias("code"))
         .where(code_col.isNotNull())
@@ -192,8 +205,8 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
             F.lit(unit_type).alias("unit_type"),
             "unit_id",
             *[
-                (F.pmod(code_col, F.lit(SLOTS)).cast("int") if n == "slot" else m[n]).alias(n)
-                for n, _ in ASSIGNMENT_FIELDS
+                field(fields.index(n) if n != "slot" else -1, n, t).alias(n)
+                for n, t in ASSIGNMENT_FIELDS
             ],
         )
     )

@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from pyspark.sql import Column
+    from pyspark.sql import Column, DataFrame
     from pyspark.sql.types import StructType
 
 LOGIC_TYPES = ("and", "or", "not")
@@ -88,8 +88,9 @@ SEMVER_PATTERN = (
     r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?"
 )
 _SEMVER_RE = re.compile(SEMVER_PATTERN)
-#: The same pattern for Java's regex engine (``\z``: absolute end; ``$`` allows a final newline).
-_SEMVER_JAVA = f"^{SEMVER_PATTERN}\\z"
+#: The same pattern for Java's regex engine (``\z``: absolute end; ``$`` allows a final newline),
+#: validity only, so without capturing groups (cheaper to match).
+_SEMVER_JAVA = "^" + SEMVER_PATTERN.replace("(?:", "(").replace("(", "(?:") + "\\z"
 
 
 class RuleError(ValueError):
@@ -351,20 +352,39 @@ def _spark_kind(data_type: Any) -> str | None:
     return None
 
 
-#: Width of the length prefix of numerals in semver sort keys (numerals up to 99,999 digits).
+#: Width of the length prefix of numeric pre-release identifiers (up to 99,999 digits).
 _KEY_WIDTH = 5
 #: Key separators: end of the pre-release list < between identifiers < any identifier character.
 _KEY_END, _KEY_SEP = "\x01", "\x02"
-#: Pre-release identifiers encoded without a higher-order function (the usual case).
-_KEY_IDS = 8
+#: Pre-release identifiers native keys hold by default (see :func:`semver_key_column`).
+SEMVER_KEY_IDS = 8
+#: Fields of a semver sort key: each core numeral as (digit count, digits) — numeric order at any
+#: length without building strings — then release after pre-release, then the pre-release key.
+SEMVER_KEY_FIELDS = (
+    ("major_len", "int"),
+    ("major", "string"),
+    ("minor_len", "int"),
+    ("minor", "string"),
+    ("patch_len", "int"),
+    ("patch", "string"),
+    ("release", "boolean"),
+    ("pre", "string"),
+)
 
 
-def semver_sort_key(version: str) -> str | None:
-    """A string whose plain (code point) order is semver precedence; None for invalid versions.
+def _pre_ident_key(ident: str) -> str:
+    return f"0{len(ident):0{_KEY_WIDTH}d}{ident}" if ident.isdigit() else f"1{ident}"
 
-    Numerals become ``len + digits`` (numeric order at any length), a release sorts after its
-    pre-releases, numeric pre-release identifiers before alphanumeric ones, a shorter identifier
-    list first, build metadata dropped. :func:`to_column` computes the same key natively.
+
+def semver_sort_key(version: str) -> tuple[Any, ...] | None:
+    """A tuple whose plain order is semver precedence; None for invalid versions.
+
+    The fields are :data:`SEMVER_KEY_FIELDS`: core numerals as (length, digits) (numeric order at
+    any length, no leading zeros), ``release`` (a release sorts after its pre-releases), and the
+    pre-release identifiers as one string: numerals as ``0 + len + digits``, others ``1 + text``
+    (numeric before alphanumeric), joined by ``\\x02`` and closed by ``\\x01`` (a shorter list
+    first); build metadata dropped. :func:`semver_key_column` computes the same key natively as a
+    struct (Spark orders structs field by field, strings by code point).
 
     Usage:
         >>> keys = [semver_sort_key(v) for v in ("1.0.0-alpha", "1.0.0-alpha.1", "1.0.0", "10.0.0")]
@@ -376,48 +396,135 @@ def semver_sort_key(version: str) -> str | None:
     m = _SEMVER_RE.fullmatch(version)
     if m is None:
         return None
-    core = "".join(f"{len(n):0{_KEY_WIDTH}d}{n}" for n in m.groups()[:3])
+    core = tuple(x for n in m.groups()[:3] for x in (len(n), n))
     if m.group(4) is None:
-        return core + "1"
-    ids = [
-        f"0{len(i):0{_KEY_WIDTH}d}{i}" if i.isdigit() else f"1{i}" for i in m.group(4).split(".")
-    ]
-    return core + "0" + _KEY_SEP.join(ids) + _KEY_END
+        return (*core, True, "")
+    pre = _KEY_SEP.join(_pre_ident_key(i) for i in m.group(4).split(".")) + _KEY_END
+    return (*core, False, pre)
 
 
-def semver_key_column(col: Column) -> Column:
-    """:func:`semver_sort_key` as a native expression (null when ``col`` is not a valid semver)."""
+def semver_key_literal(version: str) -> Column:
+    """:func:`semver_sort_key` of a valid literal as a constant struct Column."""
     from pyspark.sql import functions as F
 
-    def num(c: Column) -> Column:
-        return F.concat(F.lpad(F.length(c).cast("string"), _KEY_WIDTH, "0"), c)
+    key = semver_sort_key(version)
+    if key is None:
+        raise RuleError(f"invalid semver literal {version!r}")
+    return F.struct(
+        *[F.lit(v).cast(t).alias(n) for v, (n, t) in zip(key, SEMVER_KEY_FIELDS, strict=True)]
+    )
 
-    # One regex (validity); the parts come from plain string functions, which are much cheaper.
-    plain = F.substring_index(col, "+", 1)  # build metadata dropped
-    core_str = F.substring_index(plain, "-", 1)  # the core has no '-'
-    dash = F.instr(plain, "-")
-    parts = [
-        F.substring_index(core_str, ".", 1),
-        F.substring_index(F.substring_index(core_str, ".", 2), ".", -1),
-        F.substring_index(core_str, ".", -1),
-    ]
-    core = F.concat(*[num(p) for p in parts])
-    pre = F.when(dash > 0, plain.substr(dash + 1, F.length(plain))).otherwise(F.lit(""))
-    split = F.split(pre, r"\.")
+
+def _key_parts(col: Column) -> list[Column]:
+    """Stage 1: the version without build metadata, and whether it is a valid semver."""
+    from pyspark.sql import functions as F
+
+    return [F.substring_index(col, "+", 1), col.rlike(_SEMVER_JAVA)]
+
+
+def _key_split(plain: Column, dash: Column) -> list[Column]:
+    """Stage 3: the core and the pre-release identifiers (null without a pre-release)."""
+    from pyspark.sql import functions as F
+
+    core = F.when(dash > 0, plain.substr(F.lit(1), dash - 1)).otherwise(plain)
+    rest = plain.substr(dash + 1, F.lit(2**31 - 1))
+    return [core, F.when(dash > 0, F.split(rest, r"\."))]
+
+
+def _key_fields(core: Column, ids: Column, n_ids: int) -> list[Column]:
+    """Stage 4: the three core numerals and the pre-release key string."""
+    from pyspark.sql import functions as F
 
     def ident(i: Column) -> Column:
-        is_num = F.translate(i, "0123456789", "") == ""
-        return F.when(is_num, F.concat(F.lit("0"), num(i))).otherwise(F.concat(F.lit("1"), i))
+        # Valid identifiers are [0-9A-Za-z-]+; a numeral has no letter and no '-'. A missing
+        # identifier (past the end of the list) gives null, which concat_ws skips.
+        num = F.concat(F.lit("0"), F.lpad(F.length(i).cast("string"), _KEY_WIDTH, "0"), i)
+        return F.when(F.translate(i, "0123456789", "") == "", num).otherwise(
+            F.concat(F.lit("1"), i)
+        )
 
-    # The first identifiers one by one (code-generated; concat_ws skips the missing ones), and a
-    # higher-order transform (interpreted, slower) only for longer pre-release lists.
-    explicit = F.concat_ws(_KEY_SEP, *[ident(F.get(split, i)) for i in range(_KEY_IDS)])
-    ids = F.when(F.size(split) <= _KEY_IDS, explicit).otherwise(
-        F.array_join(F.transform(split, ident), _KEY_SEP)
+    listed = F.concat_ws(_KEY_SEP, *[ident(F.get(ids, i)) for i in range(n_ids)])
+    # Past n_ids identifiers: a trailing separator instead of the end mark (see semver_key_column).
+    end = F.when(F.size(ids) > n_ids, F.lit(_KEY_SEP)).otherwise(F.lit(_KEY_END))
+    return [
+        F.substring_index(core, ".", 1),
+        F.substring_index(F.substring_index(core, ".", 2), ".", -1),
+        F.substring_index(core, ".", -1),
+        F.when(ids.isNull(), F.lit("")).otherwise(F.concat(listed, end)),
+    ]
+
+
+def _key_struct(valid: Column, nums: list[Column], ids: Column, pre: Column) -> Column:
+    """Stage 5: the key struct, null unless ``valid``."""
+    from pyspark.sql import functions as F
+
+    values = [x for n in nums for x in (F.length(n), n)] + [ids.isNull(), pre]
+    key = F.struct(*[v.alias(n) for v, (n, _) in zip(values, SEMVER_KEY_FIELDS, strict=True)])
+    return F.when(valid, key)
+
+
+def semver_key_column(col: Column, n_ids: int = SEMVER_KEY_IDS) -> Column:
+    """:func:`semver_sort_key` as one native struct expression (null when not a valid semver).
+
+    Exact for versions with up to ``n_ids`` pre-release identifiers. A longer list keeps its first
+    ``n_ids`` identifiers and ends with a separator instead of the end mark: no longer the full
+    key, but it compares exactly like it with every key of at most ``n_ids`` identifiers — the
+    first ``n_ids`` decide, else the longer list wins — so a rule whose literals have at most
+    ``n_ids`` identifiers each evaluates exactly (no higher-order function, whose interpreted
+    evaluation would turn off whole-stage code generation for the whole projection).
+    :func:`with_semver_keys` computes the same in stages, each part once per row (faster).
+    """
+    from pyspark.sql import functions as F
+
+    plain, valid = _key_parts(col)
+    core, ids = _key_split(plain, F.instr(plain, "-"))
+    *nums, pre = _key_fields(core, ids, n_ids)
+    return _key_struct(valid, nums, ids, pre)
+
+
+def semver_ids(version: str) -> int:
+    """How many pre-release identifiers a valid version has (keys must hold at least that many)."""
+    m = _SEMVER_RE.fullmatch(version)
+    return 0 if m is None or m.group(4) is None else len(m.group(4).split("."))
+
+
+def with_semver_keys(
+    df: DataFrame, keys: Mapping[str, str], n_ids: int = SEMVER_KEY_IDS
+) -> DataFrame:
+    """``df`` plus a column ``keys[field]`` = ``semver_key_column(field, n_ids)`` per field.
+
+    Computed in chained projections so every intermediate (the part without build metadata, the
+    position of '-', the core, the split identifiers) is computed once per row: Spark does not
+    eliminate common subexpressions inside a CASE branch, and the one-expression form repeats
+    them. Every expression is code-generated (whole-stage code generation stays on).
+    """
+    from pyspark.sql import functions as F
+
+    if not keys:
+        return df
+    tmp = {f: f"__svk{i}" for i, f in enumerate(keys)}
+
+    def c(f: str, part: str) -> Column:
+        return F.col(f"{tmp[f]}_{part}")
+
+    def stage(frame: DataFrame, names: tuple[str, ...], parts: Any) -> DataFrame:
+        new = [x.alias(f"{tmp[f]}_{n}") for f in keys for n, x in zip(names, parts(f), strict=True)]
+        return frame.select("*", *new)
+
+    out = stage(df, ("plain", "valid"), lambda f: _key_parts(F.col(f"`{f}`")))
+    out = stage(out, ("dash",), lambda f: [F.instr(c(f, "plain"), "-")])
+    out = stage(out, ("core", "ids"), lambda f: _key_split(c(f, "plain"), c(f, "dash")))
+    nums = ("major", "minor", "patch")
+    out = stage(out, (*nums, "pre"), lambda f: _key_fields(c(f, "core"), c(f, "ids"), n_ids))
+    return out.select(
+        *[F.col(f"`{n}`") for n in df.columns],
+        *[
+            _key_struct(c(f, "valid"), [c(f, n) for n in nums], c(f, "ids"), c(f, "pre")).alias(
+                name
+            )
+            for f, name in keys.items()
+        ],
     )
-    pre_key = F.concat(F.lit("0"), ids, F.lit(_KEY_END))
-    key = F.concat(core, F.when(pre == "", F.lit("1")).otherwise(pre_key))
-    return F.when(col.rlike(_SEMVER_JAVA), key)
 
 
 def _predicate_column(p: Predicate, schema: StructType, semver_keys: dict[str, Column]) -> Column:
@@ -434,10 +541,12 @@ def _predicate_column(p: Predicate, schema: StructType, semver_keys: dict[str, C
 
     if p.value_type == "semver":
         # Compare order-preserving keys: the literal's computed here, the column's natively
-        # (or precomputed once per row by the caller, when the same field is used often).
-        col = semver_keys[p.field] if p.field in semver_keys else semver_key_column(col)
+        # (or precomputed once per row by the caller, when the same field is used often; it
+        # must then hold at least as many pre-release identifiers as every literal has).
+        n_ids = max(SEMVER_KEY_IDS, *[semver_ids(v) for v in p.values])
+        col = semver_keys[p.field] if p.field in semver_keys else semver_key_column(col, n_ids)
         present = col.isNotNull()
-        lits = [F.lit(semver_sort_key(v)) for v in p.values]
+        lits = [semver_key_literal(v) for v in p.values]
         expr = _compare(col, p.op, lits)
         return F.coalesce(present & expr, F.lit(False))
 
@@ -486,8 +595,10 @@ def to_column(
 ) -> Column:
     """The rule as a native, never-null boolean Spark Column over rows of ``schema``.
 
-    ``semver_keys`` optionally maps a field to a column holding ``semver_key_column(field)``
-    computed once per row (the assignment job does this when many rules read one field).
+    ``semver_keys`` optionally maps a field to a column holding ``semver_key_column(field, n)``
+    computed once per row (the assignment job does this when many rules read one field), with
+    ``n`` at least :data:`SEMVER_KEY_IDS` and at least the pre-release identifier count of every
+    semver literal on that field (:func:`semver_ids`).
     """
     semver_keys = semver_keys or {}
     from pyspark.sql import functions as F
