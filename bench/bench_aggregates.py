@@ -90,7 +90,15 @@ def _run_dbt(settings, profiles: Path) -> float:
     )
     if not result.success:
         raise SystemExit(f"dbt run failed: {result.exception}")
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    models = sorted(result.result.results, key=lambda r: -r.execution_time)
+    print(
+        "    dbt models: "
+        + ", ".join(f"{r.node.name} {r.execution_time:.1f}s" for r in models)
+        + f"; dbt overhead {elapsed - sum(r.execution_time for r in models):.1f}s",
+        flush=True,
+    )
+    return elapsed
 
 
 def _files(settings, name: str) -> list[str]:
@@ -198,6 +206,7 @@ def _run_duckdb(settings) -> tuple[float, tuple]:
 
     con = duckdb.connect()
     con.execute("SET threads = 2")
+    con.execute("SET memory_limit = '8GB'")  # beside Spark's 6 GB driver on a 24 GB machine
     for name, alias in (
         ("raw_events", "raw"),
         ("assignments", "assignments"),

@@ -16,11 +16,7 @@ with
 
 attributed as (
 
-    select * from (
-        select * from {{ ref('int_goals_attributed') }}
-        union all
-        select * from {{ ref('int_goals_pre_period') }}
-    ) as goals
+    select * from {{ ref('int_goals_attributed') }}
     {% if is_incremental() -%}
     where event_date >= (
         select date_sub(max(event_date), {{ var('lookback_days') }}) from {{ this }}
