@@ -355,7 +355,8 @@ def _spark_kind(data_type: Any) -> str | None:
 #: Width of the length prefix of numeric pre-release identifiers (up to 99,999 digits).
 _KEY_WIDTH = 5
 #: Key separators: end of the pre-release list < between identifiers < any identifier character.
-_KEY_END, _KEY_SEP = "\x01", "\x02"
+#: (Both sort below every identifier character [0-9A-Za-z-] and need no escaping in SQL.)
+_KEY_END, _KEY_SEP = "!", ","
 #: Pre-release identifiers native keys hold by default (see :func:`semver_key_column`).
 SEMVER_KEY_IDS = 8
 #: Fields of a semver sort key: each core numeral as (digit count, digits) — numeric order at any
@@ -382,7 +383,7 @@ def semver_sort_key(version: str) -> tuple[Any, ...] | None:
     The fields are :data:`SEMVER_KEY_FIELDS`: core numerals as (length, digits) (numeric order at
     any length, no leading zeros), ``release`` (a release sorts after its pre-releases), and the
     pre-release identifiers as one string: numerals as ``0 + len + digits``, others ``1 + text``
-    (numeric before alphanumeric), joined by ``\\x02`` and closed by ``\\x01`` (a shorter list
+    (numeric before alphanumeric), joined by ``,`` and closed by ``!`` (a shorter list
     first); build metadata dropped. :func:`semver_key_column` computes the same key natively as a
     struct (Spark orders structs field by field, strings by code point).
 
@@ -410,9 +411,13 @@ def semver_key_literal(version: str) -> Column:
     key = semver_sort_key(version)
     if key is None:
         raise RuleError(f"invalid semver literal {version!r}")
-    return F.struct(
-        *[F.lit(v).cast(t).alias(n) for v, (n, t) in zip(key, SEMVER_KEY_FIELDS, strict=True)]
-    )
+    # One SQL expression (one call into the JVM, not one per field). The strings hold only
+    # digits, identifier characters and the two separators, so quoting needs no escapes.
+    parts = []
+    for v, (n, _) in zip(key, SEMVER_KEY_FIELDS, strict=True):
+        sql = ("true" if v else "false") if isinstance(v, bool) else repr(v)
+        parts.append(f"'{n}', {sql}")
+    return F.expr(f"named_struct({', '.join(parts)})")
 
 
 def _key_parts(col: Column) -> list[Column]:
@@ -548,7 +553,7 @@ def _predicate_column(p: Predicate, schema: StructType, semver_keys: dict[str, C
         present = col.isNotNull()
         lits = [semver_key_literal(v) for v in p.values]
         expr = _compare(col, p.op, lits)
-        return F.coalesce(present & expr, F.lit(False))
+        return present & expr  # never null: false AND null is false
 
     if p.op in ("like", "not_like"):
         sql = "".join("%" if ch == "*" else "\\" + ch if ch in "\\%_" else ch for ch in p.values[0])
@@ -563,7 +568,7 @@ def _predicate_column(p: Predicate, schema: StructType, semver_keys: dict[str, C
         else:
             lits = [F.lit(v) for v in p.values]
         expr = _compare(col, p.op, lits)
-    return F.coalesce(present & expr, F.lit(False))
+    return present & expr  # never null: false AND null is false; non-null values compare
 
 
 def _compare(col: Column, op: str, lits: list[Column]) -> Column:

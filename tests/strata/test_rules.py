@@ -13,13 +13,18 @@ from hypothesis import strategies as st
 from strata.rules import (
     OPERATORS,
     OPS_BY_TYPE,
+    SEMVER_KEY_IDS,
     RuleError,
     evaluate,
     fields,
     like_regex,
     parse,
+    predicates,
+    semver_ids,
+    semver_sort_key,
     to_column,
     to_json,
+    with_semver_keys,
 )
 
 
@@ -227,6 +232,9 @@ class TestValidation:
 # --- Python vs Spark parity on generated rules and contexts ---------------------------------
 
 STRINGS = ["", "US", "GB", "us", "en-US", "a.b", "a%b", "a_b", "x*y", "\\", "ü", "日本", "a\nb"]
+# Pre-release lists longer than the native key's default (8 identifiers) and numerals longer than
+# 64 bits exercise the key's edge cases.
+LONG_PRE = ".".join("abcdefghij")
 VERSIONS = [
     "1.0.0",
     "1.0.0-alpha",
@@ -243,8 +251,16 @@ VERSIONS = [
     "2.1.3",
     "10.20.30",
     "0.0.0",
+    f"1.0.0-{LONG_PRE}",
+    f"1.0.0-{LONG_PRE[:-2]}",
+    f"1.0.0-{LONG_PRE[:-4]}",
+    f"1.0.0-{LONG_PRE}.1",
+    "1.0.0-1.2.3.4.5.6.7.8.9.10",
+    "1.0.0-" + "9" * 30,
+    "99999999999999999999.0.0",
+    "1.0.0--x",
 ]
-INVALID_VERSIONS = ["1.0", "01.0.0", "1.0.0-", "v1.0.0", "1.0.0-01", "1.0.0\n", "x"]
+INVALID_VERSIONS = ["1.0", "01.0.0", "1.0.0-", "v1.0.0", "1.0.0-01", "1.0.0\n", "x", "1.0.0-a..b"]
 SCHEMA = "s string, s2 string, v string, n bigint, i int, f double, b boolean, nope_typed boolean"
 FIELDS = ["s", "s2", "v", "n", "i", "f", "b", "missing_field"]
 
@@ -286,42 +302,82 @@ def random_rule(rng, depth=0):
         return {"type": kind, "children": [random_rule(rng, depth + 1) for _ in range(n)]}
     value_type = rng.choice(list(OPS_BY_TYPE))
     op = rng.choice(OPS_BY_TYPE[value_type])
-    n = rng.randint(1, 3) if op in ("in", "not_in") else 1
+    # Mostly 1-3 values for in / not_in; sometimes more than Spark's InSet threshold (10).
+    n = (rng.randint(11, 14) if rng.random() < 0.1 else rng.randint(1, 3)) if op in _SET else 1
     values = [_literal(rng, value_type, op) for _ in range(n)]
     return field(rng.choice(FIELDS), op, *values, value_type=value_type)
 
 
-RULES = 1_200
-CONTEXTS = 300
-BATCH = 400
+_SET = ("in", "not_in")
+RULES = 10_000
+CONTEXTS = 200
+INLINE = 200  # trees whose semver keys are computed inline (big expressions: slow to compile)
+INLINE_BATCH = 50
+BATCH = 1_000  # trees per Spark query
 
 
-def test_python_and_spark_agree_on_generated_rules_and_contexts(spark):
-    """1,200 random rule trees x 300 random contexts = 360,000 evaluations (nulls, NaN, wrong
-    types, invalid semvers, regex and SQL metacharacters), in 3 Spark jobs."""
+@pytest.mark.slow
+def test_python_and_spark_agree_on_generated_rules_and_contexts(spark, monkeypatch):
+    """10,000 random rule trees x 200 random contexts = 2,000,000 evaluations (nulls, NaN, wrong
+    types, invalid semvers, long pre-release lists, regex and SQL metacharacters), one Spark query
+    per 1,000 trees. The first 200 trees compute semver keys inline (``to_column`` alone, 50 per
+    query); the others read keys precomputed by ``with_semver_keys`` for every string field, as
+    the assignment job does."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pyspark.sql import functions as F
+
+    import strata.rules
+
+    # Building Columns is one JVM round trip per node: share the Column of a repeated predicate
+    # (about a third are distinct) and build trees from a few threads.
+    built: dict = {}
+    compile_predicate = strata.rules._predicate_column
+
+    def shared(p, schema, keys):
+        key = (p, tuple(sorted(keys)))
+        if key not in built:
+            built[key] = compile_predicate(p, schema, keys)
+        return built[key]
+
+    monkeypatch.setattr(strata.rules, "_predicate_column", shared)
 
     rng = random.Random(20261108)
     names = [f.strip().split()[0] for f in SCHEMA.split(",")]
     rows = [tuple(_value(rng, n) for n in names) for _ in range(CONTEXTS)]
     contexts = spark.createDataFrame(rows, SCHEMA).cache()
+    # A missing key and a None value must behave the same: drop some None keys at random.
     py_contexts = [
         {k: v for k, v in r.asDict().items() if v is not None or rng.random() < 0.5}
         for r in contexts.collect()
     ]
     rules = [parse(random_rule(rng)) for _ in range(RULES)]
-    assert {op for r in rules for op in _ops(to_json(r))} == set(OPERATORS) | {"and", "or", "not"}
+    seen = {op for r in rules for op in _ops(to_json(r))}
+    assert seen == set(OPERATORS) | {"and", "or", "not"}
+    assert {p.value_type for r in rules for p in predicates(r)} == set(OPS_BY_TYPE)
+    strings = {"s": "__s_key", "s2": "__s2_key", "v": "__v_key"}
+    semver = [p for r in rules[INLINE:] for p in predicates(r) if p.value_type == "semver"]
+    n_ids = max([SEMVER_KEY_IDS] + [semver_ids(x) for p in semver for x in p.values])
+    with_keys = with_semver_keys(contexts, strings, n_ids)
+    starts = [*range(0, INLINE, INLINE_BATCH), *range(INLINE, RULES, BATCH)]
     mismatches, matched = [], 0
-    for start in range(0, RULES, BATCH):
-        batch = rules[start : start + BATCH]
-        cols = [to_column(r, contexts.schema) for r in batch]
-        got = [row[0] for row in contexts.select(F.array(*cols)).collect()]
-        for ci, ctx in enumerate(py_contexts):
-            for ri, rule in enumerate(batch):
-                want = evaluate(rule, ctx)
-                matched += want
-                if got[ci][ri] is not want:
-                    mismatches.append((rule, ctx, got[ci][ri], want))
+    with ThreadPoolExecutor(4) as pool:
+        for start, end in zip(starts, [*starts[1:], RULES], strict=True):
+            batch = rules[start:end]
+            frame, keys = (contexts, {}) if start < INLINE else (with_keys, strings)
+            key_cols = {f: F.col(k) for f, k in keys.items()}
+
+            def build(rule, key_cols=key_cols):
+                return to_column(rule, contexts.schema, semver_keys=key_cols)
+
+            cols = list(pool.map(build, batch))
+            got = [row[0] for row in frame.select(F.array(*cols)).collect()]
+            for ci, ctx in enumerate(py_contexts):
+                for ri, rule in enumerate(batch):
+                    want = evaluate(rule, ctx)
+                    matched += want
+                    if got[ci][ri] is not want:
+                        mismatches.append((rule, ctx, got[ci][ri], want))
     assert mismatches == [], f"{len(mismatches)} disagreements, first: {mismatches[:3]}"
     pairs = RULES * CONTEXTS
     assert 0.1 * pairs < matched < 0.9 * pairs  # both outcomes are well represented
@@ -354,3 +410,36 @@ def test_semver_operators_agree_with_the_semver_library(pair):
     ops = {"lt": expected < 0, "eq": expected == 0, "gt": expected > 0, "gte": expected >= 0}
     for op, want in ops.items():
         assert evaluate(field("v", op, b, value_type="semver"), {"v": a}) is want
+
+
+def test_semver_sort_keys_order_like_the_semver_library():
+    for a in VERSIONS:
+        for b in VERSIONS:
+            ka, kb = semver_sort_key(a), semver_sort_key(b)
+            assert (ka > kb) - (ka < kb) == semver.Version.parse(a).compare(b), (a, b)
+    assert all(semver_sort_key(v) is None for v in INVALID_VERSIONS)
+
+
+def test_native_semver_keys_equal_the_python_keys(spark):
+    """Both native forms (one expression, staged projections) give the Python key exactly when
+    the key holds every identifier, and compare like it otherwise."""
+    from pyspark.sql import functions as F
+
+    from strata.rules import semver_key_column
+
+    values = VERSIONS + INVALID_VERSIONS + [None]
+    df = spark.createDataFrame([(v,) for v in values], "v string")
+    for n_ids in (SEMVER_KEY_IDS, 16):
+        one = df.select("v", semver_key_column(F.col("v"), n_ids).alias("k"))
+        staged = with_semver_keys(df, {"v": "k"}, n_ids)
+        for frame in (one, staged):
+            got = {r.v: (tuple(r.k) if r.k is not None else None) for r in frame.collect()}
+            for v in values:
+                want = semver_sort_key(v) if v is not None else None
+                if want is None or semver_ids(v) <= n_ids:
+                    assert got[v] == want, v
+                else:  # truncated: still ordered like the full key against every short key
+                    for w in VERSIONS:
+                        kw = semver_sort_key(w)
+                        if semver_ids(w) <= n_ids:
+                            assert (got[v] > kw) - (got[v] < kw) == (want > kw) - (want < kw)
