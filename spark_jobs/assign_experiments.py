@@ -133,14 +133,16 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
         | {d.salt for lay in layers for d in defs.domain_chain(lay.domain)}
     )
     slot_names = {salt: f"__slot_{i}" for i, salt in enumerate(salts)}
-    # Slots and semver sort keys first, in their own projection, so each is computed once per unit.
+    # Slots and semver sort keys first, in their own projections, so each is computed once per
+    # unit (keys only for string columns: on any other type a semver predicate is false anyway).
+    strings = {f.name for f in units.schema.fields if f.dataType.typeName() == "string"}
     semver_preds = [
         p
         for lay in layers
         for e in defs.layer_experiments(lay.id)
         if e.assigned and e.targeting is not None
         for p in predicates(e.targeting)
-        if p.value_type == "semver" and p.field in units.columns
+        if p.value_type == "semver" and p.field in strings
     ]
     semver_fields = sorted({p.field for p in semver_preds})
     key_names = {f: f"__semver_{i}" for i, f in enumerate(semver_fields)}
