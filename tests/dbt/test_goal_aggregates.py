@@ -265,6 +265,38 @@ def test_rerun_is_idempotent_and_late_events_count_once(spark, settings, fixture
     assert _aggregates(spark, settings, "2026-11-04")[(0, "click")] == (4, 10, 0.0, 0.0, 2)
 
 
+def test_docs_generate_catalogues_every_model(settings, fixture_tables, tmp_path):
+    """`dbt docs generate` works on the Iceberg tables: every model gets a catalog entry."""
+    import json
+
+    from dbt.cli.main import dbtRunner
+
+    _build(settings, tmp_path, "--full-refresh")
+    result = dbtRunner().invoke(
+        [
+            "docs",
+            "generate",
+            "--project-dir",
+            str(PROJECT),
+            "--profiles-dir",
+            str(write_dbt_profile(settings, tmp_path)),
+            "--target-path",
+            str(tmp_path / "target"),
+            "--log-path",
+            str(tmp_path / "logs"),
+        ]
+    )
+    assert result.success, result.exception
+    assert (tmp_path / "target" / "index.html").exists()
+    catalog = json.loads((tmp_path / "target" / "catalog.json").read_text())
+    manifest = json.loads((tmp_path / "target" / "manifest.json").read_text())
+    models = {k for k, n in manifest["nodes"].items() if n["resource_type"] == "model"}
+    assert len(models) >= 10
+    assert models <= set(catalog["nodes"]), sorted(models - set(catalog["nodes"]))  # views too
+    columns = catalog["nodes"]["model.strata.goal_aggregates"]["columns"]
+    assert {"as_of_date", "exp_id", "sum_sqr_value", "count_unique"} <= set(columns)
+
+
 def _run_dag(**overrides):
     """Run build_goal_aggregates with dag.test(); retries off so a failure ends the run."""
     from airflow.dag_processing.dagbag import DagBag
