@@ -145,9 +145,13 @@ def print_results(catalog, settings) -> None:
 
     res = read_results(catalog, namespace=settings.namespace)
     rel = res[(res["statistic"] == "rel_diff")].sort_values(["experiment_id", "metric_id"])
+    looks = rel.groupby("experiment_id")["analysis_date"].nunique().max()
+    # each experiment's latest look (the table holds one per day: the effect-over-time curves)
+    latest = rel.groupby("experiment_id")["analysis_date"].transform("max")
+    rel = rel[rel["analysis_date"] == latest]
     print(
-        f"\nEvaluation as of {res['analysis_date'].max()} (Iceberg results; HTML reports in "
-        f"{settings.home / 'reports' / 'index.html'}):"
+        f"\nEvaluation as of {res['analysis_date'].max()}, the latest of up to {looks} daily looks "
+        f"(Iceberg results; HTML reports in {settings.home / 'reports' / 'index.html'}):"
     )
     print(
         f"  {'experiment':<18} {'metric':<16} {'variant':<12} {'effect':>8} "
