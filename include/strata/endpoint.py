@@ -238,12 +238,6 @@ class ExposureSink:
     def path(self, day: str) -> Path:
         return self.root / f"date={day}" / self.name
 
-    def write(self, events: list[dict[str, Any]]) -> None:
-        if not events:
-            return
-        data = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events).encode()
-        self.append(events[0]["ets"], data)
-
     def append(self, ets_ms: int, data: bytes) -> None:
         """Append one request's lines with one ``O_APPEND`` write (lines never interleave).
 
