@@ -49,7 +49,7 @@ def evaluate(analysis_date: str | None = None, history: bool | str = False) -> d
 
     from strata.config import get_settings
     from strata.stack import iceberg_catalog
-    from strata.stats import analysis_dates, evaluable_experiments, run_evaluation, verdicts
+    from strata.stats import evaluable_by_date, evaluable_experiments, run_evaluation, verdicts
 
     settings = get_settings()
     catalog = iceberg_catalog(settings)
@@ -57,12 +57,11 @@ def evaluate(analysis_date: str | None = None, history: bool | str = False) -> d
     ids, day = evaluable_experiments(catalog, day, settings.namespace)
     if not ids:
         return {"analysis_date": None, "experiments": 0, "rows": 0, "dates": 0}
-    days = [day]
+    plan = {day: ids}
     if str(history).strip().lower() == "true":
-        days = analysis_dates(catalog, day, settings.namespace)
+        plan = evaluable_by_date(catalog, day, settings.namespace)
     rows = 0
-    for d in days:
-        ids_d, _ = evaluable_experiments(catalog, d, settings.namespace)
+    for d, ids_d in plan.items():
         evaluation, frame = run_evaluation(catalog, ids_d, d, namespace=settings.namespace)
         rows += len(frame)
     print(verdicts(evaluation.metrics).to_string(index=False))  # the newest date's verdicts
@@ -70,7 +69,7 @@ def evaluate(analysis_date: str | None = None, history: bool | str = False) -> d
         "analysis_date": day.isoformat(),
         "experiments": len(ids),
         "rows": rows,
-        "dates": len(days),
+        "dates": len(plan),
     }
 
 

@@ -36,7 +36,7 @@ from strata.stats.models import (
 )
 from strata.stats.report import build_reports, write_reports
 from strata.stats.results import (
-    analysis_dates,
+    evaluable_by_date,
     evaluable_experiments,
     read_results,
     reproduce,
@@ -55,8 +55,8 @@ __all__ = [
     "ExpressionError",
     "Metric",
     "Variant",
-    "analysis_dates",
     "build_reports",
+    "evaluable_by_date",
     "evaluable_experiments",
     "evaluate",
     "experiment_from_record",

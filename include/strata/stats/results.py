@@ -351,17 +351,22 @@ def evaluable_experiments(
     return sorted(set(rows["exp_id"].to_pylist())), analysis_date
 
 
-def analysis_dates(
+def evaluable_by_date(
     catalog: Catalog, until: date | None = None, namespace: str = "strata"
-) -> list[date]:
-    """Every ``as_of_date`` with aggregates, oldest first (up to ``until`` when given).
+) -> dict[date, list[str]]:
+    """Every ``as_of_date`` with aggregates (up to ``until`` when given), oldest first, with the
+    experiments evaluable at it; one scan of two columns.
 
-    Evaluating each of them (oldest first) rebuilds the results' history, e.g. the cumulative
-    effect curves after a backfill or a full refresh of the aggregates.
+    Evaluating each of them in order rebuilds the results' history, e.g. the cumulative effect
+    curves after a backfill or a full refresh of the aggregates.
     """
     goals = catalog.load_table(_identifier(catalog, GOALS_TABLE, namespace))
-    dates = goals.scan(selected_fields=(AS_OF_COLUMN,)).to_arrow()[AS_OF_COLUMN]
-    return sorted(d for d in set(dates.to_pylist()) if until is None or d <= until)
+    rows = goals.scan(selected_fields=(AS_OF_COLUMN, "exp_id")).to_arrow()
+    by_date: dict[date, set[str]] = {}
+    for day, exp_id in zip(rows[AS_OF_COLUMN].to_pylist(), rows["exp_id"].to_pylist(), strict=True):
+        if until is None or day <= until:
+            by_date.setdefault(day, set()).add(exp_id)
+    return {day: sorted(by_date[day]) for day in sorted(by_date)}
 
 
 def reproduce(

@@ -142,10 +142,10 @@ def test_results_frame_matches_schema_and_keeps_srm(catalog):
     assert (treat["point"] < treat["upper"]).all()
 
 
-def test_analysis_dates_lists_every_evaluable_day_oldest_first(catalog):
+def test_evaluable_by_date_lists_every_evaluable_day_oldest_first(catalog):
     from datetime import timedelta
 
-    from strata.stats import analysis_dates, evaluable_experiments
+    from strata.stats import evaluable_by_date, evaluable_experiments
 
     namespace = f"{NAMESPACE}_dates"
     catalog.create_namespace_if_not_exists(namespace)
@@ -157,6 +157,8 @@ def test_analysis_dates_lists_every_evaluable_day_oldest_first(catalog):
     )
     table.overwrite(pa.Table.from_pandas(frame, preserve_index=False))
 
-    assert analysis_dates(catalog, namespace=namespace) == sorted(days)
-    assert analysis_dates(catalog, DAY + timedelta(days=1), namespace) == sorted(days)[:2]
+    plan = evaluable_by_date(catalog, namespace=namespace)
+    assert list(plan) == sorted(days)
+    assert set(map(tuple, plan.values())) == {("exp_d",)}
+    assert list(evaluable_by_date(catalog, DAY + timedelta(days=1), namespace)) == sorted(days)[:2]
     assert evaluable_experiments(catalog, None, namespace) == (["exp_d"], max(days))
