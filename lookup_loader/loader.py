@@ -217,6 +217,12 @@ def _served_experiments(source: Source, as_of: dt.date) -> tuple[dict[str, dict]
     return served, excluded
 
 
+#: The columns that describe a variant; every row of one (experiment, variant) must agree on them.
+_VARIANT_COLUMNS = (
+    "variant_name", "is_control", "layer_id", "domain_id", "layer_priority", "service", "params",
+)  # fmt: skip
+
+
 def _catalog_entries(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]:
     """One JSON-able entry per experiment; its variants and their params, checked for agreement.
 
@@ -229,8 +235,7 @@ def _catalog_entries(rows: pa.Table, served: dict[str, dict]) -> dict[str, dict]
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    cols = ["variant_name", "is_control", "layer_id", "domain_id", "layer_priority", "service"]
-    cols.append("params")
+    cols = _VARIANT_COLUMNS
     exp_ids = sorted(set(pc.unique(rows["experiment_id"]).to_pylist()))
     code = pc.index_in(rows["experiment_id"], pa.array(exp_ids, pa.string()))
     table = pa.table({"e": code, "v": rows["variant_id"], **{c: rows[c] for c in cols}})
@@ -259,11 +264,9 @@ def _catalog_entries_exact(rows: pa.Table, served: dict[str, dict]) -> dict[str,
     """The distinct (experiment, variant, descriptive columns) rows, grouped exactly."""
     import pyarrow as pa
 
-    keys = ["experiment_id", "variant_id"]
-    cols = ["variant_name", "is_control", "layer_id", "domain_id", "layer_priority", "service"]
     # Group on dictionary indices, not on the strings (params repeat on every row): much faster.
     columns, dictionaries = {}, {}
-    for c in [*keys, *cols, "params"]:
+    for c in ["experiment_id", "variant_id", *_VARIANT_COLUMNS]:
         col = rows[c].combine_chunks()
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             encoded = col.dictionary_encode()
