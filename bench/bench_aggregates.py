@@ -15,6 +15,7 @@ Target: dbt-spark <= 2x DuckDB; growth from 1M to 10M events printed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -201,6 +202,13 @@ GROUP BY ALL
 """
 
 
+# What both engines' goal_aggregates must agree on (floats to 1e-9: summation order differs).
+TOTALS = (
+    "count(*), sum(count), sum(sum_sqr_count), sum(sum_value), sum(sum_sqr_value), "
+    "sum(count_unique)"
+)
+
+
 def _run_duckdb(settings) -> tuple[float, tuple]:
     import duckdb
 
@@ -219,10 +227,7 @@ def _run_duckdb(settings) -> tuple[float, tuple]:
     started = time.perf_counter()
     con.execute(DUCKDB_SQL)
     elapsed = time.perf_counter() - started
-    totals = con.execute(
-        "SELECT count(*), sum(count), round(sum(sum_value), 2), sum(count_unique) "
-        "FROM goal_aggregates"
-    ).fetchone()
+    totals = con.execute(f"SELECT {TOTALS} FROM goal_aggregates").fetchone()
     return elapsed, tuple(totals)
 
 
@@ -252,13 +257,13 @@ def main() -> int:
         n = _setup_inputs(spark, settings, int(millions * 1_000_000))
         t_spark = _run_dbt(settings, profiles)
         spark_totals = tuple(
-            spark.sql(
-                f"SELECT count(*), sum(count), round(sum(sum_value), 2), sum(count_unique) "
-                f"FROM {settings.table('goal_aggregates')}"
-            ).first()
+            spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_aggregates')}").first()
         )
         t_duck, duck_totals = _run_duckdb(settings)
-        same = tuple(map(float, spark_totals)) == tuple(map(float, duck_totals))
+        same = all(
+            math.isclose(float(a), float(b), rel_tol=1e-9)
+            for a, b in zip(spark_totals, duck_totals, strict=True)
+        )
         results.append((n, t_spark, t_duck))
         print(
             f"{n:>12,} {t_spark:>12.1f} {t_duck:>9.1f} {t_spark / t_duck:>6.2f}x  "

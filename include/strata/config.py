@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[*]", description="Spark master URL, e.g. spark://host:7077.")
     spark_driver_memory: str = Field("6g", description="Driver heap; local mode runs all here.")
     spark_shuffle_partitions: int = Field(8, ge=1, description="Small default for 2 cores.")
+    spark_broadcast_threshold: str = Field(
+        "256m",
+        description="A join side measured below this at run time is broadcast (AQE). Local mode "
+        "runs the whole job in the driver, so a larger one than Spark's 10 MB saves a sort.",
+    )
     spark_local_ip: str = Field("127.0.0.1", description="Bind Spark to loopback by default.")
     jars_dir: Path = Field(
         default_factory=_default_jars_dir,

@@ -1,38 +1,21 @@
 -- Each usable event once per unit it belongs to: its device, and its user when logged in.
 -- Experiments randomise by device_id or user_id; joining on (unit_type, unit_id) serves both.
+-- One scan of the events fans each out to its units (a union of two selects reads them twice).
 {{ config(materialized='view') }}
 
-with
-
-events as (
-
-    select * from {{ ref('stg_events__events') }}
-
-)
-
 select
-    event_id,
-    event_name,
-    event_at,
-    event_date,
-    platform,
-    value,
-    'device_id' as unit_type,
-    device_id as unit_id
+    e.event_id,
+    e.event_name,
+    e.event_at,
+    e.event_date,
+    e.platform,
+    e.value,
+    u.unit_type,
+    u.unit_id
 
-from events
-
-union all
-
-select
-    event_id,
-    event_name,
-    event_at,
-    event_date,
-    platform,
-    value,
-    'user_id' as unit_type,
-    user_id as unit_id
-
-from events
-where user_id is not null
+from {{ ref('stg_events__events') }} as e
+lateral view inline(array(
+    named_struct('unit_type', 'device_id', 'unit_id', e.device_id),
+    named_struct('unit_type', 'user_id', 'unit_id', e.user_id)
+)) u as unit_type, unit_id
+where u.unit_id is not null

@@ -1,7 +1,8 @@
 -- First exposure per unit per experiment. A unit is exposed when it was served the experiment:
 -- a LOG event from the device-register endpoint, or an app start (session_start: the app calls
 -- the device-register API on every start) of an assigned unit. Only exposures inside the
--- experiment window count; the variant is the assigned one.
+-- experiment window count; the variant is the assigned one. When a LOG event and an app start
+-- tie, the source is app_start.
 {{ config(materialized='table') }}
 
 with
@@ -12,16 +13,12 @@ assignments as (
 
 ),
 
-experiments as (
-
-    select * from {{ ref('stg_strata__experiments') }}
-
-),
-
 served_logs as (
 
     select
         a.experiment_id,
+        a.variant_id,
+        a.is_control,
         a.unit_type,
         a.unit_id,
         l.served_at as exposed_at,
@@ -38,18 +35,33 @@ served_logs as (
 
 ),
 
+daily_first_starts as (
+
+    -- windows open and close at midnight, so each unit's first start of a day is all that can
+    -- be its first exposure: this shrinks the join to one row per unit and day
+    select
+        unit_type,
+        unit_id,
+        min(event_at) as started_at
+    from {{ ref('int_events_by_unit') }}
+    where event_name = 'session_start'
+    group by unit_type, unit_id, event_date
+
+),
+
 app_starts as (
 
     select
         a.experiment_id,
+        a.variant_id,
+        a.is_control,
         a.unit_type,
         a.unit_id,
-        e.event_at as exposed_at,
+        s.started_at as exposed_at,
         'app_start' as exposure_source
-    from {{ ref('int_events_by_unit') }} as e
+    from daily_first_starts as s
     inner join assignments as a
-        on e.unit_type = a.unit_type and e.unit_id = a.unit_id
-    where e.event_name = 'session_start'
+        on s.unit_type = a.unit_type and s.unit_id = a.unit_id
 
 ),
 
@@ -61,38 +73,38 @@ in_window as (
         union all
         select * from app_starts
     ) as candidates
-    inner join experiments as x
+    inner join {{ ref('stg_strata__experiments') }} as x
         on candidates.experiment_id = x.experiment_id
     where candidates.exposed_at >= x.starts_at and candidates.exposed_at < x.ends_at
 
 ),
 
-ranked as (
+first_by_source as (
 
     select
-        *,
-        row_number() over (
-            partition by experiment_id, unit_type, unit_id
-            order by exposed_at, exposure_source
-        ) as exposure_rank
+        experiment_id,
+        variant_id,
+        is_control,
+        unit_type,
+        unit_id,
+        min(case when exposure_source = 'app_start' then exposed_at end) as first_app_start_at,
+        min(case when exposure_source = 'log' then exposed_at end) as first_log_at
     from in_window
+    group by experiment_id, variant_id, is_control, unit_type, unit_id
 
 )
 
 select
-    a.experiment_id,
-    a.variant_id,
-    a.is_control,
-    a.unit_type,
-    a.unit_id,
-    r.exposed_at,
-    cast(r.exposed_at as date) as exposure_date,
-    r.exposure_source
+    experiment_id,
+    variant_id,
+    is_control,
+    unit_type,
+    unit_id,
+    least(first_app_start_at, first_log_at) as exposed_at,
+    cast(least(first_app_start_at, first_log_at) as date) as exposure_date,
+    case
+        when first_log_at is null or first_app_start_at <= first_log_at then 'app_start'
+        else 'log'
+    end as exposure_source
 
-from ranked as r
-inner join assignments as a
-    on
-        r.experiment_id = a.experiment_id
-        and r.unit_type = a.unit_type
-        and r.unit_id = a.unit_id
-where r.exposure_rank = 1
+from first_by_source

@@ -7,7 +7,11 @@
 --   count_unique   units with at least one such goal
 -- `platform` is the dimension column ('' = all platforms).
 -- Per-unit cumulative sums change only on days the unit has events, so the squares are built
--- from per-day increments (c_t^2 - c_{t-1}^2) instead of a units x days grid.
+-- from per-day increments instead of a units x days grid: when a unit's cumulative count moves
+-- from C - c to C, its square grows by C^2 - (C - c)^2 = c * (2C - c).
+-- Over all platforms, a unit's day total d is spread over its platform rows of that day: each row
+-- adds c * (2C - d), where C is the unit's all-platform cumulative count; they sum to d * (2C - d).
+-- Both series come from one pass over the unit rows, partitioned by unit and goal.
 {{
     config(
         materialized='incremental',
@@ -20,44 +24,7 @@
 
 with
 
-unit_days as (
-
-    -- per unit and day, by platform and over all platforms ('')
-    select
-        experiment_id,
-        variant_id,
-        unit_type,
-        unit_id,
-        goal,
-        coalesce(platform, '') as platform,
-        event_date,
-        sum(goal_count) as goal_count,
-        sum(goal_value) as goal_value
-    from {{ ref('fct_unit_goals_daily') }}
-    group by grouping sets (
-        (experiment_id, variant_id, unit_type, unit_id, goal, platform, event_date),
-        (experiment_id, variant_id, unit_type, unit_id, goal, event_date)
-    )
-
-),
-
 cumulative as (
-
-    select
-        *,
-        sum(goal_count) over unit_history as cum_count,
-        sum(goal_value) over unit_history as cum_value,
-        row_number() over unit_history as nth_day
-    from unit_days
-    window unit_history as (
-        partition by experiment_id, variant_id, unit_type, unit_id, goal, platform
-        order by event_date
-        rows between unbounded preceding and current row
-    )
-
-),
-
-increments as (
 
     select
         experiment_id,
@@ -66,13 +33,73 @@ increments as (
         goal,
         platform,
         event_date,
+        goal_count,
+        goal_value,
+        -- the unit's series on this platform
+        sum(goal_count) over platform_history as platform_cum_count,
+        sum(goal_value) over platform_history as platform_cum_value,
+        row_number() over platform_history as platform_nth_row,
+        -- and over all its platforms: running totals up to and including the day, the day's total
+        sum(goal_count) over unit_history as unit_cum_count,
+        sum(goal_value) over unit_history as unit_cum_value,
+        sum(goal_count) over unit_day as unit_day_count,
+        sum(goal_value) over unit_day as unit_day_value,
+        row_number() over unit_order as unit_nth_row
+    from {{ ref('fct_unit_goals_daily') }}
+    window
+        platform_history as (
+            partition by experiment_id, variant_id, unit_type, unit_id, goal, platform
+            order by event_date
+            rows between unbounded preceding and current row
+        ),
+        unit_history as (
+            partition by experiment_id, variant_id, unit_type, unit_id, goal
+            order by event_date
+            range between unbounded preceding and current row
+        ),
+        unit_order as (
+            partition by experiment_id, variant_id, unit_type, unit_id, goal
+            order by event_date
+        ),
+        unit_day as (
+            partition by experiment_id, variant_id, unit_type, unit_id, goal
+            order by event_date
+            range between current row and current row
+        )
+
+),
+
+increments as (
+
+    -- each unit row moves two series: its platform's and the all-platform one ('')
+    select
+        experiment_id,
+        variant_id,
+        unit_type,
+        goal,
+        series.platform,
+        event_date,
         sum(goal_count) as d_count,
-        sum(cum_count * cum_count - pow(cum_count - goal_count, 2)) as d_sqr_count,
+        sum(series.d_sqr_count) as d_sqr_count,
         sum(goal_value) as d_value,
-        sum(cum_value * cum_value - pow(cum_value - goal_value, 2)) as d_sqr_value,
-        sum(case when nth_day = 1 then 1 else 0 end) as d_unique
+        sum(series.d_sqr_value) as d_sqr_value,
+        count_if(series.is_first_row) as d_unique
     from cumulative
-    group by experiment_id, variant_id, unit_type, goal, platform, event_date
+    lateral view inline(array(
+        named_struct(
+            'platform', platform,
+            'd_sqr_count', goal_count * (2 * platform_cum_count - goal_count),
+            'd_sqr_value', goal_value * (2 * platform_cum_value - goal_value),
+            'is_first_row', platform_nth_row = 1
+        ),
+        named_struct(
+            'platform', '',
+            'd_sqr_count', goal_count * (2 * unit_cum_count - unit_day_count),
+            'd_sqr_value', goal_value * (2 * unit_cum_value - unit_day_value),
+            'is_first_row', unit_nth_row = 1
+        )
+    )) series
+    group by experiment_id, variant_id, unit_type, goal, series.platform, event_date
 
 ),
 
