@@ -8,15 +8,17 @@ cumulative ep-stats aggregates per analysis date. dbt runs the real project (`db
 --full-refresh --select +goal_aggregates`); DuckDB runs an equivalent SQL port on 2 threads over
 the Parquet files. The run checks both produce the same totals, then prints times and ratios.
 
-    .venv/bin/python bench/bench_aggregates.py [--sizes 1,10]     # millions of events
+    .venv/bin/python bench/bench_aggregates.py [--sizes 1,10,100]     # millions of events
 Target: dbt-spark <= 2x DuckDB; growth from 1M to 10M events printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -234,6 +236,7 @@ def _run_duckdb(settings) -> tuple[float, tuple]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10", help="millions of events, comma-separated")
+    parser.add_argument("--keep", action="store_true", help="keep the data folder afterwards")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="strata-bench-aggregates-"))
     os.environ.update(
@@ -245,15 +248,29 @@ def main() -> int:
     )
     sys.path.insert(0, str(ROOT))
     from strata.config import get_settings
-    from strata.stack import spark_session, write_dbt_profile
+    from strata.stack import spark_session
 
     settings = get_settings()
     spark = spark_session(settings, "bench-aggregates")
+    try:
+        return _compare(spark, settings, [float(m) for m in args.sizes.split(",")])
+    finally:
+        spark.stop()
+        if args.keep:
+            print(f"data kept in {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _compare(spark, settings, sizes: list[float]) -> int:
+    """Run both engines per size and print the table; 1 if any result differs."""
+    from strata.stack import write_dbt_profile
+
     profiles = write_dbt_profile(settings)
-    print(f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {home}\n")
+    print(f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {settings.home}\n")
     print(f"{'events':>12} {'dbt-spark s':>12} {'duckdb s':>9} {'ratio':>7}  same result")
-    results = []
-    for millions in (float(s) for s in args.sizes.split(",")):
+    results, all_same = [], True
+    for millions in sizes:
         n = _setup_inputs(spark, settings, int(millions * 1_000_000))
         t_spark = _run_dbt(settings, profiles)
         spark_totals = tuple(
@@ -264,20 +281,21 @@ def main() -> int:
             math.isclose(float(a), float(b), rel_tol=1e-9)
             for a, b in zip(spark_totals, duck_totals, strict=True)
         )
+        all_same &= same
         results.append((n, t_spark, t_duck))
         print(
             f"{n:>12,} {t_spark:>12.1f} {t_duck:>9.1f} {t_spark / t_duck:>6.2f}x  "
             f"{'yes' if same else f'NO: {spark_totals} vs {duck_totals}'}",
             flush=True,
         )
-    if len(results) > 1:
-        (n0, s0, d0), (n1, s1, d1) = results[0], results[-1]
+    print()
+    for (n0, s0, d0), (n1, s1, d1) in itertools.pairwise(results):
         print(
-            f"\ngrowth {n0:,} -> {n1:,} events ({n1 / n0:.1f}x): dbt-spark {s1 / s0:.1f}x, "
+            f"growth {n0:,} -> {n1:,} events ({n1 / n0:.1f}x): dbt-spark {s1 / s0:.1f}x, "
             f"duckdb {d1 / d0:.1f}x"
         )
     print("target: dbt-spark <= 2x DuckDB")
-    return 0
+    return 0 if all_same else 1
 
 
 if __name__ == "__main__":

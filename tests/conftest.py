@@ -8,6 +8,7 @@ on ports of their own and are stopped at the end of the session.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,12 @@ os.environ.update(
 )
 os.environ.pop("STRATA_REDIS_PASSWORD", None)
 os.environ.pop("STRATA_SETTINGS_FILE", None)
+
+
+def pytest_unconfigure(config):
+    """Remove the run's temporary home (tables, Airflow db, logs) unless STRATA_KEEP_TEST_HOME."""
+    if not os.environ.get("STRATA_KEEP_TEST_HOME"):
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ matched as (
         e.event_at < x.starts_at as is_pre_period
     from {{ ref('int_events_by_unit') }} as e
     inner join exposed as x
-        on e.unit_type = x.unit_type and e.unit_id = x.unit_id
+        on e.unit_id = x.unit_id and e.unit_type = x.unit_type
     where
         (e.event_at >= x.exposed_at and e.event_at < x.ends_at)
         or (e.event_at >= x.pre_period_starts_at and e.event_at < x.starts_at)

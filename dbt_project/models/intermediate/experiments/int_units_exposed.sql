@@ -13,6 +13,24 @@ assignments as (
 
 ),
 
+log_units as (
+
+    -- each LOG event under each unit id it carries, so assignments join on equal keys
+    select
+        l.experiment_id,
+        u.unit_type,
+        u.unit_id,
+        l.served_at
+    from {{ ref('stg_strata__exposure_logs') }} as l
+    lateral view inline(array(
+        named_struct('unit_type', 'device_id', 'unit_id', l.device_id),
+        named_struct('unit_type', 'user_id', 'unit_id', l.user_id),
+        named_struct('unit_type', 'url', 'unit_id', l.url)
+    )) u as unit_type, unit_id
+    where u.unit_id is not null
+
+),
+
 served_logs as (
 
     select
@@ -23,15 +41,12 @@ served_logs as (
         a.unit_id,
         l.served_at as exposed_at,
         'log' as exposure_source
-    from {{ ref('stg_strata__exposure_logs') }} as l
+    from log_units as l
     inner join assignments as a
         on
-            l.experiment_id = a.experiment_id
-            and a.unit_id = case a.unit_type
-                when 'device_id' then l.device_id
-                when 'user_id' then l.user_id
-                when 'url' then l.url
-            end
+            l.unit_id = a.unit_id
+            and l.unit_type = a.unit_type
+            and l.experiment_id = a.experiment_id
 
 ),
 
@@ -61,7 +76,7 @@ app_starts as (
         'app_start' as exposure_source
     from daily_first_starts as s
     inner join assignments as a
-        on s.unit_type = a.unit_type and s.unit_id = a.unit_id
+        on s.unit_id = a.unit_id and s.unit_type = a.unit_type
 
 ),
 

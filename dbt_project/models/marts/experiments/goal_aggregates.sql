@@ -11,7 +11,9 @@
 -- from C - c to C, its square grows by C^2 - (C - c)^2 = c * (2C - c).
 -- Over all platforms, a unit's day total d is spread over its platform rows of that day: each row
 -- adds c * (2C - d), where C is the unit's all-platform cumulative count; they sum to d * (2C - d).
--- Both series come from one pass over the unit rows, partitioned by unit and goal.
+-- Both series come from one pass over the unit rows, partitioned by unit and goal. The windows
+-- list unit_id first: Spark sorts on a prefix of the first key, and a key with few values there
+-- (experiment_id) makes every comparison fall through to the whole row (the sort ran 1.6x slower).
 {{
     config(
         materialized='incremental',
@@ -48,21 +50,21 @@ cumulative as (
     from {{ ref('fct_unit_goals_daily') }}
     window
         platform_history as (
-            partition by experiment_id, variant_id, unit_type, unit_id, goal, platform
+            partition by unit_id, unit_type, experiment_id, variant_id, goal, platform
             order by event_date
             rows between unbounded preceding and current row
         ),
         unit_history as (
-            partition by experiment_id, variant_id, unit_type, unit_id, goal
+            partition by unit_id, unit_type, experiment_id, variant_id, goal
             order by event_date
             range between unbounded preceding and current row
         ),
         unit_order as (
-            partition by experiment_id, variant_id, unit_type, unit_id, goal
+            partition by unit_id, unit_type, experiment_id, variant_id, goal
             order by event_date
         ),
         unit_day as (
-            partition by experiment_id, variant_id, unit_type, unit_id, goal
+            partition by unit_id, unit_type, experiment_id, variant_id, goal
             order by event_date
             range between current row and current row
         )

@@ -2,6 +2,7 @@
 -- (sum_product = sum_u x_u * y_u), cumulative like goal_aggregates. The statistics engine needs
 -- them for the covariance in ratio metrics (delta method) and for CUPED; the pairs are listed
 -- by the cross_term_pairs macro. Terms are ep-stats texts, e.g. count(user.unit.purchase).
+-- Windows list unit_id first so Spark's sort prefix separates rows (see goal_aggregates).
 {{
     config(
         materialized='incremental',
@@ -53,7 +54,7 @@ cumulative as (
         {%- endfor %}
     from unit_days
     window unit_history as (
-        partition by experiment_id, variant_id, unit_type, unit_id
+        partition by unit_id, unit_type, experiment_id, variant_id
         order by event_date
         rows between unbounded preceding and current row
     )
@@ -91,7 +92,7 @@ unit_increments as (
         {%- endfor %}
     from products
     window unit_history as (
-        partition by experiment_id, variant_id, unit_type, unit_id order by event_date
+        partition by unit_id, unit_type, experiment_id, variant_id order by event_date
     )
 
 ),
