@@ -14,8 +14,5 @@ select
     u.unit_id
 
 from {{ ref('stg_events__events') }} as e
-lateral view inline(array(
-    named_struct('unit_type', 'device_id', 'unit_id', e.device_id),
-    named_struct('unit_type', 'user_id', 'unit_id', e.user_id)
-)) u as unit_type, unit_id
+{{ lateral_view_unit_ids('e', ['device_id', 'user_id']) }}
 where u.unit_id is not null

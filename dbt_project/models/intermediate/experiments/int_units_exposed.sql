@@ -22,11 +22,7 @@ log_units as (
         u.unit_id,
         l.served_at
     from {{ ref('stg_strata__exposure_logs') }} as l
-    lateral view inline(array(
-        named_struct('unit_type', 'device_id', 'unit_id', l.device_id),
-        named_struct('unit_type', 'user_id', 'unit_id', l.user_id),
-        named_struct('unit_type', 'url', 'unit_id', l.url)
-    )) u as unit_type, unit_id
+    {{ lateral_view_unit_ids('l', ['device_id', 'user_id', 'url']) }}
     where u.unit_id is not null
 
 ),
