@@ -12,6 +12,7 @@ export STRATA_HOME ?= $(CURDIR)/.strata
 export AIRFLOW_HOME ?= $(STRATA_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/include/orchestration/plugins
 export AIRFLOW__API__HOST := 127.0.0.1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export GX_ANALYTICS_ENABLED := false
@@ -28,7 +29,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(STAMP)/system $(STAMP)/python $(STAMP)/jars $(STAMP)/airflow-db  ## install what is missing (idempotent, quick when done)
+DBT_MANIFEST := dbt_project/target/airflow/manifest.json
+DBT_SOURCES := dbt_project/dbt_project.yml $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f 2>/dev/null)
+
+setup: $(STAMP)/system $(STAMP)/python $(STAMP)/jars $(STAMP)/airflow-db $(DBT_MANIFEST)  ## install what is missing (idempotent, quick when done)
 
 $(STAMP)/system: scripts/install-system.sh
 	@mkdir -p $(STAMP)
@@ -54,6 +58,10 @@ $(STAMP)/jars: jvm/pom.xml
 $(STAMP)/airflow-db: $(STAMP)/python
 	$(VENV)/bin/airflow db migrate > /dev/null
 	@touch $@
+
+# The manifest Cosmos renders the events DAG from (no `dbt ls` when a DAG file is parsed).
+$(DBT_MANIFEST): $(STAMP)/python $(DBT_SOURCES)
+	$(PY) -m orchestration.manifest
 
 demo: setup redis-start  ## run the whole pipeline on the embedded stack and print the results
 	$(PY) scripts/demo.py

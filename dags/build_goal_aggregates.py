@@ -1,41 +1,77 @@
 """Events → per-variant goal aggregates in Iceberg, gated by Great Expectations.
 
-1. ingest the device-register endpoint's LOG events (JSONL landing folder) as exposure logs;
-2. gate the inputs: the raw events and assignments suites must pass;
-3. dbt (rendered by Cosmos, one task per model, its tests right after it): staging (dedupe,
-   quarantine) → exposures → attributed goals → `fct_unit_goals_daily` → `goal_aggregates` and
-   `goal_cross_aggregates`;
-   Trigger with `{"full_refresh": true}` to rebuild the incremental models from scratch;
-4. gate the output: the goal_aggregates suite (updates the `goal_aggregates` asset, which
-   schedules `evaluate_experiments`).
+Daily: each run stands for one day (its data interval), so a backfill over a date range
+recomputes those days. Also runs when the demo announces new raw events (the `raw_events`
+asset). Steps:
 
-A failing suite fails its task and nothing downstream runs; the report (which expectation, how
-many rows, samples) is in the task log and under `$STRATA_HOME/expectations/reports/`.
+1. plan: the as-of date (param `as_of_date`, else the triggering asset event, else the run's
+   day) and the refresh mode; a day without raw events fails here, before any Spark work;
+2. ingest the device-register endpoint's LOG events as exposure logs, and gate the inputs
+   (raw events and assignments suites);
+3. dbt (rendered by Cosmos from the manifest `make setup` builds; one task per model running
+   the model and its tests): staging (dedupe, quarantine) → exposures → attributed goals →
+   `fct_unit_goals_daily` → `goal_aggregates` and `goal_cross_aggregates`, recomputing the
+   lookback window up to the as-of date; `{"full_refresh": true}` rebuilds from all raw events;
+4. gate the output and emit the `goal_aggregates` asset event (with the as-of date), which
+   schedules `evaluate_experiments`.
+
+A failing suite fails its task and nothing downstream runs; its "Data quality report" link
+shows which expectation failed, on how many rows, with samples.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag
+import datetime as dt
+import os
+
+from airflow.sdk import (
+    AssetOrTimeSchedule,
+    AsyncCallback,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    dag,
+)
 from pendulum import datetime
 
-from orchestration.stages import DEFAULT_ARGS, goal_aggregates_stage
+from orchestration.assets import RAW_EVENTS
+from orchestration.defaults import DEFAULT_ARGS
+from orchestration.stages import goal_aggregates_stage
+
+#: Hours after a run is queued by which its day's results must exist, else an alert.
+RESULTS_DEADLINE_HOURS = float(os.environ.get("STRATA_RESULTS_DEADLINE_HOURS", "6"))
 
 
 @dag(
     start_date=datetime(2026, 1, 1),
-    schedule="@daily",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronDataIntervalTimetable("@daily", timezone="UTC"), assets=[RAW_EVENTS]
+    ),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["strata", "events", "dbt"],
+    description="Raw events + LOG exposures → dbt (Cosmos) → goal_aggregates, GX-gated",
     doc_md=__doc__,
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(hours=RESULTS_DEADLINE_HOURS),
+        callback=AsyncCallback("orchestration.deadlines.results_missing"),
+    ),
     params={
+        "as_of_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="The day to (re)compute, YYYY-MM-DD (default: the run's day).",
+        ),
         "full_refresh": Param(
             False,
             type="boolean",
             description="Rebuild the incremental models from all raw events (after raw data "
             "was replaced, or backfilled further back than the lookback).",
-        )
+        ),
     },
 )
 def build_goal_aggregates():

@@ -1,11 +1,16 @@
-"""Nightly statistical verdict for every running experiment.
+"""Nightly statistical verdict for every running experiment, one task per experiment.
 
-Runs whenever `build_goal_aggregates` has refreshed the `goal_aggregates` asset (or by hand, with
-an analysis date): evaluates every experiment with aggregates at that date (newest `as_of_date`
-by default) — Welch / delta-method tests, CUPED, Holm/BH, SRM against the design weights,
-sequential boundaries — replaces its rows in the Iceberg `results` table, and writes the static
-HTML reports (`$STRATA_HOME/reports/index.html`). Trigger with `{"history": true}` to re-evaluate
-every earlier date too (one look per day, oldest first) after a backfill or a full refresh.
+Runs whenever `build_goal_aggregates` has refreshed the `goal_aggregates` asset (at the as-of
+date its event carries), or by hand. `plan_evaluation` resolves the date (param
+`analysis_date`, else the asset event, else the newest) and the experiments (param
+`experiment_ids`, default every experiment with aggregates that day); an undeclared conf key,
+an unknown experiment or a date without aggregates fails it with one line, before any work.
+Then one mapped `evaluate_experiment` task per experiment (named by its id) — Welch /
+delta-method tests, CUPED, Holm/BH, SRM against the design weights, sequential boundaries —
+replaces that experiment's rows in the Iceberg `results` table; an experiment with broken
+inputs fails alone. `write_reports` writes the HTML reports (each evaluation task links to its
+experiment's page) and emits the `results` asset event. `{"history": true}` re-evaluates every
+earlier date too (after a backfill or a full refresh: the effect-over-time curves).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from airflow.sdk import Param, dag
 from pendulum import datetime
 
 from orchestration.assets import GOAL_AGGREGATES
-from orchestration.stages import DEFAULT_ARGS, evaluation_stage
+from orchestration.defaults import DEFAULT_ARGS
+from orchestration.stages import evaluation_stage
 
 
 @dag(
@@ -24,8 +30,15 @@ from orchestration.stages import DEFAULT_ARGS, evaluation_stage
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["strata", "stats"],
+    description="goal_aggregates → one evaluation per experiment → results table + reports",
     doc_md=__doc__,
     params={
+        "experiment_ids": Param(
+            [],
+            type="array",
+            items={"type": "string", "minLength": 1},
+            description="Experiments to evaluate (default: every one with aggregates).",
+        ),
         "analysis_date": Param(
             None, type=["null", "string"], format="date", description="default: the newest"
         ),
@@ -38,7 +51,7 @@ from orchestration.stages import DEFAULT_ARGS, evaluation_stage
     },
 )
 def evaluate_experiments():
-    evaluation_stage("{{ params.analysis_date or '' }}", "{{ params.history }}")
+    evaluation_stage()
 
 
 evaluate_experiments()

@@ -22,9 +22,14 @@ def dag_conf(dag_id: str, demo: dict[str, int]) -> dict | None:
     models are rebuilt from all of them (not merged over the previous demo's rows), and every
     day of the window is evaluated, as nightly runs would have done (the effect-over-time plots).
     """
+    import datetime as dt
+
+    from strata.synthetic import DEFAULT_START_DATE
+
+    last_day = DEFAULT_START_DATE + dt.timedelta(days=demo["days"] - 1)
     return {
         "run_demo": demo,
-        "build_goal_aggregates": {"full_refresh": True},
+        "build_goal_aggregates": {"full_refresh": True, "as_of_date": last_day.isoformat()},
         "evaluate_experiments": {"history": True},
     }.get(dag_id)
 

@@ -32,6 +32,7 @@ os.environ.update(
         "AIRFLOW_HOME": str(_HOME / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "include" / "orchestration" / "plugins"),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         "GX_ANALYTICS_ENABLED": "false",
         "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",

@@ -1,4 +1,9 @@
-"""Cosmos configuration for Strata's dbt project: project, profile and execution.
+"""Cosmos configuration for Strata's dbt project: project, profile, rendering and execution.
+
+Rendering reads the manifest `make setup` builds (``dbt parse``; :data:`DBT_MANIFEST`): parsing a
+DAG file never runs dbt, so it stays well inside the DAG processor's import timeout. A stale
+manifest fails a test (tests/dags/test_dbt_manifest.py) and `make setup` rebuilds it whenever a
+file of the dbt project changes.
 
 The dbt profile is not a file: :class:`StrataSparkSessionProfile` renders it at task run time
 from the same Spark properties every Strata job uses (``strata.stack.spark_conf``), so dbt can
@@ -16,6 +21,8 @@ from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 from cosmos.profiles.base import BaseProfileMapping
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
+#: Built by `make setup` (`dbt parse --target-path target/airflow`); rendered by Cosmos.
+DBT_MANIFEST = DBT_PROJECT_DIR / "target" / "airflow" / "manifest.json"
 
 
 class StrataSparkSessionProfile(BaseProfileMapping):
@@ -49,7 +56,15 @@ class StrataSparkSessionProfile(BaseProfileMapping):
         return {"type": "spark", "method": "session", "host": "NA", "schema": "strata"}
 
 
-project_config = ProjectConfig(DBT_PROJECT_DIR)
+def _project_config() -> ProjectConfig:
+    if not DBT_MANIFEST.is_file():
+        raise FileNotFoundError(
+            f"dbt manifest {DBT_MANIFEST} is missing: run `make setup` (it runs `dbt parse`)"
+        )
+    return ProjectConfig(DBT_PROJECT_DIR, manifest_path=DBT_MANIFEST)
+
+
+project_config = _project_config()
 profile_config = ProfileConfig(
     profile_name="strata", target_name="local", profile_mapping=StrataSparkSessionProfile()
 )
@@ -57,12 +72,10 @@ profile_config = ProfileConfig(
 execution_config = ExecutionConfig(
     invocation_mode=InvocationMode.DBT_RUNNER, dbt_executable_path=get_system_dbt()
 )
-# One task per model; each model's tests run right after it (AFTER_EACH).
-# `dbt ls` renders the graph in a subprocess, so parsing a DAG file never imports dbt or pyspark.
+# One task per model, running `dbt build` on it: the model, then its tests, in one Spark
+# session (half the tasks, and half the Spark start-ups, of a run task plus a test task).
 render_config = RenderConfig(
-    load_method=LoadMode.DBT_LS,
-    test_behavior=TestBehavior.AFTER_EACH,
-    invocation_mode=InvocationMode.SUBPROCESS,
+    load_method=LoadMode.DBT_MANIFEST,
+    test_behavior=TestBehavior.BUILD,
     should_detach_multiple_parents_tests=True,  # e.g. relationships: run after both models
-    dbt_executable_path=get_system_dbt(),  # orchestration/__init__ put this venv's dbt on PATH
 )

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+#: Log4j 2 configuration of the Spark driver: warnings and errors, on stdout.
+LOG4J_CONF = Path(__file__).resolve().parent / "conf" / "log4j2.properties"
 
 
 def jvm_jars(settings: Settings) -> list[Path]:
@@ -87,7 +89,6 @@ def catalog_conf(settings: Settings) -> dict[str, str]:
 def spark_conf(settings: Settings | None = None) -> dict[str, str]:
     """Every Spark property Strata sets; shared by the session factory and dbt's profile."""
     settings = settings or get_settings()
-    derby_home = settings.home / "derby"  # dbt-spark always enables Hive support
     conf = {
         "spark.jars": ",".join(str(j) for j in jvm_jars(settings)),
         "spark.sql.extensions": ICEBERG_EXTENSIONS,
@@ -95,19 +96,25 @@ def spark_conf(settings: Settings | None = None) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.sql.warehouse.dir": str((settings.home / "spark-warehouse").resolve()),
+        # No Hive metastore: every table lives in the Iceberg catalog. dbt-spark's session method
+        # calls enableHiveSupport(), which would boot an embedded Derby database that a second
+        # concurrent Spark process cannot open ("Another instance of Derby may have already
+        # booted the database"); this property, applied after it, keeps the session in memory.
+        "spark.sql.catalogImplementation": "in-memory",
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.driver.host": settings.spark_local_ip,
         "spark.driver.bindAddress": settings.spark_local_ip,
         # -XX:-DontCompileHugeMethods: let the JIT compile Spark's large generated methods (the
-        # assignment job's per-layer CASE WHENs run ~5x faster); derby: dbt-spark's Hive metastore.
+        # assignment job's per-layer CASE WHENs run ~5x faster). Log4j: warnings and errors to
+        # stdout (Airflow shows a task's stderr as errors), see conf/log4j2.properties.
         "spark.driver.extraJavaOptions": (
-            f"-XX:-DontCompileHugeMethods -Dderby.system.home={derby_home.resolve()}"
+            f"-XX:-DontCompileHugeMethods -Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
         ),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.autoBroadcastJoinThreshold": settings.spark_broadcast_threshold,
         # The partial group limit Spark adds under `row_number() ... = 1` sorts every row before
-        # the shuffle; deduplicating nearly unique event ids, that is a second full sort for nothing.
+        # the shuffle; deduplicating nearly unique event ids, that is a second full sort.
         "spark.sql.optimizer.windowGroupLimitThreshold": "-1",
     }
     return conf | catalog_conf(settings)

@@ -1,5 +1,8 @@
--- The days each experiment is analysed as of: every day of its window up to the newest event.
+-- The days each experiment is analysed as of: every day of its window up to the newest event,
+-- or up to the run's as-of date when one is given (a backfilled day computes nothing after it).
 {{ config(materialized='view') }}
+
+{%- set day = as_of_date() %}
 
 select
     x.experiment_id,
@@ -7,6 +10,9 @@ select
 
 from {{ ref('stg_strata__experiments') }} as x
 cross join (
-    select max(event_date) as max_event_date from {{ ref('stg_events__events') }}
+    select
+        {% if day -%} least(max(event_date), {{ day }}) {%- else -%} max(event_date) {%- endif %}
+            as max_event_date
+    from {{ ref('stg_events__events') }}
 ) as m
 where x.start_date <= m.max_event_date

@@ -18,9 +18,7 @@ attributed as (
 
     select * from {{ ref('int_goals_attributed') }}
     {% if is_incremental() -%}
-    where event_date >= (
-        select date_sub(max(event_date), {{ var('lookback_days') }}) from {{ this }}
-    )
+    where {{ recompute_window('event_date') }}
     {%- endif %}
 
 )

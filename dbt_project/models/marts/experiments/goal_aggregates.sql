@@ -128,9 +128,7 @@ targets as (
 
     select * from {{ ref('int_analysis_dates') }}
     {% if is_incremental() -%}
-    where as_of_date >= (
-        select date_sub(max(as_of_date), {{ var('lookback_days') }}) from {{ this }}
-    )
+    where {{ recompute_window('as_of_date') }}
     {%- endif %}
 
 ),

@@ -1,0 +1,450 @@
+"""Strata's Airflow tasks: one body per stage step, shared by the production and demo DAGs.
+
+DAG files only wire these together. Every body imports its heavy libraries (pyspark, pyiceberg,
+dbt, GX, scipy) when it runs, returns its counts (the task's XCom, shown in the UI) and logs one
+summary line. Tasks that start a Spark session run in the ``spark`` pool (:data:`SPARK_POOL`),
+so concurrent runs never start more Spark sessions than the machine was sized for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from airflow.sdk import get_current_context, task
+
+from orchestration.assets import GOAL_AGGREGATES, RAW_EVENTS, RESULTS
+from orchestration.defaults import SPARK_POOL
+from orchestration.links import GATE_REPORT_KEY, gate_task, reported_task
+from orchestration.runconf import (
+    RunConfError,
+    check_conf_keys,
+    latest_extra,
+    parse_date,
+    scheduled_as_of,
+)
+
+log = logging.getLogger("strata")
+
+
+def _check_conf() -> dict[str, Any]:
+    """The run's conf, after refusing keys the DAG does not declare; returns the params."""
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    check_conf_keys(getattr(dag_run, "conf", None), context["dag"].params.keys())
+    return dict(context["params"])
+
+
+# --- demo: synthetic data ---------------------------------------------------------------------
+
+
+@task
+def check_redis() -> dict:
+    """An authenticated round trip to the lookup server before anything is written."""
+    from strata.health import redis_round_trip
+
+    result = redis_round_trip()
+    log.info("redis %s: round trip %.2f ms", result["redis_version"], result["round_trip_ms"])
+    return result
+
+
+@task(pool=SPARK_POOL)
+def generate_data() -> dict:
+    """Synthetic orgs, users, devices and raw events (Spark) into Iceberg."""
+    from spark_jobs.generate_synthetic import main
+
+    params = _check_conf()
+    counts = main(
+        [
+            "--users",
+            str(params["users"]),
+            "--days",
+            str(params["days"]),
+            "--seed",
+            str(params["seed"]),
+        ]
+    )
+    log.info("generated: %s", ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    return counts
+
+
+@task
+def verify_tables(spark_counts: dict) -> dict:
+    """Spark and pyiceberg (no JVM) must read the same row counts."""
+    from strata.errors import DataError
+    from strata.health import iceberg_row_counts
+
+    py_counts = iceberg_row_counts(list(spark_counts))
+    if py_counts != spark_counts:
+        raise DataError(f"Spark and pyiceberg disagree: spark={spark_counts} pyiceberg={py_counts}")
+    return py_counts
+
+
+# --- assignment ----------------------------------------------------------------------------
+
+
+@task
+def validate_definitions(path: str | None = None) -> dict:
+    """Validate the definitions (one ``file: path: message`` line per problem on failure)."""
+    from strata.assignment_tasks import validate
+
+    params = _check_conf()
+    if path is None:
+        path = params.get("definitions_path")
+    if path is None:
+        from strata.definitions import bundled_path
+
+        path = str(bundled_path())
+    summary = validate(path)
+    log.info(
+        "definitions %s: %d experiments (%d running) in %d layers",
+        summary["version"],
+        summary["experiments"],
+        summary["running"],
+        summary["layers"],
+    )
+    return summary
+
+
+@task(pool=SPARK_POOL)
+def assign_units(summary: dict) -> dict:
+    """Targeting and layered assignment in Spark; one Iceberg commit of assignments+experiments."""
+    from strata.assignment_tasks import assign
+
+    result = assign(summary["path"])
+    units: dict[str, int] = {}
+    for exp, _variant, _vid, n in result["counts"]:
+        units[exp] = units.get(exp, 0) + n
+    log.info("assigned: %s", ", ".join(f"{e} {n:,}" for e, n in sorted(units.items())))
+    return {
+        "definitions_version": result["definitions_version"],
+        "run_id": result["run_id"],
+        "units_per_experiment": units,
+        "rows": sum(units.values()),
+        "warnings": result["warnings"],
+    }
+
+
+@task
+def publish_lookups(assigned: dict, synthetic_days: int | str | None = None) -> dict:
+    """Publish the assignments into Redis as a new version, verify, flip (or keep the live one).
+
+    ``synthetic_days`` (the demo): publish as of the synthetic data's last day, since its
+    experiments ended before the real today.
+    """
+    from lookup_loader.loader import publish
+    from strata.synthetic import DEFAULT_START_DATE
+
+    as_of = None
+    if synthetic_days not in (None, "", "None"):
+        as_of = DEFAULT_START_DATE + dt.timedelta(days=int(synthetic_days) - 1)
+    result = publish(as_of=as_of)
+    log.info(
+        "publication %s %s: %s rows, units %s, excluded %s",
+        result.version,
+        result.state,
+        f"{result.rows:,}",
+        result.units,
+        result.excluded_rows,
+    )
+    return {
+        "version": result.version,
+        "state": result.state,
+        "rows": result.rows,
+        "units": result.units,
+        "experiments": result.experiments,
+        "excluded_rows": result.excluded_rows,
+        "duration_s": round(result.duration_s, 2),
+    }
+
+
+@task(outlets=[RAW_EVENTS])
+def serve_sample_requests(published: dict) -> dict:
+    """Sample device-register requests through the reference endpoint (their LOG events land),
+    then announce the demo's new raw events to the events DAG (the ``raw_events`` asset).
+    """
+    import json
+
+    from strata.config import get_settings
+    from strata.demo import serve_samples
+    from strata.synthetic import DEFAULT_START_DATE
+
+    params = _check_conf()
+    answers = serve_samples(n=5)
+    out = get_settings().home / "logs" / "demo-samples.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(answers, indent=1))
+    last_day = DEFAULT_START_DATE + dt.timedelta(days=int(params["days"]) - 1)
+    # The demo replaced every raw event: the events DAG rebuilds its incremental models as of
+    # the data's last day, and the evaluation then re-evaluates every day (both read this).
+    get_current_context()["outlet_events"][RAW_EVENTS].extra = {
+        "as_of_date": last_day.isoformat(),
+        "full_refresh": True,
+    }
+    log.info("served %d sample requests; raw events announced as of %s", len(answers), last_day)
+    return {"samples": answers, "as_of_date": last_day.isoformat()}
+
+
+# --- events: exposures, gates, dbt ------------------------------------------------------------
+
+
+@task(multiple_outputs=True)
+def plan_events_run() -> dict:
+    """Resolve the run's as-of date and refresh mode; fail at once if that date has no events.
+
+    The date comes from the ``as_of_date`` param, else the triggering ``raw_events`` asset event,
+    else the day a scheduled (or backfilled) run stands for; a manual run without a date takes
+    the newest day of events.
+    """
+    from strata.config import get_settings
+    from strata.stack import iceberg_catalog
+
+    params = _check_conf()
+    context = get_current_context()
+    extra = latest_extra(context.get("triggering_asset_events"), RAW_EVENTS.uri)
+    settings = get_settings()
+    catalog = iceberg_catalog(settings)
+    days = _event_days(catalog, settings.namespace)
+    if not days:
+        raise RunConfError(f"no raw events in {settings.namespace}.raw_events")
+    as_of = (
+        parse_date(params.get("as_of_date"), "as_of_date")
+        or parse_date(extra.get("as_of_date"), "raw_events asset event as_of_date")
+        or (scheduled_as_of(context) if _run_type(context) in ("scheduled", "backfill") else None)
+    )
+    if as_of is None:
+        as_of = max(days)
+    if as_of not in days:
+        raise RunConfError(
+            f"as_of_date {as_of}: no raw events that day (events cover {min(days)} .. {max(days)})"
+        )
+    full_refresh = bool(params.get("full_refresh")) or bool(extra.get("full_refresh"))
+    log.info("events run: as of %s, full refresh %s", as_of, full_refresh)
+    return {"as_of_date": as_of.isoformat(), "full_refresh": full_refresh}
+
+
+def _run_type(context) -> str:
+    run_type = getattr(context["dag_run"], "run_type", "")
+    return str(getattr(run_type, "value", run_type))
+
+
+def _event_days(catalog, namespace: str) -> set[dt.date]:
+    """The days with raw events, from the table's partitions (no data file is read)."""
+    table = catalog.load_table(f"{namespace}.raw_events")
+    parts = table.inspect.partitions()
+    if parts.num_rows == 0:
+        return set()
+    epoch = dt.date(1970, 1, 1)
+    days = set()
+    for row in parts.column("partition").to_pylist():
+        value = next(iter(row.values()))
+        if value is None:
+            continue
+        days.add(value if isinstance(value, dt.date) else epoch + dt.timedelta(days=int(value)))
+    return days
+
+
+@task(pool=SPARK_POOL)
+def ingest_exposure_logs() -> dict:
+    """The endpoint's LOG events (JSON lines) merged into Iceberg; bad lines quarantined."""
+    from dataclasses import asdict
+
+    from spark_jobs.ingest_exposure_logs import main
+
+    result = asdict(main([]))
+    log.info("exposure logs: %s", result)
+    return result
+
+
+@gate_task(pool=SPARK_POOL)
+def check_suite(suite: str) -> dict:
+    """Great Expectations gate: fails (and stops everything downstream) when the suite fails.
+
+    The report path is recorded before the verdict, so the task's "Data quality report" link
+    opens it also when the gate fails.
+    """
+    from expectations.gate import check
+    from strata.config import get_settings
+    from strata.errors import DataError
+
+    result = check(suite, raise_on_failure=False)
+    root = get_settings().home / "expectations" / "reports"
+    report = str(result.report_path.relative_to(root))
+    get_current_context()["ti"].xcom_push(key=GATE_REPORT_KEY, value=report)
+    log.info(result.summary())
+    if not result.success:
+        failed = "; ".join(
+            f"{f['expectation']} ({f['unexpected_count']} rows)" for f in result.failed
+        )
+        raise DataError(f"expectation suite {suite} failed: {failed}; report {result.report_path}")
+    return {"suite": suite, "expectations": result.evaluated, "report": report}
+
+
+@task(outlets=[GOAL_AGGREGATES])
+def summarize_events(plan: dict) -> dict:
+    """Rows per dbt model and quarantined events by reason; emits the ``goal_aggregates`` event.
+
+    The asset event carries the as-of date (and whether the models were rebuilt), which the
+    evaluation reads: asset-triggered runs have no logical date of their own.
+    """
+    from strata.config import get_settings
+    from strata.stack import iceberg_catalog
+
+    settings = get_settings()
+    catalog = iceberg_catalog(settings)
+    rows = _model_row_counts(catalog, settings.namespace)
+    rejects = _rejects_by_reason(catalog, settings.namespace)
+    log.info(
+        "events as of %s: %s; quarantined %s",
+        plan["as_of_date"],
+        ", ".join(f"{m} {n:,}" for m, n in rows.items()),
+        ", ".join(f"{r} {n:,}" for r, n in rejects.items()) or "none",
+    )
+    get_current_context()["outlet_events"][GOAL_AGGREGATES].extra = {
+        "as_of_date": plan["as_of_date"],
+        "full_refresh": bool(plan["full_refresh"]),
+    }
+    return {"as_of_date": plan["as_of_date"], "rows_per_model": rows, "quarantined": rejects}
+
+
+#: The dbt models whose row counts an events run reports (tables; views have no snapshot).
+DBT_TABLES = (
+    "stg_events__events",
+    "stg_events__rejects",
+    "fct_unit_goals_daily",
+    "goal_aggregates",
+    "goal_cross_aggregates",
+)
+
+
+def _model_row_counts(catalog, namespace: str) -> dict[str, int]:
+    """Rows of each dbt table, from its current snapshot's summary (no data file is read)."""
+    counts = {}
+    for name in DBT_TABLES:
+        snapshot = catalog.load_table(f"{namespace}.{name}").current_snapshot()
+        summary = snapshot.summary if snapshot else None
+        counts[name] = int(summary["total-records"]) if summary else 0
+    return counts
+
+
+def _rejects_by_reason(catalog, namespace: str) -> dict[str, int]:
+    """Quarantined raw events per reason (the rejects table holds one row per bad event)."""
+    column = (
+        catalog.load_table(f"{namespace}.stg_events__rejects")
+        .scan(selected_fields=("reject_reason",))
+        .to_arrow()["reject_reason"]
+    )
+    counts = column.value_counts().to_pylist()
+    return {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: str(c["values"]))}
+
+
+# --- nightly evaluation ------------------------------------------------------------------------
+
+
+@task
+def plan_evaluation() -> list[dict]:
+    """Which experiments, which date, how much history; fail with one line before any work.
+
+    The date comes from the ``analysis_date`` param, else the triggering ``goal_aggregates``
+    asset event's as-of date, else the newest date with aggregates. ``experiment_ids`` selects
+    (default: every experiment with aggregates at that date); an unknown experiment, or one
+    without aggregates that day, fails the run here.
+    """
+    from strata.config import get_settings
+    from strata.stack import iceberg_catalog
+    from strata.stats import evaluable_experiments
+
+    params = _check_conf()
+    context = get_current_context()
+    extra = latest_extra(context.get("triggering_asset_events"), GOAL_AGGREGATES.uri)
+    settings = get_settings()
+    catalog = iceberg_catalog(settings)
+    day = parse_date(params.get("analysis_date"), "analysis_date") or parse_date(
+        extra.get("as_of_date"), "goal_aggregates asset event as_of_date"
+    )
+    available, day = evaluable_experiments(catalog, day, settings.namespace)
+    if day is None:
+        raise RunConfError(f"no goal aggregates in {settings.namespace}.goal_aggregates yet")
+    if not available:
+        raise RunConfError(f"analysis_date {day}: no goal aggregates for that date")
+    wanted = [str(e) for e in params.get("experiment_ids") or []]
+    if wanted:
+        known = _known_experiments(catalog, settings.namespace)
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise RunConfError(f"unknown experiment(s) {unknown}; known: {sorted(known)}")
+        missing = sorted(set(wanted) - set(available))
+        if missing:
+            raise RunConfError(f"experiment(s) {missing}: no goal aggregates on {day}")
+    selected = sorted(set(wanted)) if wanted else available
+    history = bool(params.get("history")) or bool(extra.get("full_refresh"))
+    log.info("evaluating %d experiments as of %s (history %s)", len(selected), day, history)
+    # One set of arguments per experiment: the mapped evaluation's task instances.
+    return [
+        {"experiment_id": e, "analysis_date": day.isoformat(), "history": history} for e in selected
+    ]
+
+
+def _known_experiments(catalog, namespace: str) -> set[str]:
+    table = catalog.load_table(f"{namespace}.experiments")
+    return set(
+        table.scan(selected_fields=("experiment_id",)).to_arrow()["experiment_id"].to_pylist()
+    )
+
+
+@reported_task(map_index_template="{{ task.op_kwargs['experiment_id'] }}")
+def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = False) -> dict:
+    """One experiment's verdict at ``analysis_date`` (every earlier date too with ``history``).
+
+    Replaces this experiment's rows in the Iceberg ``results`` table; concurrent evaluations of
+    other experiments commit beside it (pyiceberg retries a conflicting commit).
+    """
+    from strata.config import get_settings
+    from strata.stack import iceberg_catalog
+    from strata.stats import evaluable_by_date, run_evaluation, verdicts
+
+    settings = get_settings()
+    catalog = iceberg_catalog(settings)
+    day = dt.date.fromisoformat(analysis_date)
+    dates = [day]
+    if history:
+        dates = [d for d, ids in evaluable_by_date(catalog, day, settings.namespace).items()
+                 if experiment_id in ids]  # fmt: skip
+    rows = 0
+    evaluation = None
+    for d in dates:
+        evaluation, frame = run_evaluation(
+            catalog, [experiment_id], d, namespace=settings.namespace
+        )
+        rows += len(frame)
+    assert evaluation is not None
+    table = verdicts(evaluation.metrics)
+    decisions = {f"{r.metric_id}/{r.variant}": r.decision for r in table.itertuples(index=False)}
+    log.info("%s as of %s: %d result rows over %d dates; %s", experiment_id, day, rows,
+             len(dates), decisions)  # fmt: skip
+    return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": rows,
+            "dates": len(dates), "decisions": decisions}  # fmt: skip
+
+
+@reported_task(trigger_rule="all_done_min_one_success", outlets=[RESULTS])
+def write_reports(evaluated: list[dict]) -> dict:
+    """The HTML reports of every experiment with results; emits the ``results`` asset event.
+
+    Runs when at least one experiment was evaluated, also when another one failed (its own task
+    is red; the others' reports are still written).
+    """
+    from strata.config import get_settings
+    from strata.stack import iceberg_catalog
+    from strata.stats import build_reports
+
+    done = [e for e in evaluated if e]
+    settings = get_settings()
+    out = settings.home / "reports"
+    pages = build_reports(iceberg_catalog(settings), out, None, settings.namespace)
+    get_current_context()["outlet_events"][RESULTS].extra = {
+        "analysis_date": done[0]["analysis_date"] if done else None,
+        "experiments": sorted(e["experiment_id"] for e in done),
+    }
+    log.info("%d report pages in %s (%d experiments evaluated)", len(pages), out, len(done))
+    return {"pages": len(pages), "folder": str(out), "evaluated": len(done)}
