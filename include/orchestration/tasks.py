@@ -419,12 +419,11 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
         )
         rows += len(frame)
     assert evaluation is not None
-    table = verdicts(evaluation.metrics)
-    decisions = {f"{r.metric_id}/{r.variant}": r.decision for r in table.itertuples(index=False)}
-    log.info("%s as of %s: %d result rows over %d dates; %s", experiment_id, day, rows,
-             len(dates), decisions)  # fmt: skip
+    verdict = {str(r.variant): r.verdict for r in verdicts(evaluation.metrics).itertuples()}
+    log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s",
+             experiment_id, day, rows, len(dates), verdict)  # fmt: skip
     return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": rows,
-            "dates": len(dates), "decisions": decisions}  # fmt: skip
+            "dates": len(dates), "verdicts": verdict}  # fmt: skip
 
 
 @reported_task(trigger_rule="all_done_min_one_success", outlets=[RESULTS])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,18 @@ def test_demo_dag_runs_end_to_end(dagbag, redis_server, spark):
     run = dagbag.get_dag("run_demo").test(run_conf={"users": 500, "days": 2, "seed": 1})
     assert run.state == DagRunState.SUCCESS
     assert spark.table(redis_server.table("users")).count() == 500
+
+
+def test_events_run_has_a_results_deadline():
+    """Under the scheduler (scripts/airflow.sh) the events run carries its deadline alert."""
+    code = (
+        "import runpy\n"
+        f"ns = runpy.run_path({str(DAGS / 'build_goal_aggregates.py')!r})\n"
+        "(alert,) = ns['build_goal_aggregates']().deadline\n"
+        "print(alert.interval.total_seconds(), alert.callback.path)\n"
+    )
+    env = {**os.environ, "STRATA_RESULTS_DEADLINE_HOURS": "6"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
+    )
+    assert out.stdout.split()[-2:] == ["21600.0", "orchestration.deadlines.results_missing"]
