@@ -140,7 +140,12 @@ class TestUI:
         assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
         live_timings["UI: log in, open the run, screenshot"] = time.monotonic() - started
 
-    def test_dag_list_shows_the_dags(self, airflow_ui, airflow_api, screenshot_dir):
+    def test_dag_list_shows_the_dags(self, airflow_ui, airflow_api, screenshot_dir, live_notes):
+        errors = airflow_api.import_errors()
+        live_notes.append(
+            "DAG import errors: "
+            + ("; ".join(f"{f}: {t.strip().splitlines()[-1]}" for f, t in errors.items()) or "none")
+        )
         dag_ids = {d["dag_id"] for d in airflow_api.get("/dags", limit=100)["dags"]}
         assert DAG_ID in dag_ids
         airflow_ui.open_dags(sorted(dag_ids))
