@@ -85,6 +85,30 @@ class AirflowUI:
                 ec.presence_of_element_located((By.CSS_SELECTOR, f'a[href="/dags/{dag_id}"]'))
             )
 
+    def open_task(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+        """A task instance's page (its header, extra links and log)."""
+        url = f"{self.base_url}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}"
+        if map_index >= 0:
+            url += f"/mapped/{map_index}"
+        self.driver.get(url)
+        self.wait.until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, '[data-testid="header-card"]'))
+        )
+
+    def extra_links(self) -> dict[str, str]:
+        """Link name -> URL of the extra links the open task page shows (Airflow renders each as
+        an ``<a rel="noopener noreferrer">`` under the "Extra Links" heading); waits for one."""
+        selector = 'a[rel="noopener noreferrer"]'
+        self.wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, selector)))
+        anchors = self.driver.find_elements(By.CSS_SELECTOR, selector)
+        return {a.text.strip(): a.get_attribute("href") for a in anchors if a.text.strip()}
+
+    def page_text(self, url: str) -> str:
+        """Open ``url`` in this (signed-in) browser and return the page's visible text."""
+        self.driver.get(url)
+        body = self.wait.until(ec.presence_of_element_located((By.TAG_NAME, "body")))
+        return body.text
+
     def run_state(self) -> str:
         """The state badge in the run's header card, as shown (e.g. ``Success``)."""
         header = self.driver.find_element(By.CSS_SELECTOR, '[data-testid="header-card"]')
