@@ -24,7 +24,7 @@ export SCARF_ANALYTICS := false
 export SPARK_LOCAL_IP := 127.0.0.1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo test test-fast lint format bench airflow redis-start redis-stop clean lock
+.PHONY: help setup demo test test-fast lint format bench airflow airflow-stop redis-start redis-stop clean lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -81,8 +81,11 @@ format: setup  ## apply ruff fixes and formatting
 bench: setup  ## benchmarks under bench/ (figures printed beside their references)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-airflow: setup redis-start  ## the Airflow UI on http://127.0.0.1:8080 (api-server, scheduler, dag-processor)
-	$(VENV)/bin/airflow standalone
+airflow: setup redis-start  ## start Airflow on http://127.0.0.1:8080 (STRATA_AIRFLOW_PORT); prints where the password is
+	scripts/airflow.sh start
+
+airflow-stop:  ## stop the Airflow components `make airflow` started
+	scripts/airflow.sh stop
 
 redis-start:  ## start the local Redis (127.0.0.1:6390, password in .strata/redis/password)
 	scripts/redis.sh start

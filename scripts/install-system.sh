@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the embedded stack needs, installed only when missing (Debian/Ubuntu, apt).
-# Java 17 and Maven are expected on the machine (see README); redis-server is installed here.
+# Java 17 and Maven are expected on the machine (see README); redis-server and chromium are
+# installed here.
 set -euo pipefail
 
 missing=()
@@ -8,6 +9,9 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+# Headless browser for the live Airflow UI test (tests/live): Debian's chromium and its driver.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system packages: all present"

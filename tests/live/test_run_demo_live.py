@@ -1,0 +1,152 @@
+"""`run_demo` under the real scheduler: triggered through the REST API v2, watched in the UI.
+
+Airflow runs as `make airflow` runs it (scripts/airflow.sh: LocalExecutor on SQLite, the shipped
+pool and parallelism), so tasks run concurrently in separate processes, unlike `dag.test()`.
+A task that needed a second try fails the test too: retries must not hide a concurrency failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.live]
+
+DAG_ID = "run_demo"
+TASKS = {
+    "check_redis",
+    "generate_data",
+    "verify_tables",
+    "validate_definitions",
+    "assign_units",
+    "publish_lookups",
+    "serve_sample_requests",
+}
+CONF = {"users": 5_000, "days": 3, "seed": 7}
+#: Upper bound for the run (measured: about 70 s on 2 cores).
+RUN_TIMEOUT_S = 420
+
+
+def _logical_date() -> str:
+    """The synthetic data's last day, the demo's "today"."""
+    from strata.synthetic import DEFAULT_START_DATE
+
+    day = DEFAULT_START_DATE + dt.timedelta(days=CONF["days"] - 1)
+    return f"{day.isoformat()}T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def demo_run(airflow_api, live_timings, live_notes) -> dict:
+    """One run_demo run on 5,000 users x 3 days, triggered with conf and logical date, finished."""
+    airflow_api.wait_for_dag(DAG_ID)
+    airflow_api.set_paused(DAG_ID, False)
+    started = time.monotonic()
+    run = airflow_api.trigger(DAG_ID, conf=CONF, logical_date=_logical_date())
+    assert run["conf"] == CONF
+    finished = airflow_api.wait_for_run(DAG_ID, run["dag_run_id"], timeout=RUN_TIMEOUT_S)
+    live_timings["run_demo 5,000 users x 3 days (trigger to end)"] = time.monotonic() - started
+    for ti in sorted(airflow_api.task_instances(DAG_ID, run["dag_run_id"]), key=_started):
+        live_notes.append(
+            f"  {ti['task_id']:<24} {ti['state']:<8} try {ti['try_number']}  "
+            f"{ti['start_date']} .. {ti['end_date']}  {ti['duration'] or 0:6.1f} s"
+        )
+    return finished
+
+
+def _started(ti: dict) -> str:
+    return ti["start_date"] or ""
+
+
+class TestTriggerValidation:
+    """Declared params are checked when a run is triggered; nothing runs on bad input."""
+
+    def test_wrong_param_type_is_400_naming_the_param(self, airflow_api):
+        airflow_api.wait_for_dag(DAG_ID)
+        before = len(airflow_api.runs(DAG_ID))
+        response = airflow_api.trigger_response(
+            DAG_ID, conf={**CONF, "users": "5000 users"}, logical_date=None
+        )
+        assert response.status_code == 400, response.text
+        detail = response.json()["detail"]
+        assert "Invalid input for param users" in detail
+        assert "is not of type 'integer'" in detail
+        assert len(airflow_api.runs(DAG_ID)) == before
+
+    def test_param_below_its_minimum_is_400(self, airflow_api):
+        before = len(airflow_api.runs(DAG_ID))
+        response = airflow_api.trigger_response(DAG_ID, conf={**CONF, "days": 0})
+        assert response.status_code == 400, response.text
+        assert "Invalid input for param days" in response.json()["detail"]
+        assert len(airflow_api.runs(DAG_ID)) == before
+
+    def test_conf_that_is_not_an_object_is_422(self, airflow_api):
+        before = len(airflow_api.runs(DAG_ID))
+        response = airflow_api.trigger_response(DAG_ID, conf=["users", 5000])
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "conf"]
+        assert len(airflow_api.runs(DAG_ID)) == before
+
+
+class TestRunDemoUnderScheduler:
+    def test_run_succeeds_with_every_task_at_its_first_try(self, airflow_api, demo_run):
+        run_id = demo_run["dag_run_id"]
+        report = airflow_api.failure_report(DAG_ID, run_id)
+        assert demo_run["state"] == "success", report
+        tries = {
+            t["task_id"]: (t["state"], t["try_number"])
+            for t in airflow_api.task_instances(DAG_ID, run_id)
+        }
+        assert tries == dict.fromkeys(TASKS, ("success", 1)), report
+
+    def test_run_produced_the_tables_and_the_publication(self, airflow_api, demo_run):
+        from strata.health import iceberg_row_counts
+
+        run_id = demo_run["dag_run_id"]
+        generated = airflow_api.xcom(DAG_ID, run_id, "generate_data")
+        assert generated["users"] == CONF["users"]
+        assert min(generated.values()) > 0
+        # Read back by pyiceberg in the task, and again here, in another process.
+        assert airflow_api.xcom(DAG_ID, run_id, "verify_tables") == generated
+        assert iceberg_row_counts(list(generated)) == generated
+        published = airflow_api.xcom(DAG_ID, run_id, "publish_lookups")
+        assert published["state"] == "live"
+        assert published["rows"] > 0
+        answers = airflow_api.xcom(DAG_ID, run_id, "serve_sample_requests")
+        assert len(answers) == 5
+        assert all(a["device_id"] and a["experiments"] for a in answers)
+
+    def test_run_asset_events_are_listed_by_run(self, airflow_api, demo_run, live_notes):
+        run_id = demo_run["dag_run_id"]
+        events = airflow_api.asset_events(source_dag_id=DAG_ID, source_run_id=run_id)
+        assert all(e["source_run_id"] == run_id for e in events)
+        live_notes.append(
+            f"asset events emitted by {DAG_ID} {run_id}: "
+            + (", ".join(f"{e['uri']} extra={e['extra']}" for e in events) or "none")
+        )
+
+
+class TestUI:
+    def test_grid_shows_the_run_succeeded(self, airflow_ui, demo_run, screenshot_dir, live_timings):
+        started = time.monotonic()
+        run_id = demo_run["dag_run_id"]
+        airflow_ui.open_run(DAG_ID, run_id, sorted(TASKS))
+        assert airflow_ui.run_state() == "Success"
+        assert set(airflow_ui.grid_cells(run_id)) == TASKS
+        assert airflow_ui.task_states() == dict.fromkeys(TASKS, "Success")
+        shot = airflow_ui.screenshot(screenshot_dir / "airflow-run-demo-grid.png")
+        assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+        live_timings["UI: log in, open the run, screenshot"] = time.monotonic() - started
+
+    def test_dag_list_shows_the_dags(self, airflow_ui, airflow_api, screenshot_dir, live_notes):
+        errors = airflow_api.import_errors()
+        live_notes.append(
+            "DAG import errors: "
+            + ("; ".join(f"{f}: {t.strip().splitlines()[-1]}" for f, t in errors.items()) or "none")
+        )
+        dag_ids = {d["dag_id"] for d in airflow_api.get("/dags", limit=100)["dags"]}
+        assert DAG_ID in dag_ids
+        airflow_ui.open_dags(sorted(dag_ids))
+        airflow_ui.screenshot(screenshot_dir / "airflow-dags.png")
