@@ -41,10 +41,14 @@ class GateResult:
 
 def _context(root: Path):
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     root.mkdir(parents=True, exist_ok=True)
-    return gx.get_context(mode="file", project_root_dir=str(root))
+    context = gx.get_context(mode="file", project_root_dir=str(root))
+    # No progress bars: they go to stderr, which an Airflow task log shows as errors.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
 
 
 def _failure(result) -> dict[str, Any]:

@@ -43,6 +43,8 @@ pwfile="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 # Settings every component (and every task process they start) must share.
 export AIRFLOW__CORE__DAGS_FOLDER="$root/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
+# The Strata plugin: report pages under /strata in the api-server (the extra links open them).
+export AIRFLOW__CORE__PLUGINS_FOLDER="$root/include/orchestration/plugins"
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor
 export AIRFLOW__CORE__PARALLELISM=$parallelism
 export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager

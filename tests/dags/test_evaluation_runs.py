@@ -13,6 +13,7 @@ import threading
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pyarrow as pa
@@ -25,9 +26,9 @@ NAMESPACE = "dag_evaluation_test"
 
 
 class _Sink(BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append(json.loads(body))
         self.send_response(204)
@@ -68,11 +69,11 @@ def evaluation_dag(airflow_db, monkeypatch_module, settings):
     catalog = iceberg_catalog(get_settings())
     catalog.create_namespace_if_not_exists(NAMESPACE)
     records = [experiment_record(e) for e in ("exp_a", "exp_b", "exp_c")]
-    # exp_c's metric names a goal its aggregates do not have: its evaluation fails (a data
-    # contract, deterministic), the others' must not.
-    broken = json.loads(records[2]["metrics"])
-    broken[0]["nominator"] = "count(user.unit.purchase)"
-    records[2]["metrics"] = json.dumps(broken)
+    # exp_c's design has no control variant: its evaluation fails (a broken contract,
+    # deterministic: no retry), the others' must not.
+    variants = json.loads(records[2]["variants"])
+    variants[0]["is_control"] = False
+    records[2]["variants"] = json.dumps(variants)
     goals, cross = aggregates(3, ["exp_a", "exp_b", "exp_c"])
     for name, frame in (
         ("experiments", pd.DataFrame(records)),
@@ -82,7 +83,9 @@ def evaluation_dag(airflow_db, monkeypatch_module, settings):
         arrow = pa.Table.from_pandas(frame, preserve_index=False)
         table = catalog.create_table_if_not_exists(f"{NAMESPACE}.{name}", schema=arrow.schema)
         table.overwrite(arrow)
-    yield DagBag(dag_folder=str(DAGS)).get_dag("evaluate_experiments"), catalog
+    # A fresh DAG object per run: dag.test() runs in this process, and a run's params must not
+    # leak into the next one (the scheduler starts every task in a process of its own).
+    yield (lambda: DagBag(dag_folder=str(DAGS)).get_dag("evaluate_experiments")), catalog
     get_settings.cache_clear()
 
 
@@ -109,7 +112,7 @@ def _results(catalog) -> pd.DataFrame:
     ids=["undeclared-key", "unknown-experiment", "date-without-data"],
 )
 def test_bad_conf_fails_the_first_task_once_and_notifies(evaluation_dag, webhook, conf, reason):
-    dag, _ = evaluation_dag
+    dag = evaluation_dag[0]()
     webhook.clear()
     run = dag.test(run_conf=conf)
     states = _states(run)
@@ -127,7 +130,7 @@ def test_bad_conf_fails_the_first_task_once_and_notifies(evaluation_dag, webhook
 
 
 def test_one_experiment_selected_evaluates_only_it(evaluation_dag, webhook):
-    dag, catalog = evaluation_dag
+    dag, catalog = evaluation_dag[0](), evaluation_dag[1]
     webhook.clear()
     run = dag.test(run_conf={"experiment_ids": ["exp_b"], "analysis_date": DAY.isoformat()})
     assert str(run.state) == "success"
@@ -142,7 +145,7 @@ def test_one_experiment_selected_evaluates_only_it(evaluation_dag, webhook):
 
 
 def test_a_broken_experiment_fails_alone(evaluation_dag, webhook):
-    dag, catalog = evaluation_dag
+    dag, catalog = evaluation_dag[0](), evaluation_dag[1]
     webhook.clear()
     run = dag.test(run_conf={})  # every experiment with aggregates at the newest date
     states = _states(run)
@@ -159,5 +162,5 @@ def test_a_broken_experiment_fails_alone(evaluation_dag, webhook):
     (message,) = webhook
     assert message["experiment_id"] == "exp_c"
     assert message["stage"] == "evaluation"
-    assert "purchase" in message["error"]
+    assert "control" in message["error"]
     assert "exp_c" in message["text"]
