@@ -178,6 +178,18 @@ def results_frame(
     )
 
 
+#: Evaluations of different experiments (Airflow's mapped tasks) commit to the one table at
+#: once; a commit that loses the race is retried on the new snapshot (pyiceberg re-applies its
+#: delete-and-append), so each replaces only its own rows. pyiceberg's default, 4 retries, runs
+#: out with half a dozen concurrent writers (tests/strata/stats/test_results_concurrent.py).
+COMMIT_RETRY_PROPERTIES = {
+    "commit.retry.num-retries": "20",
+    "commit.retry.min-wait-ms": "100",
+    "commit.retry.max-wait-ms": "4000",
+    "commit.retry.total-timeout-ms": "120000",
+}
+
+
 def _identifier(catalog: Catalog, name: str, namespace: str) -> str:
     return name if "." in name else f"{namespace}.{name}"
 
@@ -193,7 +205,12 @@ def write_results(
 
     ident = _identifier(catalog, table, namespace)
     catalog.create_namespace_if_not_exists(ident.rsplit(".", 1)[0])
-    tbl = catalog.create_table_if_not_exists(ident, schema=RESULTS_SCHEMA)
+    tbl = catalog.create_table_if_not_exists(
+        ident, schema=RESULTS_SCHEMA, properties=COMMIT_RETRY_PROPERTIES
+    )
+    if any(tbl.properties.get(k) != v for k, v in COMMIT_RETRY_PROPERTIES.items()):
+        with tbl.transaction() as tx:  # a table written before these properties existed
+            tx.set_properties(COMMIT_RETRY_PROPERTIES)
     arrow = pa.Table.from_pandas(frame, schema=RESULTS_SCHEMA, preserve_index=False)
     keys = frame[["experiment_id", "analysis_date", "window"]].drop_duplicates()
     filters = [
