@@ -43,7 +43,11 @@ def jvm_jars(settings: Settings) -> list[Path]:
 
 
 def catalog_conf(settings: Settings) -> dict[str, str]:
-    """Spark properties registering the Iceberg catalog under ``settings.catalog_name``."""
+    """Spark properties registering the Iceberg catalog under ``settings.catalog_name``.
+
+    For the embedded default it first creates the catalog's SQL tables if missing
+    (:func:`create_catalog_tables`): Spark's catalog is configured not to.
+    """
     prefix = f"spark.sql.catalog.{settings.catalog_name}"
     conf = {
         prefix: "org.apache.iceberg.spark.SparkCatalog",
