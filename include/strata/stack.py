@@ -69,8 +69,8 @@ def catalog_conf(settings: Settings) -> dict[str, str]:
             f"{prefix}.uri": uri,
             f"{prefix}.warehouse": settings.warehouse_uri,
             f"{prefix}.jdbc.schema-version": "V1",
-            # One pooled connection is enough for a driver's catalog calls. (It was not the cure
-            # for SQLITE_BUSY_SNAPSHOT: the pinned snapshot below was.)
+            # One pooled connection is enough for a driver's catalog calls (a second one was
+            # once suspected of SQLITE_BUSY_SNAPSHOT; the cause was the pinned snapshot below).
             f"{prefix}.clients": "1",
         }
         if settings.catalog_uri is None:
