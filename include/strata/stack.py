@@ -45,7 +45,11 @@ def jvm_jars(settings: Settings) -> list[Path]:
 
 
 def catalog_conf(settings: Settings) -> dict[str, str]:
-    """Spark properties registering the Iceberg catalog under ``settings.catalog_name``."""
+    """Spark properties registering the Iceberg catalog under ``settings.catalog_name``.
+
+    For the embedded default it first creates the catalog's SQL tables if missing
+    (:func:`create_catalog_tables`): Spark's catalog is configured not to.
+    """
     prefix = f"spark.sql.catalog.{settings.catalog_name}"
     conf = {
         prefix: "org.apache.iceberg.spark.SparkCatalog",
@@ -67,10 +71,18 @@ def catalog_conf(settings: Settings) -> dict[str, str]:
             f"{prefix}.uri": uri,
             f"{prefix}.warehouse": settings.warehouse_uri,
             f"{prefix}.jdbc.schema-version": "V1",
-            # One pooled connection: with two, one can hold a stale WAL read snapshot while the
-            # other commits, and its next commit fails with SQLITE_BUSY_SNAPSHOT.
+            # One pooled connection is enough for a driver's catalog calls (a second one was
+            # once suspected of SQLITE_BUSY_SNAPSHOT; the cause was the pinned snapshot below).
             f"{prefix}.clients": "1",
         }
+        if settings.catalog_uri is None:
+            # Iceberg <= 1.10 leaves the ResultSets of its "do the catalog tables exist?" check
+            # open when they do; sqlite-jdbc keeps those statements stepped, so the session's
+            # connection sits in a read transaction pinned to the snapshot of its start: it
+            # reads stale metadata and, once anyone else commits, fails every commit with
+            # SQLITE_BUSY_SNAPSHOT (docs/adr/0001). Skip that check; the tables exist already.
+            create_catalog_tables(settings)
+            conf[f"{prefix}.jdbc.init-catalog-tables"] = "false"
     else:
         conf |= {
             f"{prefix}.type": "rest",
@@ -137,6 +149,21 @@ def spark_session(settings: Settings | None = None, app_name: str = "strata") ->
     spark.sparkContext.setLogLevel("WARN")
     spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {settings.catalog_name}.{settings.namespace}")
     return spark
+
+
+def create_catalog_tables(settings: Settings) -> None:
+    """Create the embedded catalog's SQL tables if missing (pyiceberg's ``SqlCatalog`` does).
+
+    Spark's catalog is told not to (``jdbc.init-catalog-tables=false``, see ``catalog_conf``), so
+    whatever starts a Spark session on the embedded catalog calls this first. Two processes
+    creating them at once: the loser sees "already exists" and the second look finds them.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        iceberg_catalog(settings)
+    except OperationalError:
+        iceberg_catalog(settings)
 
 
 def iceberg_catalog(settings: Settings | None = None) -> Catalog:
