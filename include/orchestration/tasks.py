@@ -447,3 +447,32 @@ def write_reports(evaluated: list[dict]) -> dict:
     }
     log.info("%d report pages in %s (%d experiments evaluated)", len(pages), out, len(done))
     return {"pages": len(pages), "folder": str(out), "evaluated": len(done)}
+
+
+# --- lookup table health -------------------------------------------------------------------------
+
+
+@task
+def recover_lookup_table() -> dict:
+    """Serve the last verified publication again if Redis lost it (restart without its data, a
+    replaced node): republished from its recorded Iceberg snapshots, no assignment re-run.
+    A no-op (one Redis round trip) while a live version is served or before any publication.
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from lookup_loader.loader import recover
+    from strata.config import get_settings
+    from strata.stack import iceberg_catalog
+
+    settings = get_settings()
+    try:
+        published = iceberg_catalog(settings).load_table(f"{settings.namespace}.publications")
+        nothing = published.current_snapshot() is None
+    except NoSuchTableError:
+        nothing = True
+    if nothing:
+        log.info("lookup table: nothing published yet, nothing to recover")
+        return {"state": "nothing published yet"}
+    result = recover(settings)
+    log.info("lookup table: %s (version %s)", result["state"], result.get("version"))
+    return result
