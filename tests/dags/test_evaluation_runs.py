@@ -164,3 +164,27 @@ def test_a_broken_experiment_fails_alone(evaluation_dag, webhook):
     assert message["stage"] == "evaluation"
     assert "control" in message["error"]
     assert "exp_c" in message["text"]
+
+
+def test_deadline_callback_alerts_only_when_the_days_results_are_missing(evaluation_dag, webhook):
+    """The events run's deadline callback (run by the triggerer with this context shape)."""
+    import asyncio
+
+    from orchestration.deadlines import results_missing
+
+    def context(day: str) -> dict:
+        return {
+            "dag_run": {"dag_id": "build_goal_aggregates", "dag_run_id": f"scheduled__{day}",
+                        "conf": {"as_of_date": day}, "data_interval_start": None},
+            "deadline": {"id": "d1", "deadline_time": f"{day}T06:00:00+00:00"},
+        }  # fmt: skip
+
+    webhook.clear()
+    asyncio.run(results_missing(context=context(DAY.isoformat())))  # evaluated above
+    assert webhook == []
+    asyncio.run(results_missing(context=context("2026-03-12")))
+    (message,) = webhook
+    assert message["stage"] == "deadline"
+    assert message["day"] == "2026-03-12"
+    assert message["results_found"] is False
+    assert "results for 2026-03-12 are missing" in message["text"]
