@@ -231,7 +231,12 @@ def _run_type(context) -> str:
 
 def _event_days(catalog, namespace: str) -> set[dt.date]:
     """The days with raw events, from the table's partitions (no data file is read)."""
-    table = catalog.load_table(f"{namespace}.raw_events")
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        table = catalog.load_table(f"{namespace}.raw_events")
+    except NoSuchTableError:
+        raise RunConfError(f"no raw events yet: {namespace}.raw_events does not exist") from None
     parts = table.inspect.partitions()
     if parts.num_rows == 0:
         return set()
