@@ -28,7 +28,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(STAMP)/system $(STAMP)/python $(STAMP)/jars $(STAMP)/airflow-db  ## install what is missing (idempotent, quick when done)
+# Setup state lives with what it describes. The Airflow database is in AIRFLOW_HOME, so its stamp
+# is too: `make clean` or a new STRATA_HOME migrates again. The jars' stamp names the Maven profile
+# (`.setup/jars` for none, `.setup/jars-aws` ...): another JVM_PROFILE downloads again.
+JARS_STAMP := $(STAMP)/jars$(if $(JVM_PROFILE),-$(JVM_PROFILE))
+AIRFLOW_DB_STAMP := $(AIRFLOW_HOME)/.setup-airflow-db
+
+setup: $(STAMP)/system $(STAMP)/python $(JARS_STAMP) $(AIRFLOW_DB_STAMP)  ## install what is missing (idempotent, quick when done)
 
 $(STAMP)/system: scripts/install-system.sh
 	@mkdir -p $(STAMP)
@@ -44,14 +50,18 @@ $(STAMP)/python: requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip check
 	@touch $@
 
-$(STAMP)/jars: jvm/pom.xml
+# Downloaded beside .jars and swapped in when complete: a failed download keeps the old jars.
+$(JARS_STAMP): jvm/pom.xml
 	@mkdir -p $(STAMP)
-	rm -rf .jars
+	rm -f $(STAMP)/jars $(STAMP)/jars-*
+	rm -rf .jars.new
 	mvn --batch-mode --quiet -f jvm/pom.xml $(if $(JVM_PROFILE),-P$(JVM_PROFILE)) \
-	    dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.jars -DexcludeTransitive=true
+	    dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.jars.new -DexcludeTransitive=true
+	rm -rf .jars && mv .jars.new .jars
 	@touch $@
 
-$(STAMP)/airflow-db: $(STAMP)/python
+$(AIRFLOW_DB_STAMP): $(STAMP)/python
+	@mkdir -p $(AIRFLOW_HOME)
 	$(VENV)/bin/airflow db migrate > /dev/null
 	@touch $@
 
