@@ -31,8 +31,12 @@ help:  ## list the targets
 # Setup state lives with what it describes. The Airflow database is in AIRFLOW_HOME, so its stamp
 # is too: `make clean` or a new STRATA_HOME migrates again. The jars' stamp names the Maven profile
 # (`.setup/jars` for none, `.setup/jars-aws` ...): another JVM_PROFILE downloads again.
+# A stamp whose subject is gone is stale: the venv's python, a jar in .jars, Airflow's SQLite file.
 JARS_STAMP := $(STAMP)/jars$(if $(JVM_PROFILE),-$(JVM_PROFILE))
 AIRFLOW_DB_STAMP := $(AIRFLOW_HOME)/.setup-airflow-db
+AIRFLOW_DB_FILE := $(if $(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN),,$(AIRFLOW_HOME)/airflow.db)
+gone = $(if $(wildcard $(1)),,missing)
+.PHONY: missing
 
 setup: $(STAMP)/system $(STAMP)/python $(JARS_STAMP) $(AIRFLOW_DB_STAMP)  ## install what is missing (idempotent, quick when done)
 
@@ -41,7 +45,7 @@ $(STAMP)/system: scripts/install-system.sh
 	scripts/install-system.sh
 	@touch $@
 
-$(STAMP)/python: requirements.txt constraints.txt pyproject.toml
+$(STAMP)/python: requirements.txt constraints.txt pyproject.toml $(call gone,$(PY))
 	@mkdir -p $(STAMP)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "pip==26.3"
@@ -51,7 +55,7 @@ $(STAMP)/python: requirements.txt constraints.txt pyproject.toml
 	@touch $@
 
 # Downloaded beside .jars and swapped in when complete: a failed download keeps the old jars.
-$(JARS_STAMP): jvm/pom.xml
+$(JARS_STAMP): jvm/pom.xml $(call gone,.jars/*.jar)
 	@mkdir -p $(STAMP)
 	rm -f $(STAMP)/jars $(STAMP)/jars-*
 	rm -rf .jars.new
@@ -60,7 +64,7 @@ $(JARS_STAMP): jvm/pom.xml
 	rm -rf .jars && mv .jars.new .jars
 	@touch $@
 
-$(AIRFLOW_DB_STAMP): $(STAMP)/python
+$(AIRFLOW_DB_STAMP): $(STAMP)/python $(if $(AIRFLOW_DB_FILE),$(call gone,$(AIRFLOW_DB_FILE)))
 	@mkdir -p $(AIRFLOW_HOME)
 	$(VENV)/bin/airflow db migrate > /dev/null
 	@touch $@
