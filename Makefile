@@ -29,17 +29,27 @@ export PYTHONDONTWRITEBYTECODE := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# Setup state lives with what it describes. The Airflow database is in AIRFLOW_HOME, so its stamp
+# is too: `make clean` or a new STRATA_HOME migrates again. The jars' stamp names the Maven profile
+# (`.setup/jars` for none, `.setup/jars-aws` ...): another JVM_PROFILE downloads again.
+# A stamp whose subject is gone is stale: the venv's python, a jar in .jars, Airflow's SQLite file.
+JARS_STAMP := $(STAMP)/jars$(if $(JVM_PROFILE),-$(JVM_PROFILE))
+AIRFLOW_DB_STAMP := $(AIRFLOW_HOME)/.setup-airflow-db
+AIRFLOW_DB_FILE := $(if $(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN),,$(AIRFLOW_HOME)/airflow.db)
+gone = $(if $(wildcard $(1)),,missing)
+.PHONY: missing
+
 DBT_MANIFEST := dbt_project/target/airflow/manifest.json
 DBT_SOURCES := dbt_project/dbt_project.yml $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f 2>/dev/null)
 
-setup: $(STAMP)/system $(STAMP)/python $(STAMP)/jars $(STAMP)/airflow-db $(DBT_MANIFEST)  ## install what is missing (idempotent, quick when done)
+setup: $(STAMP)/system $(STAMP)/python $(JARS_STAMP) $(AIRFLOW_DB_STAMP) $(DBT_MANIFEST)  ## install what is missing (idempotent, quick when done)
 
 $(STAMP)/system: scripts/install-system.sh
 	@mkdir -p $(STAMP)
 	scripts/install-system.sh
 	@touch $@
 
-$(STAMP)/python: requirements.txt constraints.txt pyproject.toml
+$(STAMP)/python: requirements.txt constraints.txt pyproject.toml $(call gone,$(PY))
 	@mkdir -p $(STAMP)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "pip==26.3"
@@ -48,14 +58,18 @@ $(STAMP)/python: requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip check
 	@touch $@
 
-$(STAMP)/jars: jvm/pom.xml
+# Downloaded beside .jars and swapped in when complete: a failed download keeps the old jars.
+$(JARS_STAMP): jvm/pom.xml $(call gone,.jars/*.jar)
 	@mkdir -p $(STAMP)
-	rm -rf .jars
+	rm -f $(STAMP)/jars $(STAMP)/jars-*
+	rm -rf .jars.new
 	mvn --batch-mode --quiet -f jvm/pom.xml $(if $(JVM_PROFILE),-P$(JVM_PROFILE)) \
-	    dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.jars -DexcludeTransitive=true
+	    dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.jars.new -DexcludeTransitive=true
+	rm -rf .jars && mv .jars.new .jars
 	@touch $@
 
-$(STAMP)/airflow-db: $(STAMP)/python
+$(AIRFLOW_DB_STAMP): $(STAMP)/python $(if $(AIRFLOW_DB_FILE),$(call gone,$(AIRFLOW_DB_FILE)))
+	@mkdir -p $(AIRFLOW_HOME)
 	$(VENV)/bin/airflow db migrate > /dev/null
 	@touch $@
 

@@ -13,6 +13,13 @@ def _generate(argv: list[str]) -> int:
     return 0
 
 
+def _print_problems(problems: list[str], path: str) -> None:
+    """One line per definitions problem on stderr, then their count."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(problems)} problem(s) in {path}", file=sys.stderr)
+
+
 def _load_definitions(path: str):
     """The definitions at ``path``, or None after printing one line per problem to stderr."""
     from strata.definitions import DefinitionError, load
@@ -20,9 +27,7 @@ def _load_definitions(path: str):
     try:
         return load(path)
     except DefinitionError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        _print_problems(exc.problems, path)
         return None
 
 
@@ -62,8 +67,15 @@ def _plan(argv: list[str]) -> int:
 
 def _assign(argv: list[str]) -> int:
     from spark_jobs.assign_experiments import main as assign
+    from strata.definitions import DefinitionError
 
-    assign(argv)
+    try:
+        assign(argv)  # loads the definitions before it starts Spark
+    except DefinitionError as exc:
+        shown = argparse.ArgumentParser(add_help=False)
+        shown.add_argument("--definitions", default="the bundled definitions")
+        _print_problems(exc.problems, shown.parse_known_args(argv)[0].definitions)
+        return 1
     return 0
 
 

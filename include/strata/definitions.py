@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from strata import safe_yaml
 from strata.bucketing import SLOTS
 from strata.errors import StrataError
 from strata.rules import Rule, RuleNode, from_node
@@ -398,15 +398,20 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def _parse_file(path: Path, shown: str, problems: list[str]) -> DefinitionFile | None:
+    """One file's model, or None after adding its problems (the YAML limits: :mod:`safe_yaml`)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "<root>"
-        problems.append(f"{shown}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}")
+        raw = safe_yaml.load_file(path)
+    except safe_yaml.YamlProblem as exc:
+        problems.append(f"{shown}: {exc.where}: {exc.message}")
+        return None
+    except OSError as exc:
+        problems.append(f"{shown}: <root>: cannot read the file: {exc.strerror}")
         return None
     if raw is None:
-        raw = {}
+        problems.append(
+            f"{shown}: <root>: empty file; expected a mapping of domains/layers/experiments"
+        )
+        return None
     if not isinstance(raw, dict):
         problems.append(f"{shown}: <root>: expected a mapping of domains/layers/experiments")
         return None

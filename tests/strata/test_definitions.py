@@ -56,6 +56,18 @@ EXPECTED = {
     "non_overlapping_two_layers": [("layers[1]", "non_overlapping domain 'labs' holds one layer")],
     "sibling_salts_differ": [("domains[0].salt", "must share one split salt")],
     "not_yaml": [("line 2", "not valid YAML")],
+    # Hostile files (issue 12): each was a traceback, a hang or silently accepted.
+    "impossible_date": [("experiments[0].start_date", "day value is outside expected range")],
+    "not_utf8": [("line 8", "not UTF-8 text: byte 0xe9 at column 21")],
+    "recursive_anchor": [("line 12", "alias *loop refers to its own anchor (recursive)")],
+    "deep_nesting": [("line 11", "nested more than 64 levels deep")],
+    "huge_integer": [("line 3", "(5,000 characters) does not fit in 64 bits")],
+    "infinite_weight": [("line 12", "number .inf is not finite")],
+    "duplicate_key": [("line 11", "duplicate key 'status' (first at line 8)")],
+    "alias_bomb": [("line 20", "aliases stand for over 10,000 nodes (at *c)")],
+    "empty": [("<root>", "empty file; expected a mapping of domains/layers/experiments")],
+    "non_string_key": [("line 11", "mapping key True is a bool, not a string (quote it)")],
+    "set_tag": [("line 10", "tag !!set is not allowed")],
 }
 
 
