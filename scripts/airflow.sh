@@ -77,7 +77,13 @@ command_of() {
 }
 
 pidfile() { echo "$run_dir/$1.pid"; }
-running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# A component is running when its pid is alive and still an Airflow process (not a reused pid).
+running() {
+  local f; f=$(pidfile "$1")
+  [ -f "$f" ] && ps -o args= -p "$(cat "$f")" 2>/dev/null | grep -q airflow
+}
+# The process group a pid file names still holds Airflow processes (the component or its tasks).
+group_alive() { pgrep -g "$1" -f airflow >/dev/null; }
 
 port_taken() {
   python - "$port" <<'EOF'
@@ -175,7 +181,7 @@ stop() {
     pid=$(cat "$(pidfile "$name")")
     # The component's process group (its pid): the component and every task process it started,
     # also when the component itself already exited.
-    if pgrep -g "$pid" >/dev/null; then
+    if group_alive "$pid"; then
       kill -TERM -- "-$pid" 2>/dev/null || true
       pids+=("$pid")
       stopped+=("$name")

@@ -85,19 +85,18 @@ class AirflowUI:
                 ec.presence_of_element_located((By.CSS_SELECTOR, f'a[href="/dags/{dag_id}"]'))
             )
 
-    def open_task(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
-        """A task instance's page (its header, extra links and log)."""
+    def task_url(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+        """The UI address of a task instance (of one mapped instance when ``map_index`` >= 0)."""
         url = f"{self.base_url}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}"
-        if map_index >= 0:
-            url += f"/mapped/{map_index}"
-        self.driver.get(url)
-        self.wait.until(
-            ec.presence_of_element_located((By.CSS_SELECTOR, '[data-testid="header-card"]'))
-        )
+        return f"{url}/mapped/{map_index}" if map_index >= 0 else url
 
-    def extra_links(self) -> dict[str, str]:
-        """Link name -> URL of the extra links the open task page shows (Airflow renders each as
-        an ``<a rel="noopener noreferrer">`` under the "Extra Links" heading); waits for one."""
+    def extra_links(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+    ) -> dict[str, str]:
+        """Link name -> URL of the extra links a task instance's *Details* tab shows (Airflow 3
+        renders each as an ``<a rel="noopener noreferrer">`` under "Extra Links"); waits for
+        at least one."""
+        self.driver.get(self.task_url(dag_id, run_id, task_id, map_index) + "/details")
         selector = 'a[rel="noopener noreferrer"]'
         self.wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, selector)))
         anchors = self.driver.find_elements(By.CSS_SELECTOR, selector)

@@ -1,14 +1,17 @@
 """Live fixtures: Airflow under its real scheduler, started by the project's own script.
 
 `scripts/airflow.sh start` runs the api-server, scheduler (LocalExecutor), dag-processor and
-triggerer on 127.0.0.1 with the session's temporary STRATA_HOME / AIRFLOW_HOME (SQLite metadata)
-and the session's Redis (`redis_server`, scripts/redis.sh on STRATA_TEST_REDIS_PORT). The project's
-shipped pool and parallelism apply: the fixture removes STRATA_AIRFLOW_PARALLELISM and
-STRATA_AIRFLOW_SPARK_SLOTS from the environment it starts Airflow with, and sets nothing else.
-Everything is stopped at the end of the session (`scripts/airflow.sh stop`, by process group).
+triggerer on 127.0.0.1. The live session has a home of its own, `<session home>/live` (Iceberg
+catalog and warehouse, Airflow home with SQLite metadata, logs), and a Redis of its own
+(scripts/redis.sh on STRATA_TEST_LIVE_REDIS_PORT, default: the test Redis port + 1), so the tasks'
+processes share no catalog file, metastore or keyspace with the test process's SparkSession and
+the other tests. The project's shipped pool and parallelism apply: the fixture removes
+STRATA_AIRFLOW_PARALLELISM and STRATA_AIRFLOW_SPARK_SLOTS from the environment it starts Airflow
+with. Everything is stopped at the end of the session (`scripts/airflow.sh stop`, by process group;
+`scripts/redis.sh stop`).
 
 The api-server listens on STRATA_TEST_AIRFLOW_PORT (default: the test endpoint's port + 1, 8092).
-Screenshots go to STRATA_SCREENSHOT_DIR (default <temp home>/screenshots; `docs/img` refreshes
+Screenshots go to STRATA_SCREENSHOT_DIR (default <live home>/screenshots; `docs/img` refreshes
 the README's).
 """
 
@@ -27,6 +30,10 @@ from airflow_ui import AirflowUI
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "airflow.sh"
+REDIS_SCRIPT = ROOT / "scripts" / "redis.sh"
+LIVE_REDIS_PORT = int(
+    os.environ.get("STRATA_TEST_LIVE_REDIS_PORT", int(os.environ["STRATA_REDIS_PORT"]) + 1)
+)
 #: The test endpoint's port (STRATA_ENDPOINT_PORT, test Redis port + 1700) + 1: 8092 by default.
 AIRFLOW_PORT = int(
     os.environ.get("STRATA_TEST_AIRFLOW_PORT", int(os.environ["STRATA_ENDPOINT_PORT"]) + 1)
@@ -41,16 +48,26 @@ NOTES = pytest.StashKey[list]()
 class LiveAirflow:
     url: str
     home: Path
-    password_file: Path
     env: dict
 
     @property
-    def password(self) -> str:
-        return json.loads(self.password_file.read_text())["admin"]
+    def airflow_home(self) -> Path:
+        return Path(self.env["AIRFLOW_HOME"])
 
-    def script(self, command: str, timeout: float) -> subprocess.CompletedProcess:
+    @property
+    def password(self) -> str:
+        file = self.airflow_home / "simple_auth_manager_passwords.json.generated"
+        return json.loads(file.read_text())["admin"]
+
+    def settings(self):
+        """Strata's settings as the live tasks see them (the live home, the live Redis)."""
+        from strata.config import Settings
+
+        return Settings(home=self.home, redis_url=self.env["STRATA_REDIS_URL"])
+
+    def script(self, script: Path, command: str, timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(SCRIPT), command],
+            [str(script), command],
             env=self.env,
             capture_output=True,
             text=True,
@@ -72,35 +89,39 @@ def live_notes(request) -> list:
 
 
 @pytest.fixture(scope="session")
-def live_airflow(redis_server, live_timings):
-    """Airflow started through scripts/airflow.sh; stopped (every process group) at the end."""
+def live_airflow(settings, live_timings):
+    """Airflow started through scripts/airflow.sh, with its own home and Redis; both stopped
+    (every process group) at the end."""
+    home = settings.home / "live"
     env = {k: v for k, v in os.environ.items() if k not in SHIPPED_KNOBS}
     # The scheduler handles the events run's deadline (only dag.test() runs need it off).
     env.pop("STRATA_RESULTS_DEADLINE_HOURS", None)
-    env["STRATA_AIRFLOW_PORT"] = str(AIRFLOW_PORT)
-    home = Path(env["AIRFLOW_HOME"])
-    live = LiveAirflow(
-        url=f"http://127.0.0.1:{AIRFLOW_PORT}",
-        home=home,
-        password_file=home / "simple_auth_manager_passwords.json.generated",
-        env=env,
+    env.update(
+        STRATA_HOME=str(home),
+        AIRFLOW_HOME=str(home / "airflow"),
+        STRATA_REDIS_PORT=str(LIVE_REDIS_PORT),
+        STRATA_REDIS_URL=f"redis://127.0.0.1:{LIVE_REDIS_PORT}/0",
+        STRATA_AIRFLOW_PORT=str(AIRFLOW_PORT),
     )
+    live = LiveAirflow(url=f"http://127.0.0.1:{AIRFLOW_PORT}", home=home, env=env)
     started_at = time.monotonic()
     live_timings["session start"] = started_at
-    started = live.script("start", timeout=420)
-    if started.returncode != 0:
-        live.script("stop", timeout=120)
-        pytest.fail(
-            f"scripts/airflow.sh start exited {started.returncode}:\n"
-            f"{started.stdout}\n{started.stderr}"
-        )
-    live_timings["airflow start (to healthy)"] = time.monotonic() - started_at
+    redis = live.script(REDIS_SCRIPT, "start", timeout=60)
+    assert redis.returncode == 0, f"redis.sh start: {redis.stdout}\n{redis.stderr}"
     try:
+        started = live.script(SCRIPT, "start", timeout=420)
+        if started.returncode != 0:
+            pytest.fail(
+                f"scripts/airflow.sh start exited {started.returncode}:\n"
+                f"{started.stdout}\n{started.stderr}"
+            )
+        live_timings["airflow start (to healthy)"] = time.monotonic() - started_at
         yield live
     finally:
         stopping = time.monotonic()
-        stopped = live.script("stop", timeout=120)
+        stopped = live.script(SCRIPT, "stop", timeout=120)
         live_timings["airflow stop"] = time.monotonic() - stopping
+        live.script(REDIS_SCRIPT, "stop", timeout=60)
         assert stopped.returncode == 0, f"airflow.sh stop: {stopped.stdout}\n{stopped.stderr}"
 
 
@@ -124,8 +145,8 @@ def airflow_ui(live_airflow) -> AirflowUI:
 
 
 @pytest.fixture(scope="session")
-def screenshot_dir(settings) -> Path:
-    return Path(os.environ.get("STRATA_SCREENSHOT_DIR") or settings.home / "screenshots")
+def screenshot_dir(live_airflow) -> Path:
+    return Path(os.environ.get("STRATA_SCREENSHOT_DIR") or live_airflow.home / "screenshots")
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -101,8 +101,9 @@ class TestRunDemoUnderScheduler:
         }
         assert tries == dict.fromkeys(TASKS, ("success", 1)), report
 
-    def test_run_produced_the_tables_and_the_publication(self, airflow_api, demo_run):
+    def test_run_produced_the_tables_and_the_publication(self, airflow_api, demo_run, live_airflow):
         from strata.health import iceberg_row_counts
+        from strata.lookup import LookupClient
 
         run_id = demo_run["dag_run_id"]
         generated = airflow_api.xcom(DAG_ID, run_id, "generate_data")
@@ -110,13 +111,24 @@ class TestRunDemoUnderScheduler:
         assert min(generated.values()) > 0
         # Read back by pyiceberg in the task, and again here, in another process.
         assert airflow_api.xcom(DAG_ID, run_id, "verify_tables") == generated
-        assert iceberg_row_counts(list(generated)) == generated
+        assert iceberg_row_counts(list(generated), live_airflow.settings()) == generated
         published = airflow_api.xcom(DAG_ID, run_id, "publish_lookups")
         assert published["state"] == "live"
         assert published["rows"] > 0
         answers = airflow_api.xcom(DAG_ID, run_id, "serve_sample_requests")
         assert len(answers) == 5
         assert all(a["device_id"] and a["experiments"] for a in answers)
+        # The live Redis serves that version, and the endpoint's answers came from it.
+        client = LookupClient(live_airflow.settings())
+        try:
+            assert client.live_version() == published["version"]
+            for sample in answers:
+                answer = client.answer(sample["device_id"], sample["user_id"])
+                assert answer.version == published["version"]
+                served = {entry.split("=")[0] for entry in sample["experiments"]}
+                assert {experiment for experiment, _ in answer.experiments} == served
+        finally:
+            client.close()
 
     def test_run_asset_events_are_listed_by_run(self, airflow_api, demo_run, live_notes):
         run_id = demo_run["dag_run_id"]
