@@ -11,9 +11,10 @@ completes it. Older versions are unlinked afterwards (the previous one is kept f
 
 Usage (the functions the CLI and the DAG call)::
 
-    from lookup_loader.loader import publish, invalidate, cleanup
+    from lookup_loader.loader import publish, invalidate, cleanup, recover
     result = publish(settings)          # -> PublicationResult, also appended to `publications`
     invalidate(settings, "device_id", "d-42", "checkout_button")   # fast path, effective now
+    recover(settings)   # Redis lost its data: the last verified publication again -> dict of counts
 """
 
 from __future__ import annotations
@@ -154,23 +155,33 @@ def read_source(
     settings: Settings,
     assignments_table: str = ASSIGNMENTS_TABLE,
     experiments_table: str = EXPERIMENTS_TABLE,
+    *,
+    snapshot_ids: tuple[int, int] | None = None,
 ) -> Source:
-    """Both tables read through pyiceberg (Arrow, no JVM) at their current snapshots."""
+    """Both tables read through pyiceberg (Arrow, no JVM) at their current snapshots, or at
+    ``snapshot_ids`` = (assignments, experiments) when given (recovery)."""
     from strata.stack import iceberg_catalog
 
     catalog = iceberg_catalog(settings)
     tables = {}
-    for name, columns in (
-        (assignments_table, _ASSIGNMENT_COLUMNS),
-        (experiments_table, _EXPERIMENT_COLUMNS),
+    for i, (name, columns) in enumerate(
+        ((assignments_table, _ASSIGNMENT_COLUMNS), (experiments_table, _EXPERIMENT_COLUMNS))
     ):
         ident = f"{settings.namespace}.{name}"
         if not catalog.table_exists(ident):
             raise DataError(f"Iceberg table {ident} does not exist; run the assignment job first")
         table = catalog.load_table(ident)
-        snapshot = table.current_snapshot()
-        if snapshot is None:
-            raise DataError(f"Iceberg table {ident} has no snapshot (never written)")
+        if snapshot_ids is None:
+            snapshot = table.current_snapshot()
+            if snapshot is None:
+                raise DataError(f"Iceberg table {ident} has no snapshot (never written)")
+        else:
+            snapshot = table.snapshot_by_id(snapshot_ids[i])
+            if snapshot is None:
+                raise DataError(
+                    f"Iceberg table {ident} no longer has snapshot {snapshot_ids[i]} "
+                    "(expired?); publish the current assignments instead"
+                )
         present = {f.name for f in table.schema().fields}
         missing = [c for c in columns if c not in present]
         if missing:
@@ -1150,6 +1161,7 @@ _PUBLICATION_FIELDS = (
     ("duration_s", "float64"),
     ("redis_prefix", "string"),
     ("error", "string"),
+    ("experiments_table", "string"),  # added for recovery; null in older rows
 )
 
 
@@ -1159,19 +1171,25 @@ def record_publication(
     *,
     table_name: str = PUBLICATIONS_TABLE,
     assignments_table: str = ASSIGNMENTS_TABLE,
+    experiments_table: str = EXPERIMENTS_TABLE,
+    as_of: dt.date | None = None,
     prefix: str = DEFAULT_PREFIX,
 ) -> None:
-    """Append one row to the Iceberg ``publications`` table (created on first use)."""
+    """Append one row to the Iceberg ``publications`` table (created on first use; columns
+    added since are added to an older table). ``as_of`` is the day the version was built for
+    (part of its id; :func:`recover` rebuilds the same version from it)."""
     import pyarrow as pa
 
     from strata.stack import iceberg_catalog
 
     schema = pa.schema(
         [pa.field(n, getattr(pa, t)()) for n, t in _PUBLICATION_FIELDS]
-        + [pa.field("published_at", pa.timestamp("us", tz="UTC"))]
+        + [pa.field("published_at", pa.timestamp("us", tz="UTC")), pa.field("as_of", pa.date32())]
     )
     row = asdict(result) | {
         "assignments_table": assignments_table,
+        "experiments_table": experiments_table,
+        "as_of": as_of,
         "device_units": result.units.get("device_id", 0),
         "user_units": result.units.get("user_id", 0),
         "url_units": result.units.get("url", 0),
@@ -1181,6 +1199,10 @@ def record_publication(
     data = pa.Table.from_pylist([{f.name: row[f.name] for f in schema}], schema=schema)
     catalog = iceberg_catalog(settings)
     table = catalog.create_table_if_not_exists(f"{settings.namespace}.{table_name}", schema=schema)
+    if {f.name for f in table.schema().fields} != set(schema.names):
+        with table.update_schema() as update:  # a table created before these columns existed
+            update.union_by_name(schema)
+        table = catalog.load_table(f"{settings.namespace}.{table_name}")
     table.append(data)
 
 
@@ -1211,12 +1233,38 @@ def publish(
     started = time.perf_counter()
     as_of = as_of or dt.datetime.now(dt.UTC).date()
     source = read_source(settings, assignments_table, experiments_table)
+    return _publish_source(
+        settings, source, as_of, started, prefix=prefix, experiments_table=experiments_table,
+        publications_table=publications_table, writers=writers, sample=sample,
+        max_units_per_s=max_units_per_s, keep=keep,
+    )  # fmt: skip
+
+
+def _publish_source(
+    settings: Settings,
+    source: Source,
+    as_of: dt.date,
+    started: float,
+    *,
+    prefix: str,
+    experiments_table: str,
+    publications_table: str | None,
+    writers: int,
+    sample: int,
+    max_units_per_s: float | None,
+    keep: int,
+    state: str = "live",
+) -> PublicationResult:
+    """Encode, write, verify and flip one source read at fixed snapshots; record the outcome
+    (``state`` is what a successful flip is recorded as: "live", or "recovered")."""
+    assignments_table = source.assignments_table
     read_s = time.perf_counter() - started
     enc = encode(source, prefix, as_of)
     encode_s = time.perf_counter() - started - read_s
     client = _client(settings)
     lock = _Lock(client, prefix)
-    record = {"table_name": publications_table, "assignments_table": assignments_table}
+    record = {"table_name": publications_table, "assignments_table": assignments_table,
+              "experiments_table": experiments_table, "as_of": as_of}  # fmt: skip
     try:
         lock.acquire()
         result = _publish_locked(
@@ -1245,6 +1293,8 @@ def publish(
         with contextlib.suppress(redis_lib.RedisError):  # else the lock expires on its own
             lock.release()
     result = dataclasses.replace(result, read_s=round(read_s, 4), encode_s=round(encode_s, 4))
+    if result.state == "live" and state != "live":
+        result = dataclasses.replace(result, state=state)
     if publications_table:
         record_publication(settings, result, prefix=prefix, **record)
     return result
@@ -1264,7 +1314,7 @@ def _publish_locked(
 ) -> PublicationResult:
     ks = KeySpace(prefix)
     live = (client.get(ks.live) or b"").decode() or None
-    if live == enc.version:
+    if live == enc.version and client.exists(ks.meta(live)):  # else its keys are gone: rewrite
         return _result(enc, source, "unchanged", live, 0, 0, 0.0, 0.0, started)
     now = int(time.time() * 1000)
     meta = {
@@ -1334,3 +1384,95 @@ def _result(
         verify_s=round(verify_s, 4),
         duration_s=round(time.perf_counter() - started, 4),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Recovery: the last verified publication, rebuilt from its recorded Iceberg snapshots
+# --------------------------------------------------------------------------------------------
+
+
+def last_publication(
+    settings: Settings,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    table_name: str = PUBLICATIONS_TABLE,
+) -> dict[str, Any]:
+    """The newest row of ``publications`` for ``prefix`` that went live (state "live" or
+    "recovered"): what :func:`recover` republishes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from strata.stack import iceberg_catalog
+
+    ident = f"{settings.namespace}.{table_name}"
+    catalog = iceberg_catalog(settings)
+    if not catalog.table_exists(ident):
+        raise PublicationError(f"nothing to recover: the Iceberg table {ident} does not exist")
+    rows = catalog.load_table(ident).scan().to_arrow()
+    went_live = pc.is_in(rows["state"], pa.array(["live", "recovered"]))
+    mask = pc.and_(pc.equal(rows["redis_prefix"], prefix), went_live)
+    done = rows.filter(mask)
+    if done.num_rows == 0:
+        raise PublicationError(
+            f"nothing to recover: {ident} records no publication of prefix {prefix!r} that went "
+            "live; run `python -m lookup_loader publish`"
+        )
+    return done.sort_by([("published_at", "descending")]).slice(0, 1).to_pylist()[0]
+
+
+def recover(
+    settings: Settings | None = None,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    publications_table: str = PUBLICATIONS_TABLE,
+    writers: int = DEFAULT_WRITERS,
+    sample: int = DEFAULT_SAMPLE,
+    keep: int = KEEP_PREVIOUS,
+) -> dict[str, Any]:
+    """Serve again the last verified publication after Redis lost it (a restart without its
+    data, a replaced node), without re-running assignment.
+
+    Does nothing while a live version is served (``state: "unchanged"``). Otherwise reads the
+    newest publication of ``prefix`` that went live from the Iceberg ``publications`` table,
+    reads ``assignments`` and ``experiments`` at the snapshot ids it recorded, and publishes
+    them exactly like :func:`publish` (same day, so the same version id and content; written
+    beside, verified against the source, flipped, recorded with state "recovered"). Fast-path
+    removals are re-applied if the tombstones survived (they live in Redis only).
+
+    Returns counts, e.g. ``{"state": "recovered", "version": "3f2a...", "rows": 5400,
+    "device_id": 3000, "user_id": 1200, "url": 40, "experiments": 4, "tombstones_applied": 0,
+    "duration_s": 1.2}``. Raises ``PublicationError`` (nothing recorded, snapshot expired, a
+    publication in progress) or ``StackError`` (Redis unreachable).
+    """
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    client = _client(settings)
+    ks = KeySpace(prefix)
+    live = (client.get(ks.live) or b"").decode() or None
+    counts = {"rows": 0, **dict.fromkeys(UNIT_CODES, 0), "experiments": 0,
+              "tombstones_applied": 0}  # fmt: skip
+    if live and client.exists(ks.meta(live)):
+        return {"state": "unchanged", "version": live, **counts, "duration_s": 0.0}
+    last = last_publication(settings, prefix=prefix, table_name=publications_table)
+    experiments_table = last.get("experiments_table") or EXPERIMENTS_TABLE
+    source = read_source(
+        settings,
+        last["assignments_table"],
+        experiments_table,
+        snapshot_ids=(last["assignments_snapshot_id"], last["experiments_snapshot_id"]),
+    )
+    as_of = last.get("as_of") or last["published_at"].date()
+    result = _publish_source(
+        settings, source, as_of, started, prefix=prefix, experiments_table=experiments_table,
+        publications_table=publications_table, writers=writers, sample=sample,
+        max_units_per_s=None, keep=keep, state="recovered",
+    )  # fmt: skip
+    return {
+        "state": result.state,
+        "version": result.version,
+        "rows": result.rows,
+        **{t: result.units.get(t, 0) for t in UNIT_CODES},
+        "experiments": result.experiments,
+        "tombstones_applied": result.tombstones_applied,
+        "duration_s": result.duration_s,
+    }

@@ -4,7 +4,13 @@
 #
 #   scripts/redis.sh start | stop | status
 #
-# Environment: STRATA_HOME (default <repo>/.strata), STRATA_REDIS_PORT (default 6390).
+# Persistence: append-only file (AOF, fsync every second, RDB preamble), so a restarted server comes
+# back with the live lookup version; see docs/lookup.md "Persistence" for the trade-off with RDB.
+# Data files are named after the port (appendonlydir-<port>, dump-<port>.rdb), so servers on other
+# ports may share one STRATA_HOME.
+#
+# Environment: STRATA_HOME (default <repo>/.strata), STRATA_REDIS_PORT (default 6390),
+# STRATA_REDIS_EXTRA_CONF (optional: a redis.conf file included last, e.g. maxmemory settings).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,16 +37,25 @@ start() {
     echo "logfile $dir/redis-$port.log"
     echo "daemonize yes"
     echo "save \"\""
-    echo "appendonly no"
+    echo "appendonly yes"
+    echo "appendfsync everysec"
+    echo "aof-use-rdb-preamble yes"
+    echo "appenddirname appendonlydir-$port"
+    echo "appendfilename appendonly-$port.aof"
+    echo "dbfilename dump-$port.rdb"
     echo "requirepass $(cat "$pwfile")"
+    if [ -n "${STRATA_REDIS_EXTRA_CONF:-}" ]; then echo "include $STRATA_REDIS_EXTRA_CONF"; fi
   } | redis-server -
-  for _ in $(seq 1 100); do
+  # A server replaying a large AOF answers LOADING until it is done: wait for PONG, up to
+  # STRATA_REDIS_START_TIMEOUT seconds (default 60).
+  local limit=$(( ${STRATA_REDIS_START_TIMEOUT:-60} * 10 ))
+  for _ in $(seq 1 "$limit"); do
     if REDISCLI_AUTH=$(cat "$pwfile") redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then
       echo "redis: ready on 127.0.0.1:$port (pid $(cat "$pidfile"), data in $dir)"; return
     fi
     sleep 0.1
   done
-  echo "redis.sh: redis-server did not answer on 127.0.0.1:$port within 10 s; see $dir/redis-$port.log" >&2
+  echo "redis.sh: redis-server did not answer PONG on 127.0.0.1:$port within $(( limit / 10 )) s; see $dir/redis-$port.log" >&2
   exit 1
 }
 
