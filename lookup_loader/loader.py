@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import random
 import socket
@@ -54,6 +55,8 @@ from strata.errors import DataError, StackError, StrataError
 if TYPE_CHECKING:
     import pyarrow as pa
     import redis
+
+log = logging.getLogger(__name__)
 
 #: Bumped when the stored layout changes; part of every version id.
 FORMAT_VERSION = 1
@@ -1115,29 +1118,49 @@ def cleanup(
     prefix: str = DEFAULT_PREFIX,
     keep: int = KEEP_PREVIOUS,
     client: redis.Redis | None = None,
+    locked: bool = False,
 ) -> list[str]:
-    """Unlink retired versions beyond the ``keep`` newest, and stale unfinished ones."""
+    """Unlink retired versions beyond the ``keep`` newest, and unfinished ones (left by a failed
+    or killed publication).
+
+    An unfinished version is removed at once when no publication can be working on it: the
+    caller holds the publisher lock (``locked``), or cleanup takes the lock itself (free, or
+    left by a dead process on this host). While another publication holds the lock, only
+    versions untouched for ``STALE_WRITING_S`` are removed.
+    """
     client = client or _client(settings or get_settings())
     ks = KeySpace(prefix)
-    live = (client.get(ks.live) or b"").decode()
-    now_ms = time.time() * 1000
-    retired_kept = 0
-    removed = []
-    for raw in client.zrevrange(ks.versions, 0, -1):
-        ver = raw.decode()
-        if ver == live:
-            continue
-        meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(ver)).items()}
-        state = meta.get("state", "retired")
-        if state == "retired":
-            retired_kept += 1
-            if retired_kept <= keep:
+    lock = None
+    if not locked:
+        lock = _Lock(client, prefix)
+        try:
+            lock.acquire()
+            locked = True
+        except PublicationError:
+            lock = None  # a publication is running: leave its version alone
+    try:
+        live = (client.get(ks.live) or b"").decode()
+        now_ms = time.time() * 1000
+        retired_kept = 0
+        removed = []
+        for raw in client.zrevrange(ks.versions, 0, -1):
+            ver = raw.decode()
+            if ver == live:
                 continue
-        elif now_ms - float(meta.get("updated_at", 0)) < STALE_WRITING_S * 1000:
-            continue  # a publication may still be working on it
-        unlink_version(client, ver, prefix)
-        removed.append(ver)
-    return removed
+            meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(ver)).items()}
+            state = meta.get("state", "retired")
+            if state == "retired":
+                retired_kept += 1
+                if retired_kept <= keep:
+                    continue
+            elif not locked and now_ms - float(meta.get("updated_at", 0)) < STALE_WRITING_S * 1e3:
+                continue  # the publication holding the lock may still be working on it
+            unlink_version(client, ver, prefix)
+            removed.append(ver)
+        return removed
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 _PUBLICATION_FIELDS = (
@@ -1265,12 +1288,13 @@ def _publish_source(
     lock = _Lock(client, prefix)
     record = {"table_name": publications_table, "assignments_table": assignments_table,
               "experiments_table": experiments_table, "as_of": as_of}  # fmt: skip
+    locked = False
     try:
         lock.acquire()
+        locked = True
         result = _publish_locked(
             settings, client, lock, enc, source, prefix, writers, sample, max_units_per_s, started
         )
-        cleanup(prefix=prefix, keep=keep, client=client)
     except (redis_lib.RedisError, StrataError) as exc:
         error = (
             exc
@@ -1280,6 +1304,8 @@ def _publish_source(
                 "the live version is untouched"
             )
         )
+        if locked:  # remove what this publication wrote, so that it wedges no retry
+            _remove_failed(client, enc.version, prefix, error)
         if publications_table:  # failures are recorded too, with their error
             failed = _result(enc, source, "failed", None, 0, 0, 0.0, 0.0, started)
             failed = dataclasses.replace(failed, error=str(error))
@@ -1289,6 +1315,12 @@ def _publish_source(
                 error.add_note(f"recording the failure in {publications_table} failed too: "
                                f"{record_exc}")  # fmt: skip
         raise error from exc
+    else:
+        try:  # older versions; the flip is done, so a failure here only leaves them for later
+            cleanup(prefix=prefix, keep=keep, client=client, locked=True)
+        except (redis_lib.RedisError, StrataError) as exc:
+            log.warning("cleanup after publishing %s failed (retried next time): %s",
+                        enc.version, exc)  # fmt: skip
     finally:
         with contextlib.suppress(redis_lib.RedisError):  # else the lock expires on its own
             lock.release()
@@ -1298,6 +1330,22 @@ def _publish_source(
     if publications_table:
         record_publication(settings, result, prefix=prefix, **record)
     return result
+
+
+def _remove_failed(client: redis.Redis, version: str, prefix: str, error: Exception) -> None:
+    """Unlink the keys of a publication that failed (never the live version). ``UNLINK`` is
+    allowed when Redis refuses writes for memory, so an OOM failure frees what it took."""
+    try:
+        if (client.get(KeySpace(prefix).live) or b"").decode() == version:
+            return  # the failure came after the flip: the version serves, keep it
+        unlink_version(client, version, prefix)
+    except (redis_lib.RedisError, StrataError) as exc:
+        error.add_note(
+            f"removing the failed version {version} failed too ({exc}); "
+            "`python -m lookup_loader cleanup` removes it once no publication holds the lock"
+        )
+    else:
+        error.add_note(f"the failed version {version} was removed")
 
 
 def _publish_locked(

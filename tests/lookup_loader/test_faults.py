@@ -11,7 +11,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from lookup_loader.loader import publish, recover
+from lookup_loader.loader import PublicationError, publish, recover
 from lookup_loader.sample import sample_tables, write_tables
 from strata.endpoint import create_app
 from strata.lookup import LookupClient, LookupUnavailable, NoLiveVersionError
@@ -163,9 +163,101 @@ class TestRestart:
         assert reader.lookup_many(REQUESTS) == before
 
     def test_nothing_recorded_is_a_clear_error(self, private_redis):
-        from lookup_loader.loader import PublicationError
-
         server = private_redis()
         server.start()
         with pytest.raises(PublicationError, match="nothing to recover"):
             recover(server.settings, prefix="nowhere", publications_table="lf_none_p")
+
+
+def version_keys(admin, prefix: str, version: str) -> list[bytes]:
+    return [*admin.scan_iter(match=f"{prefix}:{version}:*", count=1000)] + [
+        k for k in (f"{prefix}:ver:{version}".encode(),) if admin.exists(k)
+    ]
+
+
+class TestFailedPublication:
+    def test_oom_refusal_removes_what_it_wrote_and_a_retry_succeeds(self, private_redis):
+        server = private_redis("maxmemory-policy noeviction\n")
+        server.start()
+        admin = server.admin()
+        env = Env(server.settings)
+        env.write(devices=300, users=10)
+        old = env.publish()
+        reader = LookupClient(server.settings, prefix=env.prefix)
+        before = reader.lookup_many(REQUESTS)
+        baseline = admin.info("memory")["used_memory"]
+        admin.config_set("maxmemory", baseline + 400 * 1024)
+        admin.config_resetstat()
+
+        env.write(devices=30_000, users=10)  # far more than the 400 KB left
+        with pytest.raises(PublicationError, match=r"used memory > 'maxmemory'") as failed:
+            env.publish(writers=1)
+
+        hset = admin.info("commandstats")["cmdstat_hset"]
+        assert hset["calls"] > 0  # it failed half-way: some buckets were written
+        assert hset["rejected_calls"] >= 1
+        versions = [v.decode() for v in admin.zrange(f"{env.prefix}:versions", 0, -1)]
+        assert versions == [old.version]  # the failed version is gone, keys and all
+        assert "was removed" in "".join(getattr(failed.value, "__notes__", []))
+        assert list(admin.scan_iter(match=f"{env.prefix}:*", count=1000)) != []
+        failed_versions = {r for r in _recorded(server, env) if r[0] == "failed"}
+        ((_, failed_version),) = failed_versions
+        assert version_keys(admin, env.prefix, failed_version) == []
+        assert admin.info("memory")["used_memory"] < baseline + 100 * 1024
+        assert reader.live_version() == old.version
+        assert reader.lookup_many(REQUESTS) == before  # nothing published was damaged
+
+        # a retry that fits in the memory the failure freed succeeds, under the same maxmemory
+        env.write(devices=3000, users=10)
+        retry = env.publish(writers=1)
+        assert (retry.state, retry.previous_version) == ("live", old.version)
+        assert [s for s, _ in _recorded(server, env)] == ["live", "failed", "live"]
+
+    def test_cleanup_removes_a_killed_publication_at_once(self, private_redis):
+        """A publisher killed mid-write leaves a 'writing' version; once its lock is free (or its
+        holder is dead), cleanup removes it without waiting an hour."""
+        import os
+        import signal
+        import time
+
+        server = private_redis()
+        server.start()
+        admin = server.admin()
+        env = Env(server.settings)
+        env.write(devices=100, users=10)
+        old = env.publish()
+        env.write(devices=8000, users=10)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lookup_loader", "--prefix", env.prefix, "publish",
+             "--assignments", env.tables["assignments_table"],
+             "--experiments", env.tables["experiments_table"], "--publications", env.publications,
+             "--max-units-per-s", "3000", "--writers", "1"],
+            cwd=ROOT, env=server.env | {"STRATA_REDIS_URL": server.settings.redis_url},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        writing = None
+        deadline = time.monotonic() + 60
+        while writing is None and time.monotonic() < deadline:
+            for raw in admin.zrange(f"{env.prefix}:versions", 0, -1):
+                if raw.decode() != old.version and admin.exists(f"{env.prefix}:{raw.decode()}:d:0"):
+                    writing = raw.decode()
+            time.sleep(0.05)
+        assert writing is not None, proc.communicate(timeout=5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert admin.hget(f"{env.prefix}:ver:{writing}", "state") == b"writing"
+        assert admin.exists(f"{env.prefix}:lock")  # the dead publisher's lock, not yet expired
+
+        from lookup_loader.loader import cleanup
+
+        assert cleanup(server.settings, prefix=env.prefix) == [writing]
+        assert version_keys(admin, env.prefix, writing) == []
+        assert LookupClient(server.settings, prefix=env.prefix).live_version() == old.version
+
+
+def _recorded(server, env) -> list[tuple[str, str]]:
+    table = iceberg_catalog(server.settings).load_table(
+        f"{server.settings.namespace}.{env.publications}"
+    )
+    rows = table.scan().to_arrow().sort_by("published_at").to_pylist()
+    return [(r["state"], r["version"]) for r in rows]
