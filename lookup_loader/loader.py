@@ -869,27 +869,47 @@ return total
 #: Buckets counted per COUNT_LUA call (about a millisecond of server time each).
 COUNT_BUCKETS_PER_CALL = 2000
 
-#: ARGV: prefix, version, now_ms. Atomically: re-apply tombstones, set the pointer, mark states.
+#: ARGV: prefix, version, then (tombstone field, value) pairs. Applies fast-path removals to a
+#: verified version before its flip; returns {applied, fields whose experiment it does not hold}.
+APPLY_TOMBSTONES_LUA = (
+    _REMOVE_TOKEN_LUA
+    + """
+local p, ver = ARGV[1], ARGV[2]
+local meta = p .. ':ver:' .. ver
+if redis.call('HGET', meta, 'state') ~= 'verified' then
+  return redis.error_reply('version ' .. ver .. ' is not verified')
+end
+local applied, unknown = 0, {}
+for i = 3, #ARGV, 2 do
+  local code, exp, uid = string.match(ARGV[i], '^(%a)\\n([^\\n]*)\\n(.*)$')
+  local h = tonumber(string.match(ARGV[i + 1], ':(%d+)$'))
+  local r = remove_unit(p, ver, meta, code, exp, uid, h)
+  if r == -1 then unknown[#unknown + 1] = ARGV[i] elseif r == 1 then applied = applied + 1 end
+end
+return {applied, unknown}
+"""
+)
+
+#: ARGV: prefix, version, now_ms, tombstone sequence number the pre-flip pass started from.
+#: Atomically: apply the removals recorded since then (normally none: bounded by the
+#: invalidations of the last seconds, never by history), set the pointer, mark the states.
 FLIP_LUA = (
     _REMOVE_TOKEN_LUA
     + """
-local p, ver, now = ARGV[1], ARGV[2], ARGV[3]
+local p, ver, now, since = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local meta = p .. ':ver:' .. ver
 local state = redis.call('HGET', meta, 'state')
 if state ~= 'verified' then
   return redis.error_reply('version ' .. ver .. ' is ' .. tostring(state) .. ', not verified')
 end
-local applied, dropped = 0, 0
-local tomb = redis.call('HGETALL', p .. ':tomb')
-for i = 1, #tomb, 2 do
-  local code, exp, uid = string.match(tomb[i], '^(%a)\\n([^\\n]*)\\n(.*)$')
-  local h = tonumber(string.match(tomb[i + 1], ':(%d+)$'))
-  local r = remove_unit(p, ver, meta, code, exp, uid, h)
-  if r == -1 then
-    redis.call('HDEL', p .. ':tomb', tomb[i])  -- its experiment is no longer published
-    dropped = dropped + 1
-  elseif r == 1 then
-    applied = applied + 1
+local applied = 0
+local late = redis.call('ZRANGEBYSCORE', p .. ':tomb:log', '(' .. since, '+inf')
+for _, f in ipairs(late) do
+  local value = redis.call('HGET', p .. ':tomb', f)
+  if value then
+    local code, exp, uid = string.match(f, '^(%a)\\n([^\\n]*)\\n(.*)$')
+    local h = tonumber(string.match(value, ':(%d+)$'))
+    if remove_unit(p, ver, meta, code, exp, uid, h) == 1 then applied = applied + 1 end
   end
 end
 local prev = redis.call('GET', p .. ':live')
@@ -898,16 +918,39 @@ redis.call('HSET', meta, 'state', 'live', 'live_at', now)
 if prev and prev ~= ver then
   redis.call('HSET', p .. ':ver:' .. prev, 'state', 'retired', 'retired_at', now)
 end
-return {prev or '', applied, dropped}
+return {prev or '', applied}
 """
 )
 
-#: ARGV: prefix, code, experiment id, unit id, crc32, now_ms. Removes now and records a tombstone.
+#: ARGV: prefix, version, fields. After the flip: drop tombstones of experiments the live version
+#: does not publish (checked again: nothing changes unless ``version`` is still live).
+DROP_TOMBSTONES_LUA = """
+local p, ver = ARGV[1], ARGV[2]
+if redis.call('GET', p .. ':live') ~= ver then return 0 end
+local meta, dropped = p .. ':ver:' .. ver, 0
+for i = 3, #ARGV do
+  local exp = string.match(ARGV[i], '^%a\\n([^\\n]*)\\n')
+  if exp and redis.call('HEXISTS', meta, 'x:' .. exp) == 0 then
+    dropped = dropped + redis.call('HDEL', p .. ':tomb', ARGV[i])
+    redis.call('ZREM', p .. ':tomb:log', ARGV[i])
+  end
+end
+return dropped
+"""
+
+#: Tombstones per script call of the pre-flip pass (about a millisecond of server time each).
+TOMBSTONES_PER_CALL = 1000
+
+#: ARGV: prefix, code, experiment id, unit id, crc32, now_ms. Removes now and records a tombstone
+#: (and its sequence number in ``tomb:log``, so a flip can find the removals made after its
+#: pre-flip pass without reading them all).
 INVALIDATE_LUA = (
     _REMOVE_TOKEN_LUA
     + """
 local p, code, exp, uid, h, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
-redis.call('HSET', p .. ':tomb', code .. '\\n' .. exp .. '\\n' .. uid, now .. ':' .. ARGV[5])
+local field = code .. '\\n' .. exp .. '\\n' .. uid
+redis.call('HSET', p .. ':tomb', field, now .. ':' .. ARGV[5])
+redis.call('ZADD', p .. ':tomb:log', redis.call('INCR', p .. ':tomb:seq'), field)
 local ver = redis.call('GET', p .. ':live')
 if not ver then return 0 end
 local r = remove_unit(p, ver, p .. ':ver:' .. ver, code, exp, uid, h)
@@ -915,6 +958,56 @@ if r == 1 then return 1 end
 return 0
 """
 )
+
+
+def apply_tombstones(
+    client: redis.Redis, version: str, prefix: str = DEFAULT_PREFIX
+) -> tuple[int, int, list[bytes]]:
+    """Apply every fast-path removal to a verified version, before its flip and outside it.
+
+    Walks the tombstones with ``HSCAN`` and applies ``TOMBSTONES_PER_CALL`` per script call, so
+    no single step blocks Redis for long however many there are. Returns (the tombstone
+    sequence number the pass started from, removals applied, fields whose experiment the version
+    does not hold). Removals recorded during the pass have a higher sequence number; the flip
+    applies those itself.
+    """
+    ks = KeySpace(prefix)
+    since = int(client.get(ks.tombstone_seq) or 0)
+    apply = client.register_script(APPLY_TOMBSTONES_LUA)
+    applied, unknown, cursor = 0, [], 0
+    while True:
+        cursor, batch = client.hscan(ks.tombstones, cursor, count=TOMBSTONES_PER_CALL)
+        items = list(batch.items())
+        for i in range(0, len(items), TOMBSTONES_PER_CALL):
+            flat = [x for pair in items[i : i + TOMBSTONES_PER_CALL] for x in pair]
+            done, missing = apply(args=[prefix, version, *flat])
+            applied += int(done)
+            unknown.extend(missing)
+        if cursor == 0:
+            return since, applied, unknown
+
+
+def flip(
+    client: redis.Redis, version: str, since: int, prefix: str = DEFAULT_PREFIX
+) -> tuple[str | None, int]:
+    """The atomic step: make a verified version live. Its work is bounded by the removals
+    recorded after tombstone sequence number ``since`` (see :func:`apply_tombstones`), not by
+    the number of tombstones. Returns (previous live version, late removals applied)."""
+    prev, applied = client.register_script(FLIP_LUA)(
+        args=[prefix, version, int(time.time() * 1000), since]
+    )
+    return prev.decode() or None, int(applied)
+
+
+def drop_tombstones(
+    client: redis.Redis, version: str, fields: list[bytes], prefix: str = DEFAULT_PREFIX
+) -> int:
+    """After the flip: drop the tombstones of experiments the live version does not publish."""
+    drop = client.register_script(DROP_TOMBSTONES_LUA)
+    return sum(
+        int(drop(args=[prefix, version, *fields[i : i + TOMBSTONES_PER_CALL]]))
+        for i in range(0, len(fields), TOMBSTONES_PER_CALL)
+    )
 
 
 def _client(settings: Settings) -> redis.Redis:
@@ -979,7 +1072,11 @@ def restore(
         unit_id = normalize_url(unit_id)
     client = _client(settings)
     field_ = tombstone_field(unit_type, unit_id, experiment_id)
-    return bool(client.hdel(KeySpace(prefix).tombstones, field_))
+    ks = KeySpace(prefix)
+    pipe = client.pipeline(transaction=True)
+    pipe.hdel(ks.tombstones, field_)
+    pipe.zrem(ks.tombstone_log, field_)
+    return bool(pipe.execute()[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -1399,9 +1496,11 @@ def _publish_locked(
     verify(client, enc, source, prefix=prefix, sample=sample)
     verify_s = time.perf_counter() - t0
     client.hset(ks.meta(enc.version), "state", "verified")
-    prev, applied, _dropped = client.eval(FLIP_LUA, 0, prefix, enc.version, int(time.time() * 1000))
-    previous = prev.decode() or None
-    return _result(enc, source, "live", previous, sent, int(applied), write_s, verify_s, started)
+    since, applied, unknown = apply_tombstones(client, enc.version, prefix)
+    previous, late = flip(client, enc.version, since, prefix)
+    if unknown:
+        drop_tombstones(client, enc.version, unknown, prefix)
+    return _result(enc, source, "live", previous, sent, applied + late, write_s, verify_s, started)
 
 
 def _result(

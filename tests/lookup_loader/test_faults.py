@@ -11,7 +11,9 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from lookup_loader.loader import PublicationError, publish, recover
+from lookup_loader import loader
+from lookup_loader.keys import KeySpace
+from lookup_loader.loader import PublicationError, invalidate, publish, recover
 from lookup_loader.sample import sample_tables, write_tables
 from strata.endpoint import create_app
 from strata.lookup import LookupClient, LookupUnavailable, NoLiveVersionError
@@ -261,3 +263,96 @@ def _recorded(server, env) -> list[tuple[str, str]]:
     )
     rows = table.scan().to_arrow().sort_by("published_at").to_pylist()
     return [(r["state"], r["version"]) for r in rows]
+
+
+def experiments(actions: list[dict]) -> set[str]:
+    return {a["data"]["id"] for a in actions if a["type"] == "experiment"}
+
+
+def redis_calls(admin) -> int:
+    """Commands the server executed so far (scripts' own calls included), INFO itself left out."""
+    stats = admin.info("commandstats")
+    return sum(
+        v["calls"] + v.get("failed_calls", 0) + v.get("rejected_calls", 0)
+        for k, v in stats.items()
+        if k != "cmdstat_info"
+    )
+
+
+def record_tombstones(admin, prefix: str, experiment: str, n: int) -> None:
+    """``n`` removals of units the versions do not hold, stored as ``invalidate`` stores them."""
+    import zlib
+
+    ks = KeySpace(prefix)
+    seq = int(admin.get(ks.tombstone_seq) or 0)
+    for lo in range(0, n, 20_000):
+        ids = [f"ghost-{i}" for i in range(lo, min(n, lo + 20_000))]
+        fields = [f"d\n{experiment}\n{u}" for u in ids]
+        pipe = admin.pipeline(transaction=False)
+        pipe.hset(ks.tombstones, mapping={f: f"1:{zlib.crc32(u.encode())}"
+                                          for f, u in zip(fields, ids, strict=True)})  # fmt: skip
+        pipe.zadd(ks.tombstone_log, {f: seq + lo + j + 1 for j, f in enumerate(fields)})
+        pipe.execute()
+    admin.set(ks.tombstone_seq, seq + n)
+
+
+class TestFlipUnderTombstones:
+    @pytest.mark.slow
+    def test_the_flip_does_the_same_work_at_0_and_1m_tombstones(self, private_redis, monkeypatch):
+        server = private_redis()
+        server.start()
+        admin = server.admin()
+        env = Env(server.settings)
+        env.write(devices=200, users=10)
+        env.publish()  # the scripts are loaded; later flips are one EVALSHA each
+        calls: list[int] = []
+        original = loader.flip
+
+        def counted(client, version, since, prefix):
+            before = redis_calls(admin)
+            out = original(client, version, since, prefix)
+            calls.append(redis_calls(admin) - before)
+            return out
+
+        monkeypatch.setattr(loader, "flip", counted)
+        env.write(devices=200, users=10)
+        env.publish()  # no tombstone
+        record_tombstones(admin, env.prefix, "checkout_button", 1_000_000)
+        admin.hset(KeySpace(env.prefix).tombstones, "d\ngone_experiment\nd00000001", "1:0")
+        assert invalidate(
+            server.settings, "device_id", "d00000005", "checkout_button", prefix=env.prefix
+        )
+        env.write(devices=200, users=10)
+        result = env.publish()  # 1,000,002 tombstones
+
+        assert calls[0] == calls[1] < 20, calls
+        assert result.tombstones_applied == 1  # d00000005, re-applied to the new version
+        reader = LookupClient(server.settings, prefix=env.prefix)
+        served = reader.lookup("d00000005")
+        assert "checkout_button" not in {
+            a["data"]["id"] for a in served if a["type"] == "experiment"
+        }
+        tomb = KeySpace(env.prefix).tombstones
+        assert admin.hlen(tomb) == 1_000_001  # only the unpublished experiment's was dropped
+        assert not admin.hexists(tomb, "d\ngone_experiment\nd00000001")
+
+    def test_a_removal_made_just_before_the_flip_is_applied_by_it(self, private_redis, monkeypatch):
+        server = private_redis()
+        server.start()
+        env = Env(server.settings)
+        env.write(devices=200, users=10)
+        env.publish()
+        original = loader.flip
+
+        def invalidate_first(client, version, since, prefix):
+            invalidate(server.settings, "device_id", "d00000009", "checkout_button", prefix=prefix)
+            return original(client, version, since, prefix)
+
+        monkeypatch.setattr(loader, "flip", invalidate_first)
+        env.write(devices=200, users=10)
+        result = env.publish()
+        assert result.tombstones_applied == 1
+        served = LookupClient(server.settings, prefix=env.prefix).lookup("d00000009")
+        assert "checkout_button" not in {
+            a["data"]["id"] for a in served if a["type"] == "experiment"
+        }
