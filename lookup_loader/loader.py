@@ -879,12 +879,26 @@ local meta = p .. ':ver:' .. ver
 if redis.call('HGET', meta, 'state') ~= 'verified' then
   return redis.error_reply('version ' .. ver .. ' is not verified')
 end
-local applied, unknown = 0, {}
+local applied, unknown, index, nb = 0, {}, {}, {}
 for i = 3, #ARGV, 2 do
   local code, exp, uid = string.match(ARGV[i], '^(%a)\\n([^\\n]*)\\n(.*)$')
   local h = tonumber(string.match(ARGV[i + 1], ':(%d+)$'))
-  local r = remove_unit(p, ver, meta, code, exp, uid, h)
-  if r == -1 then unknown[#unknown + 1] = ARGV[i] elseif r == 1 then applied = applied + 1 end
+  if index[exp] == nil then index[exp] = redis.call('HGET', meta, 'x:' .. exp) end
+  if nb[code] == nil then nb[code] = tonumber(redis.call('HGET', meta, 'buckets:' .. code)) end
+  local e, n = index[exp], nb[code]
+  if not e or not n then
+    unknown[#unknown + 1] = ARGV[i]
+  else
+    local key = p .. ':' .. ver .. ':' .. code .. ':' .. string.format('%d', h % n)
+    local cur = redis.call('HGET', key, uid)
+    if cur then
+      local new, removed = remove_token(cur, e)
+      if removed then
+        if new == '' then redis.call('HDEL', key, uid) else redis.call('HSET', key, uid, new) end
+        applied = applied + 1
+      end
+    end
+  end
 end
 return {applied, unknown}
 """
@@ -975,12 +989,10 @@ def apply_tombstones(
     since = int(client.get(ks.tombstone_seq) or 0)
     apply = client.register_script(APPLY_TOMBSTONES_LUA)
     applied, unknown, cursor = 0, [], 0
-    while True:
+    while True:  # HSCAN's COUNT is a hint: a batch holds about that many (all of a small hash)
         cursor, batch = client.hscan(ks.tombstones, cursor, count=TOMBSTONES_PER_CALL)
-        items = list(batch.items())
-        for i in range(0, len(items), TOMBSTONES_PER_CALL):
-            flat = [x for pair in items[i : i + TOMBSTONES_PER_CALL] for x in pair]
-            done, missing = apply(args=[prefix, version, *flat])
+        if batch:
+            done, missing = apply(args=[prefix, version, *(x for p in batch.items() for x in p)])
             applied += int(done)
             unknown.extend(missing)
         if cursor == 0:
