@@ -687,9 +687,10 @@ class RespConnection:
             raise StackError(f"Redis at {host}:{port} is not reachable: {exc}") from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
-        password = settings.redis_secret() or opts.get("password")
+        role_user, password = settings.redis_credentials("writer")
+        password = password or opts.get("password")
         if password:
-            user = opts.get("username")
+            user = role_user or opts.get("username")
             reply = self.call("AUTH", *([user] if user else []), password)
             if not reply.startswith(b"+OK"):
                 raise StackError(f"Redis at {host}:{port} refused our credentials: {reply!r}")
@@ -1025,7 +1026,7 @@ def drop_tombstones(
 def _client(settings: Settings) -> redis.Redis:
     from strata.stack import redis_client
 
-    client = redis_client(settings, socket_timeout=60)
+    client = redis_client(settings, role="writer", socket_timeout=60)
     try:
         client.ping()
     except redis_lib.AuthenticationError as exc:

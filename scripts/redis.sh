@@ -9,6 +9,12 @@
 # Data files are named after the port (appendonlydir-<port>, dump-<port>.rdb), so servers on other
 # ports may share one STRATA_HOME.
 #
+# Least privilege: besides the default (admin) user, two ACL users with generated passwords in
+# 0600 files (never on a command line; the config reaches redis-server on stdin, with SHA-256
+# digests of the passwords only): strata-writer (the loader: read, write, scripts; nothing
+# @dangerous such as FLUSHALL, CONFIG, SHUTDOWN, REPLICAOF, ACL, INFO) and strata-reader (readers
+# and the endpoint: read commands on read-only keys, EVALSHA_RO and SCRIPT LOAD). Needs Redis 7.0.
+#
 # Environment: STRATA_HOME (default <repo>/.strata), STRATA_REDIS_PORT (default 6390),
 # STRATA_REDIS_EXTRA_CONF (optional: a redis.conf file included last, e.g. maxmemory settings).
 set -euo pipefail
@@ -19,6 +25,12 @@ port=${STRATA_REDIS_PORT:-6390}
 dir="$home/redis"
 pidfile="$dir/redis-$port.pid"
 pwfile="$dir/password"
+writerfile="$dir/writer.password"
+readerfile="$dir/reader.password"
+
+# A random password into a file only its owner can read (created once, kept across restarts).
+secret() { [ -s "$1" ] || ( umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$1" ); }
+digest() { printf '%s' "$(cat "$1")" | sha256sum | cut -d' ' -f1; }
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
@@ -26,7 +38,7 @@ start() {
   command -v redis-server >/dev/null || { echo "redis.sh: redis-server not installed (make setup installs it)" >&2; exit 1; }
   mkdir -p "$dir"
   if running; then echo "redis: already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
-  [ -s "$pwfile" ] || { umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$pwfile"; }
+  secret "$pwfile"; secret "$writerfile"; secret "$readerfile"
   # The password goes in through a config file on stdin, never on the command line (ps shows it).
   {
     echo "bind 127.0.0.1"
@@ -44,6 +56,8 @@ start() {
     echo "appendfilename appendonly-$port.aof"
     echo "dbfilename dump-$port.rdb"
     echo "requirepass $(cat "$pwfile")"
+    echo "user strata-writer reset on #$(digest "$writerfile") ~* resetchannels -@all +@read +@write +@scripting +@transaction +@connection -@dangerous -function -script|flush -script|kill -script|debug"
+    echo "user strata-reader reset on #$(digest "$readerfile") %R~* resetchannels -@all +@read +@connection +evalsha_ro +script|load -@dangerous"
     if [ -n "${STRATA_REDIS_EXTRA_CONF:-}" ]; then echo "include $STRATA_REDIS_EXTRA_CONF"; fi
   } | redis-server -
   # A server replaying a large AOF answers LOADING until it is done: wait for PONG, up to

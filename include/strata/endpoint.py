@@ -382,7 +382,9 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
     def reader() -> LookupClient:
         if "reader" not in state:
             try:
-                client = redis_client(settings, socket_timeout=1, socket_connect_timeout=1)
+                client = redis_client(
+                    settings, role="reader", socket_timeout=1, socket_connect_timeout=1
+                )
             except Exception as exc:  # bad URL / credentials configuration: a 503, named
                 raise StackError(f"the lookup client cannot be built: {exc}") from exc
             state["reader"] = LookupClient(settings, prefix=prefix, client=client)

@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
 
 def redis_round_trip(settings: Settings | None = None) -> dict[str, float | str]:
-    """Write, read back and delete one key with AUTH; returns the server version and latency."""
+    """Write, read back and delete one key as the loader's (writer) user; returns the server
+    version (from ``HELLO``: the writer may not run ``INFO``) and the latency."""
     import redis
 
-    client = redis_client(settings or get_settings(), socket_timeout=5)
+    client = redis_client(settings or get_settings(), role="writer", socket_timeout=5)
     key, value = f"strata:health:{uuid.uuid4().hex}", uuid.uuid4().hex
     try:
         started = time.perf_counter()
@@ -26,7 +27,11 @@ def redis_round_trip(settings: Settings | None = None) -> dict[str, float | str]
         echoed = client.get(key)
         client.delete(key)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        version = client.info("server")["redis_version"]
+        hello = client.execute_command("HELLO")
+        fields = (
+            dict(zip(hello[::2], hello[1::2], strict=True)) if isinstance(hello, list) else hello
+        )
+        version = fields[b"version"].decode()
     except redis.AuthenticationError as exc:
         raise StackError(
             f"Redis at {client.connection_pool.connection_kwargs.get('host')} "

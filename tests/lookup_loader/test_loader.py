@@ -322,7 +322,11 @@ class TestAuth:
 
         with pytest.raises(redis.AuthenticationError):
             redis_client(redis_server, password="").ping()
-        no_secret = Settings(home=redis_server.home, redis_password="wrong-password")
+        no_secret = Settings(
+            home=redis_server.home,
+            redis_writer_password="wrong-password",
+            redis_reader_password="wrong-password",
+        )
         with pytest.raises(StackError, match="refused our credentials"):
             RespConnection(no_secret)
         with pytest.raises(StackError, match="refused"):
@@ -330,7 +334,7 @@ class TestAuth:
 
     def test_publish_with_wrong_password_fails_clearly(self, env):
         env.write(*sample_tables(devices=10, users=1, urls=1))
-        wrong = Settings(home=env.settings.home, redis_password="nope")
+        wrong = Settings(home=env.settings.home, redis_writer_password="nope")
         with pytest.raises(StackError, match="refused our credentials"):
             publish(
                 wrong,

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from lookup_loader.loader import publish
 from lookup_loader.sample import sample_tables, write_tables
@@ -215,7 +216,7 @@ class TestFuzz:
 
 class TestRedisTrouble:
     @pytest.mark.parametrize(
-        "change", [{"redis_password": "wrong"}, {"redis_url": "redis://127.0.0.1:9/0"}]
+        "change", [{"redis_reader_password": "wrong"}, {"redis_url": "redis://127.0.0.1:9/0"}]
     )
     def test_unreachable_or_refused_redis_is_a_503(self, redis_server, change):
         settings = Settings(home=redis_server.home, **change)
@@ -223,7 +224,7 @@ class TestRedisTrouble:
         with TestClient(app) as client:  # in-process: this server's Redis is deliberately wrong
             response = client.post("/v1/device/register/d1", json={"request": {}})
             health = client.get("/healthz")
-        reason = "auth" if "redis_password" in change else "unreachable"
+        reason = "auth" if "redis_reader_password" in change else "unreachable"
         assert_503(response, reason)
         assert_503(health, reason)
 
@@ -364,8 +365,9 @@ class TestRedisFailures:
         prefix = served_on(server)
         server.admin().acl_setuser("nobody", enabled=True, passwords=["+nobody-pw"],
                                    commands=["-@all"])  # fmt: skip
-        settings = Settings(home=server.home, redis_password="nobody-pw",
-                            redis_url=f"redis://nobody@127.0.0.1:{server.port}/0")  # fmt: skip
+        settings = server.settings.model_copy(
+            update={"redis_reader_user": "nobody", "redis_reader_password": SecretStr("nobody-pw")}
+        )
         with TestClient(create_app(settings, prefix=prefix)) as http:
             assert_503(ask(http), "no_permission")
 

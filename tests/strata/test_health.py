@@ -24,7 +24,7 @@ def test_server_refuses_clients_without_password(redis_server):
 
 
 def test_wrong_password_is_a_clear_stack_error(redis_server):
-    wrong = redis_server.model_copy(update={"redis_password": SecretStr("not-the-password")})
+    wrong = redis_server.model_copy(update={"redis_writer_password": SecretStr("not-the-password")})
     with pytest.raises(StackError, match="refused our credentials"):
         redis_round_trip(wrong)
 

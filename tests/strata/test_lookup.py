@@ -292,7 +292,9 @@ class TestConnection:
         reader = env.reader()
         first = reader.lookup("dev00001")
         assert first
-        admin = reader.redis
+        from strata.stack import redis_client
+
+        admin = redis_client(env.settings)  # the reader's own user may not kill or flush
         held = reader._local.conn  # the connection this thread's lookups go through
         held.send_command("CLIENT", "ID")
         assert admin.client_kill_filter(_id=held.read_response()) == 1
