@@ -1445,9 +1445,12 @@ def _publish_source(
 def _remove_failed(client: redis.Redis, version: str, prefix: str, error: Exception) -> None:
     """Unlink the keys of a publication that failed (never the live version). ``UNLINK`` is
     allowed when Redis refuses writes for memory, so an OOM failure frees what it took."""
+    ks = KeySpace(prefix)
     try:
-        if (client.get(KeySpace(prefix).live) or b"").decode() == version:
+        if (client.get(ks.live) or b"").decode() == version:
             return  # the failure came after the flip: the version serves, keep it
+        if client.hget(ks.meta(version), "state") not in (None, b"writing", b"verified"):
+            return  # failed before touching it: an older version of the same id (kept)
         unlink_version(client, version, prefix)
     except (redis_lib.RedisError, StrataError) as exc:
         error.add_note(
