@@ -15,7 +15,8 @@ timeouts, ``LOADING``, ``BUSY``, ``OOM``, ``READONLY``, credentials, permissions
 reply) is a 503 with ``Retry-After``, ``params.err = "LOOKUP_UNAVAILABLE"`` and
 ``result.reason`` naming the class; no live version (nothing published, or a Redis that lost its
 data) is a 503 with ``params.err = "NO_LIVE_VERSION"``. ``GET /healthz`` is 200 with
-``status: "ok"`` only while a live version can be served, else 503 with the same reason.
+``status: "ok"`` only while a live version can be served, else 503 with the same reason
+(readiness); ``GET /livez`` is 200 while the process answers (liveness).
 
 Run it with ``scripts/endpoint.sh start`` (uvicorn on 127.0.0.1, ``STRATA_ENDPOINT_PORT``, default
 8090), or ``uvicorn strata.endpoint:create_app --factory``. ``STRATA_LOOKUP_PREFIX`` chooses the
@@ -414,6 +415,12 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
                     "detail": str(exc)}  # fmt: skip
             return JSONResponse(body, 503, headers={"Retry-After": str(retry_after)})
         return JSONResponse({"status": "ok", "live_version": version})
+
+    @app.get("/livez")
+    def livez() -> JSONResponse:
+        """200 while the process serves HTTP, whatever Redis does (liveness, not readiness:
+        a restart would not bring a lost lookup version back)."""
+        return JSONResponse({"status": "alive", "pid": os.getpid()})
 
     async def register(request: Request) -> JSONResponse:
         device_id = request.path_params["device_id"]

@@ -224,9 +224,11 @@ class TestRedisTrouble:
         with TestClient(app) as client:  # in-process: this server's Redis is deliberately wrong
             response = client.post("/v1/device/register/d1", json={"request": {}})
             health = client.get("/healthz")
+            alive = client.get("/livez")
         reason = "auth" if "redis_reader_password" in change else "unreachable"
         assert_503(response, reason)
         assert_503(health, reason)
+        assert (alive.status_code, alive.json()["status"]) == (200, "alive")
 
 
 def test_exposure_lines_are_byte_for_byte_the_json_of_exposure_event():
