@@ -9,12 +9,15 @@ ratio, because the machine is shared and absolute numbers are noisy:
   (b) reader: single lookup p50/p99 vs a bare redis-py GET; batch lookups/s;
   (c) endpoint (uvicorn via scripts/endpoint.sh) under bounded load from a second process:
       p50/p99 and sustained rate, beside GET /healthz on the same server;
-  (d) time from the pointer flip to a polling reader seeing the new version.
+  (d) time from the pointer flip to a polling reader seeing the new version;
+  (e) the flip under 0 and 1M fast-path tombstones: SLOWLOG duration and Redis calls of the flip
+      script, and of the longest call of the pre-flip pass that applies the tombstones.
 
 Runs its own redis-server (scripts/redis.sh, port 6396) and endpoint (port 8496) in a temporary
-STRATA_HOME, and stops both. Results are printed, not committed.
+STRATA_HOME, and stops both (``--redis-port`` / ``--endpoint-port`` move them). Results are
+printed, not committed.
 
-    .venv/bin/python bench/bench_lookup.py [--units 1000000] [--spark]
+    .venv/bin/python bench/bench_lookup.py [--units 1000000] [--spark] [--tombstones 1000000]
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ PREFIX = "bench:lk"
 #: Open-loop rate of the earlier sessions' endpoint figure (half their measured capacity).
 FIXED_RATE = 250
 SEED = 20261123
+
+
+def set_ports(redis_port: int, endpoint_port: int) -> None:
+    global REDIS_PORT, ENDPOINT_PORT
+    REDIS_PORT, ENDPOINT_PORT = redis_port, endpoint_port
 
 
 def pct(values: list[float], q: float) -> float:
@@ -439,6 +447,91 @@ def bench_flip(settings, units: int) -> None:
     row("max delay", f"{max(delays):.1f} ms", "target (seed 002) 100 ms", max(delays) / 100)
 
 
+def bench_tombstones(settings, tombstones: int) -> None:
+    """(e) The flip's cost at 0 and ``tombstones`` fast-path removals, from Redis' SLOWLOG (every
+    command logged with its server-side duration) and INFO commandstats (calls, script calls
+    included). The flip at 0 tombstones, same run, is the reference."""
+    import zlib
+
+    from lookup_loader import loader
+    from lookup_loader.keys import KeySpace
+    from lookup_loader.sample import write_tables
+    from strata.stack import redis_client
+
+    admin = redis_client(settings, socket_timeout=600)
+    ks = KeySpace(PREFIX)
+    flip_sha = admin.script_load(loader.FLIP_LUA)
+    apply_sha = admin.script_load(loader.APPLY_TOMBSTONES_LUA)
+    # Commands a script calls are logged too (each well under 20 us): a threshold of 0 would log
+    # millions of them, evicting the scripts' own entries and slowing the server down.
+    admin.config_set("slowlog-log-slower-than", 20)
+    admin.config_set("slowlog-max-len", 100_000)
+
+    def calls() -> int:
+        stats = admin.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+    measured: dict[int, dict[str, float]] = {}
+    original = loader.flip
+    for count in (0, tombstones):
+        admin.delete(ks.tombstones, ks.tombstone_log, ks.tombstone_seq)
+        for lo in range(0, count, 20_000):  # stored as invalidate stores them (units not held)
+            ids = [f"ghost-{i}" for i in range(lo, min(count, lo + 20_000))]
+            fields = [f"d\ncheckout_button\n{u}" for u in ids]
+            values = [f"1:{zlib.crc32(u.encode())}" for u in ids]
+            pipe = admin.pipeline(transaction=False)
+            pipe.hset(ks.tombstones, mapping=dict(zip(fields, values, strict=True)))
+            pipe.zadd(ks.tombstone_log, {f: lo + j + 1 for j, f in enumerate(fields)})
+            pipe.execute()
+        admin.set(ks.tombstone_seq, count)
+        write_tables(settings, *build_tables(50_000))
+        flip_calls: list[int] = []
+
+        def counted(client, version, since, prefix, flip_calls=flip_calls):
+            before = calls()
+            out = original(client, version, since, prefix)
+            flip_calls.append(calls() - before)
+            return out
+
+        loader.flip = counted
+        admin.slowlog_reset()
+        try:
+            result = loader.publish(settings, prefix=PREFIX, publications_table=None)
+        finally:
+            loader.flip = original
+        log = admin.slowlog_get(100_000)
+        sha_of = {e["id"]: (e["command"].split(b" ")[1] if e["command"].startswith(b"EVALSHA")
+                            else b"") for e in log}  # fmt: skip
+        flips = [e["duration"] for e in log if sha_of[e["id"]] == flip_sha.encode()]
+        passes = [e["duration"] for e in log if sha_of[e["id"]] == apply_sha.encode()]
+        measured[count] = {
+            "flip_us": max(flips),
+            "flip_calls": flip_calls[0],
+            "pass_max_us": max(passes, default=0),
+            "pass_total_s": sum(passes) / 1e6,
+            "pass_n": len(passes),
+            "publish_s": result.duration_s,
+        }
+    admin.config_set("slowlog-log-slower-than", 10_000)
+    admin.delete(ks.tombstones, ks.tombstone_log, ks.tombstone_seq)
+    zero, many = measured[0], measured[tombstones]
+    header(f"(e) the flip under {tombstones:,} fast-path tombstones (SLOWLOG, commandstats)")
+    at0 = f"0 tombstones {zero['flip_us']:,} us"
+    row("flip script, server time", f"{many['flip_us']:,} us", at0,
+        many["flip_us"] / max(zero["flip_us"], 1))  # fmt: skip
+    row("flip script, Redis calls", f"{many['flip_calls']:,}",
+        f"0 tombstones {zero['flip_calls']:,}",
+        many["flip_calls"] / zero["flip_calls"])  # fmt: skip
+    row("pre-flip pass: longest call (server time)", f"{many['pass_max_us']:,} us", at0,
+        many["pass_max_us"] / max(zero["flip_us"], 1))  # fmt: skip
+    row("pre-flip pass: calls / total server time",
+        f"{many['pass_n']:,} / {many['pass_total_s']:.2f} s",
+        f"0 tombstones {zero['pass_n']} / {zero['pass_total_s']:.3f} s", "-")  # fmt: skip
+    row("publish() 50k units, end to end", f"{many['publish_s']:.2f} s",
+        f"0 tombstones {zero['publish_s']:.2f} s",
+        many["publish_s"] / zero["publish_s"])  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # (c) endpoint under bounded load from a second process
 # --------------------------------------------------------------------------------------------
@@ -589,8 +682,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--units", type=int, default=1_000_000, help="devices (users = /10)")
     parser.add_argument("--spark", action="store_true", help="also time Spark reading the source")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: a,b,c,d")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: b,c,d,e")
+    parser.add_argument("--tombstones", type=int, default=1_000_000, help="section (e)")
+    parser.add_argument("--redis-port", type=int, default=REDIS_PORT)
+    parser.add_argument("--endpoint-port", type=int, default=ENDPOINT_PORT)
     args = parser.parse_args()
+    set_ports(args.redis_port, args.endpoint_port)
     home = Path(tempfile.mkdtemp(prefix="strata-bench-lookup-"))
     os.environ.update(
         {
@@ -625,6 +722,8 @@ def main() -> int:
             bench_endpoint(args.units)
         if "d" not in args.skip:
             bench_flip(settings, args.units)
+        if "e" not in args.skip:
+            bench_tombstones(settings, args.tombstones)
     finally:
         subprocess.run([redis_sh, "stop"], check=True, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)  # the benchmark's tables and Redis files

@@ -5,6 +5,7 @@
     python -m lookup_loader restore device_id d-42 checkout_button
     python -m lookup_loader status
     python -m lookup_loader cleanup [--keep N]
+    python -m lookup_loader recover [--publications T]
 
 Every command prints one JSON object; errors name what and where and exit with status 1.
 """
@@ -61,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("unit_id")
         p.add_argument("experiment_id")
     sub.add_parser("status", help="the live version, every stored version, tombstone count")
-    clean = sub.add_parser("cleanup", help="unlink retired and stale versions")
+    clean = sub.add_parser("cleanup", help="unlink retired, failed and stale versions")
     clean.add_argument("--keep", type=int, default=loader.KEEP_PREVIOUS)
+    rec = sub.add_parser(
+        "recover",
+        help="no live version (Redis lost its data): republish the last verified publication "
+        "from its recorded Iceberg snapshots",
+    )
+    rec.add_argument("--publications", default=loader.PUBLICATIONS_TABLE)
     args = parser.parse_args(argv)
     settings = get_settings()
     try:
@@ -86,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             out = {"command": args.command, "changed": done}
         elif args.command == "status":
             out = _status(args.prefix)
+        elif args.command == "recover":
+            out = loader.recover(settings, prefix=args.prefix, publications_table=args.publications)
         else:
             out = {"unlinked": loader.cleanup(settings, prefix=args.prefix, keep=args.keep)}
     except StrataError as exc:

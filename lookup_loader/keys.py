@@ -10,6 +10,8 @@ and every publication in its own *version* namespace beside the live one::
     strata:lk:<version>:cat             HASH    experiment index -> experiment JSON (catalog)
     strata:lk:<version>:<t>:<bucket>    HASH    unit id -> "<exp index>.<variant id>,..."
     strata:lk:tomb                      HASH    fast-path removals (see ``tombstone_field``)
+    strata:lk:tomb:log                  ZSET    tombstone field -> sequence number of its removal
+    strata:lk:tomb:seq                  STRING  last removal's sequence number (INCR)
 
 ``<t>`` is ``d`` (device_id), ``u`` (user_id) or ``l`` (url). Units are spread over buckets
 (``crc32(unit id) % buckets``) so that each bucket is a small listpack-encoded hash: Redis then
@@ -146,6 +148,14 @@ class KeySpace:
     @property
     def tombstones(self) -> str:
         return f"{self.prefix}:tomb"
+
+    @property
+    def tombstone_log(self) -> str:
+        return f"{self.prefix}:tomb:log"
+
+    @property
+    def tombstone_seq(self) -> str:
+        return f"{self.prefix}:tomb:seq"
 
     def meta(self, version: str) -> str:
         return f"{self.prefix}:ver:{version}"

@@ -11,9 +11,10 @@ completes it. Older versions are unlinked afterwards (the previous one is kept f
 
 Usage (the functions the CLI and the DAG call)::
 
-    from lookup_loader.loader import publish, invalidate, cleanup
+    from lookup_loader.loader import publish, invalidate, cleanup, recover
     result = publish(settings)          # -> PublicationResult, also appended to `publications`
     invalidate(settings, "device_id", "d-42", "checkout_button")   # fast path, effective now
+    recover(settings)   # Redis lost its data: the last verified publication again -> dict of counts
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import random
 import socket
@@ -53,6 +55,8 @@ from strata.errors import DataError, StackError, StrataError
 if TYPE_CHECKING:
     import pyarrow as pa
     import redis
+
+log = logging.getLogger(__name__)
 
 #: Bumped when the stored layout changes; part of every version id.
 FORMAT_VERSION = 1
@@ -154,23 +158,33 @@ def read_source(
     settings: Settings,
     assignments_table: str = ASSIGNMENTS_TABLE,
     experiments_table: str = EXPERIMENTS_TABLE,
+    *,
+    snapshot_ids: tuple[int, int] | None = None,
 ) -> Source:
-    """Both tables read through pyiceberg (Arrow, no JVM) at their current snapshots."""
+    """Both tables read through pyiceberg (Arrow, no JVM) at their current snapshots, or at
+    ``snapshot_ids`` = (assignments, experiments) when given (recovery)."""
     from strata.stack import iceberg_catalog
 
     catalog = iceberg_catalog(settings)
     tables = {}
-    for name, columns in (
-        (assignments_table, _ASSIGNMENT_COLUMNS),
-        (experiments_table, _EXPERIMENT_COLUMNS),
+    for i, (name, columns) in enumerate(
+        ((assignments_table, _ASSIGNMENT_COLUMNS), (experiments_table, _EXPERIMENT_COLUMNS))
     ):
         ident = f"{settings.namespace}.{name}"
         if not catalog.table_exists(ident):
             raise DataError(f"Iceberg table {ident} does not exist; run the assignment job first")
         table = catalog.load_table(ident)
-        snapshot = table.current_snapshot()
-        if snapshot is None:
-            raise DataError(f"Iceberg table {ident} has no snapshot (never written)")
+        if snapshot_ids is None:
+            snapshot = table.current_snapshot()
+            if snapshot is None:
+                raise DataError(f"Iceberg table {ident} has no snapshot (never written)")
+        else:
+            snapshot = table.snapshot_by_id(snapshot_ids[i])
+            if snapshot is None:
+                raise DataError(
+                    f"Iceberg table {ident} no longer has snapshot {snapshot_ids[i]} "
+                    "(expired?); publish the current assignments instead"
+                )
         present = {f.name for f in table.schema().fields}
         missing = [c for c in columns if c not in present]
         if missing:
@@ -673,9 +687,10 @@ class RespConnection:
             raise StackError(f"Redis at {host}:{port} is not reachable: {exc}") from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
-        password = settings.redis_secret() or opts.get("password")
+        role_user, password = settings.redis_credentials("writer")
+        password = password or opts.get("password")
         if password:
-            user = opts.get("username")
+            user = role_user or opts.get("username")
             reply = self.call("AUTH", *([user] if user else []), password)
             if not reply.startswith(b"+OK"):
                 raise StackError(f"Redis at {host}:{port} refused our credentials: {reply!r}")
@@ -855,27 +870,61 @@ return total
 #: Buckets counted per COUNT_LUA call (about a millisecond of server time each).
 COUNT_BUCKETS_PER_CALL = 2000
 
-#: ARGV: prefix, version, now_ms. Atomically: re-apply tombstones, set the pointer, mark states.
+#: ARGV: prefix, version, then (tombstone field, value) pairs. Applies fast-path removals to a
+#: verified version before its flip; returns {applied, fields whose experiment it does not hold}.
+APPLY_TOMBSTONES_LUA = (
+    _REMOVE_TOKEN_LUA
+    + """
+local p, ver = ARGV[1], ARGV[2]
+local meta = p .. ':ver:' .. ver
+if redis.call('HGET', meta, 'state') ~= 'verified' then
+  return redis.error_reply('version ' .. ver .. ' is not verified')
+end
+local applied, unknown, index, nb = 0, {}, {}, {}
+for i = 3, #ARGV, 2 do
+  local code, exp, uid = string.match(ARGV[i], '^(%a)\\n([^\\n]*)\\n(.*)$')
+  local h = tonumber(string.match(ARGV[i + 1], ':(%d+)$'))
+  if index[exp] == nil then index[exp] = redis.call('HGET', meta, 'x:' .. exp) end
+  if nb[code] == nil then nb[code] = tonumber(redis.call('HGET', meta, 'buckets:' .. code)) end
+  local e, n = index[exp], nb[code]
+  if not e or not n then
+    unknown[#unknown + 1] = ARGV[i]
+  else
+    local key = p .. ':' .. ver .. ':' .. code .. ':' .. string.format('%d', h % n)
+    local cur = redis.call('HGET', key, uid)
+    if cur then
+      local new, removed = remove_token(cur, e)
+      if removed then
+        if new == '' then redis.call('HDEL', key, uid) else redis.call('HSET', key, uid, new) end
+        applied = applied + 1
+      end
+    end
+  end
+end
+return {applied, unknown}
+"""
+)
+
+#: ARGV: prefix, version, now_ms, tombstone sequence number the pre-flip pass started from.
+#: Atomically: apply the removals recorded since then (normally none: bounded by the
+#: invalidations of the last seconds, never by history), set the pointer, mark the states.
 FLIP_LUA = (
     _REMOVE_TOKEN_LUA
     + """
-local p, ver, now = ARGV[1], ARGV[2], ARGV[3]
+local p, ver, now, since = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local meta = p .. ':ver:' .. ver
 local state = redis.call('HGET', meta, 'state')
 if state ~= 'verified' then
   return redis.error_reply('version ' .. ver .. ' is ' .. tostring(state) .. ', not verified')
 end
-local applied, dropped = 0, 0
-local tomb = redis.call('HGETALL', p .. ':tomb')
-for i = 1, #tomb, 2 do
-  local code, exp, uid = string.match(tomb[i], '^(%a)\\n([^\\n]*)\\n(.*)$')
-  local h = tonumber(string.match(tomb[i + 1], ':(%d+)$'))
-  local r = remove_unit(p, ver, meta, code, exp, uid, h)
-  if r == -1 then
-    redis.call('HDEL', p .. ':tomb', tomb[i])  -- its experiment is no longer published
-    dropped = dropped + 1
-  elseif r == 1 then
-    applied = applied + 1
+local applied = 0
+local late = redis.call('ZRANGEBYSCORE', p .. ':tomb:log', '(' .. since, '+inf')
+for _, f in ipairs(late) do
+  local value = redis.call('HGET', p .. ':tomb', f)
+  if value then
+    local code, exp, uid = string.match(f, '^(%a)\\n([^\\n]*)\\n(.*)$')
+    local h = tonumber(string.match(value, ':(%d+)$'))
+    if remove_unit(p, ver, meta, code, exp, uid, h) == 1 then applied = applied + 1 end
   end
 end
 local prev = redis.call('GET', p .. ':live')
@@ -884,16 +933,39 @@ redis.call('HSET', meta, 'state', 'live', 'live_at', now)
 if prev and prev ~= ver then
   redis.call('HSET', p .. ':ver:' .. prev, 'state', 'retired', 'retired_at', now)
 end
-return {prev or '', applied, dropped}
+return {prev or '', applied}
 """
 )
 
-#: ARGV: prefix, code, experiment id, unit id, crc32, now_ms. Removes now and records a tombstone.
+#: ARGV: prefix, version, fields. After the flip: drop tombstones of experiments the live version
+#: does not publish (checked again: nothing changes unless ``version`` is still live).
+DROP_TOMBSTONES_LUA = """
+local p, ver = ARGV[1], ARGV[2]
+if redis.call('GET', p .. ':live') ~= ver then return 0 end
+local meta, dropped = p .. ':ver:' .. ver, 0
+for i = 3, #ARGV do
+  local exp = string.match(ARGV[i], '^%a\\n([^\\n]*)\\n')
+  if exp and redis.call('HEXISTS', meta, 'x:' .. exp) == 0 then
+    dropped = dropped + redis.call('HDEL', p .. ':tomb', ARGV[i])
+    redis.call('ZREM', p .. ':tomb:log', ARGV[i])
+  end
+end
+return dropped
+"""
+
+#: Tombstones per script call of the pre-flip pass (about a millisecond of server time each).
+TOMBSTONES_PER_CALL = 1000
+
+#: ARGV: prefix, code, experiment id, unit id, crc32, now_ms. Removes now and records a tombstone
+#: (and its sequence number in ``tomb:log``, so a flip can find the removals made after its
+#: pre-flip pass without reading them all).
 INVALIDATE_LUA = (
     _REMOVE_TOKEN_LUA
     + """
 local p, code, exp, uid, h, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
-redis.call('HSET', p .. ':tomb', code .. '\\n' .. exp .. '\\n' .. uid, now .. ':' .. ARGV[5])
+local field = code .. '\\n' .. exp .. '\\n' .. uid
+redis.call('HSET', p .. ':tomb', field, now .. ':' .. ARGV[5])
+redis.call('ZADD', p .. ':tomb:log', redis.call('INCR', p .. ':tomb:seq'), field)
 local ver = redis.call('GET', p .. ':live')
 if not ver then return 0 end
 local r = remove_unit(p, ver, p .. ':ver:' .. ver, code, exp, uid, h)
@@ -903,10 +975,58 @@ return 0
 )
 
 
+def apply_tombstones(
+    client: redis.Redis, version: str, prefix: str = DEFAULT_PREFIX
+) -> tuple[int, int, list[bytes]]:
+    """Apply every fast-path removal to a verified version, before its flip and outside it.
+
+    Walks the tombstones with ``HSCAN`` and applies ``TOMBSTONES_PER_CALL`` per script call, so
+    no single step blocks Redis for long however many there are. Returns (the tombstone
+    sequence number the pass started from, removals applied, fields whose experiment the version
+    does not hold). Removals recorded during the pass have a higher sequence number; the flip
+    applies those itself.
+    """
+    ks = KeySpace(prefix)
+    since = int(client.get(ks.tombstone_seq) or 0)
+    apply = client.register_script(APPLY_TOMBSTONES_LUA)
+    applied, unknown, cursor = 0, [], 0
+    while True:  # HSCAN's COUNT is a hint: a batch holds about that many (all of a small hash)
+        cursor, batch = client.hscan(ks.tombstones, cursor, count=TOMBSTONES_PER_CALL)
+        if batch:
+            done, missing = apply(args=[prefix, version, *(x for p in batch.items() for x in p)])
+            applied += int(done)
+            unknown.extend(missing)
+        if cursor == 0:
+            return since, applied, unknown
+
+
+def flip(
+    client: redis.Redis, version: str, since: int, prefix: str = DEFAULT_PREFIX
+) -> tuple[str | None, int]:
+    """The atomic step: make a verified version live. Its work is bounded by the removals
+    recorded after tombstone sequence number ``since`` (see :func:`apply_tombstones`), not by
+    the number of tombstones. Returns (previous live version, late removals applied)."""
+    prev, applied = client.register_script(FLIP_LUA)(
+        args=[prefix, version, int(time.time() * 1000), since]
+    )
+    return prev.decode() or None, int(applied)
+
+
+def drop_tombstones(
+    client: redis.Redis, version: str, fields: list[bytes], prefix: str = DEFAULT_PREFIX
+) -> int:
+    """After the flip: drop the tombstones of experiments the live version does not publish."""
+    drop = client.register_script(DROP_TOMBSTONES_LUA)
+    return sum(
+        int(drop(args=[prefix, version, *fields[i : i + TOMBSTONES_PER_CALL]]))
+        for i in range(0, len(fields), TOMBSTONES_PER_CALL)
+    )
+
+
 def _client(settings: Settings) -> redis.Redis:
     from strata.stack import redis_client
 
-    client = redis_client(settings, socket_timeout=60)
+    client = redis_client(settings, role="writer", socket_timeout=60)
     try:
         client.ping()
     except redis_lib.AuthenticationError as exc:
@@ -965,7 +1085,11 @@ def restore(
         unit_id = normalize_url(unit_id)
     client = _client(settings)
     field_ = tombstone_field(unit_type, unit_id, experiment_id)
-    return bool(client.hdel(KeySpace(prefix).tombstones, field_))
+    ks = KeySpace(prefix)
+    pipe = client.pipeline(transaction=True)
+    pipe.hdel(ks.tombstones, field_)
+    pipe.zrem(ks.tombstone_log, field_)
+    return bool(pipe.execute()[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -1104,29 +1228,49 @@ def cleanup(
     prefix: str = DEFAULT_PREFIX,
     keep: int = KEEP_PREVIOUS,
     client: redis.Redis | None = None,
+    locked: bool = False,
 ) -> list[str]:
-    """Unlink retired versions beyond the ``keep`` newest, and stale unfinished ones."""
+    """Unlink retired versions beyond the ``keep`` newest, and unfinished ones (left by a failed
+    or killed publication).
+
+    An unfinished version is removed at once when no publication can be working on it: the
+    caller holds the publisher lock (``locked``), or cleanup takes the lock itself (free, or
+    left by a dead process on this host). While another publication holds the lock, only
+    versions untouched for ``STALE_WRITING_S`` are removed.
+    """
     client = client or _client(settings or get_settings())
     ks = KeySpace(prefix)
-    live = (client.get(ks.live) or b"").decode()
-    now_ms = time.time() * 1000
-    retired_kept = 0
-    removed = []
-    for raw in client.zrevrange(ks.versions, 0, -1):
-        ver = raw.decode()
-        if ver == live:
-            continue
-        meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(ver)).items()}
-        state = meta.get("state", "retired")
-        if state == "retired":
-            retired_kept += 1
-            if retired_kept <= keep:
+    lock = None
+    if not locked:
+        lock = _Lock(client, prefix)
+        try:
+            lock.acquire()
+            locked = True
+        except PublicationError:
+            lock = None  # a publication is running: leave its version alone
+    try:
+        live = (client.get(ks.live) or b"").decode()
+        now_ms = time.time() * 1000
+        retired_kept = 0
+        removed = []
+        for raw in client.zrevrange(ks.versions, 0, -1):
+            ver = raw.decode()
+            if ver == live:
                 continue
-        elif now_ms - float(meta.get("updated_at", 0)) < STALE_WRITING_S * 1000:
-            continue  # a publication may still be working on it
-        unlink_version(client, ver, prefix)
-        removed.append(ver)
-    return removed
+            meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(ver)).items()}
+            state = meta.get("state", "retired")
+            if state == "retired":
+                retired_kept += 1
+                if retired_kept <= keep:
+                    continue
+            elif not locked and now_ms - float(meta.get("updated_at", 0)) < STALE_WRITING_S * 1e3:
+                continue  # the publication holding the lock may still be working on it
+            unlink_version(client, ver, prefix)
+            removed.append(ver)
+        return removed
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 _PUBLICATION_FIELDS = (
@@ -1150,6 +1294,7 @@ _PUBLICATION_FIELDS = (
     ("duration_s", "float64"),
     ("redis_prefix", "string"),
     ("error", "string"),
+    ("experiments_table", "string"),  # added for recovery; null in older rows
 )
 
 
@@ -1159,19 +1304,25 @@ def record_publication(
     *,
     table_name: str = PUBLICATIONS_TABLE,
     assignments_table: str = ASSIGNMENTS_TABLE,
+    experiments_table: str = EXPERIMENTS_TABLE,
+    as_of: dt.date | None = None,
     prefix: str = DEFAULT_PREFIX,
 ) -> None:
-    """Append one row to the Iceberg ``publications`` table (created on first use)."""
+    """Append one row to the Iceberg ``publications`` table (created on first use; columns
+    added since are added to an older table). ``as_of`` is the day the version was built for
+    (part of its id; :func:`recover` rebuilds the same version from it)."""
     import pyarrow as pa
 
     from strata.stack import iceberg_catalog
 
     schema = pa.schema(
         [pa.field(n, getattr(pa, t)()) for n, t in _PUBLICATION_FIELDS]
-        + [pa.field("published_at", pa.timestamp("us", tz="UTC"))]
+        + [pa.field("published_at", pa.timestamp("us", tz="UTC")), pa.field("as_of", pa.date32())]
     )
     row = asdict(result) | {
         "assignments_table": assignments_table,
+        "experiments_table": experiments_table,
+        "as_of": as_of,
         "device_units": result.units.get("device_id", 0),
         "user_units": result.units.get("user_id", 0),
         "url_units": result.units.get("url", 0),
@@ -1181,6 +1332,10 @@ def record_publication(
     data = pa.Table.from_pylist([{f.name: row[f.name] for f in schema}], schema=schema)
     catalog = iceberg_catalog(settings)
     table = catalog.create_table_if_not_exists(f"{settings.namespace}.{table_name}", schema=schema)
+    if {f.name for f in table.schema().fields} != set(schema.names):
+        with table.update_schema() as update:  # a table created before these columns existed
+            update.union_by_name(schema)
+        table = catalog.load_table(f"{settings.namespace}.{table_name}")
     table.append(data)
 
 
@@ -1211,18 +1366,45 @@ def publish(
     started = time.perf_counter()
     as_of = as_of or dt.datetime.now(dt.UTC).date()
     source = read_source(settings, assignments_table, experiments_table)
+    return _publish_source(
+        settings, source, as_of, started, prefix=prefix, experiments_table=experiments_table,
+        publications_table=publications_table, writers=writers, sample=sample,
+        max_units_per_s=max_units_per_s, keep=keep,
+    )  # fmt: skip
+
+
+def _publish_source(
+    settings: Settings,
+    source: Source,
+    as_of: dt.date,
+    started: float,
+    *,
+    prefix: str,
+    experiments_table: str,
+    publications_table: str | None,
+    writers: int,
+    sample: int,
+    max_units_per_s: float | None,
+    keep: int,
+    state: str = "live",
+) -> PublicationResult:
+    """Encode, write, verify and flip one source read at fixed snapshots; record the outcome
+    (``state`` is what a successful flip is recorded as: "live", or "recovered")."""
+    assignments_table = source.assignments_table
     read_s = time.perf_counter() - started
     enc = encode(source, prefix, as_of)
     encode_s = time.perf_counter() - started - read_s
     client = _client(settings)
     lock = _Lock(client, prefix)
-    record = {"table_name": publications_table, "assignments_table": assignments_table}
+    record = {"table_name": publications_table, "assignments_table": assignments_table,
+              "experiments_table": experiments_table, "as_of": as_of}  # fmt: skip
+    locked = False
     try:
         lock.acquire()
+        locked = True
         result = _publish_locked(
             settings, client, lock, enc, source, prefix, writers, sample, max_units_per_s, started
         )
-        cleanup(prefix=prefix, keep=keep, client=client)
     except (redis_lib.RedisError, StrataError) as exc:
         error = (
             exc
@@ -1232,6 +1414,8 @@ def publish(
                 "the live version is untouched"
             )
         )
+        if locked:  # remove what this publication wrote, so that it wedges no retry
+            _remove_failed(client, enc.version, prefix, error)
         if publications_table:  # failures are recorded too, with their error
             failed = _result(enc, source, "failed", None, 0, 0, 0.0, 0.0, started)
             failed = dataclasses.replace(failed, error=str(error))
@@ -1241,13 +1425,40 @@ def publish(
                 error.add_note(f"recording the failure in {publications_table} failed too: "
                                f"{record_exc}")  # fmt: skip
         raise error from exc
+    else:
+        try:  # older versions; the flip is done, so a failure here only leaves them for later
+            cleanup(prefix=prefix, keep=keep, client=client, locked=True)
+        except (redis_lib.RedisError, StrataError) as exc:
+            log.warning("cleanup after publishing %s failed (retried next time): %s",
+                        enc.version, exc)  # fmt: skip
     finally:
         with contextlib.suppress(redis_lib.RedisError):  # else the lock expires on its own
             lock.release()
     result = dataclasses.replace(result, read_s=round(read_s, 4), encode_s=round(encode_s, 4))
+    if result.state == "live" and state != "live":
+        result = dataclasses.replace(result, state=state)
     if publications_table:
         record_publication(settings, result, prefix=prefix, **record)
     return result
+
+
+def _remove_failed(client: redis.Redis, version: str, prefix: str, error: Exception) -> None:
+    """Unlink the keys of a publication that failed (never the live version). ``UNLINK`` is
+    allowed when Redis refuses writes for memory, so an OOM failure frees what it took."""
+    ks = KeySpace(prefix)
+    try:
+        if (client.get(ks.live) or b"").decode() == version:
+            return  # the failure came after the flip: the version serves, keep it
+        if client.hget(ks.meta(version), "state") not in (None, b"writing", b"verified"):
+            return  # failed before touching it: an older version of the same id (kept)
+        unlink_version(client, version, prefix)
+    except (redis_lib.RedisError, StrataError) as exc:
+        error.add_note(
+            f"removing the failed version {version} failed too ({exc}); "
+            "`python -m lookup_loader cleanup` removes it once no publication holds the lock"
+        )
+    else:
+        error.add_note(f"the failed version {version} was removed")
 
 
 def _publish_locked(
@@ -1264,7 +1475,7 @@ def _publish_locked(
 ) -> PublicationResult:
     ks = KeySpace(prefix)
     live = (client.get(ks.live) or b"").decode() or None
-    if live == enc.version:
+    if live == enc.version and client.exists(ks.meta(live)):  # else its keys are gone: rewrite
         return _result(enc, source, "unchanged", live, 0, 0, 0.0, 0.0, started)
     now = int(time.time() * 1000)
     meta = {
@@ -1301,9 +1512,11 @@ def _publish_locked(
     verify(client, enc, source, prefix=prefix, sample=sample)
     verify_s = time.perf_counter() - t0
     client.hset(ks.meta(enc.version), "state", "verified")
-    prev, applied, _dropped = client.eval(FLIP_LUA, 0, prefix, enc.version, int(time.time() * 1000))
-    previous = prev.decode() or None
-    return _result(enc, source, "live", previous, sent, int(applied), write_s, verify_s, started)
+    since, applied, unknown = apply_tombstones(client, enc.version, prefix)
+    previous, late = flip(client, enc.version, since, prefix)
+    if unknown:
+        drop_tombstones(client, enc.version, unknown, prefix)
+    return _result(enc, source, "live", previous, sent, applied + late, write_s, verify_s, started)
 
 
 def _result(
@@ -1334,3 +1547,95 @@ def _result(
         verify_s=round(verify_s, 4),
         duration_s=round(time.perf_counter() - started, 4),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Recovery: the last verified publication, rebuilt from its recorded Iceberg snapshots
+# --------------------------------------------------------------------------------------------
+
+
+def last_publication(
+    settings: Settings,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    table_name: str = PUBLICATIONS_TABLE,
+) -> dict[str, Any]:
+    """The newest row of ``publications`` for ``prefix`` that went live (state "live" or
+    "recovered"): what :func:`recover` republishes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from strata.stack import iceberg_catalog
+
+    ident = f"{settings.namespace}.{table_name}"
+    catalog = iceberg_catalog(settings)
+    if not catalog.table_exists(ident):
+        raise PublicationError(f"nothing to recover: the Iceberg table {ident} does not exist")
+    rows = catalog.load_table(ident).scan().to_arrow()
+    went_live = pc.is_in(rows["state"], pa.array(["live", "recovered"]))
+    mask = pc.and_(pc.equal(rows["redis_prefix"], prefix), went_live)
+    done = rows.filter(mask)
+    if done.num_rows == 0:
+        raise PublicationError(
+            f"nothing to recover: {ident} records no publication of prefix {prefix!r} that went "
+            "live; run `python -m lookup_loader publish`"
+        )
+    return done.sort_by([("published_at", "descending")]).slice(0, 1).to_pylist()[0]
+
+
+def recover(
+    settings: Settings | None = None,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    publications_table: str = PUBLICATIONS_TABLE,
+    writers: int = DEFAULT_WRITERS,
+    sample: int = DEFAULT_SAMPLE,
+    keep: int = KEEP_PREVIOUS,
+) -> dict[str, Any]:
+    """Serve again the last verified publication after Redis lost it (a restart without its
+    data, a replaced node), without re-running assignment.
+
+    Does nothing while a live version is served (``state: "unchanged"``). Otherwise reads the
+    newest publication of ``prefix`` that went live from the Iceberg ``publications`` table,
+    reads ``assignments`` and ``experiments`` at the snapshot ids it recorded, and publishes
+    them exactly like :func:`publish` (same day, so the same version id and content; written
+    beside, verified against the source, flipped, recorded with state "recovered"). Fast-path
+    removals are re-applied if the tombstones survived (they live in Redis only).
+
+    Returns counts, e.g. ``{"state": "recovered", "version": "3f2a...", "rows": 5400,
+    "device_id": 3000, "user_id": 1200, "url": 40, "experiments": 4, "tombstones_applied": 0,
+    "duration_s": 1.2}``. Raises ``PublicationError`` (nothing recorded, snapshot expired, a
+    publication in progress) or ``StackError`` (Redis unreachable).
+    """
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    client = _client(settings)
+    ks = KeySpace(prefix)
+    live = (client.get(ks.live) or b"").decode() or None
+    counts = {"rows": 0, **dict.fromkeys(UNIT_CODES, 0), "experiments": 0,
+              "tombstones_applied": 0}  # fmt: skip
+    if live and client.exists(ks.meta(live)):
+        return {"state": "unchanged", "version": live, **counts, "duration_s": 0.0}
+    last = last_publication(settings, prefix=prefix, table_name=publications_table)
+    experiments_table = last.get("experiments_table") or EXPERIMENTS_TABLE
+    source = read_source(
+        settings,
+        last["assignments_table"],
+        experiments_table,
+        snapshot_ids=(last["assignments_snapshot_id"], last["experiments_snapshot_id"]),
+    )
+    as_of = last.get("as_of") or last["published_at"].date()
+    result = _publish_source(
+        settings, source, as_of, started, prefix=prefix, experiments_table=experiments_table,
+        publications_table=publications_table, writers=writers, sample=sample,
+        max_units_per_s=None, keep=keep, state="recovered",
+    )  # fmt: skip
+    return {
+        "state": result.state,
+        "version": result.version,
+        "rows": result.rows,
+        **{t: result.units.get(t, 0) for t in UNIT_CODES},
+        "experiments": result.experiments,
+        "tombstones_applied": result.tombstones_applied,
+        "duration_s": result.duration_s,
+    }

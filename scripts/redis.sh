@@ -4,7 +4,19 @@
 #
 #   scripts/redis.sh start | stop | status
 #
-# Environment: STRATA_HOME (default <repo>/.strata), STRATA_REDIS_PORT (default 6390).
+# Persistence: append-only file (AOF, fsync every second, RDB preamble), so a restarted server comes
+# back with the live lookup version; see docs/lookup.md "Persistence" for the trade-off with RDB.
+# Data files are named after the port (appendonlydir-<port>, dump-<port>.rdb), so servers on other
+# ports may share one STRATA_HOME.
+#
+# Least privilege: besides the default (admin) user, two ACL users with generated passwords in
+# 0600 files (never on a command line; the config reaches redis-server on stdin, with SHA-256
+# digests of the passwords only): strata-writer (the loader: read, write, scripts; nothing
+# @dangerous such as FLUSHALL, CONFIG, SHUTDOWN, REPLICAOF, ACL, INFO) and strata-reader (readers
+# and the endpoint: read commands on read-only keys, EVALSHA_RO and SCRIPT LOAD). Needs Redis 7.0.
+#
+# Environment: STRATA_HOME (default <repo>/.strata), STRATA_REDIS_PORT (default 6390),
+# STRATA_REDIS_EXTRA_CONF (optional: a redis.conf file included last, e.g. maxmemory settings).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +25,12 @@ port=${STRATA_REDIS_PORT:-6390}
 dir="$home/redis"
 pidfile="$dir/redis-$port.pid"
 pwfile="$dir/password"
+writerfile="$dir/writer.password"
+readerfile="$dir/reader.password"
+
+# A random password into a file only its owner can read (created once, kept across restarts).
+secret() { [ -s "$1" ] || ( umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$1" ); }
+digest() { printf '%s' "$(cat "$1")" | sha256sum | cut -d' ' -f1; }
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
@@ -20,7 +38,7 @@ start() {
   command -v redis-server >/dev/null || { echo "redis.sh: redis-server not installed (make setup installs it)" >&2; exit 1; }
   mkdir -p "$dir"
   if running; then echo "redis: already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
-  [ -s "$pwfile" ] || { umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$pwfile"; }
+  secret "$pwfile"; secret "$writerfile"; secret "$readerfile"
   # The password goes in through a config file on stdin, never on the command line (ps shows it).
   {
     echo "bind 127.0.0.1"
@@ -31,16 +49,27 @@ start() {
     echo "logfile $dir/redis-$port.log"
     echo "daemonize yes"
     echo "save \"\""
-    echo "appendonly no"
+    echo "appendonly yes"
+    echo "appendfsync everysec"
+    echo "aof-use-rdb-preamble yes"
+    echo "appenddirname appendonlydir-$port"
+    echo "appendfilename appendonly-$port.aof"
+    echo "dbfilename dump-$port.rdb"
     echo "requirepass $(cat "$pwfile")"
+    echo "user strata-writer reset on #$(digest "$writerfile") ~* resetchannels -@all +@read +@write +@scripting +@transaction +@connection -@dangerous -function -script|flush -script|kill -script|debug"
+    echo "user strata-reader reset on #$(digest "$readerfile") %R~* resetchannels -@all +@read +@connection +evalsha_ro +script|load -@dangerous"
+    if [ -n "${STRATA_REDIS_EXTRA_CONF:-}" ]; then echo "include $STRATA_REDIS_EXTRA_CONF"; fi
   } | redis-server -
-  for _ in $(seq 1 100); do
+  # A server replaying a large AOF answers LOADING until it is done: wait for PONG, up to
+  # STRATA_REDIS_START_TIMEOUT seconds (default 60).
+  local limit=$(( ${STRATA_REDIS_START_TIMEOUT:-60} * 10 ))
+  for _ in $(seq 1 "$limit"); do
     if REDISCLI_AUTH=$(cat "$pwfile") redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then
       echo "redis: ready on 127.0.0.1:$port (pid $(cat "$pidfile"), data in $dir)"; return
     fi
     sleep 0.1
   done
-  echo "redis.sh: redis-server did not answer on 127.0.0.1:$port within 10 s; see $dir/redis-$port.log" >&2
+  echo "redis.sh: redis-server did not answer PONG on 127.0.0.1:$port within $(( limit / 10 )) s; see $dir/redis-$port.log" >&2
   exit 1
 }
 

@@ -90,3 +90,79 @@ def airflow_db(settings):
         capture_output=True,
     )
     return Path(os.environ["AIRFLOW_HOME"])
+
+
+class RedisProcess:
+    """A redis-server of one test's own (for faults: kills, restarts, memory limits), run by
+    ``scripts/redis.sh`` on an extra loopback port, in the run's home (same password file)."""
+
+    def __init__(self, settings, port: int, extra_conf: str | None = None) -> None:
+        from strata.config import Settings
+
+        self.port = port
+        self.home = settings.home
+        self.settings = Settings(home=settings.home, redis_url=f"redis://127.0.0.1:{port}/0")
+        self.env = os.environ | {"STRATA_REDIS_PORT": str(port), "STRATA_HOME": str(self.home)}
+        if extra_conf is not None:
+            conf = self.home / "redis" / f"extra-{port}.conf"
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text(extra_conf)
+            self.env["STRATA_REDIS_EXTRA_CONF"] = str(conf)
+        self.script = ROOT / "scripts" / "redis.sh"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.home / "redis" / f"redis-{self.port}.pid"
+
+    def start(self, wait: bool = True):
+        """Start (and wait for PONG), or with ``wait=False`` return the running script."""
+        if not wait:
+            return subprocess.Popen([self.script, "start"], env=self.env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        subprocess.run([self.script, "start"], check=True, capture_output=True, env=self.env)
+        return None
+
+    def stop(self) -> None:
+        subprocess.run([self.script, "stop"], check=True, capture_output=True, env=self.env)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM killer would; waits until the process is gone."""
+        import signal
+        import time
+
+        pid = int(self.pidfile.read_text())
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def wipe(self) -> None:
+        """Delete the server's data files (a replaced node starts empty)."""
+        shutil.rmtree(self.home / "redis" / f"appendonlydir-{self.port}", ignore_errors=True)
+        (self.home / "redis" / f"dump-{self.port}.rdb").unlink(missing_ok=True)
+
+    def admin(self):
+        from strata.stack import redis_client
+
+        return redis_client(self.settings)
+
+
+@pytest.fixture
+def private_redis(redis_server):
+    """Factory of test-owned Redis servers on ports STRATA_TEST_REDIS_PORT + 1, + 2, ...;
+    every one is stopped and its data files deleted at the end of the test."""
+    made: list[RedisProcess] = []
+
+    def make(extra_conf: str | None = None) -> RedisProcess:
+        server = RedisProcess(redis_server, TEST_REDIS_PORT + 1 + len(made), extra_conf)
+        server.wipe()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        subprocess.run([server.script, "stop"], capture_output=True, env=server.env)
+        server.wipe()

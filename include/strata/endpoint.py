@@ -8,8 +8,15 @@ pipeline reads as exposures.
 
 Bad input never reaches a 500: bodies over ``MAX_BODY_BYTES`` get 413, malformed JSON, wrong
 types, unknown fields, bad ids and a ``request.did`` that contradicts the path get 400 with the
-offending location named, both in seed 004's envelope (``params.status = "failed"``). Redis being
-unreachable is a 503.
+offending location named, both in seed 004's envelope (``params.status = "failed"``).
+
+Redis trouble is never a 500 and never a silent "no experiments": every Redis failure (unreachable,
+timeouts, ``LOADING``, ``BUSY``, ``OOM``, ``READONLY``, credentials, permissions, any other error
+reply) is a 503 with ``Retry-After``, ``params.err = "LOOKUP_UNAVAILABLE"`` and
+``result.reason`` naming the class; no live version (nothing published, or a Redis that lost its
+data) is a 503 with ``params.err = "NO_LIVE_VERSION"``. ``GET /healthz`` is 200 with
+``status: "ok"`` only while a live version can be served, else 503 with the same reason
+(readiness); ``GET /livez`` is 200 while the process answers (liveness).
 
 Run it with ``scripts/endpoint.sh start`` (uvicorn on 127.0.0.1, ``STRATA_ENDPOINT_PORT``, default
 8090), or ``uvicorn strata.endpoint:create_app --factory``. ``STRATA_LOOKUP_PREFIX`` chooses the
@@ -340,6 +347,16 @@ def _check_units(device_id: str, body: RegisterRequest) -> tuple[str, str, str]:
     return device_id, user_id, url
 
 
+def _unavailability(exc: StackError) -> tuple[str, int, str]:
+    """(reason, Retry-After seconds, envelope ``err``) of a lookup that could not be served."""
+    from strata.lookup import RETRY_AFTER_S, LookupUnavailable, NoLiveVersionError
+
+    if isinstance(exc, LookupUnavailable):
+        err = "NO_LIVE_VERSION" if isinstance(exc, NoLiveVersionError) else "LOOKUP_UNAVAILABLE"
+        return exc.reason, exc.retry_after, err
+    return "error", RETRY_AFTER_S["error"], "LOOKUP_UNAVAILABLE"
+
+
 def create_app(settings: Settings | None = None, *, prefix: str | None = None) -> FastAPI:
     """The ASGI app (``uvicorn strata.endpoint:create_app --factory``)."""
     from strata.lookup import LookupClient
@@ -365,11 +382,13 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
 
     def reader() -> LookupClient:
         if "reader" not in state:
-            state["reader"] = LookupClient(
-                settings,
-                prefix=prefix,
-                client=redis_client(settings, socket_timeout=1, socket_connect_timeout=1),
-            )
+            try:
+                client = redis_client(
+                    settings, role="reader", socket_timeout=1, socket_connect_timeout=1
+                )
+            except Exception as exc:  # bad URL / credentials configuration: a 503, named
+                raise StackError(f"the lookup client cannot be built: {exc}") from exc
+            state["reader"] = LookupClient(settings, prefix=prefix, client=client)
         return state["reader"]
 
     app.state.sink = sink
@@ -380,12 +399,28 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
 
     @app.exception_handler(StackError)
     async def _unavailable(_request: Request, exc: StackError) -> JSONResponse:
-        body = _envelope("failed", "SERVER_ERROR", {}, err="LOOKUP_UNAVAILABLE", errmsg=str(exc))
-        return JSONResponse(body, status_code=503)
+        reason, retry_after, err = _unavailability(exc)
+        body = _envelope("failed", "SERVER_ERROR", {"reason": reason}, err=err, errmsg=str(exc))
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
 
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "live_version": reader().live_version()}
+    def healthz() -> JSONResponse:
+        """200 ``{"status": "ok", "live_version": ...}`` only while a live version is served;
+        else 503 with ``Retry-After`` and the reason (``no_live_version``, ``loading``, ...)."""
+        try:
+            version = reader().serving_version()
+        except StackError as exc:
+            reason, retry_after, _ = _unavailability(exc)
+            body = {"status": "unavailable", "reason": reason, "live_version": None,
+                    "detail": str(exc)}  # fmt: skip
+            return JSONResponse(body, 503, headers={"Retry-After": str(retry_after)})
+        return JSONResponse({"status": "ok", "live_version": version})
+
+    @app.get("/livez")
+    def livez() -> JSONResponse:
+        """200 while the process serves HTTP, whatever Redis does (liveness, not readiness:
+        a restart would not bring a lost lookup version back)."""
+        return JSONResponse({"status": "alive", "pid": os.getpid()})
 
     async def register(request: Request) -> JSONResponse:
         device_id = request.path_params["device_id"]

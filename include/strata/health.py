@@ -1,10 +1,11 @@
-"""Stack health checks used by the demo DAG and `make demo`: each proves one hand-off works."""
+"""Stack health checks used by the demo DAG and `make demo`: each proves one hand-off works;
+``lookup_status`` tells whether the lookup table is served (what triggers a recovery)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from strata.config import Settings, get_settings
 from strata.errors import StackError
@@ -15,10 +16,11 @@ if TYPE_CHECKING:
 
 
 def redis_round_trip(settings: Settings | None = None) -> dict[str, float | str]:
-    """Write, read back and delete one key with AUTH; returns the server version and latency."""
+    """Write, read back and delete one key as the loader's (writer) user; returns the server
+    version (from ``HELLO``: the writer may not run ``INFO``) and the latency."""
     import redis
 
-    client = redis_client(settings or get_settings(), socket_timeout=5)
+    client = redis_client(settings or get_settings(), role="writer", socket_timeout=5)
     key, value = f"strata:health:{uuid.uuid4().hex}", uuid.uuid4().hex
     try:
         started = time.perf_counter()
@@ -26,7 +28,11 @@ def redis_round_trip(settings: Settings | None = None) -> dict[str, float | str]
         echoed = client.get(key)
         client.delete(key)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        version = client.info("server")["redis_version"]
+        hello = client.execute_command("HELLO")
+        fields = (
+            dict(zip(hello[::2], hello[1::2], strict=True)) if isinstance(hello, list) else hello
+        )
+        version = fields[b"version"].decode()
     except redis.AuthenticationError as exc:
         raise StackError(
             f"Redis at {client.connection_pool.connection_kwargs.get('host')} "
@@ -41,6 +47,25 @@ def redis_round_trip(settings: Settings | None = None) -> dict[str, float | str]
     if echoed != value.encode():
         raise StackError(f"Redis round trip returned {echoed!r}, expected {value!r}")
     return {"redis_version": version, "round_trip_ms": round(elapsed_ms, 3)}
+
+
+def lookup_status(settings: Settings | None = None, prefix: str | None = None) -> dict[str, Any]:
+    """Whether the lookup table is served, as the read-only user sees it: ``{"status": "ok",
+    "reason": None, "live_version": ...}``, or ``"unavailable"`` with the reason
+    (``no_live_version`` after a Redis that lost its data: run ``lookup_loader.loader.recover``;
+    ``unreachable``, ``loading``, ... otherwise) and ``retry_after`` seconds. Never raises for
+    Redis trouble: a health check reports it."""
+    from strata.lookup import DEFAULT_PREFIX, LookupClient, LookupUnavailable
+
+    reader = LookupClient(settings or get_settings(), prefix=prefix or DEFAULT_PREFIX)
+    try:
+        version = reader.serving_version()
+    except LookupUnavailable as exc:
+        return {"status": "unavailable", "reason": exc.reason, "live_version": None,
+                "retry_after": exc.retry_after, "detail": str(exc)}  # fmt: skip
+    finally:
+        reader.close()
+    return {"status": "ok", "reason": None, "live_version": version}
 
 
 def iceberg_row_counts(tables: list[str], settings: Settings | None = None) -> dict[str, int]:

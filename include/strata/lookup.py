@@ -20,6 +20,13 @@ through a later unit type are ignored.
 
 Params are merged with :func:`strata.assignment.deep_merge` in seed 002's order.
 
+Failures are never answered as "no experiments": when no version is live (nothing published yet,
+or a Redis server that lost its data) a lookup raises :class:`NoLiveVersionError`, and every Redis
+failure (unreachable, timeout, ``LOADING``, ``BUSY``, ``OOM``, ``READONLY``, refused credentials or
+permissions, any other error reply) raises :class:`LookupUnavailable` with a ``reason`` and a
+suggested ``retry_after`` in seconds. Both are ``StackError``s; the endpoint answers them with 503
+and ``Retry-After``.
+
 Usage:
     from strata.lookup import lookup, LookupClient
     lookup("d-42", user_id="u-7")            # -> [{"type": "experiment", "data": {...}}, ...]
@@ -58,8 +65,100 @@ CACHED_VERSIONS = 2
 #: Answers memoised per (version, stored values); cleared when full.
 MEMO_ENTRIES = 50_000
 
+#: Seconds a client is asked to wait (``Retry-After``) per failure reason; "error" for the rest.
+RETRY_AFTER_S: dict[str, int] = {
+    "no_live_version": 30,
+    "loading": 5,
+    "busy": 2,
+    "timeout": 2,
+    "unreachable": 5,
+    "out_of_memory": 10,
+    "read_only": 5,
+    "master_down": 5,
+    "auth": 60,
+    "no_permission": 60,
+    "error": 5,
+}
+
+
+class LookupUnavailable(StackError):
+    """Redis could not answer a lookup. ``reason`` names the class of failure (a key of
+    ``RETRY_AFTER_S``), ``retry_after`` is the suggested wait in seconds."""
+
+    def __init__(self, message: str, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = RETRY_AFTER_S.get(reason, RETRY_AFTER_S["error"])
+
+
+class NoLiveVersionError(LookupUnavailable):
+    """No version is live: nothing was published yet, or the server lost its data (a restart
+    without persistence, a replaced node). Not the same as "no experiments": run
+    ``python -m lookup_loader recover`` (or wait for the next publication)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "no_live_version")
+
+
+#: Error-reply codes (the first word of a Redis error) and their reasons.
+_ERROR_CODES = {
+    "BUSY": "busy",
+    "LOADING": "loading",
+    "OOM": "out_of_memory",
+    "READONLY": "read_only",
+    "MASTERDOWN": "master_down",
+    "NOAUTH": "auth",
+    "WRONGPASS": "auth",
+    "NOPERM": "no_permission",
+}
+
+
+def redis_failure(exc: BaseException) -> str:
+    """The reason (a key of ``RETRY_AFTER_S``) for a failure of a Redis call.
+
+    Usage:
+        >>> import redis
+        >>> redis_failure(redis.exceptions.BusyLoadingError("LOADING Redis is loading"))
+        'loading'
+        >>> redis_failure(redis.ResponseError("BUSY Redis is busy running a script"))
+        'busy'
+        >>> redis_failure(redis.ResponseError("WRONGTYPE Operation against a key"))
+        'error'
+    """
+    from redis import exceptions as ex
+
+    # Subclasses first: redis-py derives AuthenticationError and BusyLoadingError (LOADING)
+    # from ConnectionError, and NOPERM, OOM, READONLY and MASTERDOWN from ResponseError.
+    for cls, reason in (
+        (ex.AuthenticationError, "auth"),
+        (ex.BusyLoadingError, "loading"),
+        (ex.TimeoutError, "timeout"),
+        (ex.ConnectionError, "unreachable"),
+        (ex.NoPermissionError, "no_permission"),
+        (ex.OutOfMemoryError, "out_of_memory"),
+        (ex.ReadOnlyError, "read_only"),
+        (ex.MasterDownError, "master_down"),
+    ):
+        if isinstance(exc, cls):
+            return reason
+    if isinstance(exc, OSError):  # a socket error outside redis-py's wrappers
+        return "unreachable"
+    words = str(exc).replace("-", " ").split()
+    # a script's error names the code after "Error running script ...: @user_script:...: -OOM"
+    return next((_ERROR_CODES[w] for w in words if w in _ERROR_CODES), "error")
+
+
+def unavailable(exc: BaseException, what: str = "lookups") -> LookupUnavailable:
+    """A :class:`LookupUnavailable` for a redis-py failure, its message naming the reason."""
+    reason = redis_failure(exc)
+    if reason == "auth":
+        return LookupUnavailable(f"Redis refused the credentials for {what}: {exc}", reason)
+    return LookupUnavailable(f"Redis cannot serve {what} ({reason}): {exc}", reason)
+
+
 #: ARGV: prefix, cached version, then (code, crc32, unit id) triples.
-#: Returns {version, catalog-or-false, value...}; {false} when nothing is published.
+#: Returns {version, catalog-or-false, value...}; {false} when nothing is published, and
+#: {false, version} when the live pointer names a version whose keys are gone.
 READ_LUA = """
 local p = ARGV[1]
 local ver = redis.call('GET', p .. ':live')
@@ -67,6 +166,7 @@ if not ver then return {false} end
 local meta = p .. ':ver:' .. ver
 local nb = {}
 local counts = redis.call('HMGET', meta, 'buckets:d', 'buckets:u', 'buckets:l')
+if not counts[1] and not counts[2] and not counts[3] then return {false, ver} end
 nb['d'], nb['u'], nb['l'] = tonumber(counts[1]), tonumber(counts[2]), tonumber(counts[3])
 local out = {ver, false}
 if ver ~= ARGV[2] then out[2] = redis.call('HGETALL', p .. ':' .. ver .. ':cat') end
@@ -128,7 +228,7 @@ class LookupClient:
 
         self.settings = settings or get_settings()
         self.prefix = prefix
-        self.redis = client or redis_client(self.settings, socket_timeout=5)
+        self.redis = client or redis_client(self.settings, role="reader", socket_timeout=5)
         self._script = self.redis.register_script(READ_LUA)
         self._local = threading.local()  # one held connection per thread (see _eval)
         self._held: list[Any] = []
@@ -138,7 +238,8 @@ class LookupClient:
         self._lock = threading.Lock()
 
     # -- reading ------------------------------------------------------------------------------
-    def _read(self, units: list[tuple[str, str]]) -> tuple[str | None, list[bytes | None]]:
+    def _read(self, units: list[tuple[str, str]]) -> tuple[str, list[bytes | None]]:
+        """The live version and the units' stored values; raises when none can be read."""
         import redis as redis_lib
 
         args: list[Any] = [self.prefix, self._last_version]
@@ -146,16 +247,18 @@ class LookupClient:
             args += [UNIT_CODES[unit_type], unit_hash(unit_id), unit_id]
         try:
             reply = self._eval(args)
-        except redis_lib.AuthenticationError as exc:
-            raise StackError(f"Redis refused the lookup client's credentials: {exc}") from exc
-        except redis_lib.ResponseError as exc:
-            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                raise StackError(f"Redis refused the lookup client's credentials: {exc}") from exc
-            raise
-        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-            raise StackError(f"Redis is not reachable for lookups: {exc}") from exc
+        except (redis_lib.RedisError, OSError) as exc:  # every Redis failure, never a bare error
+            raise unavailable(exc) from exc
         if not reply or reply[0] is None:
-            return None, [None] * len(units)
+            if reply and len(reply) > 1 and reply[1] is not None:
+                raise NoLiveVersionError(
+                    f"the live pointer {self.prefix}:live names version {reply[1].decode()}, "
+                    "whose keys are gone; run `python -m lookup_loader recover`"
+                )
+            raise NoLiveVersionError(
+                f"no lookup version is live under {self.prefix!r} (nothing published, or Redis "
+                "lost its data); run `python -m lookup_loader recover`"
+            )
         version = reply[0].decode()
         if reply[1] is not None:  # the script sent this version's catalog
             flat = reply[1]
@@ -172,7 +275,8 @@ class LookupClient:
         return version, list(reply[2:])
 
     def _eval(self, args: list[Any]) -> Any:
-        """EVALSHA of READ_LUA on this thread's own connection: one round trip, no pool traffic.
+        """EVALSHA_RO of READ_LUA on this thread's own connection: one round trip, no pool
+        traffic. The read-only form (Redis >= 7.0) is all the reader's ACL user may run.
 
         redis-py's pool checkout/return and command wrappers cost about as much CPU as the round
         trip itself (measured 75 us vs 35 us per call), so each thread keeps one connection from
@@ -181,7 +285,8 @@ class LookupClient:
         """
         import redis as redis_lib
 
-        for attempt in (0, 1):
+        reloaded = reconnected = False  # each at most once (a restarted server needs both)
+        while True:
             conn = getattr(self._local, "conn", None)
             if conn is None:
                 conn = self.redis.connection_pool.get_connection()
@@ -189,22 +294,23 @@ class LookupClient:
                 with self._lock:
                     self._held.append(conn)
             try:
-                conn.send_command("EVALSHA", self._script.sha, 0, *args)
+                conn.send_command("EVALSHA_RO", self._script.sha, 0, *args)
                 return conn.read_response()
             except redis_lib.exceptions.NoScriptError:
-                self._script.sha = self.redis.script_load(READ_LUA)
-                if attempt:
+                if reloaded:
                     raise
+                reloaded = True
+                self._script.sha = self.redis.script_load(READ_LUA)
             except (redis_lib.ConnectionError, redis_lib.TimeoutError, OSError):
                 self._drop(conn)
-                if attempt:
+                if reconnected:
                     raise
+                reconnected = True
             except redis_lib.ResponseError:
                 raise  # the reply was read whole: the connection stays usable
             except BaseException:
                 self._drop(conn)  # an unknown state: never reuse a connection mid-reply
                 raise
-        raise AssertionError("unreachable")
 
     def _drop(self, conn: Any) -> None:
         self._local.conn = None
@@ -285,8 +391,6 @@ class LookupClient:
         if not units:
             return Answer(None, [])
         version, values = self._read(units)
-        if version is None:
-            return Answer(None, [])
         return Answer(
             version, self._actions(version, list(zip([u[0] for u in units], values, strict=True)))
         )
@@ -294,7 +398,11 @@ class LookupClient:
     def lookup(
         self, device_id: str | None, user_id: str | None = None, url: str | None = None
     ) -> list[dict[str, Any]]:
-        """Seed 004's actions for one request (empty when nothing is published or matched)."""
+        """Seed 004's actions for one request (empty when no experiment matches).
+
+        Raises :class:`NoLiveVersionError` when no version is live and
+        :class:`LookupUnavailable` when Redis cannot answer.
+        """
         return self.answer(device_id, user_id, url).actions
 
     def lookup_many(self, requests: Iterable[Sequence[str | None]]) -> list[list[dict[str, Any]]]:
@@ -318,12 +426,12 @@ class LookupClient:
 
         def flush() -> None:
             flat = [u for units in batch for u in units]
-            version, values = self._read(flat) if flat else (None, [])
+            version, values = self._read(flat) if flat else ("", [])
             pos = 0
             for units in batch:
                 own = values[pos : pos + len(units)]
                 pos += len(units)
-                if version is None or not units:
+                if not units:
                     answers.append(Answer(version, []))
                 else:
                     pairs = list(zip([u[0] for u in units], own, strict=True))
@@ -340,14 +448,36 @@ class LookupClient:
         return answers
 
     def live_version(self) -> str | None:
-        """The live version id (None when nothing is published); StackError if Redis is down."""
+        """The live version id (None when nothing is published); LookupUnavailable if Redis
+        cannot answer."""
         import redis as redis_lib
 
         try:
             raw = self.redis.get(f"{self.prefix}:live")
-        except redis_lib.RedisError as exc:
-            raise StackError(f"Redis is not usable for lookups: {exc}") from exc
+        except (redis_lib.RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
         return raw.decode() if raw else None
+
+    def serving_version(self) -> str:
+        """The live version, checked to be servable (its metadata present): what a health check
+        asks. Raises :class:`NoLiveVersionError` or :class:`LookupUnavailable` otherwise."""
+        import redis as redis_lib
+
+        try:
+            version = self.live_version()
+            if version is None:
+                raise NoLiveVersionError(
+                    f"no lookup version is live under {self.prefix!r} (nothing published, or "
+                    "Redis lost its data); run `python -m lookup_loader recover`"
+                )
+            if not self.redis.exists(f"{self.prefix}:ver:{version}"):
+                raise NoLiveVersionError(
+                    f"the live pointer {self.prefix}:live names version {version}, whose keys "
+                    "are gone; run `python -m lookup_loader recover`"
+                )
+        except (redis_lib.RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+        return version
 
     def close(self) -> None:
         with self._lock:

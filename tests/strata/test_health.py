@@ -24,7 +24,7 @@ def test_server_refuses_clients_without_password(redis_server):
 
 
 def test_wrong_password_is_a_clear_stack_error(redis_server):
-    wrong = redis_server.model_copy(update={"redis_password": SecretStr("not-the-password")})
+    wrong = redis_server.model_copy(update={"redis_writer_password": SecretStr("not-the-password")})
     with pytest.raises(StackError, match="refused our credentials"):
         redis_round_trip(wrong)
 
@@ -33,3 +33,25 @@ def test_unreachable_server_names_the_fix(redis_server):
     elsewhere = redis_server.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     with pytest.raises(StackError, match=r"scripts/redis\.sh start"):
         redis_round_trip(elsewhere)
+
+
+def test_lookup_status_tells_no_live_version_from_unreachable(redis_server):
+    from strata.health import lookup_status
+    from strata.stack import redis_client
+
+    prefix = "health-probe"
+    assert lookup_status(redis_server, prefix) | {"detail": ""} == {
+        "status": "unavailable", "reason": "no_live_version", "live_version": None,
+        "retry_after": 30, "detail": "",
+    }  # fmt: skip
+    admin = redis_client(redis_server)
+    admin.set(f"{prefix}:live", "0abc12")
+    admin.hset(f"{prefix}:ver:0abc12", mapping={"state": "live", "buckets:d": 1})
+    try:
+        assert lookup_status(redis_server, prefix) == {
+            "status": "ok", "reason": None, "live_version": "0abc12"
+        }  # fmt: skip
+    finally:
+        admin.delete(f"{prefix}:live", f"{prefix}:ver:0abc12")
+    elsewhere = redis_server.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    assert lookup_status(elsewhere, prefix)["reason"] == "unreachable"

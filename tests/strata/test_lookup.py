@@ -18,7 +18,7 @@ from lookup_loader.sample import (
 )
 from strata.assignment import Assignment, service_view
 from strata.errors import DataError
-from strata.lookup import LookupClient
+from strata.lookup import LookupClient, NoLiveVersionError
 
 
 class Env:
@@ -180,9 +180,24 @@ class TestParamsMerge:
 
 
 class TestAnswers:
-    def test_nothing_published_means_no_actions(self, env):
-        assert env.reader().lookup("d1", "u1") == []
-        assert env.reader().lookup_many([("d1", None, None)]) == [[]]
+    def test_nothing_published_is_an_error_not_an_empty_answer(self, env):
+        """No live version (never published, or a Redis that lost its data) must not look like
+        "no experiments" to a client."""
+        with pytest.raises(NoLiveVersionError, match="no lookup version is live") as caught:
+            env.reader().lookup("d1", "u1")
+        assert (caught.value.reason, caught.value.retry_after) == ("no_live_version", 30)
+        with pytest.raises(NoLiveVersionError):
+            env.reader().lookup_many([("d1", None, None)])
+        assert env.reader().lookup_many([]) == []
+
+    def test_a_live_pointer_without_its_version_is_no_live_version(self, env, redis_server):
+        from strata.stack import redis_client
+
+        redis_client(redis_server).set(f"{env.prefix}:live", "0badc0ffee")
+        with pytest.raises(NoLiveVersionError, match="0badc0ffee, whose keys are gone"):
+            env.reader().lookup("d1")
+        with pytest.raises(NoLiveVersionError, match="whose keys are gone"):
+            env.reader().serving_version()
 
     @pytest.mark.parametrize(
         ("args", "message"),
@@ -277,7 +292,9 @@ class TestConnection:
         reader = env.reader()
         first = reader.lookup("dev00001")
         assert first
-        admin = reader.redis
+        from strata.stack import redis_client
+
+        admin = redis_client(env.settings)  # the reader's own user may not kill or flush
         held = reader._local.conn  # the connection this thread's lookups go through
         held.send_command("CLIENT", "ID")
         assert admin.client_kill_filter(_id=held.read_response()) == 1
