@@ -17,6 +17,7 @@ from pendulum import datetime
 from orchestration.defaults import DEFAULT_ARGS
 from orchestration.stages import assignment_stage
 from orchestration.tasks import check_redis, generate_data, serve_sample_requests, verify_tables
+from strata.synthetic import DEFAULT_START_DATE
 
 
 @dag(
@@ -32,13 +33,20 @@ from orchestration.tasks import check_redis, generate_data, serve_sample_request
         "users": Param(100_000, type="integer", minimum=1, description="synthetic users"),
         "days": Param(14, type="integer", minimum=1, description="days of events"),
         "seed": Param(7, type="integer", description="generator seed"),
+        "start_date": Param(
+            DEFAULT_START_DATE.isoformat(),
+            type="string",
+            format="date",
+            description="first day of synthetic events (the experiments start on day 7)",
+        ),
     },
 )
 def run_demo():
     redis_ok = check_redis()
     generated = generate_data()
     redis_ok >> generated
-    published = assignment_stage(synthetic_days="{{ params.days }}")
+    # Publish as of the synthetic data's last day: its experiments ended before the real today.
+    published = assignment_stage(as_of="{{ macros.ds_add(params.start_date, params.days - 1) }}")
     verify_tables(generated) >> published.operator.task_group
     serve_sample_requests(published)
 

@@ -37,7 +37,7 @@ DBT_ARGS = DEFAULT_ARGS | {
 
 def assignment_stage(
     definitions_path: str | None = None,
-    synthetic_days: str | None = None,
+    as_of: str | None = None,
     group_id: str = "assignment",
 ) -> XComArg:
     """Validate the definitions → assign (Spark) → gate the assignments → publish to Redis.
@@ -49,7 +49,7 @@ def assignment_stage(
     with TaskGroup(group_id=group_id):
         assigned = assign_units(validate_definitions(definitions_path))
         gate = check_suite.override(task_id="check_assignments")("assignments")
-        published = publish_lookups(assigned, synthetic_days=synthetic_days)
+        published = publish_lookups(assigned, as_of=as_of)
         assigned >> gate >> published
     return published
 

@@ -57,14 +57,12 @@ def generate_data() -> dict:
     params = _check_conf()
     counts = main(
         [
-            "--users",
-            str(params["users"]),
-            "--days",
-            str(params["days"]),
-            "--seed",
-            str(params["seed"]),
+            "--users", str(params["users"]),
+            "--days", str(params["days"]),
+            "--seed", str(params["seed"]),
+            "--start-date", str(params["start_date"]),
         ]
-    )
+    )  # fmt: skip
     log.info("generated: %s", ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     return counts
 
@@ -127,19 +125,16 @@ def assign_units(summary: dict) -> dict:
 
 
 @task
-def publish_lookups(assigned: dict, synthetic_days: int | str | None = None) -> dict:
+def publish_lookups(assigned: dict, as_of: str | None = None) -> dict:
     """Publish the assignments into Redis as a new version, verify, flip (or keep the live one).
 
-    ``synthetic_days`` (the demo): publish as of the synthetic data's last day, since its
-    experiments ended before the real today.
+    ``as_of`` (the demo: the synthetic data's last day, since its experiments ended before the
+    real today) is the day whose running experiments are served; default today.
     """
     from lookup_loader.loader import publish
-    from strata.synthetic import DEFAULT_START_DATE
 
-    as_of = None
-    if synthetic_days not in (None, "", "None"):
-        as_of = DEFAULT_START_DATE + dt.timedelta(days=int(synthetic_days) - 1)
-    result = publish(as_of=as_of)
+    day = parse_date(as_of, "as_of")
+    result = publish(as_of=day)
     log.info(
         "publication %s %s: %s rows, units %s, excluded %s",
         result.version,
@@ -168,14 +163,14 @@ def serve_sample_requests(published: dict) -> dict:
 
     from strata.config import get_settings
     from strata.demo import serve_samples
-    from strata.synthetic import DEFAULT_START_DATE
 
     params = _check_conf()
     answers = serve_samples(n=5)
     out = get_settings().home / "logs" / "demo-samples.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(answers, indent=1))
-    last_day = DEFAULT_START_DATE + dt.timedelta(days=int(params["days"]) - 1)
+    start = parse_date(params["start_date"], "start_date")
+    last_day = start + dt.timedelta(days=int(params["days"]) - 1)
     # The demo replaced every raw event: the events DAG rebuilds its incremental models as of
     # the data's last day, and the evaluation then re-evaluates every day (both read this).
     get_current_context()["outlet_events"][RAW_EVENTS].extra = {

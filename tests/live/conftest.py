@@ -3,7 +3,7 @@
 `scripts/airflow.sh start` runs the api-server, scheduler (LocalExecutor), dag-processor and
 triggerer on 127.0.0.1. The live session has a home of its own, `<session home>/live` (Iceberg
 catalog and warehouse, Airflow home with SQLite metadata, logs), and a Redis of its own
-(scripts/redis.sh on STRATA_TEST_LIVE_REDIS_PORT, default: the test Redis port + 1), so the tasks'
+(scripts/redis.sh on STRATA_TEST_LIVE_REDIS_PORT, default: the test Redis port + 12), so the tasks'
 processes share no catalog file, metastore or keyspace with the test process's SparkSession and
 the other tests. The project's shipped pool and parallelism apply: the fixture removes
 STRATA_AIRFLOW_PARALLELISM and STRATA_AIRFLOW_SPARK_SLOTS from the environment it starts Airflow
@@ -17,6 +17,7 @@ the README's).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -32,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "airflow.sh"
 REDIS_SCRIPT = ROOT / "scripts" / "redis.sh"
 LIVE_REDIS_PORT = int(
-    os.environ.get("STRATA_TEST_LIVE_REDIS_PORT", int(os.environ["STRATA_REDIS_PORT"]) + 1)
+    # + 12: clear of the private servers other tests start on the test port + 1, + 2, ...
+    os.environ.get("STRATA_TEST_LIVE_REDIS_PORT", int(os.environ["STRATA_REDIS_PORT"]) + 12)
 )
 #: The test endpoint's port (STRATA_ENDPOINT_PORT, test Redis port + 1700) + 1: 8092 by default.
 AIRFLOW_PORT = int(
@@ -102,6 +104,8 @@ def live_airflow(settings, live_timings):
         STRATA_REDIS_PORT=str(LIVE_REDIS_PORT),
         STRATA_REDIS_URL=f"redis://127.0.0.1:{LIVE_REDIS_PORT}/0",
         STRATA_AIRFLOW_PORT=str(AIRFLOW_PORT),
+        # run_demo's sample requests start the endpoint: a port beside the api-server's
+        STRATA_ENDPOINT_PORT=str(AIRFLOW_PORT + 1),
     )
     live = LiveAirflow(url=f"http://127.0.0.1:{AIRFLOW_PORT}", home=home, env=env)
     started_at = time.monotonic()
@@ -147,6 +151,89 @@ def airflow_ui(live_airflow) -> AirflowUI:
 @pytest.fixture(scope="session")
 def screenshot_dir(live_airflow) -> Path:
     return Path(os.environ.get("STRATA_SCREENSHOT_DIR") or live_airflow.home / "screenshots")
+
+
+# --- the whole chain, triggered once (shared by the live test files) ---------------------
+
+#: 5,000 users x 3 days from the experiments' start (day 7 of the default window), so every
+#: experiment starting then has exposures and is evaluated.
+CHAIN_CONF = {"users": 5_000, "days": 3, "seed": 7, "start_date": "2026-11-08"}
+CHAIN = ("run_demo", "build_goal_aggregates", "evaluate_experiments")
+#: Upper bounds for a quiet 2-core machine (STRATA_LIVE_TIMEOUT_FACTOR stretches them).
+_FACTOR = float(os.environ.get("STRATA_LIVE_TIMEOUT_FACTOR", "1"))
+DEMO_TIMEOUT_S, EVENTS_TIMEOUT_S, EVALUATION_TIMEOUT_S = (
+    420 * _FACTOR,
+    600 * _FACTOR,
+    300 * _FACTOR,
+)
+
+
+def last_day() -> str:
+    """The synthetic data's last day: the as-of date the chain runs for."""
+    start = dt.date.fromisoformat(CHAIN_CONF["start_date"])
+    return (start + dt.timedelta(days=CHAIN_CONF["days"] - 1)).isoformat()
+
+
+def _wait_for_asset_run(api, dag_id: str, timeout: float) -> dict:
+    """The DAG's asset-triggered run, once it exists and has finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [r for r in api.runs(dag_id) if r["run_type"] == "asset_triggered"]
+        if runs:
+            return api.wait_for_run(
+                dag_id, runs[-1]["dag_run_id"], max(deadline - time.monotonic(), 1)
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no asset-triggered run of {dag_id} within {timeout:.0f} s")
+        time.sleep(3)
+
+
+def _note_tasks(api, dag_id: str, run_id: str, notes: list) -> None:
+    for ti in sorted(api.task_instances(dag_id, run_id), key=lambda t: t["start_date"] or ""):
+        label = ti["task_id"] + (f"[{ti['rendered_map_index']}]" if ti["map_index"] >= 0 else "")
+        notes.append(
+            f"  {dag_id:<22} {label:<58} {ti['state']:<8} try {ti['try_number']} "
+            f"{ti['duration'] or 0:6.1f} s"
+        )
+
+
+def tries(api, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
+    return {
+        t["task_id"] + (f"[{t['rendered_map_index']}]" if t["map_index"] >= 0 else ""): (
+            t["state"],
+            t["try_number"],
+        )
+        for t in api.task_instances(dag_id, run_id)
+    }
+
+
+@pytest.fixture(scope="session")
+def chain(airflow_api, live_timings, live_notes) -> dict[str, dict]:
+    """One trigger of run_demo on 5,000 users x 3 days; the asset-triggered runs that follow."""
+    for dag_id in CHAIN:
+        airflow_api.wait_for_dag(dag_id)
+    # Unpause downstream first: the asset events of run_demo must find them listening. The
+    # daily events DAG also gets its own scheduled run for yesterday, which has no data.
+    for dag_id in reversed(CHAIN):
+        airflow_api.set_paused(dag_id, False)
+    started = time.monotonic()
+    demo = airflow_api.trigger("run_demo", conf=CHAIN_CONF)
+    runs = {"run_demo": airflow_api.wait_for_run("run_demo", demo["dag_run_id"], DEMO_TIMEOUT_S)}
+    live_timings["chain: run_demo (trigger to end)"] = time.monotonic() - started
+    step = time.monotonic()
+    runs["build_goal_aggregates"] = _wait_for_asset_run(
+        airflow_api, "build_goal_aggregates", EVENTS_TIMEOUT_S
+    )
+    live_timings["chain: build_goal_aggregates (asset-triggered)"] = time.monotonic() - step
+    step = time.monotonic()
+    runs["evaluate_experiments"] = _wait_for_asset_run(
+        airflow_api, "evaluate_experiments", EVALUATION_TIMEOUT_S
+    )
+    live_timings["chain: evaluate_experiments (asset-triggered)"] = time.monotonic() - step
+    live_timings["chain: one trigger to the last report"] = time.monotonic() - started
+    for dag_id, run in runs.items():
+        _note_tasks(airflow_api, dag_id, run["dag_run_id"], live_notes)
+    return runs
 
 
 def pytest_terminal_summary(terminalreporter, config):

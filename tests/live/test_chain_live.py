@@ -13,90 +13,11 @@ grid shows success, and the report opened through a task's extra link names its 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import time
 
 import pytest
+from conftest import last_day, tries
 
 pytestmark = [pytest.mark.slow, pytest.mark.live]
-
-CONF = {"users": 5_000, "days": 3, "seed": 7}
-CHAIN = ("run_demo", "build_goal_aggregates", "evaluate_experiments")
-#: Upper bounds for a quiet 2-core machine (STRATA_LIVE_TIMEOUT_FACTOR stretches them).
-_FACTOR = float(os.environ.get("STRATA_LIVE_TIMEOUT_FACTOR", "1"))
-DEMO_TIMEOUT_S, EVENTS_TIMEOUT_S, EVALUATION_TIMEOUT_S = (
-    420 * _FACTOR,
-    600 * _FACTOR,
-    300 * _FACTOR,
-)
-
-
-def _last_day() -> str:
-    from strata.synthetic import DEFAULT_START_DATE
-
-    return (DEFAULT_START_DATE + dt.timedelta(days=CONF["days"] - 1)).isoformat()
-
-
-def _wait_for_asset_run(api, dag_id: str, timeout: float) -> dict:
-    """The DAG's asset-triggered run, once it exists and has finished."""
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = [r for r in api.runs(dag_id) if r["run_type"] == "asset_triggered"]
-        if runs:
-            return api.wait_for_run(
-                dag_id, runs[-1]["dag_run_id"], max(deadline - time.monotonic(), 1)
-            )
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no asset-triggered run of {dag_id} within {timeout:.0f} s")
-        time.sleep(3)
-
-
-def _note_tasks(api, dag_id: str, run_id: str, notes: list) -> None:
-    for ti in sorted(api.task_instances(dag_id, run_id), key=lambda t: t["start_date"] or ""):
-        label = ti["task_id"] + (f"[{ti['rendered_map_index']}]" if ti["map_index"] >= 0 else "")
-        notes.append(
-            f"  {dag_id:<22} {label:<58} {ti['state']:<8} try {ti['try_number']} "
-            f"{ti['duration'] or 0:6.1f} s"
-        )
-
-
-def _tries(api, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
-    return {
-        t["task_id"] + (f"[{t['rendered_map_index']}]" if t["map_index"] >= 0 else ""): (
-            t["state"],
-            t["try_number"],
-        )
-        for t in api.task_instances(dag_id, run_id)
-    }
-
-
-@pytest.fixture(scope="module")
-def chain(airflow_api, live_timings, live_notes) -> dict[str, dict]:
-    """One trigger of run_demo on 5,000 users x 3 days; the asset-triggered runs that follow."""
-    for dag_id in CHAIN:
-        airflow_api.wait_for_dag(dag_id)
-    # Unpause downstream first: the asset events of run_demo must find them listening. The
-    # daily events DAG also gets its own scheduled run for yesterday, which has no data.
-    for dag_id in reversed(CHAIN):
-        airflow_api.set_paused(dag_id, False)
-    started = time.monotonic()
-    demo = airflow_api.trigger("run_demo", conf=CONF)
-    runs = {"run_demo": airflow_api.wait_for_run("run_demo", demo["dag_run_id"], DEMO_TIMEOUT_S)}
-    live_timings["chain: run_demo (trigger to end)"] = time.monotonic() - started
-    step = time.monotonic()
-    runs["build_goal_aggregates"] = _wait_for_asset_run(
-        airflow_api, "build_goal_aggregates", EVENTS_TIMEOUT_S
-    )
-    live_timings["chain: build_goal_aggregates (asset-triggered)"] = time.monotonic() - step
-    step = time.monotonic()
-    runs["evaluate_experiments"] = _wait_for_asset_run(
-        airflow_api, "evaluate_experiments", EVALUATION_TIMEOUT_S
-    )
-    live_timings["chain: evaluate_experiments (asset-triggered)"] = time.monotonic() - step
-    live_timings["chain: one trigger to the last report"] = time.monotonic() - started
-    for dag_id, run in runs.items():
-        _note_tasks(airflow_api, dag_id, run["dag_run_id"], live_notes)
-    return runs
 
 
 class TestChain:
@@ -104,11 +25,11 @@ class TestChain:
         for dag_id, run in chain.items():
             report = airflow_api.failure_report(dag_id, run["dag_run_id"])
             assert run["state"] == "success", report
-            tries = _tries(airflow_api, dag_id, run["dag_run_id"])
-            assert set(tries.values()) == {("success", 1)}, report
+            states = tries(airflow_api, dag_id, run["dag_run_id"])
+            assert set(states.values()) == {("success", 1)}, report
 
     def test_asset_events_carry_the_as_of_date(self, airflow_api, chain):
-        day = _last_day()
+        day = last_day()
         (raw,) = airflow_api.asset_events(
             source_dag_id="run_demo", source_run_id=chain["run_demo"]["dag_run_id"]
         )
@@ -127,8 +48,7 @@ class TestChain:
         assert results["uri"] == "iceberg://strata/results"
         assert results["extra"]["analysis_date"] == day
 
-    def test_one_task_per_experiment_and_their_results(self, airflow_api, chain):
-        from strata.config import get_settings
+    def test_one_task_per_experiment_and_their_results(self, airflow_api, chain, live_airflow):
         from strata.stack import iceberg_catalog
 
         run_id = chain["evaluate_experiments"]["dag_run_id"]
@@ -137,13 +57,13 @@ class TestChain:
             for t in airflow_api.task_instances("evaluate_experiments", run_id)
             if t["map_index"] >= 0
         }
-        settings = get_settings()
+        settings = live_airflow.settings()
         catalog = iceberg_catalog(settings)
         results = catalog.load_table(f"{settings.namespace}.results").scan().to_pandas()
         assert mapped == set(results["experiment_id"])
-        assert "checkout_button" in mapped
+        assert {"checkout_button", "feed_ranking", "price_display"} <= mapped
         # history: every day of the window was evaluated, as nightly runs would have done
-        last = dt.date.fromisoformat(_last_day())
+        last = dt.date.fromisoformat(last_day())
         per_day = results.groupby("analysis_date")["experiment_id"].nunique()
         assert per_day.index.max() == last
         assert per_day.loc[last] == len(mapped)
@@ -178,9 +98,9 @@ class TestConfAUserCanTrust:
         run = airflow_api.trigger("evaluate_experiments", conf=conf)
         done = airflow_api.wait_for_run("evaluate_experiments", run["dag_run_id"], 120)
         assert done["state"] == "failed"
-        tries = _tries(airflow_api, "evaluate_experiments", run["dag_run_id"])
-        assert tries["evaluation.plan_evaluation"] == ("failed", 1)
-        assert not any(k.startswith("evaluation.evaluate_experiment[") for k in tries)
+        states = tries(airflow_api, "evaluate_experiments", run["dag_run_id"])
+        assert states["evaluation.plan_evaluation"] == ("failed", 1)
+        assert not any(k.startswith("evaluation.evaluate_experiment[") for k in states)
         log = airflow_api.task_log("evaluate_experiments", run["dag_run_id"],
                                    "evaluation.plan_evaluation")  # fmt: skip
         assert reason in log
@@ -197,7 +117,7 @@ class TestConfAUserCanTrust:
         )
         done = airflow_api.wait_for_run("evaluate_experiments", run["dag_run_id"], 180)
         assert done["state"] == "success"
-        assert _tries(airflow_api, "evaluate_experiments", run["dag_run_id"]) == {
+        assert tries(airflow_api, "evaluate_experiments", run["dag_run_id"]) == {
             "evaluation.plan_evaluation": ("success", 1),
             "evaluation.evaluate_experiment[checkout_button]": ("success", 1),
             "evaluation.write_reports": ("success", 1),
@@ -209,9 +129,7 @@ class TestUI:
         self, airflow_ui, airflow_api, chain, screenshot_dir
     ):
         run_id = chain["evaluate_experiments"]["dag_run_id"]
-        tasks = ["evaluation.plan_evaluation", "evaluation.evaluate_experiment",
-                 "evaluation.write_reports"]  # fmt: skip
-        airflow_ui.open_run("evaluate_experiments", run_id, tasks)
+        airflow_ui.open_run("evaluate_experiments", run_id, ["evaluation"])  # the task group
         assert airflow_ui.run_state() == "Success"
         airflow_ui.screenshot(screenshot_dir / "airflow-evaluate-grid.png")
         mapped = [
