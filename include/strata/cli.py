@@ -85,6 +85,12 @@ def _publish(argv: list[str]) -> int:
     return loader_main(["publish", *argv])
 
 
+def _recover(argv: list[str]) -> int:
+    from lookup_loader.__main__ import main as loader_main
+
+    return loader_main(["recover", *argv])
+
+
 def _lookup(argv: list[str]) -> int:
     import json
 
@@ -173,6 +179,7 @@ COMMANDS = {
     "generate": (_generate, "generate synthetic users, orgs, devices and raw events into Iceberg"),
     "assign": (_assign, "assign users and devices to experiments in Spark -> Iceberg assignments"),
     "publish": (_publish, "publish the assignments into Redis as a new version, atomic flip"),
+    "recover": (_recover, "Redis lost its live version? republish the last verified one"),
     "lookup": (_lookup, "answer a device-register lookup from the live Redis version"),
     "serve": (_serve, "run the reference device-register endpoint (seed 004) on 127.0.0.1"),
     "evaluate": (_evaluate, "evaluate experiments into the Iceberg results table"),
