@@ -137,8 +137,9 @@ class TestUI:
             if t["rendered_map_index"] == "checkout_button"
         ]  # fmt: skip
         (ti,) = mapped
-        airflow_ui.open_task("evaluate_experiments", run_id, ti["task_id"], ti["map_index"])
-        links = airflow_ui.extra_links()
+        links = airflow_ui.extra_links(
+            "evaluate_experiments", run_id, ti["task_id"], ti["map_index"]
+        )
         assert "Experiment report" in links
         airflow_ui.screenshot(screenshot_dir / "airflow-evaluate-task.png")
         page = airflow_ui.page_text(links["Experiment report"])
