@@ -169,9 +169,18 @@ start_worker() {  # start_worker N: a worker in its own mount namespace
   echo $! > "$CLUSTER_DIR/worker-$n.pid"
 }
 
+spark_defaults() {  # driver-side Spark defaults for this one-host cluster (SPARK_CONF_DIR)
+  mkdir -p "$CLUSTER_DIR/spark-conf"
+  # Executors on one host read each other's shuffle files straight from disk by default; these
+  # workers have private disks, as separate machines would, so they must fetch over the network.
+  echo "spark.shuffle.readHostLocalDisk false" > "$CLUSTER_DIR/spark-conf/spark-defaults.conf"
+}
+
 print_env() {
   credentials
+  spark_defaults
   cat <<EOF
+SPARK_CONF_DIR=$CLUSTER_DIR/spark-conf
 STRATA_SPARK_MASTER=spark://$HOST:$SPARK_MASTER_PORT
 STRATA_CATALOG_TYPE=rest
 STRATA_CATALOG_URI=http://$HOST:$REST_PORT

@@ -1,7 +1,7 @@
 """One whole Strata pipeline in one process, on whatever stack the ``STRATA_*`` settings name.
 
 generate -> assign -> publish to Redis -> device-register requests through the endpoint (LOG
-lines, shipped to the landing) -> ingest the LOG events -> dbt build -> evaluate every day, then
+lines, shipped to the landing) -> ingest the LOG events -> dbt run -> evaluate every day, then
 every Iceberg table (and the endpoint's answers) dumped to ``--out`` for comparison. Run once on
 the embedded stack and once on the cluster by ``tests/cluster/test_cluster.py``:
 
@@ -69,7 +69,7 @@ def check_isolation(spark, settings, executors: int = 2, timeout_s: float = 120)
     return {"executor_namespaces": len(namespaces), "driver_namespace": driver_ns}
 
 
-def _dbt_build(settings, work: Path) -> None:
+def _dbt_run(settings, work: Path) -> None:
     from dbt.cli.main import dbtRunner
 
     from strata.stack import write_dbt_profile
@@ -77,7 +77,7 @@ def _dbt_build(settings, work: Path) -> None:
     profiles = write_dbt_profile(settings, work / "dbt")
     result = dbtRunner().invoke(
         [
-            "build",
+            "run",  # the models; their data tests belong to the suite (make test), not here
             "--project-dir",
             str(DBT_PROJECT),
             "--profiles-dir",
@@ -90,7 +90,7 @@ def _dbt_build(settings, work: Path) -> None:
         ]
     )
     if not result.success:
-        raise SystemExit(f"dbt build failed: {result.exception or 'see the dbt log'}")
+        raise SystemExit(f"dbt run failed: {result.exception or 'see the dbt log'}")
 
 
 def _evaluate(settings) -> int:
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     report["spooled_files"] = len(list(settings.exposure_spool_path.glob(FILE_GLOB)))
     report["landed_files"] = len(landing_files(settings))
     report["ingest"] = vars(stage("ingest", ingest, []))
-    stage("dbt build", _dbt_build, settings, args.out)
+    stage("dbt run", _dbt_run, settings, args.out)
     report["result_rows"] = stage("evaluate", _evaluate, settings)
     report["tables"] = stage("dump", dump_tables, spark, settings, args.out)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
