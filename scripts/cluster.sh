@@ -57,7 +57,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succ
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
-running() { [ -f "$CLUSTER_DIR/$1.pid" ] && kill -0 "$(cat "$CLUSTER_DIR/$1.pid")" 2>/dev/null; }
+running() { [ -f "$CLUSTER_DIR/$1.pid" ] && kill -0 -- "-$(cat "$CLUSTER_DIR/$1.pid")" 2>/dev/null; }
 
 credentials() {
   if [ -z "${STRATA_S3_ACCESS_KEY_ID:-}" ] || [ -z "${STRATA_S3_SECRET_ACCESS_KEY:-}" ]; then
@@ -84,8 +84,15 @@ jars() {  # the cluster's JVM jars: Spark's set plus S3 (profile aws), and the R
   fi
 }
 
+free_ports() {  # fail clearly when a port is taken (by another cluster, or another program)
+  local port
+  for port in "$@"; do ! port_open "$port" || die "port $HOST:$port is already in use"; done
+}
+
 start_s3() {
   running s3 && return
+  free_ports "$S3_PORT" "$S3_GRPC_PORT" "$FILER_PORT" "$FILER_GRPC_PORT" "$WEED_MASTER_PORT" \
+    "$WEED_MASTER_GRPC_PORT" "$VOLUME_PORT" "$VOLUME_GRPC_PORT"
   mkdir -p "$CLUSTER_DIR/s3"
   log "object store (SeaweedFS) on $HOST:$S3_PORT"
   AWS_ACCESS_KEY_ID="$STRATA_S3_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY="$STRATA_S3_SECRET_ACCESS_KEY" \
@@ -114,6 +121,7 @@ fs.get_file_info('$BUCKET')
 
 start_rest() {
   running rest && return
+  free_ports "$REST_PORT"
   log "Iceberg REST catalog on http://$HOST:$REST_PORT (store $CLUSTER_DIR/rest-catalog.db)"
   CATALOG_URI="jdbc:sqlite:$CLUSTER_DIR/rest-catalog.db" \
   CATALOG_JDBC_SCHEMA__VERSION=V1 \
@@ -130,17 +138,19 @@ start_rest() {
   wait_for 120 "the REST catalog" curl -sf "http://$HOST:$REST_PORT/v1/config"
 }
 
-spark_env() {  # a clean environment for Spark daemons: no STRATA_* or AWS settings leak in
-  env -i PATH="$VENV/bin:/usr/local/bin:/usr/bin:/bin" HOME="${HOME:-/root}" \
+spark_env() {  # exec with a clean environment: no STRATA_* or AWS settings reach Spark daemons
+  exec env -i PATH="$VENV/bin:/usr/local/bin:/usr/bin:/bin" HOME="${HOME:-/root}" \
     JAVA_HOME="${JAVA_HOME:-}" SPARK_LOCAL_IP="$HOST" SPARK_DAEMON_MEMORY=256m \
     SPARK_NO_DAEMONIZE=1 "$@"
 }
 
 start_master() {
   running master && return
+  free_ports "$SPARK_MASTER_PORT" "$SPARK_MASTER_UI_PORT"
   log "Spark master spark://$HOST:$SPARK_MASTER_PORT (UI http://$HOST:$SPARK_MASTER_UI_PORT)"
-  spark_env setsid "$VENV/bin/spark-class" org.apache.spark.deploy.master.Master \
-    --host "$HOST" --port "$SPARK_MASTER_PORT" --webui-port "$SPARK_MASTER_UI_PORT" \
+  # (a subshell that execs: $! is the daemon's pid and, after setsid, its process group)
+  (spark_env setsid "$VENV/bin/spark-class" org.apache.spark.deploy.master.Master \
+    --host "$HOST" --port "$SPARK_MASTER_PORT" --webui-port "$SPARK_MASTER_UI_PORT") \
     > "$CLUSTER_DIR/master.log" 2>&1 < /dev/null &
   echo $! > "$CLUSTER_DIR/master.pid"
   wait_for 60 "the Spark master" port_open "$SPARK_MASTER_PORT"
@@ -154,10 +164,11 @@ alive_workers() {
 start_worker() {  # start_worker N: a worker in its own mount namespace
   local n=$1 port=$((WORKER_PORT_BASE + 2 * ($1 - 1)))
   running "worker-$n" && return
+  free_ports "$port" "$((port + 1))"
   log "Spark worker $n on $HOST:$port ($WORKER_CORES core, $WORKER_MEMORY; private: $PRIVATE_DIRS)"
   # The worker sees a fresh tmpfs over each private dir; its work dir (executor logs, fetched
   # jars, shuffle files) lives there too, like a separate machine's own disk.
-  spark_env PRIVATE_DIRS="$PRIVATE_DIRS" setsid unshare --mount --propagation private -- bash -c '
+  (spark_env PRIVATE_DIRS="$PRIVATE_DIRS" setsid unshare --mount --propagation private -- bash -c '
     set -e
     for d in $PRIVATE_DIRS; do mkdir -p "$d"; mount -t tmpfs -o size=4g,mode=1777 tmpfs "$d"; done
     mkdir -p /tmp/spark-worker /tmp/spark-local
@@ -165,7 +176,7 @@ start_worker() {  # start_worker N: a worker in its own mount namespace
     exec spark-class org.apache.spark.deploy.worker.Worker "$@"' worker \
     --host "$HOST" --port "$port" --webui-port "$((port + 1))" \
     --cores "$WORKER_CORES" --memory "$WORKER_MEMORY" --work-dir /tmp/spark-worker \
-    "spark://$HOST:$SPARK_MASTER_PORT" > "$CLUSTER_DIR/worker-$n.log" 2>&1 < /dev/null &
+    "spark://$HOST:$SPARK_MASTER_PORT") > "$CLUSTER_DIR/worker-$n.log" 2>&1 < /dev/null &
   echo $! > "$CLUSTER_DIR/worker-$n.pid"
 }
 
@@ -215,11 +226,15 @@ stop() {
   for name in $(for n in $(seq "$WORKERS" -1 1); do echo "worker-$n"; done) master rest s3; do
     [ -f "$CLUSTER_DIR/$name.pid" ] || continue
     pid=$(cat "$CLUSTER_DIR/$name.pid")
-    if kill -0 "$pid" 2>/dev/null; then
+    if kill -0 -- "-$pid" 2>/dev/null; then
       kill -TERM -- "-$pid" 2>/dev/null || true   # its process group: the daemon and children
-      for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      log "stopped $name ($pid)"
+      for _ in $(seq 1 40); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.25; done
+      if kill -0 -- "-$pid" 2>/dev/null; then
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        for _ in $(seq 1 40); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.25; done
+      fi
+      if kill -0 -- "-$pid" 2>/dev/null; then die "$name (process group $pid) is still running"; fi
+      log "stopped $name (process group $pid)"
     fi
     rm -f "$CLUSTER_DIR/$name.pid"
   done
