@@ -121,8 +121,11 @@ def ship_leftovers(settings: Settings, keep: str) -> list[str]:
     for local in sorted(settings.exposure_spool_path.glob(FILE_GLOB)):
         if local.name == keep or _owner_alive(local.name):
             continue
-        fs = fs or object_store(settings)
-        shipped.append(ship(settings, local, fs))
+        try:
+            fs = fs or object_store(settings)
+            shipped.append(ship(settings, local, fs))
+        except Exception as exc:  # keep it for the next start; ship the others
+            print(f"exposure landing: {local} not shipped: {exc}", file=sys.stderr)
     return shipped
 
 
