@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-date", default="2026-11-08")
     parser.add_argument("--requests", type=int, default=40, help="device-register requests")
     parser.add_argument("--check-isolation", action="store_true")
+    parser.add_argument("--executors", type=int, default=2, help="for the isolation check")
     args = parser.parse_args(argv)
 
     from lookup_loader import loader
@@ -166,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = stage("spark session", spark_session, settings, "strata-pipeline")
     if args.check_isolation:
-        report["isolation"] = stage("isolation check", check_isolation, spark, settings)
+        report["isolation"] = stage(
+            "isolation check", check_isolation, spark, settings, args.executors
+        )
     size = ["--users", str(args.users), "--days", str(args.days), "--seed", "7"]
     stage("generate", generate, [*size, "--start-date", args.start_date])
     stage("assign", assign, [])
