@@ -188,7 +188,10 @@ def test_cluster_run_equals_local_run(runs):
     for name in ("raw_events", "assignments", "exposure_logs", "goal_aggregates", "results"):
         assert name in tables
         assert local_report["tables"][name] > 0, f"{name} is empty: nothing was compared"
-    # The LOG events went through the s3:// landing and were ingested from there.
+    # The LOG events went through the s3:// landing (shipped: nothing left in the local spool)
+    # and were ingested from there.
+    assert cluster_report["spooled_files"] == 0
+    assert cluster_report["landed_files"] >= 1
     assert cluster_report["ingest"]["merged"] == local_report["ingest"]["merged"] > 0
     for name in tables:
         _assert_equal_tables(
