@@ -6,7 +6,7 @@ and prints each stage's wall time and throughput side by side with the speed-up.
 run is the reference. Needs root (private worker mounts) and a free Redis port for its own Redis.
 The machine's load average is printed with each run: on a shared machine it moves the figures.
 
-    .venv/bin/python bench/scale_cluster.py [--users 20000] [--days 7] [--redis-port 6442]
+    .venv/bin/python bench/scale_cluster.py [--users 100000] [--days 14] [--redis-port 6442]
 
 (Not named bench_*.py: `make bench` does not run it; it needs root and about 20 minutes.)
 """
@@ -27,8 +27,8 @@ CLUSTER_SH = ROOT / "scripts" / "cluster.sh"
 REDIS_SH = ROOT / "scripts" / "redis.sh"
 PIPELINE = ROOT / "tests" / "cluster" / "pipeline.py"
 #: Stage -> the table whose rows measure its throughput.
-RATES = {"generate": "raw_events", "assign": "assignments", "ingest": "exposure_logs",
-         "dbt run": "raw_events", "evaluate": "results"}  # fmt: skip
+RATES = {"generate": "raw_events", "assign": "assignments", "dbt run": "raw_events",
+         "evaluate": "results"}  # fmt: skip
 
 
 def run_on(workers: int, args, home: Path, base_env: dict[str, str]) -> dict:
@@ -55,7 +55,8 @@ def run_on(workers: int, args, home: Path, base_env: dict[str, str]) -> dict:
         load = os.getloadavg()[0]
         subprocess.run(
             [sys.executable, str(PIPELINE), "--out", str(dest), "--users", str(args.users),
-             "--days", str(args.days), "--check-isolation", "--executors", str(workers)],
+             "--days", str(args.days), "--check-isolation", "--executors", str(workers),
+             "--no-dump"],
             env=env, check=True, cwd=ROOT,
         )  # fmt: skip
         report = json.loads((dest / "report.json").read_text())
@@ -67,8 +68,8 @@ def run_on(workers: int, args, home: Path, base_env: dict[str, str]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=20000)
-    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--users", type=int, default=100000)
+    parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--redis-port", type=int, default=6442)
     parser.add_argument("--endpoint-port", type=int, default=8189)
     args = parser.parse_args()
