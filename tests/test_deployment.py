@@ -146,3 +146,25 @@ def test_dockerfile_runs_as_non_root_without_linking_over_the_wheel():
     assert "ln -s" not in instructions  # pyspark's wheel installs spark-class itself
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".jars", ".strata", ".env", ".git"} <= ignored
+
+
+def test_every_strata_service_command_is_installed(services):
+    """What the image's pip and apt steps install is what this checkout's venv has: every command
+    a Strata-image service runs exists there (the image build itself cannot run here)."""
+    import shutil
+    import sys
+
+    venv_bin = Path(sys.executable).parent
+    for name, svc in services.items():
+        if not svc["image"].startswith("strata:"):
+            continue
+        command = svc["command"]
+        program = command[0]
+        if program == "sh":  # sh -c "... exec PROGRAM ...": the program after the last exec
+            program = command[-1].split("exec ")[-1].split()[0]
+        assert (venv_bin / program).exists() or shutil.which(program), (
+            f"{name}: {program} is not installed"
+        )
+    rest = " ".join(services["iceberg-rest"]["command"])
+    assert "org.apache.iceberg.rest.RESTCatalogServer" in rest
+    assert "-Prest-catalog-server" in (ROOT / "Dockerfile").read_text()
