@@ -24,7 +24,7 @@ export SCARF_ANALYTICS := false
 export SPARK_LOCAL_IP := 127.0.0.1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo test test-fast lint format bench airflow airflow-stop redis-start redis-stop clean lock
+.PHONY: help setup demo test test-fast test-cluster lint format bench airflow airflow-stop redis-start redis-stop clean lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ test: setup  ## the full test suite (starts its own Redis on a test port; ~5 min
 
 test-fast: setup  ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow"
+
+test-cluster: setup  ## the pipeline on a local Spark cluster + REST catalog + S3 store, compared with local mode (root; ~6 min)
+	$(PY) -m pytest tests/cluster -m cluster -p no:cacheprovider
 
 lint: setup  ## ruff check + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

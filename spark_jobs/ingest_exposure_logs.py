@@ -1,12 +1,14 @@
 """Ingest the device-register endpoint's LOG events (JSON lines) into Iceberg as exposure logs.
 
 The endpoint writes one seed-004 LOG event per served experiment into
-``<STRATA_HOME>/landing/exposures/date=YYYY-MM-DD/*.jsonl``. This job reads the landing folder
-with an explicit schema, merges well-formed events into ``exposure_logs`` by their message id
-``mid`` (so re-ingesting a file never double-counts), and quarantines lines that are not valid
-LOG events in ``exposure_log_rejects`` with the file they came from — counted, never dropped.
+``<STRATA_HOME>/landing/exposures/date=YYYY-MM-DD/*.jsonl``, shipped once closed to an ``s3://``
+landing when ``STRATA_EXPOSURE_LANDING`` names one (``strata.landing``). This job reads the
+landing (a folder, or object storage through Hadoop's S3A on the executors) with an explicit
+schema, merges well-formed events into ``exposure_logs`` by their message id ``mid`` (so
+re-ingesting a file never double-counts), and quarantines lines that are not valid LOG events
+in ``exposure_log_rejects`` with the file they came from — counted, never dropped.
 
-    spark-submit spark_jobs/ingest_exposure_logs.py [--landing PATH]
+    spark-submit spark_jobs/ingest_exposure_logs.py [--landing PATH_OR_S3_URI]
 """
 
 from __future__ import annotations
@@ -80,11 +82,15 @@ def split_valid(raw: DataFrame) -> tuple[DataFrame, DataFrame]:
     return valid, rejects
 
 
-def ingest(spark: SparkSession, landing: Path, table) -> IngestResult:
+def ingest(spark: SparkSession, landing: Path | str, table, settings=None) -> IngestResult:
+    """Merge every landed file (a folder, or an ``s3://`` landing listed with ``settings``)."""
     from pyspark.sql import functions as F
 
+    from strata.config import get_settings
+    from strata.landing import landing_files
+
     ensure_tables(spark, table)
-    files = sorted(str(p) for p in landing.glob("date=*/*.jsonl"))
+    files = landing_files(settings or get_settings(), str(landing))
     if not files:
         return IngestResult(0, 0, 0)
     raw = (
@@ -130,13 +136,13 @@ def main(argv: list[str] | None = None) -> IngestResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--landing",
-        type=Path,
-        default=settings.home / "landing" / "exposures",
-        help="landing folder of the endpoint's LOG events (date=YYYY-MM-DD/*.jsonl)",
+        default=settings.exposure_landing_uri,
+        help="landing of the endpoint's LOG events (date=YYYY-MM-DD/*.jsonl): a folder or an "
+        "s3:// URI (default: STRATA_EXPOSURE_LANDING, else <home>/landing/exposures)",
     )
     args = parser.parse_args(argv)
     result = ingest(
-        spark_session(settings, "strata-ingest-exposures"), args.landing, settings.table
+        spark_session(settings, "strata-ingest-exposures"), args.landing, settings.table, settings
     )
     print(
         f"exposure logs: {result.read:,} lines read, {result.merged:,} merged by mid, "

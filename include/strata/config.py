@@ -32,6 +32,11 @@ PROJECT_ROOT: Path | None = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file(
 RedisRole = Literal["admin", "writer", "reader"]
 
 
+def is_s3_uri(uri: str) -> bool:
+    """``s3://`` (and Hadoop's ``s3a://``) locations live on object storage."""
+    return uri.startswith(("s3://", "s3a://"))
+
+
 def _default_home() -> Path:
     """Local state lives in ``<checkout>/.strata`` (git-ignored), else ``~/.strata``."""
     return (PROJECT_ROOT or Path.home()) / ".strata"
@@ -62,6 +67,28 @@ class Settings(BaseSettings):
         "runs the whole job in the driver, so a larger one than Spark's 10 MB saves a sort.",
     )
     spark_local_ip: str = Field("127.0.0.1", description="Bind Spark to loopback by default.")
+    # On a cluster, executors connect back to the driver: the address they use and the address
+    # the driver listens on differ in containers (its service name vs 0.0.0.0), ports are fixed
+    # for firewalls, and executors get their own memory, cores and JVM options.
+    spark_driver_host: str | None = Field(
+        None, description="Address executors use to reach the driver (default spark_local_ip)."
+    )
+    spark_driver_bind_address: str | None = Field(
+        None, description="Address the driver listens on (default spark_local_ip)."
+    )
+    spark_driver_port: int | None = Field(None, ge=1, le=65535, description="Driver RPC port.")
+    spark_block_manager_port: int | None = Field(
+        None, ge=1, le=65535, description="Block manager port (the driver's, executors' next)."
+    )
+    spark_ui_port: int | None = Field(
+        None, ge=0, le=65535, description="Driver UI port; 0 turns the UI off; default 4040."
+    )
+    spark_executor_memory: str | None = Field(None, description="Executor heap, e.g. 1g.")
+    spark_executor_cores: int | None = Field(None, ge=1, description="Cores per executor.")
+    spark_cores_max: int | None = Field(None, ge=1, description="Cores one job takes at most.")
+    spark_executor_java_options: str = Field(
+        "", description="Extra executor JVM options (the JIT flag is always set)."
+    )
     jars_dir: Path = Field(
         default_factory=_default_jars_dir,
         description="Folder of JVM jars filled by `make setup` (mvn dependency:copy-dependencies).",
@@ -78,8 +105,22 @@ class Settings(BaseSettings):
     )
     warehouse: str | None = Field(None, description="Warehouse location; default <home>/warehouse.")
     catalog_credential: SecretStr | None = Field(None, description="REST catalog OAuth credential.")
-    s3_endpoint: str | None = Field(None, description="S3-compatible endpoint (REST catalog).")
+    s3_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint (path-style access); default: AWS S3."
+    )
+    s3_region: str | None = Field(None, description="S3 region (us-east-1 with an endpoint).")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="S3 access key; default: the AWS credential chain (env, profile, role)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
     namespace: str = Field("strata", description="Iceberg namespace (dbt schema) for tables.")
+
+    # --- Exposure landing ----------------------------------------------------------------
+    exposure_landing: str | None = Field(
+        None,
+        description="Where the endpoint's LOG files land for ingestion: a folder (default "
+        "<home>/landing/exposures) or s3://bucket/prefix (closed files are shipped there).",
+    )
 
     # --- Redis ---------------------------------------------------------------------------
     redis_url: str = Field(
@@ -125,6 +166,25 @@ class Settings(BaseSettings):
         if self.warehouse and "://" in self.warehouse:
             return self.warehouse
         return self.warehouse_path.resolve().as_uri()
+
+    @property
+    def warehouse_is_s3(self) -> bool:
+        """Table files on S3 (or an S3-compatible store): Iceberg's S3FileIO reads and writes."""
+        return is_s3_uri(self.warehouse_uri)
+
+    @property
+    def exposure_spool_path(self) -> Path:
+        """The local folder the endpoint appends LOG lines to (the landing itself when local)."""
+        return self.home / "landing" / "exposures"
+
+    @property
+    def exposure_landing_uri(self) -> str:
+        """The landing the ingest job reads: an ``s3://`` URI or a local folder's path."""
+        if self.exposure_landing and is_s3_uri(self.exposure_landing):
+            return self.exposure_landing.rstrip("/")
+        return str(
+            Path(self.exposure_landing) if self.exposure_landing else self.exposure_spool_path
+        )
 
     @property
     def catalog_db_path(self) -> Path:

@@ -4,7 +4,8 @@
 lookup version (``strata.lookup``) with seed 004's response envelope (``result.actions``), and
 writes one seed-004 LOG event per served experiment as a JSON line into
 ``<STRATA_HOME>/landing/exposures/date=YYYY-MM-DD/<host>-<pid>-<start>.jsonl``, which the events
-pipeline reads as exposures.
+pipeline reads as exposures (closed files are shipped to an ``s3://`` ``STRATA_EXPOSURE_LANDING``:
+``strata.landing``).
 
 Bad input never reaches a 500: bodies over ``MAX_BODY_BYTES`` get 413, malformed JSON, wrong
 types, unknown fields, bad ids and a ``request.did`` that contradicts the path get 400 with the
@@ -43,7 +44,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -233,14 +234,19 @@ def exposure_lines(
 
 
 class ExposureSink:
-    """Appends LOG events as JSON lines, one file per process and UTC day, under ``landing``."""
+    """Appends LOG events as JSON lines, one file per process and UTC day, under ``landing``.
 
-    def __init__(self, root: Path) -> None:
+    ``on_closed`` gets each file once it is closed (day rolled over: in a thread, off the request
+    path; server stopped: before ``close`` returns), e.g. to ship it to object storage.
+    """
+
+    def __init__(self, root: Path, on_closed: Callable[[Path], None] | None = None) -> None:
         self.root = root
         self.name = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}.jsonl"
         self._lock = threading.Lock()
         self._day: str | None = None
         self._fd: int | None = None
+        self._on_closed = on_closed
 
     def path(self, day: str) -> Path:
         return self.root / f"date={day}" / self.name
@@ -260,6 +266,9 @@ class ExposureSink:
             if day != self._day:
                 if self._fd is not None:
                     os.close(self._fd)
+                    if self._on_closed and self._day:
+                        closed = self.path(self._day)
+                        threading.Thread(target=self._on_closed, args=(closed,)).start()
                 target = self.path(day)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -270,9 +279,13 @@ class ExposureSink:
 
     def close(self) -> None:
         with self._lock:
+            closed = None
             if self._fd is not None:
                 os.close(self._fd)
+                closed = self.path(self._day) if self._day else None
                 self._fd, self._day = None, None
+        if closed and self._on_closed:
+            self._on_closed(closed)
 
 
 def _envelope(status: str, code: str, result: dict, msgid: str | None = None, **err: str) -> dict:
@@ -359,12 +372,13 @@ def _unavailability(exc: StackError) -> tuple[str, int, str]:
 
 def create_app(settings: Settings | None = None, *, prefix: str | None = None) -> FastAPI:
     """The ASGI app (``uvicorn strata.endpoint:create_app --factory``)."""
+    from strata import landing
     from strata.lookup import LookupClient
     from strata.stack import redis_client
 
     settings = settings or get_settings()
     prefix = prefix or os.environ.get("STRATA_LOOKUP_PREFIX", DEFAULT_PREFIX)
-    sink = ExposureSink(settings.home / "landing" / "exposures")
+    sink = ExposureSink(settings.exposure_spool_path, on_closed=landing.shipper(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -373,6 +387,8 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
         # gen-2 pause per few thousand requests without this).
         gc.collect()
         gc.freeze()
+        if landing.is_remote(settings):  # files left by stopped or crashed servers
+            threading.Thread(target=landing.ship_leftovers, args=(settings, sink.name)).start()
         yield
         sink.close()
 

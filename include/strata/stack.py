@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from strata.config import RedisRole, Settings, get_settings
+from strata.config import RedisRole, Settings, get_settings, is_s3_uri
 from strata.errors import StackError
 
 if TYPE_CHECKING:
@@ -88,13 +88,107 @@ def catalog_conf(settings: Settings) -> dict[str, str]:
             f"{prefix}.type": "rest",
             f"{prefix}.uri": str(settings.catalog_uri),
             f"{prefix}.warehouse": settings.warehouse or "",
-            f"{prefix}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
         }
         if settings.catalog_credential:
             conf[f"{prefix}.credential"] = settings.catalog_credential.get_secret_value()
-        if settings.s3_endpoint:
-            conf[f"{prefix}.s3.endpoint"] = settings.s3_endpoint
-            conf[f"{prefix}.s3.path-style-access"] = "true"
+    return conf | {f"{prefix}.{k}": v for k, v in iceberg_io_props(settings).items()}
+
+
+def iceberg_io_props(settings: Settings) -> dict[str, str]:
+    """Iceberg FileIO properties chosen from the warehouse URI, for either catalog type.
+
+    ``s3://`` warehouses get Iceberg's S3FileIO with the endpoint, region and credentials from
+    settings; they travel with the FileIO to every executor, so workers need no AWS environment
+    of their own (without keys in settings, the AWS default chain applies on each machine).
+    Anything else keeps Iceberg's default, Hadoop's FileIO: local paths, ``file://``, ``hdfs://``.
+    """
+    if not settings.warehouse_is_s3:
+        return {}
+    props = {"io-impl": "org.apache.iceberg.aws.s3.S3FileIO"}
+    if settings.s3_endpoint:
+        props |= {"s3.endpoint": settings.s3_endpoint, "s3.path-style-access": "true"}
+    if region := _s3_region(settings):
+        props["client.region"] = region
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        props |= {
+            "s3.access-key-id": settings.s3_access_key_id.get_secret_value(),
+            "s3.secret-access-key": settings.s3_secret_access_key.get_secret_value(),
+        }
+    return props
+
+
+def _s3_region(settings: Settings) -> str | None:
+    """The configured region; an S3-compatible endpoint needs one too, any will do."""
+    return settings.s3_region or ("us-east-1" if settings.s3_endpoint else None)
+
+
+def _uses_s3(settings: Settings) -> bool:
+    return settings.warehouse_is_s3 or is_s3_uri(settings.exposure_landing_uri)
+
+
+def hadoop_s3_conf(settings: Settings) -> dict[str, str]:
+    """Hadoop S3A properties, so Spark reads ``s3://`` files that are not Iceberg tables (the
+    exposure landing) with the same endpoint, region and credentials; set on the driver, they
+    reach every executor. Needs hadoop-aws on the classpath (``make setup JVM_PROFILE=aws``)."""
+    if not _uses_s3(settings):
+        return {}
+    h = "spark.hadoop.fs.s3a"
+    conf = {
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        f"{h}.path.style.access": "true" if settings.s3_endpoint else "false",
+    }
+    if settings.s3_endpoint:
+        conf[f"{h}.endpoint"] = settings.s3_endpoint
+        conf[f"{h}.connection.ssl.enabled"] = str(settings.s3_endpoint.startswith("https"))
+    if region := _s3_region(settings):
+        conf[f"{h}.endpoint.region"] = region
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        conf[f"{h}.access.key"] = settings.s3_access_key_id.get_secret_value()
+        conf[f"{h}.secret.key"] = settings.s3_secret_access_key.get_secret_value()
+    return conf
+
+
+def pyiceberg_s3_props(settings: Settings) -> dict[str, str]:
+    """The same S3 endpoint, region and credentials for pyiceberg's FileIO (no JVM)."""
+    if not _uses_s3(settings):
+        return {}
+    props = {}
+    if settings.s3_endpoint:
+        props |= {"s3.endpoint": settings.s3_endpoint, "s3.force-virtual-addressing": "false"}
+    if region := _s3_region(settings):
+        props["s3.region"] = region
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        props |= {
+            "s3.access-key-id": settings.s3_access_key_id.get_secret_value(),
+            "s3.secret-access-key": settings.s3_secret_access_key.get_secret_value(),
+        }
+    return props
+
+
+def cluster_conf(settings: Settings) -> dict[str, str]:
+    """Driver address and ports, executor resources and JVM options (all optional)."""
+    conf = {
+        "spark.driver.host": settings.spark_driver_host or settings.spark_local_ip,
+        "spark.driver.bindAddress": settings.spark_driver_bind_address or settings.spark_local_ip,
+        # The JIT flag matters most on executors, where the generated code runs on a cluster.
+        "spark.executor.extraJavaOptions": " ".join(
+            ["-XX:-DontCompileHugeMethods", settings.spark_executor_java_options]
+        ).strip(),
+    }
+    optional = {
+        "spark.driver.port": settings.spark_driver_port,
+        "spark.driver.blockManager.port": settings.spark_block_manager_port,
+        "spark.blockManager.port": settings.spark_block_manager_port
+        and settings.spark_block_manager_port + 1,
+        "spark.executor.memory": settings.spark_executor_memory,
+        "spark.executor.cores": settings.spark_executor_cores,
+        "spark.cores.max": settings.spark_cores_max,
+    }
+    conf |= {k: str(v) for k, v in optional.items() if v is not None}
+    if settings.spark_ui_port == 0:
+        conf["spark.ui.enabled"] = "false"
+    elif settings.spark_ui_port is not None:
+        conf["spark.ui.port"] = str(settings.spark_ui_port)
     return conf
 
 
@@ -114,8 +208,6 @@ def spark_conf(settings: Settings | None = None) -> dict[str, str]:
         # booted the database"); this property, applied after it, keeps the session in memory.
         "spark.sql.catalogImplementation": "in-memory",
         "spark.driver.memory": settings.spark_driver_memory,
-        "spark.driver.host": settings.spark_local_ip,
-        "spark.driver.bindAddress": settings.spark_local_ip,
         # -XX:-DontCompileHugeMethods: let the JIT compile Spark's large generated methods (the
         # assignment job's per-layer CASE WHENs run ~5x faster). Log4j: warnings and errors to
         # stdout (Airflow shows a task's stderr as errors), see conf/log4j2.properties.
@@ -129,7 +221,7 @@ def spark_conf(settings: Settings | None = None) -> dict[str, str]:
         # the shuffle; deduplicating nearly unique event ids, that is a second full sort.
         "spark.sql.optimizer.windowGroupLimitThreshold": "-1",
     }
-    return conf | catalog_conf(settings)
+    return conf | cluster_conf(settings) | hadoop_s3_conf(settings) | catalog_conf(settings)
 
 
 def spark_session(settings: Settings | None = None, app_name: str = "strata") -> SparkSession:
@@ -176,7 +268,12 @@ def iceberg_catalog(settings: Settings | None = None) -> Catalog:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.warehouse_path.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{settings.catalog_db_path.resolve()}?timeout=30"
-        return SqlCatalog(settings.catalog_name, uri=uri, warehouse=settings.warehouse_uri)
+        return SqlCatalog(
+            settings.catalog_name,
+            uri=uri,
+            warehouse=settings.warehouse_uri,
+            **pyiceberg_s3_props(settings),
+        )
 
     from pyiceberg.catalog import load_catalog
 
@@ -185,9 +282,7 @@ def iceberg_catalog(settings: Settings | None = None) -> Catalog:
         props["warehouse"] = settings.warehouse
     if settings.catalog_credential:
         props["credential"] = settings.catalog_credential.get_secret_value()
-    if settings.s3_endpoint:
-        props |= {"s3.endpoint": settings.s3_endpoint, "s3.force-virtual-addressing": "false"}
-    return load_catalog(settings.catalog_name, **props)
+    return load_catalog(settings.catalog_name, **props, **pyiceberg_s3_props(settings))
 
 
 def redis_client(
