@@ -84,7 +84,7 @@ test: setup  ## the full test suite (starts its own Redis on a test port; ~5 min
 	$(PY) -m pytest
 
 test-fast: setup  ## the suite without the slow end-to-end tests
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not cluster"
 
 test-cluster: setup  ## the pipeline on a local Spark cluster + REST catalog + S3 store, compared with local mode (root; ~6 min)
 	$(PY) -m pytest tests/cluster -m cluster -p no:cacheprovider
