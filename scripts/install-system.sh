@@ -8,6 +8,9 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+# nginx fronts the reference endpoint (header/body timeouts, connection limits: docs/lookup.md).
+# The endpoint runs its own nginx with its own config; the distribution's service is not needed.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system packages: all present"
@@ -18,3 +21,8 @@ sudo=""
 echo "system packages: installing ${missing[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null \
+  && systemctl is-active --quiet nginx 2>/dev/null; then
+  # Debian starts the default site on port 80 after installing: stop and disable it again.
+  $sudo systemctl disable --now nginx || true
+fi

@@ -3,13 +3,31 @@
 In process (the app called through ASGI with raw scopes, real Redis): malformed urls are 400s,
 malformed headers are 400s, nothing is a 500, every 503 carries ``Retry-After``, and a
 derandomised hypothesis fuzz of urls, headers and bodies (10,000 cases) sees no 5xx.
+
+As deployed (``scripts/endpoint.sh``: nginx in front of uvicorn, real Redis, 127.0.0.1): 200
+half-sent requests, slow bodies and slowloris dribblers are closed after the timeout while a
+normal client is served meanwhile; requests past the limit and an app that does not answer get
+503 with ``Retry-After``; ``start`` refuses a port another process holds instead of reporting it
+ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given
@@ -21,6 +39,7 @@ from lookup_loader.sample import sample_tables, write_tables
 from strata.config import Settings
 from strata.endpoint import MAX_BODY_BYTES, create_app
 
+ROOT = Path(__file__).resolve().parents[2]
 URL = "https://app.example.com/p/3"
 REGISTER = "/v1/device/register/"
 
@@ -226,6 +245,7 @@ def run_counted(test, calls: list, n: int) -> None:
     assert len(calls) >= n, f"hypothesis ran {len(calls)} cases, not {n}"
 
 
+@pytest.mark.slow  # ~12 s on a quiet machine, ~90 s at load average 13
 class TestFuzz:
     def test_urls(self, asgi):
         calls = []
@@ -302,3 +322,235 @@ class TestFuzz:
             check_no_server_error(asgi.post(REGISTER + "d00000002", body, headers, chunks))
 
         run_counted(case, calls, FUZZ["bodies"])
+
+
+# --------------------------------------------------------------------------------------------
+# The server as deployed (scripts/endpoint.sh: nginx in front of uvicorn) on 127.0.0.1
+# --------------------------------------------------------------------------------------------
+
+FRONT_PORT = int(os.environ["STRATA_ENDPOINT_PORT"]) + 3  # the test endpoint port + 3
+BUSY_PORT = FRONT_PORT + 1
+TIMEOUT_S = 2  # header, body and app timeouts of the test server
+MAX_REQUESTS = 16
+SCRIPT = ROOT / "scripts" / "endpoint.sh"
+
+
+@pytest.fixture(scope="module")
+def front(published):
+    """scripts/endpoint.sh's server with short timeouts and a small request limit."""
+    settings, prefix = published
+    env = os.environ | {
+        "STRATA_ENDPOINT_PORT": str(FRONT_PORT), "STRATA_LOOKUP_PREFIX": prefix,
+        "STRATA_ENDPOINT_HEADER_TIMEOUT": str(TIMEOUT_S),
+        "STRATA_ENDPOINT_BODY_TIMEOUT": str(TIMEOUT_S),
+        "STRATA_ENDPOINT_APP_TIMEOUT": str(TIMEOUT_S),
+        "STRATA_ENDPOINT_MAX_REQUESTS": str(MAX_REQUESTS),
+    }  # fmt: skip
+    subprocess.run([SCRIPT, "start"], check=True, capture_output=True, env=env)
+    pid = int((settings.home / "endpoint" / f"endpoint-{FRONT_PORT}.pid").read_text())
+    try:
+        yield pid
+    finally:
+        subprocess.run([SCRIPT, "stop"], check=True, capture_output=True, env=env)
+
+
+def raw_post(body: bytes, device: str = "d00000002") -> bytes:
+    head = (f"POST {REGISTER}{device} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+def normal_request(timeout: float = 5.0) -> tuple[int, dict, bytes, float]:
+    """(status, headers, body, seconds) of one complete request on a fresh connection."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", FRONT_PORT, timeout=timeout)
+    try:
+        conn.request("POST", REGISTER + "d00000002", json.dumps(envelope(URL)),
+                     {"Content-Type": "application/json"})  # fmt: skip
+        response = conn.getresponse()
+        return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                response.read(), time.monotonic() - started)  # fmt: skip
+    finally:
+        conn.close()
+
+
+def still_open(sock: socket.socket) -> bool:
+    """True while the server has neither closed nor answered the connection (nothing to read)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return not readable
+
+
+def closed_by(sock: socket.socket, deadline: float) -> bool:
+    """Read until the server closes (True) or ``deadline`` passes (False); answers are read."""
+    try:
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if not sock.recv(65536):
+                return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset: nginx's reset_timedout_connection
+        return True
+
+
+class TestSlowClients:
+    HALF_HEADERS, SLOW_BODIES, DRIBBLERS = 200, 8, 5
+
+    def test_half_sent_requests_are_closed_and_others_served_meanwhile(self, front):
+        request = raw_post(json.dumps(envelope(URL)).encode())
+        socks: list[socket.socket] = []
+        dribblers: list[socket.socket] = []
+        stop = threading.Event()
+        try:
+            started = time.monotonic()
+            for i in range(self.HALF_HEADERS + self.SLOW_BODIES + self.DRIBBLERS):
+                sock = socket.create_connection(("127.0.0.1", FRONT_PORT), timeout=5)
+                if i < self.HALF_HEADERS:  # the request line and part of the headers
+                    sock.sendall(request[: request.index(b"Content-Type")])
+                elif i < self.HALF_HEADERS + self.SLOW_BODIES:  # all headers, 10 body bytes
+                    sock.sendall(request[: request.index(b"\r\n\r\n") + 14])
+                else:
+                    dribblers.append(sock)
+                socks.append(sock)
+
+            def dribble() -> None:  # slowloris: one more header byte every 0.25 s
+                for k in range(len(request)):
+                    for sock in dribblers:
+                        with contextlib.suppress(OSError):
+                            sock.send(request[k : k + 1])
+                    if stop.wait(0.25):
+                        return
+
+            threading.Thread(target=dribble, daemon=True).start()
+            served = [normal_request() for _ in range(20)]
+            served_by = time.monotonic() - started
+            open_then = sum(still_open(s) for s in socks)
+            deadline = started + TIMEOUT_S + 3
+            closed = sum(closed_by(s, deadline) for s in socks)
+            closed_after = time.monotonic() - started
+        finally:
+            stop.set()
+            for sock in socks:
+                sock.close()
+        assert [s[0] for s in served] == [200] * 20
+        assert served_by < TIMEOUT_S, f"normal requests took {served_by:.2f} s"
+        assert open_then == len(socks)  # they were served while every slow client was held
+        assert closed == len(socks), f"{len(socks) - closed} slow connections still open"
+        assert TIMEOUT_S - 0.5 < closed_after < TIMEOUT_S + 3
+
+    def test_requests_past_the_limit_get_503_with_retry_after(self, front):
+        request = raw_post(json.dumps(envelope(URL)).encode())
+        socks = []
+        try:
+            for _ in range(MAX_REQUESTS):  # each holds a request in flight (body not sent)
+                sock = socket.create_connection(("127.0.0.1", FRONT_PORT), timeout=5)
+                sock.sendall(request[: request.index(b"\r\n\r\n") + 4])
+                socks.append(sock)
+            time.sleep(0.2)  # nginx has read their headers
+            status, headers, body, _ = normal_request()
+            assert status == 503
+            assert headers["retry-after"] == "1"
+            assert json.loads(body)["params"]["err"] == "OVERLOADED"
+        finally:
+            for sock in socks:
+                sock.close()
+        time.sleep(0.2)  # closed by the client: the slots are free again
+        assert normal_request()[0] == 200
+
+    def test_an_app_that_does_not_answer_is_a_503_with_retry_after(self, front):
+        os.kill(front, signal.SIGSTOP)  # the server process (uvicorn); nginx, its child, runs on
+        try:
+            status, headers, body, seconds = normal_request(timeout=TIMEOUT_S + 5)
+        finally:
+            os.kill(front, signal.SIGCONT)
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert json.loads(body)["params"]["err"] == "UNAVAILABLE"
+        assert seconds < TIMEOUT_S + 2
+        assert normal_request()[0] == 200
+
+
+class TestWireFuzz:
+    """Raw bytes on the wire to nginx (what the in-process fuzz cannot reach): 500 cases."""
+
+    def test_no_request_line_headers_or_body_gives_a_5xx(self, front):
+        token = st.binary(min_size=1, max_size=12) | st.sampled_from(
+            [b"POST", b"GET", b"PUT", b"X" * 300, b"/v1/device/register/d1", b"%00", b"%zz",
+             b"/../../etc/passwd", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/9.9", b"\xff\xfe"]
+        )  # fmt: skip
+        header = st.tuples(
+            st.sampled_from([b"Content-Length", b"Transfer-Encoding", b"Host", b"Expect",
+                             b"X-Forwarded-For", b"\x00", b"A" * 9000]),
+            st.binary(max_size=30) | st.sampled_from([b"chunked", b"100-continue", b"-1",
+                                                      b"\xb2", b"1, 2", b"9" * 30]),
+        )  # fmt: skip
+        calls = []
+
+        @hsettings(max_examples=500, **_FUZZ_SETTINGS)
+        @given(
+            line=st.lists(token, min_size=1, max_size=3).map(b" ".join),
+            headers=st.lists(header, max_size=4),
+            body=st.binary(max_size=64),
+        )
+        @example(line=b"POST /v1/device/register/%00 HTTP/1.1", headers=[], body=b"{}")
+        @example(line=b"POST /v1/device/register/d1 HTTP/1.1",
+                 headers=[(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"5")],
+                 body=b"0\r\n\r\n")  # fmt: skip
+        def case(line, headers, body):
+            calls.append(1)
+            lines = [line, b"Host: t", *(k + b": " + v for k, v in headers),
+                     b"Connection: close", b"Content-Length: %d" % len(body)]  # fmt: skip
+            answer = b""
+            with socket.create_connection(("127.0.0.1", FRONT_PORT), timeout=10) as sock:
+                with contextlib.suppress(OSError):  # nginx may close before reading it all
+                    sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+                with contextlib.suppress(OSError):
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+            if answer:  # nothing at all is nginx closing on garbage: no 5xx either
+                status = answer.split(b"\r\n", 1)[0].split(b" ")
+                assert status[0].startswith(b"HTTP/1."), answer[:200]
+                assert int(status[1]) < 500, answer[:300]
+
+        run_counted(case, calls, 500)
+
+
+#: Another server on the port, answering every GET with 200 (an old endpoint, say).
+IMPOSTOR = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Ok(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"{}")
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Ok).serve_forever()
+"""
+
+
+class TestStartScript:
+    def test_another_process_on_the_port_is_an_error_not_ready(self, published):
+        settings, prefix = published
+        other = subprocess.Popen(
+            [sys.executable, "-c", IMPOSTOR, str(BUSY_PORT)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        env = os.environ | {"STRATA_ENDPOINT_PORT": str(BUSY_PORT), "STRATA_LOOKUP_PREFIX": prefix}
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until the impostor answers /healthz
+                with contextlib.suppress(OSError):
+                    urllib.request.urlopen(f"http://127.0.0.1:{BUSY_PORT}/healthz", timeout=1)
+                    break
+                time.sleep(0.1)
+            started = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, env=env)
+            status = subprocess.run([SCRIPT, "status"], capture_output=True, text=True, env=env)
+        finally:
+            subprocess.run([SCRIPT, "stop"], capture_output=True, env=env)
+            other.terminate()
+            other.wait(10)
+        assert started.returncode == 1, started.stdout
+        assert "ready" not in started.stdout
+        assert f"{BUSY_PORT} is in use by another process" in started.stderr
+        assert status.returncode == 3
+        assert not (settings.home / "endpoint" / f"endpoint-{BUSY_PORT}.pid").exists()
