@@ -7,12 +7,14 @@ ratio, because the machine is shared and absolute numbers are noisy:
       naive redis-py pipelining; Arrow-from-pyiceberg read time (vs Spark, with ``--spark``);
       Redis memory per unit for three encodings beside the payload bytes;
   (b) reader: single lookup p50/p99 vs a bare redis-py GET; batch lookups/s;
-  (c) endpoint (uvicorn via scripts/endpoint.sh) under bounded load from a second process:
-      p50/p99 and sustained rate, beside GET /healthz on the same server;
+  (c) endpoint (scripts/endpoint.sh: nginx in front of uvicorn) under bounded load from a second
+      process: p50/p99 and sustained rate, beside GET /healthz on the same server, and beside
+      the same requests sent straight to uvicorn's unix socket (what nginx costs);
   (d) time from the pointer flip to a polling reader seeing the new version.
 
 Runs its own redis-server (scripts/redis.sh, port 6396) and endpoint (port 8496) in a temporary
-STRATA_HOME, and stops both. Results are printed, not committed.
+STRATA_HOME, and stops both (STRATA_BENCH_REDIS_PORT / STRATA_BENCH_ENDPOINT_PORT move them).
+Results are printed, not committed.
 
     .venv/bin/python bench/bench_lookup.py [--units 1000000] [--spark]
 """
@@ -32,8 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_PORT = 6396
-ENDPOINT_PORT = 8496
+REDIS_PORT = int(os.environ.get("STRATA_BENCH_REDIS_PORT", "6396"))
+ENDPOINT_PORT = int(os.environ.get("STRATA_BENCH_ENDPOINT_PORT", "8496"))
 PREFIX = "bench:lk"
 #: Open-loop rate of the earlier sessions' endpoint figure (half their measured capacity).
 FIXED_RATE = 250
@@ -447,8 +449,8 @@ LOAD_CLIENT = r"""
 # A thin load generator: raw keep-alive sockets, a selector, no HTTP library (http.client parses
 # headers through email.parser: ~0.15 ms of CPU per request on the same 2 cores as the server).
 import json, random, selectors, socket, sys, time
-port, n, path, rate, units, conns = sys.argv[1:7]
-port, n, rate, units, conns = int(port), int(n), float(rate), int(units), int(conns)
+target, n, path, rate, units, conns = sys.argv[1:7]  # target: a TCP port or a unix socket path
+n, rate, units, conns = int(n), float(rate), int(units), int(conns)
 rng = random.Random(7)
 
 def request(i):
@@ -465,8 +467,12 @@ sel = selectors.DefaultSelector()
 idle, state = [], {}
 
 def connect():
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if target.isdigit():
+        s = socket.create_connection(("127.0.0.1", int(target)), timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(target)
     s.setblocking(False)
     sel.register(s, selectors.EVENT_READ)
     idle.append(s)
@@ -484,7 +490,7 @@ def parse(buf):
     length = int(head[at + 15 :].split(b"\r\n", 1)[0])
     if len(buf) < end + 4 + length:
         return None
-    return buf[9:12], end + 4 + length
+    return buf[9:12], end + 4 + length, b"connection: close" in head
 
 def run(total, warm=False):
     lat, sent, done = [], 0, 0
@@ -517,13 +523,18 @@ def run(total, warm=False):
             if got is None:
                 state[s][0] = buf
                 continue
-            status, used = got
+            status, used, closing = got
             if status != b"200":
                 raise SystemExit(f"HTTP {status!r}: {buf[:300]!r}")
             state[s][0] = buf[used:]
             lat.append(time.perf_counter() - state[s][1])
-            idle.append(s)
             done += 1
+            if closing:  # the server's last answer on it (nginx: keepalive_requests 1000)
+                sel.unregister(s)
+                s.close()
+                connect()
+            else:
+                idle.append(s)
     return lat, time.perf_counter() - start
 
 run(200)  # warm-up: connections, catalog cache, memo
@@ -532,10 +543,11 @@ print(json.dumps({"lat": lat, "total": total}))
 """
 
 
-def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1):
-    """(latencies, requests/s, load average) of one run of the load client in its own process."""
+def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1, target: str = ""):
+    """(latencies, requests/s, load average) of one run of the load client in its own process
+    (against the endpoint's port, or ``target``: uvicorn's unix socket behind it)."""
     done = subprocess.run(
-        [sys.executable, "-c", LOAD_CLIENT, str(ENDPOINT_PORT), str(n), path, str(rate),
+        [sys.executable, "-c", LOAD_CLIENT, target or str(ENDPOINT_PORT), str(n), path, str(rate),
          str(units), str(conns)], capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode:
@@ -545,9 +557,12 @@ def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1):
 
 
 def bench_endpoint(units: int) -> None:
+    from strata.endpoint_server import run_dir_for
+
     env = os.environ | {"STRATA_ENDPOINT_PORT": str(ENDPOINT_PORT), "STRATA_LOOKUP_PREFIX": PREFIX}
     script = ROOT / "scripts" / "endpoint.sh"
     started = subprocess.run([script, "start"], check=True, capture_output=True, env=env, text=True)
+    app_socket = str(run_dir_for(Path(os.environ["STRATA_HOME"]), ENDPOINT_PORT) / "app.sock")
     runs = {}
     try:
         for conns in (1, 4):  # closed loop: 1 keep-alive connection, then 4 (bounded concurrency)
@@ -559,6 +574,9 @@ def bench_endpoint(units: int) -> None:
         # and at the fixed rate of the earlier sessions' open loop, comparable across runs
         runs["fixed"] = load(3000, "register", units, rate=FIXED_RATE, conns=4)
         runs["reffixed"] = load(3000, "healthz", units, rate=FIXED_RATE, conns=4)
+        # the same runs straight to uvicorn's socket: what the nginx hop costs
+        runs["bare1"] = load(5000, "register", units, conns=1, target=app_socket)
+        runs["bareopen"] = load(5000, "register", units, rate=open_rate, conns=4, target=app_socket)
     finally:
         subprocess.run([script, "stop"], check=True, capture_output=True, env=env)
     header(
@@ -579,6 +597,14 @@ def bench_endpoint(units: int) -> None:
                 f"GET /healthz {r * 1e3:.2f} ms", pct(lat, q) / r)  # fmt: skip
         row(f"{label}: rate (load {load_avg:.1f})", f"{rate:,.0f} req/s",
             f"/healthz {ref_rate:,.0f} req/s", rate / ref_rate)  # fmt: skip
+    for label, ours, ref in (
+        ("closed loop, 1 connection, via nginx", "closed1", "bare1"),
+        (f"open loop {open_rate}/s, via nginx", "open", "bareopen"),
+    ):
+        for q in (0.5, 0.99):
+            r = pct(runs[ref][0], q)
+            row(f"{label} p{int(q * 100)}", f"{pct(runs[ours][0], q) * 1e3:.2f} ms",
+                f"uvicorn socket alone {r * 1e3:.2f} ms", pct(runs[ours][0], q) / r)  # fmt: skip
     for name, rate in (("open", open_rate), ("fixed", FIXED_RATE)):
         p99 = pct(runs[name][0], 0.99) * 1e3
         row(f"anchor: p99, open loop {rate}/s (from due time)", f"{p99:.2f} ms",
