@@ -116,12 +116,12 @@ def _envelope_json(status: str, err: str, message: str) -> str:
 
 def nginx_conf(run_dir: Path, host: str, port: int, app_socket: Path, limits: Limits) -> str:
     """The nginx configuration: one worker, the limits, the app as a keep-alive upstream."""
-    import getpass
     import grp
+    import pwd
 
     user = ""
     if os.geteuid() == 0:  # workers would run as nobody and could not reach the app's socket
-        user = f"user {getpass.getuser()} {grp.getgrgid(os.getegid()).gr_name};"
+        user = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
     tmp = run_dir / "tmp"
     retry = f"add_header Retry-After {RETRY_AFTER_S} always;"
     too_large = _envelope_json("413", "BODY_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
@@ -249,28 +249,37 @@ def serve(host: str = "127.0.0.1", port: int = 8090, limits: Limits | None = Non
     )
     stopping = threading.Event()
 
-    def watch() -> None:
+    def watch() -> None:  # nginx gone (cannot bind, killed, stopped with the group): stop too
         nginx.wait()
         if not stopping.is_set():
-            print(f"strata serve: nginx exited with {nginx.returncode}; see "
-                  f"{run_dir / 'nginx-error.log'}", file=sys.stderr, flush=True)  # fmt: skip
+            if nginx.returncode:
+                print(f"strata serve: nginx exited with {nginx.returncode}; see "
+                      f"{run_dir / 'nginx-error.log'}", file=sys.stderr, flush=True)  # fmt: skip
             os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, name="nginx-watch", daemon=True).start()
-    # uvicorn re-raises a signal it handled once it has shut down: keep ours harmless, so nginx
-    # is stopped below instead of the process dying with it still running.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
     fast = {}
     with contextlib.suppress(ImportError):
         import httptools  # noqa: F401
         import uvloop  # noqa: F401
 
         fast = {"loop": "uvloop", "http": "httptools"}
+    config = uvicorn.Config("strata.endpoint:create_app", factory=True, uds=str(app_socket),
+                            access_log=False, server_header=False, log_level="warning",
+                            timeout_keep_alive=APP_KEEPALIVE_S, **fast)  # fmt: skip
+    server = uvicorn.Server(config)
+
+    def stop(*_: object) -> None:
+        server.should_exit = True
+
+    # Before uvicorn installs its handlers (and again after it restores ours and re-raises the
+    # signal it handled): a signal stops the server, then nginx is stopped below, never left.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    threading.Thread(target=watch, name="nginx-watch", daemon=True).start()
     try:
-        uvicorn.run("strata.endpoint:create_app", factory=True, uds=str(app_socket),
-                    access_log=False, server_header=False, log_level="warning",
-                    timeout_keep_alive=APP_KEEPALIVE_S, **fast)  # fmt: skip
+        server.run()
+        if not server.started:  # the app did not start (its lifespan failed, say)
+            return 1
     finally:
         stopping.set()
         if nginx.poll() is None:
