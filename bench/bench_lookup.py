@@ -556,13 +556,26 @@ def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1, targ
     return data["lat"], n / data["total"], os.getloadavg()[0]
 
 
+def cpu_seconds(pids) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def bench_endpoint(units: int) -> None:
-    from strata.endpoint_server import run_dir_for
+    from strata.endpoint_server import _descendants, run_dir_for
 
     env = os.environ | {"STRATA_ENDPOINT_PORT": str(ENDPOINT_PORT), "STRATA_LOOKUP_PREFIX": PREFIX}
     script = ROOT / "scripts" / "endpoint.sh"
     started = subprocess.run([script, "start"], check=True, capture_output=True, env=env, text=True)
-    app_socket = str(run_dir_for(Path(os.environ["STRATA_HOME"]), ENDPOINT_PORT) / "app.sock")
+    home = Path(os.environ["STRATA_HOME"])
+    app_socket = str(run_dir_for(home, ENDPOINT_PORT) / "app.sock")
+    server_pid = int((home / "endpoint" / f"endpoint-{ENDPOINT_PORT}.pid").read_text())
+    nginx_pids = sorted(_descendants(server_pid) - {server_pid})
+    cpu = {"via_app": 0.0, "via_nginx": 0.0, "bare_app": 0.0, "requests": 0}
     runs = {}
     try:
         for conns in (1, 4):  # closed loop: 1 keep-alive connection, then 4 (bounded concurrency)
@@ -579,8 +592,14 @@ def bench_endpoint(units: int) -> None:
         for name, rate, conns in (("1", 0, 1), ("open", FIXED_RATE, 4)):
             via, bare = [], []
             for _ in range(3):
+                app0, nginx0 = cpu_seconds([server_pid]), cpu_seconds(nginx_pids)
                 via += load(1500, "register", units, rate=rate, conns=conns)[0]
+                app1, nginx1 = cpu_seconds([server_pid]), cpu_seconds(nginx_pids)
                 bare += load(1500, "register", units, rate=rate, conns=conns, target=app_socket)[0]
+                cpu["via_app"] += app1 - app0
+                cpu["via_nginx"] += nginx1 - nginx0
+                cpu["bare_app"] += cpu_seconds([server_pid]) - app1
+                cpu["requests"] += 1700  # 200 warm-up + 1,500 per run
             runs[f"via{name}"], runs[f"bare{name}"] = (via,), (bare,)
     finally:
         subprocess.run([script, "stop"], check=True, capture_output=True, env=env)
@@ -610,6 +629,11 @@ def bench_endpoint(units: int) -> None:
             r = pct(runs[ref][0], q)
             row(f"{label} p{int(q * 100)}", f"{pct(runs[ours][0], q) * 1e3:.2f} ms",
                 f"uvicorn socket alone {r * 1e3:.2f} ms", pct(runs[ours][0], q) / r)  # fmt: skip
+    per = 1e6 / cpu["requests"]
+    row("server CPU per request via nginx (app + nginx)",
+        f"{cpu['via_app'] * per:.0f} + {cpu['via_nginx'] * per:.0f} us",
+        f"uvicorn socket alone {cpu['bare_app'] * per:.0f} us",
+        (cpu["via_app"] + cpu["via_nginx"]) / cpu["bare_app"])  # fmt: skip
     for name, rate in (("open", open_rate), ("fixed", FIXED_RATE)):
         p99 = pct(runs[name][0], 0.99) * 1e3
         row(f"anchor: p99, open loop {rate}/s (from due time)", f"{p99:.2f} ms",
