@@ -74,7 +74,7 @@ class Limits:
     body_timeout_s: time between two reads of the body (with 16 KiB at most).
     keepalive_timeout_s: an idle keep-alive connection is closed after this.
     max_connections: connections nginx holds at once, clients and upstream together
-        (``worker_connections``); past it new connections wait in the listen backlog.
+        (``worker_connections``); past it nginx closes new connections at once.
     max_requests: requests in flight (headers read, not yet answered); past it a 503 with
         ``Retry-After``.
     app_timeout_s: time the app has to answer; past it a 503 with ``Retry-After``.
