@@ -330,7 +330,7 @@ class TestFuzz:
 
 FRONT_PORT = int(os.environ["STRATA_ENDPOINT_PORT"]) + 3  # the test endpoint port + 3
 BUSY_PORT = FRONT_PORT + 1
-TIMEOUT_S = 2  # header, body and app timeouts of the test server
+TIMEOUT_S = 3  # header, body and app timeouts of the test server
 MAX_REQUESTS = 16
 SCRIPT = ROOT / "scripts" / "endpoint.sh"
 
