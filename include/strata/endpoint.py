@@ -307,7 +307,7 @@ async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not _ASCII_DIGITS.fullmatch(declared):
-            raise BadRequest(400, "INVALID_REQUEST", "Content-Length is no number (<= 12 digits)")
+            raise BadRequest(400, "INVALID_REQUEST", "Content-Length must be 1-12 ASCII digits")
         if int(declared) > MAX_BODY_BYTES:
             raise BadRequest(413, "BODY_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
     chunks, size = [], 0
