@@ -23,9 +23,9 @@ on SIGTERM/SIGINT, and exits 1 when nginx cannot start (the port is taken) or di
 found as ``STRATA_NGINX``, on ``PATH`` or in ``/usr/sbin`` (``scripts/install-system.sh``
 installs Debian's package).
 
-``python -m strata.endpoint_server ready --port P --pid PID`` waits until the server started as
-PID (a process and its children) holds the listening socket and its app answers, so a script
-never mistakes another process on the port for its own server.
+``python -m strata.endpoint_server ready --port P --pid PID --home H`` waits until the server
+started as PID (a process and its children) holds the listening socket and its app answers, so a
+script never mistakes another process on the port for its own server.
 
 Usage:
     >>> limits = Limits(header_timeout_s=2)

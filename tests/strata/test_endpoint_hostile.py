@@ -554,3 +554,14 @@ class TestStartScript:
         assert f"{BUSY_PORT} is in use by another process" in started.stderr
         assert status.returncode == 3
         assert not (settings.home / "endpoint" / f"endpoint-{BUSY_PORT}.pid").exists()
+
+
+def test_nginx_and_the_app_refuse_the_same_body_size():
+    from strata import endpoint_server
+    from strata.endpoint import MAX_BODY_BYTES as APP_LIMIT
+
+    assert endpoint_server.MAX_BODY_BYTES == APP_LIMIT
+    conf = endpoint_server.nginx_conf(
+        Path("/r"), "127.0.0.1", 1, Path("/r/a.sock"), endpoint_server.Limits()
+    )
+    assert f"client_max_body_size {APP_LIMIT};" in conf
