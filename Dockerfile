@@ -6,7 +6,7 @@
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless maven curl \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless maven curl redis-tools make nginx \
  && rm -rf /var/lib/apt/lists/*
 ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
     STRATA_JARS_DIR=/opt/strata/.jars \

@@ -7,15 +7,16 @@ ratio, because the machine is shared and absolute numbers are noisy:
       naive redis-py pipelining; Arrow-from-pyiceberg read time (vs Spark, with ``--spark``);
       Redis memory per unit for three encodings beside the payload bytes;
   (b) reader: single lookup p50/p99 vs a bare redis-py GET; batch lookups/s;
-  (c) endpoint (uvicorn via scripts/endpoint.sh) under bounded load from a second process:
-      p50/p99 and sustained rate, beside GET /healthz on the same server;
+  (c) endpoint (scripts/endpoint.sh: nginx in front of uvicorn) under bounded load from a second
+      process: p50/p99 and sustained rate, beside GET /healthz on the same server, and beside
+      the same requests sent straight to uvicorn's unix socket (what nginx costs);
   (d) time from the pointer flip to a polling reader seeing the new version;
   (e) the flip under 0 and 1M fast-path tombstones: SLOWLOG duration and Redis calls of the flip
       script, and of the longest call of the pre-flip pass that applies the tombstones.
 
 Runs its own redis-server (scripts/redis.sh, port 6396) and endpoint (port 8496) in a temporary
-STRATA_HOME, and stops both (``--redis-port`` / ``--endpoint-port`` move them). Results are
-printed, not committed.
+STRATA_HOME, and stops both (``--redis-port`` / ``--endpoint-port``, or STRATA_BENCH_REDIS_PORT /
+STRATA_BENCH_ENDPOINT_PORT, move them). Results are printed, not committed.
 
     .venv/bin/python bench/bench_lookup.py [--units 1000000] [--spark] [--tombstones 1000000]
 """
@@ -35,8 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_PORT = 6396
-ENDPOINT_PORT = 8496
+REDIS_PORT = int(os.environ.get("STRATA_BENCH_REDIS_PORT", "6396"))
+ENDPOINT_PORT = int(os.environ.get("STRATA_BENCH_ENDPOINT_PORT", "8496"))
 PREFIX = "bench:lk"
 #: Open-loop rate of the earlier sessions' endpoint figure (half their measured capacity).
 FIXED_RATE = 250
@@ -540,8 +541,8 @@ LOAD_CLIENT = r"""
 # A thin load generator: raw keep-alive sockets, a selector, no HTTP library (http.client parses
 # headers through email.parser: ~0.15 ms of CPU per request on the same 2 cores as the server).
 import json, random, selectors, socket, sys, time
-port, n, path, rate, units, conns = sys.argv[1:7]
-port, n, rate, units, conns = int(port), int(n), float(rate), int(units), int(conns)
+target, n, path, rate, units, conns = sys.argv[1:7]  # target: a TCP port or a unix socket path
+n, rate, units, conns = int(n), float(rate), int(units), int(conns)
 rng = random.Random(7)
 
 def request(i):
@@ -558,8 +559,12 @@ sel = selectors.DefaultSelector()
 idle, state = [], {}
 
 def connect():
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if target.isdigit():
+        s = socket.create_connection(("127.0.0.1", int(target)), timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(target)
     s.setblocking(False)
     sel.register(s, selectors.EVENT_READ)
     idle.append(s)
@@ -577,7 +582,7 @@ def parse(buf):
     length = int(head[at + 15 :].split(b"\r\n", 1)[0])
     if len(buf) < end + 4 + length:
         return None
-    return buf[9:12], end + 4 + length
+    return buf[9:12], end + 4 + length, b"connection: close" in head
 
 def run(total, warm=False):
     lat, sent, done = [], 0, 0
@@ -610,13 +615,18 @@ def run(total, warm=False):
             if got is None:
                 state[s][0] = buf
                 continue
-            status, used = got
+            status, used, closing = got
             if status != b"200":
                 raise SystemExit(f"HTTP {status!r}: {buf[:300]!r}")
             state[s][0] = buf[used:]
             lat.append(time.perf_counter() - state[s][1])
-            idle.append(s)
             done += 1
+            if closing:  # the server's last answer on it (nginx: keepalive_requests 1000)
+                sel.unregister(s)
+                s.close()
+                connect()
+            else:
+                idle.append(s)
     return lat, time.perf_counter() - start
 
 run(200)  # warm-up: connections, catalog cache, memo
@@ -625,10 +635,11 @@ print(json.dumps({"lat": lat, "total": total}))
 """
 
 
-def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1):
-    """(latencies, requests/s, load average) of one run of the load client in its own process."""
+def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1, target: str = ""):
+    """(latencies, requests/s, load average) of one run of the load client in its own process
+    (against the endpoint's port, or ``target``: uvicorn's unix socket behind it)."""
     done = subprocess.run(
-        [sys.executable, "-c", LOAD_CLIENT, str(ENDPOINT_PORT), str(n), path, str(rate),
+        [sys.executable, "-c", LOAD_CLIENT, target or str(ENDPOINT_PORT), str(n), path, str(rate),
          str(units), str(conns)], capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode:
@@ -637,10 +648,26 @@ def load(n: int, path: str, units: int, *, rate: float = 0, conns: int = 1):
     return data["lat"], n / data["total"], os.getloadavg()[0]
 
 
+def cpu_seconds(pids) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def bench_endpoint(units: int) -> None:
+    from strata.endpoint_server import _descendants, run_dir_for
+
     env = os.environ | {"STRATA_ENDPOINT_PORT": str(ENDPOINT_PORT), "STRATA_LOOKUP_PREFIX": PREFIX}
     script = ROOT / "scripts" / "endpoint.sh"
     started = subprocess.run([script, "start"], check=True, capture_output=True, env=env, text=True)
+    home = Path(os.environ["STRATA_HOME"])
+    app_socket = str(run_dir_for(home, ENDPOINT_PORT) / "app.sock")
+    server_pid = int((home / "endpoint" / f"endpoint-{ENDPOINT_PORT}.pid").read_text())
+    nginx_pids = sorted(_descendants(server_pid) - {server_pid})
+    cpu = {"via_app": 0.0, "via_nginx": 0.0, "bare_app": 0.0, "requests": 0}
     runs = {}
     try:
         for conns in (1, 4):  # closed loop: 1 keep-alive connection, then 4 (bounded concurrency)
@@ -652,6 +679,20 @@ def bench_endpoint(units: int) -> None:
         # and at the fixed rate of the earlier sessions' open loop, comparable across runs
         runs["fixed"] = load(3000, "register", units, rate=FIXED_RATE, conns=4)
         runs["reffixed"] = load(3000, "healthz", units, rate=FIXED_RATE, conns=4)
+        # what the nginx hop costs: the same requests through nginx and straight to uvicorn's
+        # socket, alternated three times so a change in the machine's load hits both alike
+        for name, rate, conns in (("1", 0, 1), ("open", FIXED_RATE, 4)):
+            via, bare = [], []
+            for _ in range(3):
+                app0, nginx0 = cpu_seconds([server_pid]), cpu_seconds(nginx_pids)
+                via += load(1500, "register", units, rate=rate, conns=conns)[0]
+                app1, nginx1 = cpu_seconds([server_pid]), cpu_seconds(nginx_pids)
+                bare += load(1500, "register", units, rate=rate, conns=conns, target=app_socket)[0]
+                cpu["via_app"] += app1 - app0
+                cpu["via_nginx"] += nginx1 - nginx0
+                cpu["bare_app"] += cpu_seconds([server_pid]) - app1
+                cpu["requests"] += 1700  # 200 warm-up + 1,500 per run
+            runs[f"via{name}"], runs[f"bare{name}"] = (via,), (bare,)
     finally:
         subprocess.run([script, "stop"], check=True, capture_output=True, env=env)
     header(
@@ -672,6 +713,19 @@ def bench_endpoint(units: int) -> None:
                 f"GET /healthz {r * 1e3:.2f} ms", pct(lat, q) / r)  # fmt: skip
         row(f"{label}: rate (load {load_avg:.1f})", f"{rate:,.0f} req/s",
             f"/healthz {ref_rate:,.0f} req/s", rate / ref_rate)  # fmt: skip
+    for label, ours, ref in (
+        ("nginx hop: closed loop, 1 conn, 3x1,500 req", "via1", "bare1"),
+        (f"nginx hop: open loop {FIXED_RATE}/s, 3x1,500 req", "viaopen", "bareopen"),
+    ):
+        for q in (0.5, 0.99):
+            r = pct(runs[ref][0], q)
+            row(f"{label} p{int(q * 100)}", f"{pct(runs[ours][0], q) * 1e3:.2f} ms",
+                f"uvicorn socket alone {r * 1e3:.2f} ms", pct(runs[ours][0], q) / r)  # fmt: skip
+    per = 1e6 / cpu["requests"]
+    row("server CPU per request via nginx (app + nginx)",
+        f"{cpu['via_app'] * per:.0f} + {cpu['via_nginx'] * per:.0f} us",
+        f"uvicorn socket alone {cpu['bare_app'] * per:.0f} us",
+        (cpu["via_app"] + cpu["via_nginx"]) / cpu["bare_app"])  # fmt: skip
     for name, rate in (("open", open_rate), ("fixed", FIXED_RATE)):
         p99 = pct(runs[name][0], 0.99) * 1e3
         row(f"anchor: p99, open loop {rate}/s (from due time)", f"{p99:.2f} ms",

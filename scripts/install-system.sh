@@ -12,6 +12,9 @@ command -v mvn >/dev/null || missing+=(maven)
 # Headless browser for the live Airflow UI test (tests/live): Debian's chromium and its driver.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# nginx fronts the reference endpoint (header/body timeouts, connection limits: docs/lookup.md).
+# The endpoint runs its own nginx with its own config; the distribution's service is not needed.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system packages: all present"
@@ -22,3 +25,8 @@ sudo=""
 echo "system packages: installing ${missing[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null \
+  && systemctl is-active --quiet nginx 2>/dev/null; then
+  # Debian starts the default site on port 80 after installing: stop and disable it again.
+  $sudo systemctl disable --now nginx || true
+fi

@@ -109,18 +109,60 @@ def _lookup(argv: list[str]) -> int:
 
 
 def _serve(argv: list[str]) -> int:
-    import uvicorn
+    import os
 
-    from strata.endpoint import create_app
+    from strata.endpoint_server import Limits, serve
+    from strata.errors import StackError
 
     parser = argparse.ArgumentParser(
-        prog="strata serve", description="Reference device-register endpoint (seed 004)."
+        prog="strata serve",
+        description="Reference device-register endpoint (seed 004): nginx on the port, bounding "
+        "slow and numerous clients, in front of uvicorn on a unix socket. Limits default to "
+        "STRATA_ENDPOINT_* (see docs/lookup.md).",
     )
+    defaults = Limits()
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("STRATA_ENDPOINT_PORT", "8090"))
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=defaults.header_timeout_s,
+        help="seconds to send the request headers (default %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout_s,
+        help="seconds between two reads of the body (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="connections held at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=defaults.max_requests,
+        help="requests in flight; past it 503 + Retry-After (default %(default)s)",
+    )
     args = parser.parse_args(argv)
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
-    return 0
+    limits = Limits(
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        keepalive_timeout_s=defaults.keepalive_timeout_s,
+        max_connections=args.max_connections,
+        max_requests=args.max_requests,
+        app_timeout_s=defaults.app_timeout_s,
+    )
+    try:
+        return serve(args.host, args.port, limits)
+    except StackError as exc:
+        print(f"strata serve: {exc}", file=sys.stderr)
+        return 1
 
 
 def _evaluate(argv: list[str]) -> int:
@@ -181,7 +223,7 @@ COMMANDS = {
     "publish": (_publish, "publish the assignments into Redis as a new version, atomic flip"),
     "recover": (_recover, "Redis lost its live version? republish the last verified one"),
     "lookup": (_lookup, "answer a device-register lookup from the live Redis version"),
-    "serve": (_serve, "run the reference device-register endpoint (seed 004) on 127.0.0.1"),
+    "serve": (_serve, "run the reference device-register endpoint (seed 004) behind nginx"),
     "evaluate": (_evaluate, "evaluate experiments into the Iceberg results table"),
     "report": (_report, "write static HTML reports (forest plot, trend, SRM) from results"),
 }

@@ -9,7 +9,9 @@ pipeline reads as exposures (closed files are shipped to an ``s3://`` ``STRATA_E
 
 Bad input never reaches a 500: bodies over ``MAX_BODY_BYTES`` get 413, malformed JSON, wrong
 types, unknown fields, bad ids and a ``request.did`` that contradicts the path get 400 with the
-offending location named, both in seed 004's envelope (``params.status = "failed"``).
+offending location named, both in seed 004's envelope (``params.status = "failed"``). A
+``request.ext.url`` that ``urllib.parse`` cannot read (an unclosed IPv6 bracket, a full-width
+delimiter in the host, a port out of range) is a 400 like any other bad field.
 
 Redis trouble is never a 500 and never a silent "no experiments": every Redis failure (unreachable,
 timeouts, ``LOADING``, ``BUSY``, ``OOM``, ``READONLY``, credentials, permissions, any other error
@@ -17,10 +19,12 @@ reply) is a 503 with ``Retry-After``, ``params.err = "LOOKUP_UNAVAILABLE"`` and
 ``result.reason`` naming the class; no live version (nothing published, or a Redis that lost its
 data) is a 503 with ``params.err = "NO_LIVE_VERSION"``. ``GET /healthz`` is 200 with
 ``status: "ok"`` only while a live version can be served, else 503 with the same reason
-(readiness); ``GET /livez`` is 200 while the process answers (liveness).
+(readiness); ``GET /livez`` is 200 while the process answers (liveness). Nothing answers 500: an
+unexpected failure is a 503 too, and every 503 carries ``Retry-After``.
 
-Run it with ``scripts/endpoint.sh start`` (uvicorn on 127.0.0.1, ``STRATA_ENDPOINT_PORT``, default
-8090), or ``uvicorn strata.endpoint:create_app --factory``. ``STRATA_LOOKUP_PREFIX`` chooses the
+Run it with ``scripts/endpoint.sh start`` or ``strata serve``: nginx on 127.0.0.1
+(``STRATA_ENDPOINT_PORT``, default 8090) in front of uvicorn, which bounds how long a client may
+take and how many it may be (:mod:`strata.endpoint_server`). ``STRATA_LOOKUP_PREFIX`` chooses the
 Redis key prefix (default ``strata:lk``). This module imports FastAPI; only the server imports it.
 
 Usage:
@@ -43,6 +47,7 @@ import re
 import socket
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -64,6 +69,10 @@ API_VERSION = "1.0"
 #: Device ids in the path: letters, digits and ``. _ : -``, at most 128 characters.
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")  # controls and spaces (a url has none)
+_ASCII_DIGITS = re.compile(r"[0-9]{1,12}")  # Content-Length ("²".isdigit() is True: not enough)
+#: Seconds a client is told to wait after a 503 (``Retry-After``).
+RETRY_AFTER_S = 1
 _SHORT = 512  # max length of free-text envelope fields
 
 
@@ -317,8 +326,8 @@ def _error(exc: BadRequest) -> JSONResponse:
 async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest(400, "INVALID_REQUEST", "Content-Length is not a number")
+        if not _ASCII_DIGITS.fullmatch(declared):
+            raise BadRequest(400, "INVALID_REQUEST", "Content-Length must be 1-12 ASCII digits")
         if int(declared) > MAX_BODY_BYTES:
             raise BadRequest(413, "BODY_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
     chunks, size = [], 0
@@ -350,13 +359,11 @@ def _check_units(device_id: str, body: RegisterRequest) -> tuple[str, str, str]:
             400, "INVALID_USER_ID", "request.ext.userid has control characters or is too long",
             [{"loc": "body.request.ext.userid", "msg": "invalid user id"}],
         )  # fmt: skip
-    if url:
-        parts = urlsplit(url) if not _CONTROL.search(url) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BadRequest(
-                400, "INVALID_URL", "request.ext.url must be an absolute http(s) url",
-                [{"loc": "body.request.ext.url", "msg": "invalid url"}],
-            )  # fmt: skip
+    if url and (problem := url_problem(url)):
+        raise BadRequest(
+            400, "INVALID_URL", f"request.ext.url must be an absolute http(s) url: {problem}",
+            [{"loc": "body.request.ext.url", "msg": problem}],
+        )  # fmt: skip
     return device_id, user_id, url
 
 
@@ -368,6 +375,41 @@ def _unavailability(exc: StackError) -> tuple[str, int, str]:
         err = "NO_LIVE_VERSION" if isinstance(exc, NoLiveVersionError) else "LOOKUP_UNAVAILABLE"
         return exc.reason, exc.retry_after, err
     return "error", RETRY_AFTER_S["error"], "LOOKUP_UNAVAILABLE"
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not an absolute http(s) url with a host, or None when it is one.
+
+    The url is a lookup key, so it is checked, never rewritten: it must be read by
+    ``urllib.parse`` without error (the reader normalises it with the same parser), have an http
+    or https scheme, a host and, if any, a numeric port up to 65535, and hold no spaces or control
+    characters. A host that NFKC normalisation changes (full-width letters: one host spelled two
+    ways, which would be two lookup keys) is refused too. Never raises.
+
+    Usage:
+        >>> url_problem("https://shop.example.com/cart?x=1") is None
+        True
+        >>> url_problem("http://[::1/p")
+        'unreadable: Invalid IPv6 URL'
+        >>> url_problem("http://example.com:99999/")
+        'unreadable: Port out of range 0-65535'
+        >>> url_problem("http://\uff45xample.com/")  # a full-width "e"
+        'the host has full-width or other compatibility characters'
+    """
+    if _URL_FORBIDDEN.search(url):
+        return "contains a space or a control character"
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port  # both parse the netloc; either may raise
+    except ValueError as exc:  # unclosed "[", a full-width "／" or "＃" in the host, a bad port
+        return f"unreadable: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not host:
+        return "no host"
+    if not parts.netloc.isascii() and unicodedata.normalize("NFKC", parts.netloc) != parts.netloc:
+        return "the host has full-width or other compatibility characters"
+    return None
 
 
 def create_app(settings: Settings | None = None, *, prefix: str | None = None) -> FastAPI:
@@ -412,6 +454,14 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
     @app.exception_handler(BadRequest)
     async def _bad_request(_request: Request, exc: BadRequest) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # The last resort (Starlette's ServerErrorMiddleware calls it, then re-raises so the
+        # traceback is logged): a client sees "unavailable, retry", never a 500.
+        body = _envelope("failed", "SERVER_ERROR", {}, err="UNAVAILABLE",
+                         errmsg=f"unexpected {type(exc).__name__}; retry later")  # fmt: skip
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(StackError)
     async def _unavailable(_request: Request, exc: StackError) -> JSONResponse:
@@ -470,7 +520,29 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
     # A plain Starlette route: the handler validates the body itself (strict pydantic model), so
     # FastAPI's per-request dependency solving would only repeat work (~0.1 ms per request).
     app.add_route("/v1/device/register/{device_id}", register, methods=["POST"])
+    app.add_middleware(RetryAfter)
     return app
+
+
+class RetryAfter:
+    """ASGI middleware: every 503 the app sends carries ``Retry-After`` (added when missing)."""
+
+    def __init__(self, app: Any, seconds: int = RETRY_AFTER_S) -> None:
+        self.app, self.header = app, (b"retry-after", str(seconds).encode())
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message: dict) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"retry-after" for k, _ in headers):
+                    message = message | {"headers": [*headers, self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)
 
 
 _LINE = _line_template()

@@ -26,7 +26,7 @@ from strata.endpoint import MAX_BODY_BYTES, create_app
 from strata.lookup import LookupClient
 
 ROOT = Path(__file__).resolve().parents[2]
-PORT = int(os.environ.get("STRATA_TEST_REDIS_PORT", "6391")) + 2000
+PORT = int(os.environ["STRATA_ENDPOINT_PORT"])  # set by conftest: the test Redis port + 1700
 URL = "https://app.example.com/p/3"
 
 
