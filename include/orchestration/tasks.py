@@ -225,24 +225,32 @@ def _run_type(context) -> str:
 
 
 def _event_days(catalog, namespace: str) -> set[dt.date]:
-    """The days with raw events, from the table's partitions (no data file is read)."""
+    """The days with raw events: from the partitions when the table is partitioned by day of
+    ``event_at`` (as the generator writes it; no data file is read), else from the column."""
+    import pyarrow.compute as pc
     from pyiceberg.exceptions import NoSuchTableError
 
     try:
         table = catalog.load_table(f"{namespace}.raw_events")
     except NoSuchTableError:
         raise RunConfError(f"no raw events yet: {namespace}.raw_events does not exist") from None
-    parts = table.inspect.partitions()
-    if parts.num_rows == 0:
-        return set()
-    epoch = dt.date(1970, 1, 1)
-    days = set()
-    for row in parts.column("partition").to_pylist():
-        value = next(iter(row.values()))
-        if value is None:
-            continue
-        days.add(value if isinstance(value, dt.date) else epoch + dt.timedelta(days=int(value)))
-    return days
+    schema = table.schema()
+    by_day = [
+        f.name
+        for f in table.spec().fields
+        if str(f.transform) == "day" and schema.find_field(f.source_id).name == "event_at"
+    ]
+    if by_day:
+        epoch = dt.date(1970, 1, 1)
+        parts = table.inspect.partitions().column("partition").to_pylist()
+        values = (row.get(by_day[0]) for row in parts)
+        return {
+            v if isinstance(v, dt.date) else epoch + dt.timedelta(days=int(v))
+            for v in values
+            if v is not None
+        }
+    stamps = table.scan(selected_fields=("event_at",)).to_arrow()["event_at"]
+    return set(pc.unique(pc.cast(pc.drop_null(stamps), "date32")).to_pylist())
 
 
 @task(pool=SPARK_POOL)

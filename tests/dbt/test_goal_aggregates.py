@@ -334,8 +334,8 @@ def test_dag_builds_the_aggregates_with_cosmos(
     )
     run, states = _run_dag(run_conf={"full_refresh": True})
     assert run.state == DagRunState.SUCCESS, states
-    assert "events.dbt.goal_aggregates.run" in states  # Cosmos rendered one task per model
-    assert "events.dbt.goal_aggregates.test" in states  # and its tests after it
+    # Cosmos rendered one task per model, each a `dbt build` of the model and its tests
+    assert "events.dbt.goal_aggregates_model_build" in states
     assert set(states.values()) == {TaskInstanceState.SUCCESS}
     assert _aggregates(spark, settings, "2026-11-04")[(1, "purchase")][:3] == (2, 4, 25.0)
     assert spark.sql(f"SELECT * FROM {staged} WHERE event_id = 'stale-event'").count() == 0
@@ -353,7 +353,7 @@ def test_failing_suite_blocks_everything_downstream(spark, settings, fixture_tab
 
     assert run.state == DagRunState.FAILED
     assert states["events.check_assignments"] == TaskInstanceState.FAILED
-    assert states["events.dbt.goal_aggregates.run"] == TaskInstanceState.UPSTREAM_FAILED
+    assert states["events.dbt.goal_aggregates_model_build"] == TaskInstanceState.UPSTREAM_FAILED
     assert states["events.check_goal_aggregates"] == TaskInstanceState.UPSTREAM_FAILED
     assert not spark.catalog.tableExists(settings.table("goal_aggregates"))
     report = max((settings.home / "expectations" / "reports" / "assignments").glob("*.md"))
