@@ -89,7 +89,7 @@ def _write_report(path: Path, suite: str, table: str, success: bool, failed: lis
     path.write_text("\n".join(lines))
 
 
-def check(
+def _check(
     suite: str,
     df: DataFrame | None = None,
     settings: Settings | None = None,
@@ -147,3 +147,28 @@ def check(
     if raise_on_failure and not result.success:
         raise DataError(f"{result.summary()}\n{report.read_text()}")
     return result
+
+
+def check(
+    suite: str,
+    df: DataFrame | None = None,
+    settings: Settings | None = None,
+    *,
+    raise_on_failure: bool = True,
+) -> GateResult:
+    """Validate ``df`` (default: the Iceberg table named like the suite) and gate on the result.
+
+    Gates running at once (two Airflow tasks) share one GX file context — its config, suites
+    and data docs — so each holds an exclusive file lock on it while it validates.
+    """
+    import fcntl
+
+    settings = settings or get_settings()
+    lock_path = settings.home / "expectations" / ".gx.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _check(suite, df, settings, raise_on_failure=raise_on_failure)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -10,7 +10,7 @@
 #   STRATA_HOME                 <repo>/.strata     local state; AIRFLOW_HOME defaults to $STRATA_HOME/airflow
 #   STRATA_AIRFLOW_PORT         8080               api-server port (UI at http://127.0.0.1:PORT)
 #   STRATA_AIRFLOW_PARALLELISM  CPUs, at least 2   task processes the LocalExecutor runs at once
-#   STRATA_AIRFLOW_SPARK_SLOTS  1                  slots of the `spark` pool (Spark-using tasks)
+#   STRATA_AIRFLOW_SPARK_SLOTS  2                  slots of the `spark` pool (Spark-using tasks)
 #   STRATA_AIRFLOW_TIMEOUT      300                seconds to wait for the UI and the scheduler
 #
 # Metadata in SQLite ($AIRFLOW_HOME/airflow.db, migrated on every start), LocalExecutor, the
@@ -33,7 +33,7 @@ export AIRFLOW_HOME=${AIRFLOW_HOME:-$STRATA_HOME/airflow}
 port=${STRATA_AIRFLOW_PORT:-8080}
 cpus=$(nproc 2>/dev/null || echo 2)
 parallelism=${STRATA_AIRFLOW_PARALLELISM:-$((cpus > 2 ? cpus : 2))}
-spark_slots=${STRATA_AIRFLOW_SPARK_SLOTS:-1}
+spark_slots=${STRATA_AIRFLOW_SPARK_SLOTS:-2}
 timeout=${STRATA_AIRFLOW_TIMEOUT:-300}
 url="http://127.0.0.1:$port"
 run_dir="$AIRFLOW_HOME/run"

@@ -8,9 +8,10 @@
   (:class:`orchestration.failures.StrataFailureNotifier`).
 - ``SPARK_POOL``: tasks that start a Spark session (the Spark jobs, the GX gates, every dbt
   model) take a slot of the ``spark`` pool. `scripts/airflow.sh` creates it with
-  ``STRATA_AIRFLOW_SPARK_SLOTS`` slots (1 by default: a local Spark session uses every core and
-  a few GB, and the embedded SQLite catalog serialises commits anyway). On a cluster with the
-  REST catalog, raise it.
+  ``STRATA_AIRFLOW_SPARK_SLOTS`` slots (2 by default on this 2-core machine: two local sessions
+  overlap one's JVM start-up with the other's work; each may take the driver memory). Commits
+  of concurrent sessions to the embedded catalog retry and land (docs/adr/0001); the GX gates
+  take a file lock around their shared data context. On a cluster, raise it.
 """
 
 from __future__ import annotations

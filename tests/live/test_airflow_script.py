@@ -54,4 +54,4 @@ def test_password_file_is_private_and_signs_in(live_airflow, airflow_api):
 
 def test_spark_pool_has_the_shipped_slots(airflow_api):
     pool = airflow_api.get("/pools/spark")
-    assert pool["slots"] == 1
+    assert pool["slots"] == 2

@@ -87,10 +87,10 @@ class TestRunDemoUnderScheduler:
         # Read back by pyiceberg in the task, and again here, in another process.
         assert airflow_api.xcom(DAG_ID, run_id, "verify_tables") == generated
         assert iceberg_row_counts(list(generated), live_airflow.settings()) == generated
-        published = airflow_api.xcom(DAG_ID, run_id, "publish_lookups")
+        published = airflow_api.xcom(DAG_ID, run_id, "assignment.publish_lookups")
         assert published["state"] == "live"
         assert published["rows"] > 0
-        answers = airflow_api.xcom(DAG_ID, run_id, "serve_sample_requests")
+        answers = airflow_api.xcom(DAG_ID, run_id, "serve_sample_requests")["samples"]
         assert len(answers) == 5
         assert all(a["device_id"] and a["experiments"] for a in answers)
         # The live Redis serves that version, and the endpoint's answers came from it.

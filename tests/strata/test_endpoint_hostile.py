@@ -207,7 +207,10 @@ class TestNoServerError:
         finally:
             driver.close()
         assert_envelope_error(sent, 503, "LOOKUP_UNAVAILABLE")
-        assert sent["headers"][b"retry-after"] == b"1"
+        from strata.lookup import RETRY_AFTER_S
+
+        # the wait the lookup client suggests for an unreachable server
+        assert sent["headers"][b"retry-after"] == str(RETRY_AFTER_S["unreachable"]).encode()
 
 
 # --------------------------------------------------------------------------------------------
