@@ -120,13 +120,32 @@ def live_airflow(settings, live_timings):
                 f"{started.stdout}\n{started.stderr}"
             )
         live_timings["airflow start (to healthy)"] = time.monotonic() - started_at
+        _RUNNING.append((live, live_timings))
         yield live
     finally:
+        _shutdown()
+
+
+#: The live Airflow while it runs: stopped after the last test of this folder (see below), not
+#: at the end of the whole session, so the tests after it do not share the machine with it.
+_RUNNING: list[tuple[LiveAirflow, dict]] = []
+
+
+def _shutdown() -> None:
+    while _RUNNING:
+        live, timings = _RUNNING.pop()
         stopping = time.monotonic()
         stopped = live.script(SCRIPT, "stop", timeout=120)
-        live_timings["airflow stop"] = time.monotonic() - stopping
+        timings["airflow stop"] = time.monotonic() - stopping
+        timings["live tests in all (start to stop)"] = time.monotonic() - timings["session start"]
         live.script(REDIS_SCRIPT, "stop", timeout=60)
         assert stopped.returncode == 0, f"airflow.sh stop: {stopped.stdout}\n{stopped.stderr}"
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """After the last live test, stop Airflow and its Redis."""
+    if nextitem is None or Path(__file__).parent not in Path(nextitem.path).parents:
+        _shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -239,14 +258,11 @@ def chain(airflow_api, live_timings, live_notes) -> dict[str, dict]:
 def pytest_terminal_summary(terminalreporter, config):
     """Print how long the live steps took (CI's log shows them)."""
     timings = dict(config.stash.get(TIMINGS, {}))
-    started = timings.pop("session start", None)
+    timings.pop("session start", None)
     if not timings:
         return
     terminalreporter.section("live Airflow")
     for step, seconds in timings.items():
         terminalreporter.write_line(f"{step:<48} {seconds:7.1f} s")
-    if started is not None:
-        total = time.monotonic() - started
-        terminalreporter.write_line(f"{'live tests in all (start to stop)':<48} {total:7.1f} s")
     for note in config.stash.get(NOTES, []):
         terminalreporter.write_line(note)
