@@ -5,7 +5,7 @@
 #   - the Iceberg REST catalog server (iceberg-open-api from Maven Central, jvm/RestCatalogServer
 #     .java binds it to loopback) on S3, its catalog kept in a SQLite file (survives restarts);
 #   - a Spark standalone master and two workers, 1 core and WORKER_MEMORY each. Every worker runs
-#     in its own mount namespace with a tmpfs over each of PRIVATE_DIRS (default /tmp and
+#     in its own mount namespace with a tmpfs over each of PRIVATE_DIRS (default
 #     STRATA_HOME): like a separate machine, it cannot see the driver's local state, and nothing
 #     of its own (shuffle files, fetched jars) reaches the driver's disk.
 #
@@ -40,7 +40,9 @@ WEED_MASTER_GRPC_PORT="${WEED_MASTER_GRPC_PORT:-9344}"
 VOLUME_PORT="${VOLUME_PORT:-9345}"
 VOLUME_GRPC_PORT="${VOLUME_GRPC_PORT:-9346}"
 BUCKET="${BUCKET:-warehouse}"
-PRIVATE_DIRS="${PRIVATE_DIRS:-/tmp $STRATA_HOME}"
+# Not /tmp as a whole: a checkout (and its .venv and jars, which the workers run from) may live
+# under /tmp, as CI's fresh clones do. A worker's own scratch space is inside the first one.
+PRIVATE_DIRS="${PRIVATE_DIRS:-$STRATA_HOME}"
 JAVA_BIN="${JAVA_BIN:-java}"
 
 log() { echo "cluster: $*" >&2; }
@@ -171,11 +173,12 @@ start_worker() {  # start_worker N: a worker in its own mount namespace
   (spark_env PRIVATE_DIRS="$PRIVATE_DIRS" setsid unshare --mount --propagation private -- bash -c '
     set -e
     for d in $PRIVATE_DIRS; do mkdir -p "$d"; mount -t tmpfs -o size=4g,mode=1777 tmpfs "$d"; done
-    mkdir -p /tmp/spark-worker /tmp/spark-local
-    export SPARK_LOCAL_DIRS=/tmp/spark-local
-    exec spark-class org.apache.spark.deploy.worker.Worker "$@"' worker \
+    scratch=${PRIVATE_DIRS%% *}
+    mkdir -p "$scratch/spark-worker" "$scratch/spark-local"
+    export SPARK_LOCAL_DIRS=$scratch/spark-local
+    exec spark-class org.apache.spark.deploy.worker.Worker "$@" --work-dir "$scratch/spark-worker"' worker \
     --host "$HOST" --port "$port" --webui-port "$((port + 1))" \
-    --cores "$WORKER_CORES" --memory "$WORKER_MEMORY" --work-dir /tmp/spark-worker \
+    --cores "$WORKER_CORES" --memory "$WORKER_MEMORY" \
     "spark://$HOST:$SPARK_MASTER_PORT") > "$CLUSTER_DIR/worker-$n.log" 2>&1 < /dev/null &
   echo $! > "$CLUSTER_DIR/worker-$n.pid"
 }

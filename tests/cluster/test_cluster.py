@@ -2,7 +2,7 @@
 
 ``scripts/cluster.sh`` starts an S3-compatible store, the Iceberg REST catalog on it and a Spark
 standalone master with two workers whose filesystems are private (their own mount namespaces,
-tmpfs over /tmp and the driver's STRATA_HOME). ``pipeline.py`` runs the whole pipeline once on
+tmpfs over the driver's STRATA_HOME). ``pipeline.py`` runs the whole pipeline once on
 the embedded stack (local[*], JDBC catalog, local landing) and once on the cluster (REST catalog,
 s3:// warehouse and exposure landing, executors that first prove they cannot read the driver's
 disk); every table's business columns and the endpoint's answers must then be equal.
