@@ -336,5 +336,11 @@ def write_dbt_profile(settings: Settings | None = None, target_dir: Path | None 
             },
         }
     }
-    (target_dir / "profiles.yml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    # The profile may hold secrets (a REST catalog credential, S3 keys): owner-only, 0600, from
+    # the moment the file exists (not chmod after writing).
+    path = target_dir / "profiles.yml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+    with os.fdopen(fd, "w") as out:
+        out.write(yaml.safe_dump(profile, sort_keys=False))
     return target_dir

@@ -100,3 +100,23 @@ class TestConfiguration:
         assert "IcebergSparkSessionExtensions" in conf["spark.sql.extensions"]
         assert "iceberg-spark-runtime-3.5_2.12" in conf["spark.jars"]
         assert "sqlite-jdbc" in conf["spark.jars"]
+
+
+def test_dbt_profile_with_secrets_is_owner_only(settings, tmp_path):
+    """The generated profiles.yml can hold a REST catalog credential and S3 keys: 0600."""
+    import stat
+
+    from strata.config import Settings
+    from strata.stack import write_dbt_profile
+
+    rest = Settings(
+        home=settings.home,
+        catalog_type="rest",
+        catalog_uri="http://127.0.0.1:8181",
+        catalog_credential="client:secret",
+    )
+    (tmp_path / "profiles.yml").write_text("old")
+    (tmp_path / "profiles.yml").chmod(0o644)
+    out = write_dbt_profile(rest, tmp_path) / "profiles.yml"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert "client:secret" in out.read_text()
