@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
-import urllib.request
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -70,7 +68,7 @@ def deadline_message(context: dict[str, Any], results_found: bool) -> dict[str, 
 
 async def results_missing(context: dict[str, Any] | None = None, **_: Any) -> None:
     """Triggerer callback of the events run's deadline (see module docs)."""
-    from orchestration.failures import _webhook_url
+    from orchestration.failures import send_alert
 
     context = context or {}
     day = _run_day(context.get("dag_run") or {})
@@ -79,13 +77,4 @@ async def results_missing(context: dict[str, Any] | None = None, **_: Any) -> No
     if found:
         log.info("deadline passed but results exist: %s", message["text"])
         return
-    url = _webhook_url()
-    if not url:
-        log.warning("strata alert (no webhook configured): %s", message["text"])
-        return
-    request = urllib.request.Request(
-        url, data=json.dumps(message).encode(), headers={"Content-Type": "application/json"},
-        method="POST",
-    )  # fmt: skip
-    await asyncio.to_thread(urllib.request.urlopen, request, None, 10)
-    log.info("strata deadline alert sent to %s", url)
+    await asyncio.to_thread(send_alert, message)

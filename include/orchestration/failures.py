@@ -117,19 +117,26 @@ class StrataFailureNotifier(BaseNotifier):
         self.timeout_s = timeout_s
 
     def notify(self, context: Any) -> None:
-        message = failure_message(context)
-        url = _webhook_url()
-        if not url:
-            log.warning("strata alert (no webhook configured): %s", message["text"])
-            return
-        request = urllib.request.Request(
-            url,
-            data=json.dumps(message, default=str).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                log.info("strata alert sent to %s: HTTP %s", url, response.status)
-        except OSError as exc:  # an alert that cannot be sent must not hide the task's own error
-            log.error("strata alert could not be sent to %s: %s; alert: %s", url, exc, message)
+        send_alert(failure_message(context), self.timeout_s)
+
+
+def send_alert(message: dict[str, Any], timeout_s: float = 10.0) -> None:
+    """POST one alert (JSON, ``text`` first) to the configured webhook; only log without one.
+
+    Never raises: an alert that cannot be sent must not hide the error it reports.
+    """
+    url = _webhook_url()
+    if not url:
+        log.warning("strata alert (no webhook configured): %s", message["text"])
+        return
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(message, default=str).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            log.info("strata alert sent to %s: HTTP %s", url, response.status)
+    except OSError as exc:
+        log.error("strata alert could not be sent to %s: %s; alert: %s", url, exc, message)
