@@ -225,6 +225,9 @@ def transform(
         for unit_type, df in sorted(units.items())
         if any(lay.unit_type == unit_type for lay in defs.layers)
     ]
+    if not frames:  # no layer (so no experiment) for any unit type: an empty snapshot
+        spark = next(iter(units.values())).sparkSession
+        return spark.createDataFrame([], ASSIGNMENTS_SCHEMA)
     out = frames[0]
     for f in frames[1:]:
         out = out.unionByName(f)

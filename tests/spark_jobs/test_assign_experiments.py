@@ -152,3 +152,16 @@ def _split(schema: str) -> list[str]:
         else:
             cur += ch
     return [*out, cur]
+
+
+def test_definitions_without_layers_assign_nothing(spark, tmp_path):
+    """No layer means no experiment: an empty snapshot of the contract's schema, not an error."""
+    (tmp_path / "empty.yaml").write_text("layers: []\nexperiments: []\n")
+    empty = load(tmp_path)
+    units = {"user_id": spark.createDataFrame([("u-1",)], "unit_id string")}
+    out = transform(units, empty, "run", dt.datetime(2026, 11, 8))
+    assert out.count() == 0
+    assert (
+        out.schema.simpleString()
+        == spark.createDataFrame([], ASSIGNMENTS_SCHEMA).schema.simpleString()
+    )
