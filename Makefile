@@ -110,7 +110,7 @@ redis-start:  ## start the local Redis (127.0.0.1:6390, password in .strata/redi
 redis-stop:  ## stop the local Redis
 	scripts/redis.sh stop
 
-clean: redis-stop  ## remove all local data (Iceberg tables, Redis, Airflow home); keeps the venv and jars
+clean: airflow-stop redis-stop  ## stop Airflow and Redis, remove all local data (Iceberg tables, Redis, Airflow home); keeps the venv and jars
 	rm -rf $(STRATA_HOME) dbt_project/target dbt_project/logs
 
 lock:  ## re-resolve requirements.txt and rewrite constraints.txt (the full pinned set)
