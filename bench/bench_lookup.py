@@ -184,7 +184,7 @@ def encoding_memory(client, units: list[tuple[str, str]]) -> dict[str, float]:
     """Bytes per unit of three layouts for the same units (used_memory delta / units)."""
     import zlib
 
-    from lookup_loader.keys import UNITS_PER_BUCKET, bucket_count
+    from strata.keyspace import UNITS_PER_BUCKET, bucket_count
 
     out = {}
     nb = bucket_count(len(units), UNITS_PER_BUCKET)
@@ -216,8 +216,8 @@ def bench_publication(settings, units: int, spark: bool) -> dict:
     import pyarrow.compute as pc
 
     from lookup_loader import loader
-    from lookup_loader.keys import KeySpace
     from lookup_loader.sample import write_tables
+    from strata.keyspace import KeySpace
     from strata.stack import redis_client
 
     client = redis_client(settings)
@@ -415,8 +415,8 @@ def bench_reader(settings, units: int) -> None:
 def bench_flip(settings, units: int) -> None:
     """A reader polls lookup(); the loader publishes a new snapshot; delay = seen - flipped."""
     from lookup_loader import loader
-    from lookup_loader.keys import KeySpace
     from lookup_loader.sample import write_tables
+    from strata.keyspace import KeySpace
     from strata.lookup import LookupClient
 
     ks = KeySpace(PREFIX)
@@ -455,8 +455,8 @@ def bench_tombstones(settings, tombstones: int) -> None:
     import zlib
 
     from lookup_loader import loader
-    from lookup_loader.keys import KeySpace
     from lookup_loader.sample import write_tables
+    from strata.keyspace import KeySpace
     from strata.stack import redis_client
 
     admin = redis_client(settings, socket_timeout=600)

@@ -36,21 +36,32 @@ from typing import TYPE_CHECKING, Any
 
 import redis as redis_lib
 
-from lookup_loader.keys import (
+from strata import keyspace
+from strata.config import Settings, get_settings
+from strata.errors import DataError, StackError, StrataError
+from strata.keyspace import (
     DEFAULT_PREFIX,
     MAX_UNIT_ID_BYTES,
     UNIT_CODES,
     UNITS_PER_BUCKET,
     KeySpace,
     bucket_count,
+    buckets_field,
     check_unit_id,
     decode_tokens,
+    experiment_field,
     normalize_url,
     tombstone_field,
     unit_hash,
+    units_field,
 )
-from strata.config import Settings, get_settings
-from strata.errors import DataError, StackError, StrataError
+from strata.lookup_scripts import (
+    APPLY_TOMBSTONES_LUA,
+    COUNT_LUA,
+    DROP_TOMBSTONES_LUA,
+    FLIP_LUA,
+    INVALIDATE_LUA,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -365,7 +376,7 @@ def crc32_array(arr: pa.Array) -> Any:
 
     Byte position by byte position over all strings at once (strings sorted by length, so the
     ones still going are a prefix): ~10 numpy passes for 10-byte ids instead of a Python call and
-    a bytes object per id. Equal to ``lookup_loader.keys.unit_hash`` (tested).
+    a bytes object per id. Equal to ``strata.keyspace.unit_hash`` (tested).
     """
     import numpy as np
 
@@ -832,147 +843,13 @@ def write_version(
 
 
 # --------------------------------------------------------------------------------------------
-# Server-side scripts: flip (with fast-path removals re-applied) and the fast path itself
+# Server-side scripts (``strata.lookup_scripts``): flip with fast-path removals, the fast path
 # --------------------------------------------------------------------------------------------
 
-#: Lua helper: drop the token of experiment index ``e`` from a unit's "e.v,e.v" value.
-_REMOVE_TOKEN_LUA = """
-local function remove_token(value, e)
-  local kept, removed = {}, false
-  for tok in string.gmatch(value, '[^,]+') do
-    if string.match(tok, '^(%d+)%.') == e then removed = true else kept[#kept + 1] = tok end
-  end
-  return table.concat(kept, ','), removed
-end
-local function remove_unit(p, ver, meta, code, exp, uid, h)
-  local e = redis.call('HGET', meta, 'x:' .. exp)
-  local nb = tonumber(redis.call('HGET', meta, 'buckets:' .. code))
-  if not e or not nb then return -1 end
-  local key = p .. ':' .. ver .. ':' .. code .. ':' .. string.format('%d', h % nb)
-  local cur = redis.call('HGET', key, uid)
-  if not cur then return 0 end
-  local new, removed = remove_token(cur, e)
-  if not removed then return 0 end
-  if new == '' then redis.call('HDEL', key, uid) else redis.call('HSET', key, uid, new) end
-  return 1
-end
-"""
-
-#: ARGV: bucket key prefix, first bucket, end bucket. Sum of HLEN over the buckets (verification:
-#: one script per COUNT_BUCKETS_PER_CALL buckets instead of one HLEN round trip each).
-COUNT_LUA = """
-local p, total = ARGV[1], 0
-for b = tonumber(ARGV[2]), tonumber(ARGV[3]) - 1 do
-  total = total + redis.call('HLEN', p .. b)
-end
-return total
-"""
 #: Buckets counted per COUNT_LUA call (about a millisecond of server time each).
 COUNT_BUCKETS_PER_CALL = 2000
-
-#: ARGV: prefix, version, then (tombstone field, value) pairs. Applies fast-path removals to a
-#: verified version before its flip; returns {applied, fields whose experiment it does not hold}.
-APPLY_TOMBSTONES_LUA = (
-    _REMOVE_TOKEN_LUA
-    + """
-local p, ver = ARGV[1], ARGV[2]
-local meta = p .. ':ver:' .. ver
-if redis.call('HGET', meta, 'state') ~= 'verified' then
-  return redis.error_reply('version ' .. ver .. ' is not verified')
-end
-local applied, unknown, index, nb = 0, {}, {}, {}
-for i = 3, #ARGV, 2 do
-  local code, exp, uid = string.match(ARGV[i], '^(%a)\\n([^\\n]*)\\n(.*)$')
-  local h = tonumber(string.match(ARGV[i + 1], ':(%d+)$'))
-  if index[exp] == nil then index[exp] = redis.call('HGET', meta, 'x:' .. exp) end
-  if nb[code] == nil then nb[code] = tonumber(redis.call('HGET', meta, 'buckets:' .. code)) end
-  local e, n = index[exp], nb[code]
-  if not e or not n then
-    unknown[#unknown + 1] = ARGV[i]
-  else
-    local key = p .. ':' .. ver .. ':' .. code .. ':' .. string.format('%d', h % n)
-    local cur = redis.call('HGET', key, uid)
-    if cur then
-      local new, removed = remove_token(cur, e)
-      if removed then
-        if new == '' then redis.call('HDEL', key, uid) else redis.call('HSET', key, uid, new) end
-        applied = applied + 1
-      end
-    end
-  end
-end
-return {applied, unknown}
-"""
-)
-
-#: ARGV: prefix, version, now_ms, tombstone sequence number the pre-flip pass started from.
-#: Atomically: apply the removals recorded since then (normally none: bounded by the
-#: invalidations of the last seconds, never by history), set the pointer, mark the states.
-FLIP_LUA = (
-    _REMOVE_TOKEN_LUA
-    + """
-local p, ver, now, since = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local meta = p .. ':ver:' .. ver
-local state = redis.call('HGET', meta, 'state')
-if state ~= 'verified' then
-  return redis.error_reply('version ' .. ver .. ' is ' .. tostring(state) .. ', not verified')
-end
-local applied = 0
-local late = redis.call('ZRANGEBYSCORE', p .. ':tomb:log', '(' .. since, '+inf')
-for _, f in ipairs(late) do
-  local value = redis.call('HGET', p .. ':tomb', f)
-  if value then
-    local code, exp, uid = string.match(f, '^(%a)\\n([^\\n]*)\\n(.*)$')
-    local h = tonumber(string.match(value, ':(%d+)$'))
-    if remove_unit(p, ver, meta, code, exp, uid, h) == 1 then applied = applied + 1 end
-  end
-end
-local prev = redis.call('GET', p .. ':live')
-redis.call('SET', p .. ':live', ver)
-redis.call('HSET', meta, 'state', 'live', 'live_at', now)
-if prev and prev ~= ver then
-  redis.call('HSET', p .. ':ver:' .. prev, 'state', 'retired', 'retired_at', now)
-end
-return {prev or '', applied}
-"""
-)
-
-#: ARGV: prefix, version, fields. After the flip: drop tombstones of experiments the live version
-#: does not publish (checked again: nothing changes unless ``version`` is still live).
-DROP_TOMBSTONES_LUA = """
-local p, ver = ARGV[1], ARGV[2]
-if redis.call('GET', p .. ':live') ~= ver then return 0 end
-local meta, dropped = p .. ':ver:' .. ver, 0
-for i = 3, #ARGV do
-  local exp = string.match(ARGV[i], '^%a\\n([^\\n]*)\\n')
-  if exp and redis.call('HEXISTS', meta, 'x:' .. exp) == 0 then
-    dropped = dropped + redis.call('HDEL', p .. ':tomb', ARGV[i])
-    redis.call('ZREM', p .. ':tomb:log', ARGV[i])
-  end
-end
-return dropped
-"""
-
 #: Tombstones per script call of the pre-flip pass (about a millisecond of server time each).
 TOMBSTONES_PER_CALL = 1000
-
-#: ARGV: prefix, code, experiment id, unit id, crc32, now_ms. Removes now and records a tombstone
-#: (and its sequence number in ``tomb:log``, so a flip can find the removals made after its
-#: pre-flip pass without reading them all).
-INVALIDATE_LUA = (
-    _REMOVE_TOKEN_LUA
-    + """
-local p, code, exp, uid, h, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
-local field = code .. '\\n' .. exp .. '\\n' .. uid
-redis.call('HSET', p .. ':tomb', field, now .. ':' .. ARGV[5])
-redis.call('ZADD', p .. ':tomb:log', redis.call('INCR', p .. ':tomb:seq'), field)
-local ver = redis.call('GET', p .. ':live')
-if not ver then return 0 end
-local r = remove_unit(p, ver, p .. ':ver:' .. ver, code, exp, uid, h)
-if r == 1 then return 1 end
-return 0
-"""
-)
 
 
 def apply_tombstones(
@@ -1173,7 +1050,7 @@ class _Lock:
     """One publisher at a time per prefix; a killed publisher's lock is taken over at once."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client, self.key = client, f"{prefix}:lock"
+        self.client, self.key = client, KeySpace(prefix).lock
         self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
 
     def acquire(self) -> None:
@@ -1213,7 +1090,7 @@ def unlink_version(client: redis.Redis, version: str, prefix: str = DEFAULT_PREF
     meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(version)).items()}
     keys = [ks.catalog(version), ks.meta(version)]
     for t in UNIT_CODES:
-        nb = int(meta.get(f"buckets:{UNIT_CODES[t]}", 0))
+        nb = int(meta.get(buckets_field(UNIT_CODES[t]), 0))
         keys.extend(f"{ks.bucket_prefix(version, t)}{b}" for b in range(nb))
     unlinked = 0
     for i in range(0, len(keys), 1000):
@@ -1258,12 +1135,15 @@ def cleanup(
             if ver == live:
                 continue
             meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(ver)).items()}
-            state = meta.get("state", "retired")
-            if state == "retired":
+            state = meta.get(keyspace.STATE, keyspace.RETIRED)
+            if state == keyspace.RETIRED:
                 retired_kept += 1
                 if retired_kept <= keep:
                     continue
-            elif not locked and now_ms - float(meta.get("updated_at", 0)) < STALE_WRITING_S * 1e3:
+            elif (
+                not locked
+                and now_ms - float(meta.get(keyspace.UPDATED_AT, 0)) < STALE_WRITING_S * 1e3
+            ):
                 continue  # the publication holding the lock may still be working on it
             unlink_version(client, ver, prefix)
             removed.append(ver)
@@ -1449,7 +1329,8 @@ def _remove_failed(client: redis.Redis, version: str, prefix: str, error: Except
     try:
         if (client.get(ks.live) or b"").decode() == version:
             return  # the failure came after the flip: the version serves, keep it
-        if client.hget(ks.meta(version), "state") not in (None, b"writing", b"verified"):
+        unfinished = (None, keyspace.WRITING.encode(), keyspace.VERIFIED.encode())
+        if client.hget(ks.meta(version), keyspace.STATE) not in unfinished:
             return  # failed before touching it: an older version of the same id (kept)
         unlink_version(client, version, prefix)
     except (redis_lib.RedisError, StrataError) as exc:
@@ -1479,15 +1360,15 @@ def _publish_locked(
         return _result(enc, source, "unchanged", live, 0, 0, 0.0, 0.0, started)
     now = int(time.time() * 1000)
     meta = {
-        "state": "writing",
-        "created_at": now,
-        "updated_at": now,
-        "assignments_snapshot_id": source.assignments_snapshot_id,
-        "experiments_snapshot_id": source.experiments_snapshot_id,
-        "rows": enc.rows,
-        **{f"buckets:{UNIT_CODES[t]}": n for t, n in enc.buckets.items()},
-        **{f"units:{UNIT_CODES[t]}": n for t, n in enc.units.items()},
-        **{f"x:{e}": i for e, i in enc.experiment_index.items()},
+        keyspace.STATE: keyspace.WRITING,
+        keyspace.CREATED_AT: now,
+        keyspace.UPDATED_AT: now,
+        keyspace.ASSIGNMENTS_SNAPSHOT_ID: source.assignments_snapshot_id,
+        keyspace.EXPERIMENTS_SNAPSHOT_ID: source.experiments_snapshot_id,
+        keyspace.ROWS: enc.rows,
+        **{buckets_field(UNIT_CODES[t]): n for t, n in enc.buckets.items()},
+        **{units_field(UNIT_CODES[t]): n for t, n in enc.units.items()},
+        **{experiment_field(e): i for e, i in enc.experiment_index.items()},
     }
     pipe = client.pipeline(transaction=True)
     pipe.delete(ks.meta(enc.version), ks.catalog(enc.version))
@@ -1504,14 +1385,14 @@ def _publish_locked(
         max_units_per_s=max_units_per_s,
         heartbeat=lambda: (
             lock.refresh(),
-            client.hset(ks.meta(enc.version), "updated_at", int(time.time() * 1000)),
+            client.hset(ks.meta(enc.version), keyspace.UPDATED_AT, int(time.time() * 1000)),
         ),
     )
     write_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     verify(client, enc, source, prefix=prefix, sample=sample)
     verify_s = time.perf_counter() - t0
-    client.hset(ks.meta(enc.version), "state", "verified")
+    client.hset(ks.meta(enc.version), keyspace.STATE, keyspace.VERIFIED)
     since, applied, unknown = apply_tombstones(client, enc.version, prefix)
     previous, late = flip(client, enc.version, since, prefix)
     if unknown:

@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lookup_loader import loader
-from lookup_loader.keys import KeySpace
 from lookup_loader.loader import PublicationError, invalidate, publish, recover
 from lookup_loader.sample import sample_tables, write_tables
 from strata.endpoint import create_app
+from strata.keyspace import KeySpace
 from strata.lookup import LookupClient, LookupUnavailable, NoLiveVersionError
 from strata.stack import iceberg_catalog
 
