@@ -184,7 +184,7 @@ def encoding_memory(client, units: list[tuple[str, str]]) -> dict[str, float]:
     """Bytes per unit of three layouts for the same units (used_memory delta / units)."""
     import zlib
 
-    from lookup_loader.keys import UNITS_PER_BUCKET, bucket_count
+    from strata.keyspace import UNITS_PER_BUCKET, bucket_count
 
     out = {}
     nb = bucket_count(len(units), UNITS_PER_BUCKET)
@@ -216,8 +216,8 @@ def bench_publication(settings, units: int, spark: bool) -> dict:
     import pyarrow.compute as pc
 
     from lookup_loader import loader
-    from lookup_loader.keys import KeySpace
     from lookup_loader.sample import write_tables
+    from strata.keyspace import KeySpace
     from strata.stack import redis_client
 
     client = redis_client(settings)
@@ -415,8 +415,8 @@ def bench_reader(settings, units: int) -> None:
 def bench_flip(settings, units: int) -> None:
     """A reader polls lookup(); the loader publishes a new snapshot; delay = seen - flipped."""
     from lookup_loader import loader
-    from lookup_loader.keys import KeySpace
     from lookup_loader.sample import write_tables
+    from strata.keyspace import KeySpace
     from strata.lookup import LookupClient
 
     ks = KeySpace(PREFIX)
@@ -454,9 +454,10 @@ def bench_tombstones(settings, tombstones: int) -> None:
     included). The flip at 0 tombstones, same run, is the reference."""
     import zlib
 
+    import lookup_loader.publish as publication
     from lookup_loader import loader
-    from lookup_loader.keys import KeySpace
     from lookup_loader.sample import write_tables
+    from strata.keyspace import KeySpace
     from strata.stack import redis_client
 
     admin = redis_client(settings, socket_timeout=600)
@@ -473,7 +474,7 @@ def bench_tombstones(settings, tombstones: int) -> None:
         return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
 
     measured: dict[int, dict[str, float]] = {}
-    original = loader.flip
+    original = publication.flip
     for count in (0, tombstones):
         admin.delete(ks.tombstones, ks.tombstone_log, ks.tombstone_seq)
         for lo in range(0, count, 20_000):  # stored as invalidate stores them (units not held)
@@ -494,12 +495,12 @@ def bench_tombstones(settings, tombstones: int) -> None:
             flip_calls.append(calls() - before)
             return out
 
-        loader.flip = counted
+        publication.flip = counted
         admin.slowlog_reset()
         try:
             result = loader.publish(settings, prefix=PREFIX, publications_table=None)
         finally:
-            loader.flip = original
+            publication.flip = original
         log = admin.slowlog_get(100_000)
         sha_of = {e["id"]: (e["command"].split(b" ")[1] if e["command"].startswith(b"EVALSHA")
                             else b"") for e in log}  # fmt: skip

@@ -18,9 +18,9 @@ import sys
 from dataclasses import asdict
 
 from lookup_loader import loader
-from lookup_loader.keys import DEFAULT_PREFIX, UNIT_CODES, KeySpace
 from strata.config import get_settings
 from strata.errors import StrataError
+from strata.keyspace import DEFAULT_PREFIX, UNIT_CODES, KeySpace, experiment_field
 
 
 def _status(prefix: str) -> dict:
@@ -31,7 +31,9 @@ def _status(prefix: str) -> dict:
     for raw in client.zrevrange(ks.versions, 0, -1):
         meta = client.hgetall(ks.meta(raw.decode()))
         versions[raw.decode()] = {
-            k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"x:")
+            k.decode(): v.decode()
+            for k, v in meta.items()
+            if not k.decode().startswith(experiment_field(""))
         }
     return {
         "live": live.decode() if live else None,

@@ -58,9 +58,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lookup_loader.keys import DEFAULT_PREFIX, MAX_UNIT_ID_BYTES
 from strata.config import Settings, get_settings
 from strata.errors import DataError, StackError
+from strata.keyspace import DEFAULT_PREFIX, MAX_UNIT_ID_BYTES
 
 #: Largest request body accepted (seed 004's envelope is well under 1 KiB).
 MAX_BODY_BYTES = 16 * 1024

@@ -42,18 +42,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lookup_loader.keys import (
+from strata.assignment import deep_merge
+from strata.config import Settings, get_settings
+from strata.errors import StackError
+from strata.keyspace import (
     DEFAULT_PREFIX,
     UNIT_CODES,
     UNIT_PRIORITY,
+    KeySpace,
     check_unit_id,
     decode_tokens,
     normalize_url,
     unit_hash,
 )
-from strata.assignment import deep_merge
-from strata.config import Settings, get_settings
-from strata.errors import StackError
+from strata.lookup_scripts import READ_LUA
 
 if TYPE_CHECKING:
     import redis
@@ -156,33 +158,6 @@ def unavailable(exc: BaseException, what: str = "lookups") -> LookupUnavailable:
     return LookupUnavailable(f"Redis cannot serve {what} ({reason}): {exc}", reason)
 
 
-#: ARGV: prefix, cached version, then (code, crc32, unit id) triples.
-#: Returns {version, catalog-or-false, value...}; {false} when nothing is published, and
-#: {false, version} when the live pointer names a version whose keys are gone.
-READ_LUA = """
-local p = ARGV[1]
-local ver = redis.call('GET', p .. ':live')
-if not ver then return {false} end
-local meta = p .. ':ver:' .. ver
-local nb = {}
-local counts = redis.call('HMGET', meta, 'buckets:d', 'buckets:u', 'buckets:l')
-if not counts[1] and not counts[2] and not counts[3] then return {false, ver} end
-nb['d'], nb['u'], nb['l'] = tonumber(counts[1]), tonumber(counts[2]), tonumber(counts[3])
-local out = {ver, false}
-if ver ~= ARGV[2] then out[2] = redis.call('HGETALL', p .. ':' .. ver .. ':cat') end
-for i = 3, #ARGV, 3 do
-  local n = nb[ARGV[i]]
-  local v = false
-  if n and n > 0 then
-    local b = string.format('%d', tonumber(ARGV[i + 1]) % n)
-    v = redis.call('HGET', p .. ':' .. ver .. ':' .. ARGV[i] .. ':' .. b, ARGV[i + 2])
-  end
-  out[#out + 1] = v
-end
-return out
-"""
-
-
 @dataclass(frozen=True)
 class Answer:
     """One lookup's actions and the version they were read from."""
@@ -228,6 +203,7 @@ class LookupClient:
 
         self.settings = settings or get_settings()
         self.prefix = prefix
+        self.keys = KeySpace(prefix)
         self.redis = client or redis_client(self.settings, role="reader", socket_timeout=5)
         self._script = self.redis.register_script(READ_LUA)
         self._local = threading.local()  # one held connection per thread (see _eval)
@@ -252,7 +228,7 @@ class LookupClient:
         if not reply or reply[0] is None:
             if reply and len(reply) > 1 and reply[1] is not None:
                 raise NoLiveVersionError(
-                    f"the live pointer {self.prefix}:live names version {reply[1].decode()}, "
+                    f"the live pointer {self.keys.live} names version {reply[1].decode()}, "
                     "whose keys are gone; run `python -m lookup_loader recover`"
                 )
             raise NoLiveVersionError(
@@ -453,7 +429,7 @@ class LookupClient:
         import redis as redis_lib
 
         try:
-            raw = self.redis.get(f"{self.prefix}:live")
+            raw = self.redis.get(self.keys.live)
         except (redis_lib.RedisError, OSError) as exc:
             raise unavailable(exc) from exc
         return raw.decode() if raw else None
@@ -470,9 +446,9 @@ class LookupClient:
                     f"no lookup version is live under {self.prefix!r} (nothing published, or "
                     "Redis lost its data); run `python -m lookup_loader recover`"
                 )
-            if not self.redis.exists(f"{self.prefix}:ver:{version}"):
+            if not self.redis.exists(self.keys.meta(version)):
                 raise NoLiveVersionError(
-                    f"the live pointer {self.prefix}:live names version {version}, whose keys "
+                    f"the live pointer {self.keys.live} names version {version}, whose keys "
                     "are gone; run `python -m lookup_loader recover`"
                 )
         except (redis_lib.RedisError, OSError) as exc:

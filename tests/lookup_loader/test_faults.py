@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import lookup_loader.publish as publication
 from lookup_loader import loader
-from lookup_loader.keys import KeySpace
 from lookup_loader.loader import PublicationError, invalidate, publish, recover
 from lookup_loader.sample import sample_tables, write_tables
 from strata.endpoint import create_app
+from strata.keyspace import KeySpace
 from strata.lookup import LookupClient, LookupUnavailable, NoLiveVersionError
 from strata.stack import iceberg_catalog
 
@@ -308,7 +309,7 @@ class TestFlipUnderTombstones:
         env.write(devices=200, users=10)
         env.publish()  # the scripts are loaded; later flips are one EVALSHA each
         calls: list[int] = []
-        original = loader.flip
+        original = publication.flip
 
         def counted(client, version, since, prefix):
             before = redis_calls(admin)
@@ -316,7 +317,7 @@ class TestFlipUnderTombstones:
             calls.append(redis_calls(admin) - before)
             return out
 
-        monkeypatch.setattr(loader, "flip", counted)
+        monkeypatch.setattr(publication, "flip", counted)
         env.write(devices=200, users=10)
         env.publish()  # no tombstone
         record_tombstones(admin, env.prefix, "checkout_button", 1_000_000)
@@ -344,13 +345,13 @@ class TestFlipUnderTombstones:
         env = Env(server.settings)
         env.write(devices=200, users=10)
         env.publish()
-        original = loader.flip
+        original = publication.flip
 
         def invalidate_first(client, version, since, prefix):
             invalidate(server.settings, "device_id", "d00000009", "checkout_button", prefix=prefix)
             return original(client, version, since, prefix)
 
-        monkeypatch.setattr(loader, "flip", invalidate_first)
+        monkeypatch.setattr(publication, "flip", invalidate_first)
         env.write(devices=200, users=10)
         result = env.publish()
         assert result.tombstones_applied == 1

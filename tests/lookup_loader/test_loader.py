@@ -14,7 +14,6 @@ import pyarrow as pa
 import pytest
 import redis
 
-from lookup_loader.keys import KeySpace
 from lookup_loader.loader import (
     RespConnection,
     cleanup,
@@ -25,6 +24,7 @@ from lookup_loader.loader import (
 from lookup_loader.sample import SAMPLE_EXPERIMENTS, sample_tables, write_tables
 from strata.config import Settings
 from strata.errors import DataError, StackError
+from strata.keyspace import KeySpace
 from strata.lookup import LookupClient
 from strata.stack import iceberg_catalog
 

@@ -1,5 +1,8 @@
 """The Redis key scheme of the lookup table: one place, shared by the loader and the reader.
 
+Key names, the fields of a version's metadata hash and their states, and the tombstone fields are
+defined here only; the server-side scripts (``strata.lookup_scripts``) are built from them.
+
 Seed 004 asks for a lookup by device id, user id and url. Strata keeps them in one Redis database,
 each unit type in its own key family (seed 004's "approach 1" without spending a DB index per type),
 and every publication in its own *version* namespace beside the live one::
@@ -12,6 +15,7 @@ and every publication in its own *version* namespace beside the live one::
     strata:lk:tomb                      HASH    fast-path removals (see ``tombstone_field``)
     strata:lk:tomb:log                  ZSET    tombstone field -> sequence number of its removal
     strata:lk:tomb:seq                  STRING  last removal's sequence number (INCR)
+    strata:lk:lock                      STRING  the publisher lock (one publication at a time)
 
 ``<t>`` is ``d`` (device_id), ``u`` (user_id) or ``l`` (url). Units are spread over buckets
 (``crc32(unit id) % buckets``) so that each bucket is a small listpack-encoded hash: Redis then
@@ -25,6 +29,8 @@ Usage:
     'strata:lk:live'
     >>> ks.bucket("3f2a", "device_id", unit_hash("dev-1"), 100)
     'strata:lk:3f2a:d:90'
+    >>> buckets_field("d"), experiment_field("checkout_button")
+    ('buckets:d', 'x:checkout_button')
     >>> encode_tokens([(0, 1), (3, 2)])
     '0.1,3.2'
     >>> decode_tokens("0.1,3.2")
@@ -59,6 +65,23 @@ UNITS_PER_BUCKET = 48
 #: Version ids are short lowercase hex (a digest of the source snapshots).
 VERSION_RE = re.compile(r"^[0-9a-f]{6,40}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Fields of a version's metadata hash (``<prefix>:ver:<version>``), besides the per-unit-type and
+# per-experiment ones of ``buckets_field``, ``units_field`` and ``experiment_field``.
+STATE = "state"
+CREATED_AT = "created_at"
+UPDATED_AT = "updated_at"  # refreshed while writing: a stale "writing" version is a dead one's
+LIVE_AT = "live_at"
+RETIRED_AT = "retired_at"
+ASSIGNMENTS_SNAPSHOT_ID = "assignments_snapshot_id"
+EXPERIMENTS_SNAPSHOT_ID = "experiments_snapshot_id"
+ROWS = "rows"
+# Values of ``STATE``, in the order a version goes through them.
+WRITING, VERIFIED, LIVE, RETIRED = "writing", "verified", "live", "retired"
+#: Lua patterns of a tombstone field (see ``tombstone_field``): (code, experiment, unit id), and
+#: the experiment alone.
+TOMBSTONE_FIELD_LUA_PATTERN = "^(%a)\n([^\n]*)\n(.*)$"
+TOMBSTONE_EXPERIMENT_LUA_PATTERN = "^%a\n([^\n]*)\n"
 
 
 def unit_hash(unit_id: str) -> int:
@@ -126,9 +149,34 @@ def decode_tokens(value: str | bytes) -> list[tuple[int, int]]:
     return out
 
 
+def buckets_field(code: str) -> str:
+    """Metadata field: the bucket count of the unit type with one-letter ``code``."""
+    return f"buckets:{code}"
+
+
+def units_field(code: str) -> str:
+    """Metadata field: the number of units of the unit type with one-letter ``code``."""
+    return f"units:{code}"
+
+
+def experiment_field(experiment_id: str) -> str:
+    """Metadata field: the catalog index of one experiment (present iff the version serves it)."""
+    return f"x:{experiment_id}"
+
+
+def tombstone_code_field(code: str, experiment_id: str, unit_id: str) -> str:
+    """:func:`tombstone_field` of a unit type given by its one-letter code."""
+    return f"{code}\n{experiment_id}\n{unit_id}"
+
+
 def tombstone_field(unit_type: str, unit_id: str, experiment_id: str) -> str:
-    """Field of the tombstone hash for one (unit, experiment) removed by the fast path."""
-    return f"{UNIT_CODES[unit_type]}\n{experiment_id}\n{unit_id}"
+    """Field of the tombstone hash for one (unit, experiment) removed by the fast path.
+
+    Usage:
+        >>> tombstone_field("device_id", "d-42", "checkout_button")
+        'd\\ncheckout_button\\nd-42'
+    """
+    return tombstone_code_field(UNIT_CODES[unit_type], experiment_id, unit_id)
 
 
 @dataclass(frozen=True)
@@ -157,14 +205,22 @@ class KeySpace:
     def tombstone_seq(self) -> str:
         return f"{self.prefix}:tomb:seq"
 
+    @property
+    def lock(self) -> str:
+        return f"{self.prefix}:lock"
+
     def meta(self, version: str) -> str:
         return f"{self.prefix}:ver:{version}"
 
     def catalog(self, version: str) -> str:
         return f"{self.prefix}:{version}:cat"
 
+    def bucket_key(self, version: str, code: str, number: str) -> str:
+        """Bucket ``number`` of the unit type with one-letter ``code``."""
+        return f"{self.prefix}:{version}:{code}:{number}"
+
     def bucket_prefix(self, version: str, unit_type: str) -> str:
-        return f"{self.prefix}:{version}:{UNIT_CODES[unit_type]}:"
+        return self.bucket_key(version, UNIT_CODES[unit_type], "")
 
     def bucket(self, version: str, unit_type: str, hashed: int, buckets: int) -> str:
         return f"{self.bucket_prefix(version, unit_type)}{hashed % buckets}"
