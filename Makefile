@@ -91,6 +91,7 @@ test-cluster: setup  ## the pipeline on a local Spark cluster + REST catalog + S
 
 lint: setup  ## ruff check + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	PYTHONPATH=$(CURDIR)/include:$(CURDIR) $(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
