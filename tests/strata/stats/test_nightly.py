@@ -8,10 +8,10 @@ from datetime import timedelta
 import pandas as pd
 import pyarrow as pa
 import pytest
-from test_results import DAY, aggregates, experiment_record
 
 from strata.stats import read_results
 from strata.stats.nightly import NightPlan, NothingToEvaluate, evaluate_night, plan_night
+from tests.strata.stats.test_results import DAY, aggregates, experiment_record
 
 NAMESPACE = "stats_nightly_test"
 DAYS = [DAY - timedelta(days=2), DAY - timedelta(days=1), DAY]
