@@ -78,3 +78,22 @@ def test_evaluate_one_date_or_the_whole_history(catalog):
     assert sorted(by_exp["exp_a"]) == DAYS
     assert list(by_exp["exp_b"]) == [DAY]
     assert again.rows == 3 * len(stored[stored["experiment_id"] == "exp_b"])
+
+
+def test_the_cli_runs_the_same_plan_and_evaluation(catalog, monkeypatch, capsys):
+    from strata.config import get_settings
+    from strata_apps.cli import main
+
+    monkeypatch.setenv("STRATA_NAMESPACE", NAMESPACE)
+    get_settings.cache_clear()
+    try:
+        assert main(["evaluate", "exp_b", "--history"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"evaluated 1 experiments as of {DAY}: ")
+        assert "over 3 dates" in out
+        assert "exp_b" in out
+        assert main(["evaluate", "exp_zz"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("nothing to evaluate: unknown experiment(s) ['exp_zz']")
+    finally:
+        get_settings.cache_clear()
