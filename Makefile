@@ -24,7 +24,7 @@ export SCARF_ANALYTICS := false
 export SPARK_LOCAL_IP := 127.0.0.1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo test test-fast test-cluster lint format bench airflow airflow-stop redis-start redis-stop clean lock
+.PHONY: help setup demo test test-unit test-fast test-cluster lint format bench airflow airflow-stop redis-start redis-stop clean lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,6 +83,13 @@ demo: setup redis-start  ## run the whole pipeline on the embedded stack and pri
 test: setup  ## the full test suite (starts its own Redis on a test port; ~5 min)
 	$(PY) -m pytest
 
+# The pure tests and the doctests of every package but orchestration (the Airflow layer): no JVM,
+# Redis or Airflow. tests/conftest.py marks the others `integration` (by the fixtures they use and
+# their folder) and fails a unit run that imported Airflow or started a JVM.
+UNIT_PATHS := tests include/strata include/strata_apps spark_jobs lookup_loader expectations
+test-unit: $(STAMP)/python  ## the pure tests and doctests alone: no JVM, Redis or Airflow (< 1 min)
+	$(PY) -m pytest $(UNIT_PATHS) -m "not integration and not slow and not live and not cluster"
+
 test-fast: setup  ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow and not cluster"
 
@@ -91,6 +98,7 @@ test-cluster: setup  ## the pipeline on a local Spark cluster + REST catalog + S
 
 lint: setup  ## ruff check + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	PYTHONPATH=$(CURDIR)/include:$(CURDIR) $(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .

@@ -659,7 +659,7 @@ def cpu_seconds(pids) -> float:
 
 
 def bench_endpoint(units: int) -> None:
-    from strata.endpoint_server import _descendants, run_dir_for
+    from strata_apps.endpoint_server import _descendants, run_dir_for
 
     env = os.environ | {"STRATA_ENDPOINT_PORT": str(ENDPOINT_PORT), "STRATA_LOOKUP_PREFIX": PREFIX}
     script = ROOT / "scripts" / "endpoint.sh"

@@ -49,8 +49,8 @@ def run_dag(dag_id: str, conf: dict | None) -> int:
 
 def summary() -> None:
     from strata.config import get_settings
-    from strata.health import raw_events_profile, redis_round_trip
     from strata.stack import iceberg_catalog
+    from strata_apps.health import raw_events_profile, redis_round_trip
 
     settings = get_settings()
     catalog = iceberg_catalog(settings)

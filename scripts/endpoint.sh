@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The reference device-register endpoint on 127.0.0.1: `strata serve` (nginx on the port, bounding
-# slow and numerous clients, in front of uvicorn on a unix socket; see strata.endpoint_server),
+# slow and numerous clients, in front of uvicorn on a unix socket; see strata_apps.endpoint_server),
 # started in the background in its own process group, ready once THAT process holds the port and
 # its app answers (another process on the port is an error, never "ready"), stopped by its group.
 #
@@ -23,14 +23,14 @@ logfile="$dir/endpoint-$port.log"
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 ready() {  # the server started as $1 holds the port and its app answers (waits up to $2 s)
-  "$python" -m strata.endpoint_server ready --port "$port" --pid "$1" --home "$home" --timeout "$2"
+  "$python" -m strata_apps.endpoint_server ready --port "$port" --pid "$1" --home "$home" --timeout "$2"
 }
 
 start() {
   mkdir -p "$dir"
   if running; then echo "endpoint: already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
   # setsid: the server, nginx and its worker form one process group, stopped together.
-  STRATA_HOME="$home" setsid nohup "$python" -m strata.cli serve --host 127.0.0.1 --port "$port" \
+  STRATA_HOME="$home" setsid nohup "$python" -m strata_apps.cli serve --host 127.0.0.1 --port "$port" \
     >"$logfile" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$pidfile"

@@ -48,6 +48,52 @@ os.environ.pop("STRATA_REDIS_PASSWORD", None)
 os.environ.pop("STRATA_SETTINGS_FILE", None)
 
 
+#: Fixtures that start a JVM, a Redis server or Airflow: a test using one (directly or through
+#: another fixture) is an integration test. So is everything under these folders.
+INTEGRATION_FIXTURES = frozenset({"spark", "redis_server", "private_redis", "airflow_db"})
+INTEGRATION_DIRS = tuple(
+    ROOT / d
+    for d in ("tests/dags", "tests/dbt", "tests/live", "tests/cluster", "include/orchestration")
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``integration`` every test that needs a JVM, Redis or Airflow (see above), so
+    ``make test-unit`` (``-m "not integration and ..."``) runs the pure tests and doctests alone."""
+    for item in items:
+        path = Path(str(item.path))
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())) or any(
+            path.is_relative_to(d) for d in INTEGRATION_DIRS
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
+def _unit_run(config) -> bool:
+    return "not integration" in (config.getoption("markexpr", "") or "")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """A unit run does not even import the integration folders (tests/live imports Airflow)."""
+    if _unit_run(config) and any(Path(collection_path) == d for d in INTEGRATION_DIRS):
+        return True
+    return None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A unit run (``-m "not integration ..."``) must not have imported Airflow or started a JVM:
+    if it did, a test needs the ``integration`` marker (or one of the fixtures above)."""
+    if not _unit_run(session.config) or exitstatus not in (0, 5):
+        return
+    pyspark = sys.modules.get("pyspark")
+    heavy = [
+        *(["Airflow was imported"] if "airflow" in sys.modules else []),
+        *(["a JVM was started"] if pyspark and pyspark.SparkContext._gateway else []),
+    ]
+    if heavy:
+        print(f"\nunit run: {' and '.join(heavy)}; mark the test integration", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_unconfigure(config):
     """Remove the run's temporary home (tables, Airflow db, logs) unless STRATA_KEEP_TEST_HOME."""
     if not os.environ.get("STRATA_KEEP_TEST_HOME"):

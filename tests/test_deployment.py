@@ -148,6 +148,7 @@ def test_dockerfile_runs_as_non_root_without_linking_over_the_wheel():
     assert {".venv", ".jars", ".strata", ".env", ".git"} <= ignored
 
 
+@pytest.mark.integration  # the system packages (java, nginx, redis-server) are installed
 def test_every_strata_service_command_is_installed(services):
     """What the image's pip and apt steps install is what this checkout's venv has: every command
     a Strata-image service runs exists there (the image build itself cannot run here)."""

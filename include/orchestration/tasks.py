@@ -42,7 +42,7 @@ def _check_conf() -> dict[str, Any]:
 @task
 def check_redis() -> dict:
     """An authenticated round trip to the lookup server before anything is written."""
-    from strata.health import redis_round_trip
+    from strata_apps.health import redis_round_trip
 
     result = redis_round_trip()
     log.info("redis %s: round trip %.2f ms", result["redis_version"], result["round_trip_ms"])
@@ -71,7 +71,7 @@ def generate_data() -> dict:
 def verify_tables(spark_counts: dict) -> dict:
     """Spark and pyiceberg (no JVM) must read the same row counts."""
     from strata.errors import DataError
-    from strata.health import iceberg_row_counts
+    from strata_apps.health import iceberg_row_counts
 
     py_counts = iceberg_row_counts(list(spark_counts))
     if py_counts != spark_counts:
@@ -85,7 +85,7 @@ def verify_tables(spark_counts: dict) -> dict:
 @task
 def validate_definitions(path: str | None = None) -> dict:
     """Validate the definitions (one ``file: path: message`` line per problem on failure)."""
-    from strata.assignment_tasks import validate
+    from strata_apps.assignment_tasks import validate
 
     params = _check_conf()
     if path is None:
@@ -108,7 +108,7 @@ def validate_definitions(path: str | None = None) -> dict:
 @task(pool=SPARK_POOL)
 def assign_units(summary: dict) -> dict:
     """Targeting and layered assignment in Spark; one Iceberg commit of assignments+experiments."""
-    from strata.assignment_tasks import assign
+    from strata_apps.assignment_tasks import assign
 
     result = assign(summary["path"])
     units: dict[str, int] = {}
@@ -162,7 +162,7 @@ def serve_sample_requests(published: dict) -> dict:
     import json
 
     from strata.config import get_settings
-    from strata.demo import serve_samples
+    from strata_apps.demo import serve_samples
 
     params = _check_conf()
     answers = serve_samples(n=5)
@@ -361,44 +361,34 @@ def plan_evaluation() -> list[dict]:
     """
     from strata.config import get_settings
     from strata.stack import iceberg_catalog
-    from strata.stats import evaluable_experiments
+    from strata.stats.nightly import NothingToEvaluate, plan_night
 
     params = _check_conf()
     context = get_current_context()
     extra = latest_extra(context.get("triggering_asset_events"), GOAL_AGGREGATES.uri)
     settings = get_settings()
-    catalog = iceberg_catalog(settings)
     day = parse_date(params.get("analysis_date"), "analysis_date") or parse_date(
         extra.get("as_of_date"), "goal_aggregates asset event as_of_date"
     )
-    available, day = evaluable_experiments(catalog, day, settings.namespace)
-    if day is None:
-        raise RunConfError(f"no goal aggregates in {settings.namespace}.goal_aggregates yet")
-    if not available:
-        raise RunConfError(f"analysis_date {day}: no goal aggregates for that date")
-    wanted = [str(e) for e in params.get("experiment_ids") or []]
-    if wanted:
-        known = _known_experiments(catalog, settings.namespace)
-        unknown = sorted(set(wanted) - known)
-        if unknown:
-            raise RunConfError(f"unknown experiment(s) {unknown}; known: {sorted(known)}")
-        missing = sorted(set(wanted) - set(available))
-        if missing:
-            raise RunConfError(f"experiment(s) {missing}: no goal aggregates on {day}")
-    selected = sorted(set(wanted)) if wanted else available
     history = bool(params.get("history")) or bool(extra.get("full_refresh"))
-    log.info("evaluating %d experiments as of %s (history %s)", len(selected), day, history)
-    # One set of arguments per experiment: the mapped evaluation's task instances.
-    return [
-        {"experiment_id": e, "analysis_date": day.isoformat(), "history": history} for e in selected
-    ]
-
-
-def _known_experiments(catalog, namespace: str) -> set[str]:
-    table = catalog.load_table(f"{namespace}.experiments")
-    return set(
-        table.scan(selected_fields=("experiment_id",)).to_arrow()["experiment_id"].to_pylist()
+    try:
+        plan = plan_night(
+            iceberg_catalog(settings),
+            day,
+            params.get("experiment_ids") or (),
+            history,
+            settings.namespace,
+        )
+    except NothingToEvaluate as exc:
+        raise RunConfError(str(exc)) from None
+    log.info(
+        "evaluating %d experiments as of %s (history %s)",
+        len(plan.experiment_ids),
+        plan.analysis_date,
+        history,
     )
+    # One set of arguments per experiment: the mapped evaluation's task instances.
+    return plan.task_kwargs()
 
 
 @reported_task(map_index_template="{{ task.op_kwargs['experiment_id'] }}")
@@ -410,28 +400,18 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
     """
     from strata.config import get_settings
     from strata.stack import iceberg_catalog
-    from strata.stats import evaluable_by_date, run_evaluation, verdicts
+    from strata.stats.nightly import evaluate_night
 
     settings = get_settings()
-    catalog = iceberg_catalog(settings)
     day = dt.date.fromisoformat(analysis_date)
-    dates = [day]
-    if history:
-        dates = [d for d, ids in evaluable_by_date(catalog, day, settings.namespace).items()
-                 if experiment_id in ids]  # fmt: skip
-    rows = 0
-    evaluation = None
-    for d in dates:
-        evaluation, frame = run_evaluation(
-            catalog, [experiment_id], d, namespace=settings.namespace
-        )
-        rows += len(frame)
-    assert evaluation is not None
-    verdict = {str(r.variant): r.verdict for r in verdicts(evaluation.metrics).itertuples()}
+    night = evaluate_night(
+        iceberg_catalog(settings), [experiment_id], day, history, settings.namespace
+    )
+    verdict = {str(r.variant): r.verdict for r in night.verdicts().itertuples()}
     log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s",
-             experiment_id, day, rows, len(dates), verdict)  # fmt: skip
-    return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": rows,
-            "dates": len(dates), "verdicts": verdict}  # fmt: skip
+             experiment_id, day, night.rows, night.dates, verdict)  # fmt: skip
+    return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": night.rows,
+            "dates": night.dates, "verdicts": verdict}  # fmt: skip
 
 
 @reported_task(trigger_rule="all_done_min_one_success", outlets=[RESULTS])

@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     from spark_jobs.assign_experiments import main as assign
     from spark_jobs.generate_synthetic import main as generate
     from spark_jobs.ingest_exposure_logs import main as ingest
-    from strata.demo import serve_samples
     from strata.stack import spark_session
+    from strata_apps.demo import serve_samples
 
     settings = get_settings()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ import pytest
 
 from strata import landing
 from strata.config import Settings
-from strata.endpoint import ExposureSink
 from strata.stack import catalog_conf, hadoop_s3_conf, iceberg_io_props, pyiceberg_s3_props
+from strata_apps.endpoint import ExposureSink
 
 JIT = "-XX:-DontCompileHugeMethods"
 S3 = {

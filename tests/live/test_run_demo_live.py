@@ -77,8 +77,8 @@ class TestRunDemoUnderScheduler:
         assert tries == dict.fromkeys(TASKS, ("success", 1)), report
 
     def test_run_produced_the_tables_and_the_publication(self, airflow_api, demo_run, live_airflow):
-        from strata.health import iceberg_row_counts
         from strata.lookup import LookupClient
+        from strata_apps.health import iceberg_row_counts
 
         run_id = demo_run["dag_run_id"]
         generated = airflow_api.xcom(DAG_ID, run_id, "generate_data")

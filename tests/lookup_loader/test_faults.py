@@ -17,10 +17,10 @@ import lookup_loader.publish as publication
 from lookup_loader import loader
 from lookup_loader.loader import PublicationError, invalidate, publish, recover
 from lookup_loader.sample import sample_tables, write_tables
-from strata.endpoint import create_app
 from strata.keyspace import KeySpace
 from strata.lookup import LookupClient, LookupUnavailable, NoLiveVersionError
 from strata.stack import iceberg_catalog
+from strata_apps.endpoint import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = [(f"d{i:08d}", f"u{i % 40:08d}", None) for i in range(0, 300, 7)]

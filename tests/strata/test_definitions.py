@@ -9,7 +9,6 @@ import jsonschema
 import pytest
 import yaml
 
-from strata.cli import main as cli
 from strata.definitions import (
     SCHEMA_PATH,
     DefinitionError,
@@ -21,6 +20,7 @@ from strata.definitions import (
     plan_rows,
 )
 from strata.synthetic import DEFAULT_START_DATE, PLANTED_EFFECTS
+from strata_apps.cli import main as cli
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "definitions"
 INVALID = DATA / "invalid"

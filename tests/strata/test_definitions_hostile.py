@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from strata import safe_yaml
-from strata.cli import main as cli
 from strata.definitions import DefinitionError, load
+from strata_apps.cli import main as cli
 
 INVALID = Path(__file__).resolve().parents[1] / "data" / "definitions" / "invalid"
 HOSTILE = [

@@ -16,6 +16,9 @@ import pytest
 
 from tests.strata.stats.test_results import DAY, aggregates, experiment_record
 
+# Real processes racing on the SQLite catalog (~10 s on a quiet machine, a minute on a busy one).
+pytestmark = pytest.mark.integration
+
 NAMESPACE = "results_concurrent_test"
 EXPERIMENTS = [f"exp_{i}" for i in range(6)]
 

@@ -7,8 +7,8 @@ import redis
 from pydantic import SecretStr
 
 from strata.errors import StackError
-from strata.health import redis_round_trip
 from strata.stack import redis_client
+from strata_apps.health import redis_round_trip
 
 
 def test_round_trip_with_auth(redis_server):
@@ -36,8 +36,8 @@ def test_unreachable_server_names_the_fix(redis_server):
 
 
 def test_lookup_status_tells_no_live_version_from_unreachable(redis_server):
-    from strata.health import lookup_status
     from strata.stack import redis_client
+    from strata_apps.health import lookup_status
 
     prefix = "health-probe"
     assert lookup_status(redis_server, prefix) | {"detail": ""} == {

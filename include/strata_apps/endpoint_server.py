@@ -23,7 +23,7 @@ on SIGTERM/SIGINT, and exits 1 when nginx cannot start (the port is taken) or di
 found as ``STRATA_NGINX``, on ``PATH`` or in ``/usr/sbin`` (``scripts/install-system.sh``
 installs Debian's package).
 
-``python -m strata.endpoint_server ready --port P --pid PID --home H`` waits until the server
+``python -m strata_apps.endpoint_server ready --port P --pid PID --home H`` waits until the server
 started as PID (a process and its children) holds the listening socket and its app answers, so a
 script never mistakes another process on the port for its own server.
 
@@ -50,7 +50,7 @@ import threading
 import time
 from pathlib import Path
 
-#: Largest body nginx passes on (strata.endpoint.MAX_BODY_BYTES; not imported: no FastAPI here).
+#: Largest body nginx passes on (strata_apps.endpoint.MAX_BODY_BYTES; not imported: no FastAPI).
 MAX_BODY_BYTES = 16 * 1024
 RETRY_AFTER_S = 1
 #: Seconds uvicorn keeps an idle upstream connection: longer than nginx's (60 s), so nginx always
@@ -128,7 +128,7 @@ def nginx_conf(run_dir: Path, host: str, port: int, app_socket: Path, limits: Li
     bad = _envelope_json("400", "INVALID_REQUEST", "malformed HTTP request")
     busy = _envelope_json("503", "OVERLOADED", "too many requests in flight; retry")
     down = _envelope_json("503", "UNAVAILABLE", "the app is down or too slow; retry")
-    return f"""# written by strata.endpoint_server for {host}:{port}; rewritten at every start
+    return f"""# written by strata_apps.endpoint_server for {host}:{port}; rewritten at every start
 {user}
 worker_processes 1;
 daemon off;
@@ -263,7 +263,7 @@ def serve(host: str = "127.0.0.1", port: int = 8090, limits: Limits | None = Non
         import uvloop  # noqa: F401
 
         fast = {"loop": "uvloop", "http": "httptools"}
-    config = uvicorn.Config("strata.endpoint:create_app", factory=True, uds=str(app_socket),
+    config = uvicorn.Config("strata_apps.endpoint:create_app", factory=True, uds=str(app_socket),
                             access_log=False, server_header=False, log_level="warning",
                             timeout_keep_alive=APP_KEEPALIVE_S, **fast)  # fmt: skip
     server = uvicorn.Server(config)
@@ -385,7 +385,7 @@ def wait_ready(port: int, pid: int, app_socket: Path, timeout_s: float = 15) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m strata.endpoint_server")
+    parser = argparse.ArgumentParser(prog="python -m strata_apps.endpoint_server")
     sub = parser.add_subparsers(dest="command", required=True)
     ready = sub.add_parser("ready", help="wait until the server started as PID is ready")
     ready.add_argument("--port", type=int, required=True)

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from lookup_loader.loader import publish
 from lookup_loader.sample import sample_tables, write_tables
 from strata.config import Settings
-from strata.endpoint import MAX_BODY_BYTES, create_app
+from strata_apps.endpoint import MAX_BODY_BYTES, create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = "https://app.example.com/p/3"
@@ -560,8 +560,8 @@ class TestStartScript:
 
 
 def test_nginx_and_the_app_refuse_the_same_body_size():
-    from strata import endpoint_server
-    from strata.endpoint import MAX_BODY_BYTES as APP_LIMIT
+    from strata_apps import endpoint_server
+    from strata_apps.endpoint import MAX_BODY_BYTES as APP_LIMIT
 
     assert endpoint_server.MAX_BODY_BYTES == APP_LIMIT
     conf = endpoint_server.nginx_conf(

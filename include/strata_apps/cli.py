@@ -111,8 +111,8 @@ def _lookup(argv: list[str]) -> int:
 def _serve(argv: list[str]) -> int:
     import os
 
-    from strata.endpoint_server import Limits, serve
     from strata.errors import StackError
+    from strata_apps.endpoint_server import Limits, serve
 
     parser = argparse.ArgumentParser(
         prog="strata serve",
@@ -170,27 +170,38 @@ def _evaluate(argv: list[str]) -> int:
 
     from strata.config import get_settings
     from strata.stack import iceberg_catalog
-    from strata.stats import evaluable_experiments, run_evaluation, verdicts
+    from strata.stats.nightly import NothingToEvaluate, evaluate_night, plan_night
 
     parser = argparse.ArgumentParser(
         prog="strata evaluate",
-        description="Evaluate experiments from goal_aggregates into the Iceberg results table.",
+        description="Evaluate experiments from goal_aggregates into the Iceberg results table "
+        "(what the nightly evaluate_experiments DAG runs).",
     )
     parser.add_argument("experiments", nargs="*", help="experiment ids (default: all evaluable)")
     parser.add_argument(
         "--date", type=dt.date.fromisoformat, help="analysis date (default: newest)"
     )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="every earlier date with aggregates too (after a backfill or a full refresh)",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     catalog = iceberg_catalog(settings)
-    ids, day = evaluable_experiments(catalog, args.date, settings.namespace)
-    ids = args.experiments or ids
-    if not ids or day is None:
-        print("nothing to evaluate: goal_aggregates has no rows for that date", file=sys.stderr)
+    try:
+        plan = plan_night(catalog, args.date, args.experiments, args.history, settings.namespace)
+    except NothingToEvaluate as exc:
+        print(f"nothing to evaluate: {exc}", file=sys.stderr)
         return 1
-    evaluation, frame = run_evaluation(catalog, ids, day, namespace=settings.namespace)
-    print(f"evaluated {len(ids)} experiments as of {day}: {len(frame):,} result rows")
-    print(verdicts(evaluation.metrics).to_string(index=False))
+    night = evaluate_night(
+        catalog, plan.experiment_ids, plan.analysis_date, plan.history, settings.namespace
+    )
+    print(
+        f"evaluated {len(night.experiment_ids)} experiments as of {night.analysis_date}: "
+        f"{night.rows:,} result rows" + (f" over {night.dates} dates" if plan.history else "")
+    )
+    print(night.verdicts().to_string(index=False))
     return 0
 
 

@@ -24,8 +24,9 @@ unexpected failure is a 503 too, and every 503 carries ``Retry-After``.
 
 Run it with ``scripts/endpoint.sh start`` or ``strata serve``: nginx on 127.0.0.1
 (``STRATA_ENDPOINT_PORT``, default 8090) in front of uvicorn, which bounds how long a client may
-take and how many it may be (:mod:`strata.endpoint_server`). ``STRATA_LOOKUP_PREFIX`` chooses the
-Redis key prefix (default ``strata:lk``). This module imports FastAPI; only the server imports it.
+take and how many it may be (:mod:`strata_apps.endpoint_server`). ``STRATA_LOOKUP_PREFIX`` chooses
+the Redis key prefix (default ``strata:lk``). This module imports FastAPI;
+only the server imports it.
 
 Usage:
     >>> body = {"request": {"did": "d-1", "ext": {"userid": "u-1"}}}
@@ -413,7 +414,7 @@ def url_problem(url: str) -> str | None:
 
 
 def create_app(settings: Settings | None = None, *, prefix: str | None = None) -> FastAPI:
-    """The ASGI app (``uvicorn strata.endpoint:create_app --factory``)."""
+    """The ASGI app (``uvicorn strata_apps.endpoint:create_app --factory``)."""
     from strata import landing
     from strata.lookup import LookupClient
     from strata.stack import redis_client

@@ -22,8 +22,8 @@ from pydantic import SecretStr
 from lookup_loader.loader import publish
 from lookup_loader.sample import sample_tables, write_tables
 from strata.config import Settings
-from strata.endpoint import MAX_BODY_BYTES, create_app
 from strata.lookup import LookupClient
+from strata_apps.endpoint import MAX_BODY_BYTES, create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = int(os.environ["STRATA_ENDPOINT_PORT"])  # set by conftest: the test Redis port + 1700
@@ -232,7 +232,7 @@ class TestRedisTrouble:
 
 
 def test_exposure_lines_are_byte_for_byte_the_json_of_exposure_event():
-    from strata.endpoint import exposure_event, exposure_lines
+    from strata_apps.endpoint import exposure_event, exposure_lines
 
     served = [("exp_1", 3), ("checkout_button", 0)]
     url = 'https://a.example/p?q=%20é&x="1"'
