@@ -26,11 +26,11 @@ from strata.stats.engine import (
     verdicts,
 )
 from strata.stats.errors import AggregateError, DesignError, ExpressionError
+from strata.metrics import Metric
 from strata.stats.models import (
     EvaluationConfig,
-    Experiment,
-    Metric,
-    Variant,
+    ExperimentDesign,
+    VariantDesign,
     experiment_from_record,
     experiments_from_records,
 )
@@ -51,10 +51,10 @@ __all__ = [
     "DesignError",
     "Evaluation",
     "EvaluationConfig",
-    "Experiment",
+    "ExperimentDesign",
     "ExpressionError",
     "Metric",
-    "Variant",
+    "VariantDesign",
     "build_reports",
     "evaluable_by_date",
     "evaluable_experiments",

@@ -20,18 +20,18 @@ numpy, with no per-row Python loop. The model (see docs/statistics.md):
 Usage:
     >>> import pandas as pd
     >>> goals = pd.DataFrame({
-    ...     "exp_id": "e1", "exp_variant_id": ["a", "a", "b", "b"], "unit_type": "user",
+    ...     "exp_id": "e1", "exp_variant_id": [1, 1, 2, 2], "unit_type": "user",
     ...     "agg_type": ["global", "unit"] * 2, "goal": ["exposure", "click"] * 2,
     ...     "count": [4, 2, 4, 6], "sum_sqr_count": [4, 2, 4, 10],
     ...     "sum_value": 0.0, "sum_sqr_value": 0.0, "count_unique": [4, 2, 4, 3]})
     >>> exp = {"experiment_id": "e1",
-    ...        "variants": [{"vid": "a", "is_control": True, "weight": 1},
-    ...                     {"vid": "b", "weight": 1}],
+    ...        "variants": [{"vid": 1, "is_control": True, "weight": 1},
+    ...                     {"vid": 2, "weight": 1}],
     ...        "metrics": [{"id": 1, "name": "clicks per user", "role": "primary",
     ...                     "nominator": "count(user.unit.click)",
     ...                     "denominator": "count(user.global.exposure)"}]}
     >>> ev = evaluate(goals, [exp])
-    >>> row = ev.metrics.query("variant == 'b'").iloc[0]
+    >>> row = ev.metrics.query("variant == '2'").iloc[0]
     >>> float(row["mean"]), round(float(row["abs_diff"]), 6), row["decision"]
     (1.5, 1.0, 'win')
 """
@@ -48,8 +48,15 @@ import pandas as pd
 from scipy import stats
 
 from strata.stats.errors import AggregateError, DesignError, ExpressionError
-from strata.stats.expressions import FUNCTION_COLUMNS, LinearForm, Term, goal_key, parse_linear
-from strata.stats.models import EvaluationConfig, Experiment, experiment_from_record
+from strata.metrics import (
+    FUNCTION_COLUMNS,
+    LinearForm,
+    Term,
+    goal_key,
+    metric_forms,
+    parse_linear,
+)
+from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
 from strata.stats.multiple import CORRECTIONS
 from strata.stats.power import minimum_detectable_effect
 from strata.stats.power import power as power_fn
@@ -90,7 +97,7 @@ class _MetricRows:
     """Metric rows (R) with their terms in fixed-width slots (L)."""
 
     exp_index: np.ndarray  # (R,)
-    experiments: list[Experiment]
+    experiments: list[ExperimentDesign]
     metrics: list  # (R,) Metric
     terms: list[Term]  # all distinct terms, index = term id
     slot_term: np.ndarray  # (R, L) term id, -1 = empty
@@ -102,28 +109,19 @@ class _MetricRows:
 # --- design -> metric rows --------------------------------------------------------------------
 
 
-def _metric_rows(experiments: list[Experiment], config: EvaluationConfig) -> _MetricRows:
+def _metric_rows(experiments: list[ExperimentDesign], config: EvaluationConfig) -> _MetricRows:
     term_id: dict[Term, int] = {}
     rows: list[tuple[int, Any, dict[str, LinearForm], bool]] = []
     for e, exp in enumerate(experiments):
         for m in exp.metrics:
             where = f"experiment {exp.experiment_id!r}, metric {m.id!r}"
             try:
-                num = parse_linear(m.nominator)
-                den = parse_linear(m.denominator)
-                cov = parse_linear(m.covariate) if (m.covariate and config.cuped) else LinearForm()
+                f = metric_forms(m.nominator, m.denominator, m.covariate if config.cuped else None)
             except ExpressionError as exc:
                 raise ExpressionError(f"{where}: {exc}") from exc
-            den_aggs = {t.agg_type for t in den}
-            if len(den_aggs) != 1:
-                raise ExpressionError(f"{where}: denominator mixes global and unit terms")
-            unit_types = {t.unit_type for t in (*num, *den, *cov)}
-            if len(unit_types) != 1:
-                raise ExpressionError(f"{where}: terms mix unit types {sorted(unit_types)}")
-            if any(t.agg_type != "unit" for t in cov):
-                raise ExpressionError(f"{where}: CUPED covariate must use unit terms")
-            ratio = den_aggs == {"unit"}
-            (unit_type,) = unit_types
+            num, den, cov, ratio, unit_type = (
+                f.nominator, f.denominator, f.covariate, f.is_ratio, f.unit_type
+            )
             n_form = (
                 LinearForm({Term("count", unit_type, "global", config.exposure_goal): 1.0})
                 if ratio
@@ -167,12 +165,14 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> 
 
 
 def _variant_codes(
-    exp_ids: pd.Series, vids: pd.Series, experiments: list[Experiment], what: str
+    exp_ids: pd.Series, vids: pd.Series, experiments: list[ExperimentDesign], what: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Experiment and variant indexes of rows; rows of unknown variants are an error."""
     exp_pos = {e.experiment_id: i for i, e in enumerate(experiments)}
     e_idx = exp_ids.astype(str).map(exp_pos).to_numpy()
-    pairs = {(e.experiment_id, v.vid): j for e in experiments for j, v in enumerate(e.variants)}
+    pairs = {
+        (e.experiment_id, str(v.vid)): j for e in experiments for j, v in enumerate(e.variants)
+    }
     keys = pd.Series(list(zip(exp_ids.astype(str), vids.astype(str), strict=True)), dtype=object)
     v_idx = keys.map(pairs).to_numpy()
     unknown = pd.isna(v_idx)
@@ -183,7 +183,7 @@ def _variant_codes(
 
 
 def _goal_sums(
-    goals: pd.DataFrame, experiments: list[Experiment], rows: _MetricRows, n_var: int
+    goals: pd.DataFrame, experiments: list[ExperimentDesign], rows: _MetricRows, n_var: int
 ) -> dict[str, np.ndarray]:
     """Dense (E, V, T) arrays of each term's per-unit sum ``s1`` and sum of squares ``s2``."""
     _require_columns(goals, KEY_COLUMNS + VALUE_COLUMNS, "goal aggregates")
@@ -254,7 +254,7 @@ def _goal_sums(
 
 
 def _cross_lookup(
-    cross: pd.DataFrame | None, experiments: list[Experiment], rows: _MetricRows, n_var: int
+    cross: pd.DataFrame | None, experiments: list[ExperimentDesign], rows: _MetricRows, n_var: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted int64 keys ((e*V+v)*T+a)*T+b (a < b) and their per-unit product sums."""
     n_terms = len(rows.terms)
@@ -371,7 +371,7 @@ def _quadratic_sums(
 
 
 def _looks(
-    experiments: list[Experiment], analysis_date: date | None, config: EvaluationConfig
+    experiments: list[ExperimentDesign], analysis_date: date | None, config: EvaluationConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per experiment (look, planned looks); 0 planned = fixed-horizon analysis."""
     look = np.zeros(len(experiments), dtype=np.int64)
@@ -406,7 +406,7 @@ def _boundary_table(
 
 
 def _srm(
-    goals: pd.DataFrame, experiments: list[Experiment], config: EvaluationConfig
+    goals: pd.DataFrame, experiments: list[ExperimentDesign], config: EvaluationConfig
 ) -> pd.DataFrame:
     """Chi-square test of exposures per variant against the design's allocation weights."""
     wanted = {e.experiment_id for e in experiments}
@@ -467,7 +467,7 @@ def _srm(
 
 def evaluate(
     goals: pd.DataFrame,
-    experiments: Sequence[Experiment | Mapping[str, Any]],
+    experiments: Sequence[ExperimentDesign | Mapping[str, Any]],
     cross: pd.DataFrame | None = None,
     analysis_date: date | None = None,
     config: EvaluationConfig | None = None,
@@ -478,13 +478,13 @@ def evaluate(
     one row per experiment × variant × unit type × agg type × goal × dimension values, each
     aggregated over the whole analysis window per unit. ``cross``: per-unit cross-product sums
     (``CROSS_COLUMNS``) for metrics that need them (see :func:`required_cross_terms`).
-    ``experiments``: :class:`Experiment` objects or experiments-table records. ``analysis_date``
+    ``experiments``: :class:`ExperimentDesign` objects or experiments-table records. ``analysis_date``
     with the experiments' start/end dates enables sequential boundaries (one look per day).
     Aggregate rows of experiments not listed are not read; rows of goals no metric uses are not
     read either; rows for variants missing from a listed experiment's design are an error.
     """
     config = config or EvaluationConfig()
-    exps = [e if isinstance(e, Experiment) else experiment_from_record(e) for e in experiments]
+    exps = [e if isinstance(e, ExperimentDesign) else experiment_from_record(e) for e in experiments]
     if not exps:
         raise DesignError("no experiments to evaluate")
     ids = [e.experiment_id for e in exps]
@@ -776,13 +776,14 @@ def _frame(rows, exps, valid_variant, n_var, floats, others, look, planned) -> p
     r_idx, v_idx = np.nonzero(present)
     exp_of = rows.exp_index[r_idx]
     vid = np.array(
-        [[x.vid for x in e.variants] + [""] * (n_var - len(e.variants)) for e in exps], dtype=object
+        [[str(x.vid) for x in e.variants] + [""] * (n_var - len(e.variants)) for e in exps],
+        dtype=object,
     )
     vname = np.array(
         [[x.name for x in e.variants] + [""] * (n_var - len(e.variants)) for e in exps],
         dtype=object,
     )
-    ctrl = np.array([e.control.vid for e in exps], dtype=object)
+    ctrl = np.array([str(e.control.vid) for e in exps], dtype=object)
     data = {
         "exp_id": np.array([e.experiment_id for e in exps], dtype=object)[exp_of],
         "metric_id": np.array([mt.id for mt in rows.metrics], dtype=object)[r_idx],
@@ -803,19 +804,19 @@ def _frame(rows, exps, valid_variant, n_var, floats, others, look, planned) -> p
 
 
 def required_cross_terms(
-    experiments: Sequence[Experiment | Mapping[str, Any]], config: EvaluationConfig | None = None
+    experiments: Sequence[ExperimentDesign | Mapping[str, Any]], config: EvaluationConfig | None = None
 ) -> pd.DataFrame:
     """The (term_x, term_y) cross-product sums the dbt model must produce for these metrics.
 
     Usage:
-        >>> exp = {"experiment_id": "e", "variants": [{"vid": "a", "is_control": True,
-        ...        "weight": 1}, {"vid": "b", "weight": 1}], "metrics": [{"id": 1, "name": "CTR",
+        >>> exp = {"experiment_id": "e", "variants": [{"vid": 1, "is_control": True,
+        ...        "weight": 1}, {"vid": 2, "weight": 1}], "metrics": [{"id": 1, "name": "CTR",
         ...        "nominator": "count(user.unit.click)", "denominator": "count(user.unit.view)"}]}
         >>> required_cross_terms([exp]).to_dict("records")
         [{'exp_id': 'e', 'term_x': 'count(user.unit.click)', 'term_y': 'count(user.unit.view)'}]
     """
     config = config or EvaluationConfig()
-    exps = [e if isinstance(e, Experiment) else experiment_from_record(e) for e in experiments]
+    exps = [e if isinstance(e, ExperimentDesign) else experiment_from_record(e) for e in experiments]
     rows = _metric_rows(exps, config)
     used = (rows.coef["N"] != 0) | (rows.coef["D"] != 0) | (rows.coef["X"] != 0)
     out = set()

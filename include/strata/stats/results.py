@@ -37,7 +37,7 @@ from strata.stats.engine import (
     verdicts,
 )
 from strata.stats.errors import AggregateError, DesignError
-from strata.stats.models import EvaluationConfig, Experiment, experiment_from_record
+from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -248,7 +248,7 @@ class Inputs:
 
     goals: pd.DataFrame
     cross: pd.DataFrame | None
-    experiments: list[Experiment]
+    experiments: list[ExperimentDesign]
     snapshots: dict[str, int | None]
 
 

@@ -20,7 +20,7 @@ from scipy import stats
 
 from strata.stats import ExpressionError, evaluate
 from strata.stats.aggregate import aggregate_arrays
-from strata.stats.expressions import parse_linear
+from strata.metrics import parse_linear
 
 METRICS = [
     ("clicks per user", "count(user.unit.click)", "count(user.global.exposure)"),
