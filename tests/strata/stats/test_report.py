@@ -20,7 +20,7 @@ DAYS = 4
 def experiment(exp_id: str) -> dict:
     return {
         "experiment_id": exp_id,
-        "variants": [{"vid": v, "is_control": v == "a", "weight": 1} for v in "abc"],
+        "variants": [{"vid": int(v), "is_control": v == "1", "weight": 1} for v in "123"],
         "metrics": [
             {
                 "id": 1,
@@ -50,7 +50,7 @@ def history(lost_units: int = 0) -> pd.DataFrame:
     for day in range(1, DAYS + 1):
         seen = np.where(np.arange(400) < day * 100, clicks, np.nan)
         goals, _ = aggregate_arrays(
-            ["good", "lossy"], [["a", "b", "c"]] * 2, "user", {"click": (seen, seen * 2)}
+            ["good", "lossy"], [["1", "2", "3"]] * 2, "user", {"click": (seen, seen * 2)}
         )
         when = START + timedelta(days=day - 1)
         ev = evaluate(goals, [experiment("good"), experiment("lossy")], analysis_date=when)
@@ -69,10 +69,10 @@ def test_reports_are_self_contained_and_show_effects(tmp_path):
     forest = good.split("<h2>Effects")[1].split("<h2>")[0]
     assert forest.count("<circle") == 4
     # the planted +50% effect on b is a significant win; c (no effect) is not
-    assert "b vs a" in good
+    assert "2 vs 1" in good
     table = good.split("<h2>Metrics</h2>")[1].split("<h2>")[0]
-    b_row = next(r for r in table.split("<tr>") if "b vs a" in r and "clicks" in r)
-    c_row = next(r for r in table.split("<tr>") if "c vs a" in r and "clicks" in r)
+    b_row = next(r for r in table.split("<tr>") if "2 vs 1" in r and "clicks" in r)
+    c_row = next(r for r in table.split("<tr>") if "3 vs 1" in r and "clicks" in r)
     assert "class='win'" in b_row
     assert "class='win'" not in c_row
     # cumulative effect over time: one trend per metric × comparison, one point per day
@@ -91,7 +91,7 @@ def test_srm_failure_is_flagged_in_page_and_index(tmp_path):
     index = (tmp_path / "index.html").read_text()
     rows = {r.split("</a>")[0].split(">")[-1]: r for r in index.split("<tr>")[2:]}
     assert "class='bad'>SRM" in rows["lossy"]
-    assert "b vs a: invalid_srm" in rows["lossy"]
+    assert "2 vs 1: invalid_srm" in rows["lossy"]
     assert "class='ok'>ok" in rows["good"]
-    assert "b vs a: win" in rows["good"]
-    assert "c vs a: inconclusive" in rows["good"]
+    assert "2 vs 1: win" in rows["good"]
+    assert "3 vs 1: inconclusive" in rows["good"]
