@@ -31,7 +31,6 @@ import datetime as dt
 import hashlib
 import itertools
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +112,7 @@ class MetricModel(_Strict):
     )
     covariate: str | None = Field(
         None,
-        description="CUPED: a pre-period expression of unit terms, e.g. count(user.unit.pre_click).",
+        description="CUPED: a pre-period expression of unit terms, e.g. count(user.unit.pre_x).",
     )
     minimum_effect: float | None = Field(
         None, gt=0, description="Relative effect to power for (power and sample size)."

@@ -11,8 +11,8 @@ each side must be *linear* in its goal terms: terms may be added, subtracted and
 constants. Anything else (a product or quotient of two goals, a bare constant added to a goal,
 unknown functions, trailing text) is an :class:`ExpressionError` that names the expression and the
 character position (:func:`parse_linear`). :func:`metric_forms` checks a whole metric: nominator,
-denominator and an optional CUPED covariate. ep-stats accepts some of these and computes a meaningless variance, or ignores
-trailing text silently; Strata refuses them.
+denominator and an optional CUPED covariate. ep-stats accepts some of these and computes a
+meaningless variance, or ignores trailing text silently; Strata refuses them.
 
 Usage:
     >>> form = parse_linear("value(user.unit.revenue) - 0.5 * value(user.unit.refund)")
@@ -334,7 +334,11 @@ Role = Literal["primary", "guardrail", "secondary"]
 Direction = Literal["increase", "decrease"]
 #: Metric keys Strata reads on top of ep-stats' and their defaults; a stored metric (the
 #: experiments table's ``metrics`` JSON) carries them only when they differ from the default.
-METRIC_OPTIONS: dict[str, Any] = {"direction": "increase", "covariate": None, "minimum_effect": None}
+METRIC_OPTIONS: dict[str, Any] = {
+    "direction": "increase",
+    "covariate": None,
+    "minimum_effect": None,
+}
 
 
 @dataclass(frozen=True)

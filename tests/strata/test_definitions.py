@@ -283,7 +283,8 @@ class TestMetricOptions:
 
 def test_metric_forms_one_grammar():
     f = metric_forms("count(u.unit.c)", "count(u.unit.v)", "count(u.unit.pre_c)")
-    assert f.is_ratio and f.unit_type == "u"
+    assert f.is_ratio
+    assert f.unit_type == "u"
 
 
 class TestCli:

@@ -16,6 +16,7 @@ Usage:
     0.05
 """
 
+from strata.metrics import Metric
 from strata.stats.engine import (
     CROSS_COLUMNS,
     KEY_COLUMNS,
@@ -26,7 +27,6 @@ from strata.stats.engine import (
     verdicts,
 )
 from strata.stats.errors import AggregateError, DesignError, ExpressionError
-from strata.metrics import Metric
 from strata.stats.models import (
     EvaluationConfig,
     ExperimentDesign,

@@ -18,9 +18,9 @@ from epstats.toolkit.parser import Parser
 from epstats.toolkit.statistics import Statistics
 from scipy import stats
 
+from strata.metrics import parse_linear
 from strata.stats import ExpressionError, evaluate
 from strata.stats.aggregate import aggregate_arrays
-from strata.metrics import parse_linear
 
 METRICS = [
     ("clicks per user", "count(user.unit.click)", "count(user.global.exposure)"),
