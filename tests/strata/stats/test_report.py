@@ -95,3 +95,36 @@ def test_srm_failure_is_flagged_in_page_and_index(tmp_path):
     assert "class='ok'>ok" in rows["good"]
     assert "2 vs 1: win" in rows["good"]
     assert "3 vs 1: inconclusive" in rows["good"]
+
+
+def test_cuped_variance_reduction_is_stored_and_shown(tmp_path):
+    """A CUPED metric stores 1 - Var_cuped/Var_raw per variant; the page shows it."""
+    from strata.stats import required_cross_terms
+
+    rng = np.random.default_rng(11)
+    pre = rng.poisson(2.0, (1, 2, 2000)).astype(float)
+    clicks = rng.poisson(pre + 0.5)  # clicks during the test follow the pre-period clicks
+    exp = experiment("cuped")
+    exp["metrics"].append({"id": 3, "name": "clicks (CUPED)", "role": "secondary",
+                           "nominator": "count(user.unit.click)",
+                           "denominator": "count(user.global.exposure)",
+                           "covariate": "count(user.unit.pre_click)"})  # fmt: skip
+    exp["variants"] = exp["variants"][:2]
+    pairs = required_cross_terms([exp])
+    goals, cross = aggregate_arrays(
+        ["cuped"], [["1", "2"]], "user", {"click": (clicks, clicks * 2), "pre_click": (pre, pre)},
+        list(zip(pairs.term_x, pairs.term_y, strict=True)),
+    )  # fmt: skip
+    ev = evaluate(goals, [exp], cross, analysis_date=START)
+    frame = results_frame(ev, "run", {})
+    vr = frame[frame["statistic"] == "variance_reduction"]
+    assert set(vr["metric_id"]) == {"3"}
+    assert sorted(vr["variant"]) == ["1", "2"]
+    # expected corr(click, pre)² = Cov² / (Var click · Var pre) = 2² / (4.5 · 2) ≈ 0.44
+    assert ((vr["point"] > 0.3) & (vr["point"] < 0.9)).all()
+    raw = ev.metrics.set_index(["metric_id", "variant"])
+    cuped_se, raw_se = raw.loc[("3", "2"), "abs_se"], raw.loc[("1", "2"), "abs_se"]
+    assert cuped_se < raw_se
+    page = (write_reports(frame, tmp_path)[0]).read_text()
+    assert "Variance reduction (CUPED)" in page
+    assert f"<td>clicks (CUPED)</td><td>2</td><td>{vr['point'].iloc[1]:.1%}</td>" in page
