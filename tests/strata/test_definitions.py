@@ -303,3 +303,16 @@ class TestCli:
         out = capsys.readouterr().out
         assert "button" in out
         assert "50.00%" in out
+
+
+def test_design_vid_is_an_int():
+    from strata.stats import DesignError
+    from strata.stats.models import experiment_from_record
+
+    record = {"experiment_id": "e", "metrics": [],
+              "variants": [{"vid": "3001", "is_control": True, "weight": 1},
+                           {"vid": 3002, "weight": 1}]}  # fmt: skip
+    assert [v.vid for v in experiment_from_record(record).variants] == [3001, 3002]
+    record["variants"][1]["vid"] = "treatment"
+    with pytest.raises(DesignError, match=r"variants\.1\.vid"):
+        experiment_from_record(record)

@@ -161,7 +161,7 @@ class _ExperimentIn(BaseModel):
 
 
 def experiment_from_record(record: Mapping[str, Any]) -> ExperimentDesign:
-    """Validate one experiments-table row (or an equivalent dict) into an :class:`Experiment`.
+    """Validate one experiments-table row (or an equivalent dict) into an :class:`ExperimentDesign`.
 
     Raises :class:`DesignError` naming the experiment and the problem: no or several controls,
     duplicate variant or metric ids, all-zero weights, unparsable metric expressions.
