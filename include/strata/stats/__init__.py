@@ -4,11 +4,13 @@ Public API (see docs/statistics.md):
 
 - :func:`evaluate` — every metric × variant of many experiments in one vectorised pass;
 - :func:`required_cross_terms` — the cross-product sums the aggregates must carry;
-- :func:`experiment_from_record` — validate an experiments-table row;
+- :func:`experiment_from_record` — validate an experiments-table row into an
+  :class:`ExperimentDesign` (metrics are :class:`strata.metrics.Metric`, the one metric model);
 - :func:`run_evaluation` (``strata evaluate EXP --date D``), :func:`read_results`,
   :func:`reproduce` — the Iceberg ``results`` table through pyiceberg;
 - :func:`build_reports` (``strata report [EXP]``), :func:`write_reports` — static HTML;
-- :mod:`strata.stats.power`, :mod:`strata.stats.sequential`, :mod:`strata.stats.multiple`.
+- :mod:`strata.stats.power`, :mod:`strata.stats.sequential`, :mod:`strata.stats.multiple`,
+  :mod:`strata.stats.srm`, :mod:`strata.stats.inputs`.
 
 Usage:
     >>> from strata.stats import EvaluationConfig
