@@ -26,7 +26,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from strata.bucketing import SLOTS
-from strata.definitions import Definitions, bundled_path, canonical_json, load, variants_json
+from strata.definitions import (
+    Definitions,
+    bundled_path,
+    canonical_json,
+    load,
+    metrics_json,
+    variants_json,
+)
 from strata.rules import (
     SEMVER_KEY_IDS,
     predicates,
@@ -259,7 +266,7 @@ def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
                 e.key,
                 list(e.platforms),
                 canonical_json(variants_json(e)),
-                canonical_json(list(e.metrics)),
+                canonical_json(metrics_json(e)),
                 defs.version,
             )
         )

@@ -31,17 +31,17 @@ import datetime as dt
 import hashlib
 import itertools
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from strata import safe_yaml
 from strata.bucketing import SLOTS
 from strata.errors import StrataError
+from strata.metrics import ExpressionError, Metric, metric_forms, parse_linear
 from strata.rules import Rule, RuleNode, from_node
 
 #: The implicit root domain: all traffic. The launch layer and top-level domains live in it.
@@ -64,55 +64,6 @@ class DefinitionError(StrataError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-# --- ep-stats metric expressions --------------------------------------------------------------
-
-#: ep-stats goal: ``agg(unit_type.level.goal)`` or with dimensions ``...goal(dim=value, ...)``.
-_GOAL = (
-    r"(?:count|value|unique|sum_sqr_count|sum_sqr_value)\(\s*[A-Za-z_]\w*\s*\.\s*(?:unit|global)"
-    r"\s*\.\s*[A-Za-z_]\w*(?:\s*\(\s*[A-Za-z_]\w*\s*=\s*[^(),=]+"
-    r"(?:\s*,\s*[A-Za-z_]\w*\s*=\s*[^(),=]+)*\s*\))?\s*\)"
-)
-_TOKEN = re.compile(rf"\s*(?:(?P<goal>{_GOAL})|(?P<num>\d+(?:\.\d+)?)|(?P<op>[-+*/])|(?P<p>[()]))")
-
-
-def check_metric_expression(expr: str) -> None:
-    """Shape check of an ep-stats metric expression (the stats engine parses it fully).
-
-    Usage:
-        >>> check_metric_expression("value(user.unit.purchase) / count(user.global.exposure)")
-        >>> check_metric_expression("count(user.unit.purchase")
-        Traceback (most recent call last):
-        ...
-        ValueError: not an ep-stats expression at 'count(user.unit.purchase': ...
-    """
-    pos, depth, expect_operand = 0, 0, True
-    while pos < len(expr.rstrip()):
-        m = _TOKEN.match(expr, pos)
-        if not m:
-            raise ValueError(
-                f"not an ep-stats expression at {expr[pos:].strip()!r}: expected a goal like "
-                "count(user.unit.purchase), a number, + - * / or parentheses"
-            )
-        kind = m.lastgroup
-        token = m.group(kind).strip()
-        if kind in ("goal", "num") or token == "(":
-            if not expect_operand:
-                raise ValueError(f"missing operator before {token!r} in {expr!r}")
-            depth += token == "("
-            expect_operand = token == "("
-        elif token == ")":
-            if expect_operand or depth == 0:
-                raise ValueError(f"unbalanced or empty parentheses in {expr!r}")
-            depth -= 1
-        elif expect_operand:
-            raise ValueError(f"operator {token!r} without a left operand in {expr!r}")
-        else:
-            expect_operand = True
-        pos = m.end()
-    if expect_operand or depth:
-        raise ValueError(f"incomplete expression {expr!r}")
 
 
 # --- pydantic models: the file format ---------------------------------------------------------
@@ -148,19 +99,54 @@ class LayerModel(_Strict):
 
 
 class MetricModel(_Strict):
-    """An ep-stats metric: ``nominator / denominator`` over goals, and its role."""
+    """A metric: ``nominator / denominator`` over goals (ep-stats expressions, parsed by
+    :mod:`strata.metrics`, the engine's grammar), its role and how the engine tests it."""
 
     id: str = Field(pattern=_ID)
     name: str
     nominator: str
     denominator: str
     role: Literal["primary", "guardrail", "secondary"] = "secondary"
+    direction: Literal["increase", "decrease"] = Field(
+        "increase", description="Which sign of the effect is a win."
+    )
+    covariate: str | None = Field(
+        None,
+        description="CUPED: a pre-period expression of unit terms, e.g. count(user.unit.pre_x).",
+    )
+    minimum_effect: float | None = Field(
+        None, gt=0, description="Relative effect to power for (power and sample size)."
+    )
+
+    @field_validator("nominator", "denominator", "covariate")
+    @classmethod
+    def _expression(cls, text: str | None) -> str | None:
+        if text is not None:
+            try:
+                parse_linear(text)
+            except ExpressionError as exc:
+                raise ValueError(str(exc)) from None
+        return text
 
     @model_validator(mode="after")
-    def _expressions(self) -> MetricModel:
-        check_metric_expression(self.nominator)
-        check_metric_expression(self.denominator)
+    def _metric(self) -> MetricModel:
+        try:
+            metric_forms(self.nominator, self.denominator, self.covariate)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from None
         return self
+
+    def metric(self) -> Metric:
+        return Metric(
+            self.id,
+            self.name,
+            self.nominator,
+            self.denominator,
+            self.role,
+            self.direction,
+            self.covariate,
+            self.minimum_effect,
+        )
 
 
 class VariantModel(_Strict):
@@ -280,7 +266,9 @@ class Layer:
 
 
 @dataclass(frozen=True)
-class Variant:
+class VariantDefinition:
+    """A variant as reviewed: seed 002 ``vid`` (an int), its slot range and its parameters."""
+
     vid: int
     name: str
     is_control: bool
@@ -295,7 +283,11 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class Experiment:
+class ExperimentDefinition:
+    """An experiment as reviewed in a definitions file, resolved: what assignment serves and what
+    the ``experiments`` table stores. The engine evaluates its
+    :class:`strata.stats.models.ExperimentDesign` (read back from that table)."""
+
     id: str
     name: str
     owner: str
@@ -308,8 +300,8 @@ class Experiment:
     key: str | None
     targeting: Rule | None
     targeting_json: dict[str, Any] | None
-    variants: tuple[Variant, ...]
-    metrics: tuple[dict[str, Any], ...]
+    variants: tuple[VariantDefinition, ...]
+    metrics: tuple[Metric, ...]
 
     @property
     def assigned(self) -> bool:
@@ -322,7 +314,7 @@ class Definitions:
 
     domains: tuple[Domain, ...]
     layers: tuple[Layer, ...]
-    experiments: tuple[Experiment, ...]
+    experiments: tuple[ExperimentDefinition, ...]
     version: str
 
     def domain(self, domain_id: str) -> Domain:
@@ -331,7 +323,7 @@ class Definitions:
     def layer(self, layer_id: str) -> Layer:
         return next(lay for lay in self.layers if lay.id == layer_id)
 
-    def experiment(self, experiment_id: str) -> Experiment:
+    def experiment(self, experiment_id: str) -> ExperimentDefinition:
         return next(e for e in self.experiments if e.id == experiment_id)
 
     def domain_chain(self, domain_id: str) -> list[Domain]:
@@ -343,7 +335,7 @@ class Definitions:
             domain_id = d.parent
         return chain[::-1]
 
-    def layer_experiments(self, layer_id: str) -> list[Experiment]:
+    def layer_experiments(self, layer_id: str) -> list[ExperimentDefinition]:
         return [e for e in self.experiments if e.layer == layer_id]
 
 
@@ -612,7 +604,7 @@ def _resolve(
     for m in sorted((e.model for e in experiments), key=lambda m: m.id):
         ranges = _variant_ranges(m)
         variants = tuple(
-            Variant(
+            VariantDefinition(
                 v.vid,
                 v.name,
                 v.is_control,
@@ -624,7 +616,7 @@ def _resolve(
             for v, (start, end) in zip(m.variants, ranges, strict=True)
         )
         es.append(
-            Experiment(
+            ExperimentDefinition(
                 m.id,
                 m.name,
                 m.owner,
@@ -638,7 +630,7 @@ def _resolve(
                 from_node(m.targeting) if m.targeting else None,
                 m.targeting.model_dump(exclude_none=True) if m.targeting else None,
                 variants,
-                tuple(x.model_dump() for x in m.metrics),
+                tuple(x.metric() for x in m.metrics),
             )
         )
     content = {
@@ -650,7 +642,7 @@ def _resolve(
     return Definitions(ds, ls, tuple(es), version)
 
 
-def _experiment_json(e: Experiment) -> dict[str, Any]:
+def _experiment_json(e: ExperimentDefinition) -> dict[str, Any]:
     return {
         "id": e.id,
         "name": e.name,
@@ -664,11 +656,11 @@ def _experiment_json(e: Experiment) -> dict[str, Any]:
         "key": e.key,
         "targeting": e.targeting_json,
         "variants": variants_json(e),
-        "metrics": list(e.metrics),
+        "metrics": metrics_json(e),
     }
 
 
-def variants_json(e: Experiment) -> list[dict[str, Any]]:
+def variants_json(e: ExperimentDefinition) -> list[dict[str, Any]]:
     """The ``experiments.variants`` column content: {vid, name, is_control, weight, start, ...}."""
     return [
         {
@@ -682,6 +674,11 @@ def variants_json(e: Experiment) -> list[dict[str, Any]]:
         }
         for v in e.variants
     ]
+
+
+def metrics_json(e: ExperimentDefinition) -> list[dict[str, Any]]:
+    """The ``experiments.metrics`` column content: ep-stats keys plus Strata's options when set."""
+    return [m.as_json() for m in e.metrics]
 
 
 def bundled_path() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -13,12 +14,14 @@ from strata.definitions import (
     SCHEMA_PATH,
     DefinitionError,
     bundled_path,
-    check_metric_expression,
     format_plan,
     json_schema,
     load,
+    metrics_json,
     plan_rows,
+    variants_json,
 )
+from strata.metrics import ExpressionError, metric_forms, parse_linear
 from strata.synthetic import DEFAULT_START_DATE, PLANTED_EFFECTS
 from strata_apps.cli import main as cli
 
@@ -52,7 +55,7 @@ EXPECTED = {
     "layer_without_salt": [("layers[0].salt", "Field required")],
     "shared_salt": [("layers[1].salt", "duplicate layer salt 'same-salt'")],
     "unknown_layer": [("experiments[0].layer", "unknown layer 'nowhere'")],
-    "bad_metric": [("experiments[0].metrics[0]", "not an ep-stats expression")],
+    "bad_metric": [("experiments[0].metrics[0].nominator", "unexpected end at position 24")],
     "non_overlapping_two_layers": [("layers[1]", "non_overlapping domain 'labs' holds one layer")],
     "sibling_salts_differ": [("domains[0].salt", "must share one split salt")],
     "not_yaml": [("line 2", "not valid YAML")],
@@ -186,23 +189,102 @@ class TestSchema:
     "expr",
     [
         "count(user.unit.purchase)",
-        "value(user.unit.purchase) / count(user.global.exposure)",
-        "(count(a.unit.x) + count(a.unit.y)) * 2",
-        "count(test_unit_type.unit.conversion(product=p_1))",
-        "sum_sqr_value(user.unit.purchase)",
+        "value(user.unit.purchase) - 0.5 * value(user.unit.refund)",
+        "(count(user.unit.x) + count(user.unit.y)) * 2",
+        "count(user.unit.conversion(product=p_1))",
+        "unique(user.unit.purchase) / 2",
     ],
 )
 def test_ep_stats_expressions_accepted(expr):
-    check_metric_expression(expr)
+    parse_linear(expr)
+    load_metric(nominator=expr)
 
 
-@pytest.mark.parametrize(
-    "expr",
-    ["", "count(user.unit)", "count(user.level.x)", "count(a.unit.x) count(a.unit.y)", "(1", "1 +"],
-)
-def test_bad_expressions_rejected(expr):
-    with pytest.raises(ValueError, match=r"expression|parenthes|operator"):
-        check_metric_expression(expr)
+#: What the engine refuses, definitions refuse too (one grammar: strata.metrics).
+REJECTED = [
+    "",
+    "count(user.unit)",
+    "count(user.level.x)",
+    "count(a.unit.x) count(a.unit.y)",
+    "(1",
+    "1 +",
+    "sum_sqr_count(user.unit.purchase)",
+    "sum_sqr_value(user.unit.purchase)",
+    "count(user.unit.click) * count(user.unit.view)",
+    "count(user.unit.click) / count(user.unit.view)",
+    "count(user.unit.click) + 1",
+    "2",
+]
+
+
+@pytest.mark.parametrize("expr", REJECTED)
+def test_bad_expressions_rejected_by_engine_and_definitions(expr):
+    with pytest.raises(ExpressionError):
+        parse_linear(expr)
+    with pytest.raises(DefinitionError, match=r"metrics\[0\]\.nominator: "):
+        load_metric(nominator=expr)
+
+
+def load_metric(**fields):
+    """Load minimal.yaml with its first experiment's metrics replaced by one metric."""
+    base = yaml.safe_load((DATA / "valid" / "minimal.yaml").read_text())
+    metric = {"id": "m", "name": "M", "nominator": "count(user.unit.purchase)",
+              "denominator": "count(user.global.exposure)", **fields}  # fmt: skip
+    base["experiments"][0]["metrics"] = [metric]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.yaml"
+        path.write_text(yaml.safe_dump(base))
+        return load(path).experiments[0].metrics[0]
+
+
+class TestMetricOptions:
+    def test_defaults(self):
+        m = load_metric()
+        assert (m.direction, m.covariate, m.minimum_effect) == ("increase", None, None)
+        assert set(m.as_json()) == {"id", "name", "nominator", "denominator", "role"}
+
+    def test_options_accepted_and_stored(self):
+        m = load_metric(direction="decrease", covariate="count(user.unit.pre_purchase)",
+                        minimum_effect=0.05)  # fmt: skip
+        assert (m.direction, m.covariate, m.minimum_effect) == (
+            "decrease", "count(user.unit.pre_purchase)", 0.05)  # fmt: skip
+        assert m.as_json()["covariate"] == "count(user.unit.pre_purchase)"
+
+    @pytest.mark.parametrize(
+        ("fields", "where", "message"),
+        [
+            ({"direction": "down"}, "direction", "'increase' or 'decrease'"),
+            ({"minimum_effect": 0}, "minimum_effect", "greater than 0"),
+            ({"minimum_effect": -0.1}, "minimum_effect", "greater than 0"),
+            ({"covariate": "count(user.unit.pre_x"}, "covariate", "expected"),
+            ({"covariate": "sum_sqr_count(user.unit.pre_x)"}, "covariate", "unknown function"),
+            ({"covariate": "count(user.global.pre_x)"}, "", "covariate must use unit terms"),
+            ({"covariate": "count(device.unit.pre_x)"}, "", "terms mix unit types"),
+            ({"denominator": "count(user.unit.x) + count(user.global.y)"}, "", "mixes global"),
+        ],
+    )
+    def test_options_validated(self, fields, where, message):
+        with pytest.raises(DefinitionError) as exc:
+            load_metric(**fields)
+        (problem,) = exc.value.problems
+        assert f"metrics[0]{'.' + where if where else ''}: " in problem
+        assert message in problem
+
+    def test_engine_reads_the_stored_metric(self):
+        from strata.stats.models import experiment_from_record
+
+        e = load(bundled_path()).experiment("feed_ranking")
+        design = experiment_from_record({"experiment_id": e.id, "variants": variants_json(e),
+                                         "metrics": json.dumps(metrics_json(e))})  # fmt: skip
+        assert design.metrics == e.metrics
+        assert [v.vid for v in design.variants] == [v.vid for v in e.variants]
+        assert all(isinstance(v.vid, int) for v in design.variants)
+
+
+def test_metric_forms_one_grammar():
+    f = metric_forms("count(u.unit.c)", "count(u.unit.v)", "count(u.unit.pre_c)")
+    assert f.is_ratio
+    assert f.unit_type == "u"
 
 
 class TestCli:
@@ -221,3 +303,16 @@ class TestCli:
         out = capsys.readouterr().out
         assert "button" in out
         assert "50.00%" in out
+
+
+def test_design_vid_is_an_int():
+    from strata.stats import DesignError
+    from strata.stats.models import experiment_from_record
+
+    record = {"experiment_id": "e", "metrics": [],
+              "variants": [{"vid": "3001", "is_control": True, "weight": 1},
+                           {"vid": 3002, "weight": 1}]}  # fmt: skip
+    assert [v.vid for v in experiment_from_record(record).variants] == [3001, 3002]
+    record["variants"][1]["vid"] = "treatment"
+    with pytest.raises(DesignError, match=r"variants\.1\.vid"):
+        experiment_from_record(record)

@@ -4,11 +4,13 @@ Public API (see docs/statistics.md):
 
 - :func:`evaluate` — every metric × variant of many experiments in one vectorised pass;
 - :func:`required_cross_terms` — the cross-product sums the aggregates must carry;
-- :func:`experiment_from_record` — validate an experiments-table row;
+- :func:`experiment_from_record` — validate an experiments-table row into an
+  :class:`ExperimentDesign` (metrics are :class:`strata.metrics.Metric`, the one metric model);
 - :func:`run_evaluation` (``strata evaluate EXP --date D``), :func:`read_results`,
   :func:`reproduce` — the Iceberg ``results`` table through pyiceberg;
 - :func:`build_reports` (``strata report [EXP]``), :func:`write_reports` — static HTML;
-- :mod:`strata.stats.power`, :mod:`strata.stats.sequential`, :mod:`strata.stats.multiple`.
+- :mod:`strata.stats.power`, :mod:`strata.stats.sequential`, :mod:`strata.stats.multiple`,
+  :mod:`strata.stats.srm`, :mod:`strata.stats.inputs`.
 
 Usage:
     >>> from strata.stats import EvaluationConfig
@@ -16,6 +18,7 @@ Usage:
     0.05
 """
 
+from strata.metrics import Metric
 from strata.stats.engine import (
     CROSS_COLUMNS,
     KEY_COLUMNS,
@@ -28,9 +31,8 @@ from strata.stats.engine import (
 from strata.stats.errors import AggregateError, DesignError, ExpressionError
 from strata.stats.models import (
     EvaluationConfig,
-    Experiment,
-    Metric,
-    Variant,
+    ExperimentDesign,
+    VariantDesign,
     experiment_from_record,
     experiments_from_records,
 )
@@ -51,10 +53,10 @@ __all__ = [
     "DesignError",
     "Evaluation",
     "EvaluationConfig",
-    "Experiment",
+    "ExperimentDesign",
     "ExpressionError",
     "Metric",
-    "Variant",
+    "VariantDesign",
     "build_reports",
     "evaluable_by_date",
     "evaluable_experiments",

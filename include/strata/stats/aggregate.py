@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from strata.stats.expressions import parse_linear
+from strata.metrics import parse_linear
 
 #: Per-unit arrays of a term, by function.
 _FUNCS = ("count", "value", "unique")

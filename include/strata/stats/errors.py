@@ -1,10 +1,9 @@
 """Errors of the statistics engine; each names what is wrong and where."""
 
 from strata.errors import DataError
+from strata.metrics import ExpressionError
 
-
-class ExpressionError(DataError):
-    """A metric expression is not valid ep-stats syntax or not evaluable per unit."""
+__all__ = ["AggregateError", "DataError", "DesignError", "ExpressionError"]
 
 
 class AggregateError(DataError):

@@ -10,13 +10,13 @@ Variants and metrics may arrive as JSON strings, as they are stored in Iceberg.
 Usage:
     >>> exp = experiment_from_record({
     ...     "experiment_id": "e1",
-    ...     "variants": '[{"vid": "b", "name": "B", "is_control": false, "weight": 1},'
-    ...                 ' {"vid": "a", "name": "A", "is_control": true, "weight": 1}]',
+    ...     "variants": '[{"vid": 2, "name": "B", "is_control": false, "weight": 1},'
+    ...                 ' {"vid": 1, "name": "A", "is_control": true, "weight": 1}]',
     ...     "metrics": [{"id": 1, "name": "CTR", "nominator": "count(user.unit.click)",
     ...                  "denominator": "count(user.global.exposure)", "role": "primary"}],
     ... })
     >>> exp.control.vid, [v.vid for v in exp.variants], exp.metrics[0].role
-    ('a', ['b', 'a'], 'primary')
+    (1, [2, 1], 'primary')
 """
 
 from __future__ import annotations
@@ -36,49 +36,40 @@ from pydantic import (
     model_validator,
 )
 
-from strata.stats.errors import DesignError, ExpressionError
-from strata.stats.expressions import parse_linear
+from strata.metrics import Direction, ExpressionError, Metric, Role, parse_linear
+from strata.stats.errors import DesignError
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_SRM_ALPHA = 0.001
 DEFAULT_POWER = 0.8
 DEFAULT_EXPOSURE_GOAL = "exposure"
 
-Role = Literal["primary", "guardrail", "secondary"]
-Direction = Literal["increase", "decrease"]
 Correction = Literal["holm", "bh", "none"]
 
 
 @dataclass(frozen=True)
-class Variant:
-    vid: str
+class VariantDesign:
+    """A variant as the engine sees it: seed 002 ``vid`` (an int) and its allocation weight."""
+
+    vid: int
     name: str
     is_control: bool
     weight: float
 
 
 @dataclass(frozen=True)
-class Metric:
-    id: str
-    name: str
-    nominator: str
-    denominator: str
-    role: Role = "secondary"
-    direction: Direction = "increase"
-    covariate: str | None = None
-    minimum_effect: float | None = None
+class ExperimentDesign:
+    """What the engine evaluates: an experiments-table row (written from an
+    :class:`strata.definitions.ExperimentDefinition`) read back and validated."""
 
-
-@dataclass(frozen=True)
-class Experiment:
     experiment_id: str
-    variants: tuple[Variant, ...]
+    variants: tuple[VariantDesign, ...]
     metrics: tuple[Metric, ...]
     start_date: date | None = None
     end_date: date | None = None
 
     @property
-    def control(self) -> Variant:
+    def control(self) -> VariantDesign:
         return next(v for v in self.variants if v.is_control)
 
     @property
@@ -122,7 +113,7 @@ class EvaluationConfig:
 
 class _VariantIn(BaseModel):
     model_config = ConfigDict(extra="allow")
-    vid: str
+    vid: int
     name: str = ""
     is_control: bool = False
     weight: float = Field(ge=0.0)
@@ -136,11 +127,6 @@ class _VariantIn(BaseModel):
             if start is not None and end is not None:
                 return {**data, "weight": float(end) - float(start)}
         return data
-
-    @field_validator("vid", mode="before")
-    @classmethod
-    def _str_vid(cls, v: Any) -> str:
-        return str(v)
 
 
 class _MetricIn(BaseModel):
@@ -174,8 +160,8 @@ class _ExperimentIn(BaseModel):
         return json.loads(v) if isinstance(v, str) else v
 
 
-def experiment_from_record(record: Mapping[str, Any]) -> Experiment:
-    """Validate one experiments-table row (or an equivalent dict) into an :class:`Experiment`.
+def experiment_from_record(record: Mapping[str, Any]) -> ExperimentDesign:
+    """Validate one experiments-table row (or an equivalent dict) into an :class:`ExperimentDesign`.
 
     Raises :class:`DesignError` naming the experiment and the problem: no or several controls,
     duplicate variant or metric ids, all-zero weights, unparsable metric expressions.
@@ -185,7 +171,9 @@ def experiment_from_record(record: Mapping[str, Any]) -> Experiment:
         spec = _ExperimentIn.model_validate(dict(record))
     except (ValidationError, json.JSONDecodeError) as exc:
         raise DesignError(f"experiment {name!r}: invalid definition: {exc}") from exc
-    variants = tuple(Variant(v.vid, v.name or v.vid, v.is_control, v.weight) for v in spec.variants)
+    variants = tuple(
+        VariantDesign(v.vid, v.name or str(v.vid), v.is_control, v.weight) for v in spec.variants
+    )
     controls = [v.vid for v in variants if v.is_control]
     if len(controls) != 1:
         raise DesignError(
@@ -219,18 +207,18 @@ def experiment_from_record(record: Mapping[str, Any]) -> Experiment:
                 parse_linear(text)
             except ExpressionError as exc:
                 raise DesignError(f"experiment {name!r}, metric {m.id!r} {side}: {exc}") from exc
-    return Experiment(spec.experiment_id, variants, metrics, spec.start_date, spec.end_date)
+    return ExperimentDesign(spec.experiment_id, variants, metrics, spec.start_date, spec.end_date)
 
 
-def experiments_from_records(records: Sequence[Mapping[str, Any]]) -> list[Experiment]:
+def experiments_from_records(records: Sequence[Mapping[str, Any]]) -> list[ExperimentDesign]:
     """Validate many rows; experiment ids must be unique."""
     out = [experiment_from_record(r) for r in records]
     _unique("<all>", "experiment_id", [e.experiment_id for e in out])
     return out
 
 
-def _unique(exp: str, what: str, values: Sequence[str]) -> None:
-    seen: set[str] = set()
+def _unique(exp: str, what: str, values: Sequence[Any]) -> None:
+    seen: set[Any] = set()
     dup = sorted({v for v in values if v in seen or seen.add(v)})
     if dup:
         raise DesignError(f"experiment {exp!r}: duplicate {what}: {dup}")

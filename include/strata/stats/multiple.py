@@ -14,7 +14,12 @@ Usage:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from strata.stats.models import EvaluationConfig
 
 
 def _sorted(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -56,3 +61,40 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 
 
 CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg, "none": lambda p: np.asarray(p, float)}
+
+
+# --- the engine's families: per metric (across variants) or per experiment -------------------
+
+
+def family_sizes(testable: np.ndarray, exp_index: np.ndarray, n_exp: int, config) -> np.ndarray:
+    per_row = testable.sum(axis=1, keepdims=True)
+    if config.correction_scope == "variants":
+        return np.broadcast_to(per_row, testable.shape)
+    per_exp = np.zeros(n_exp, dtype=np.int64)
+    np.add.at(per_exp, exp_index, per_row[:, 0])
+    return np.broadcast_to(per_exp[exp_index][:, None], testable.shape)
+
+
+def family_matrix(values: np.ndarray, exp_index: np.ndarray, n_exp: int, fill: float):
+    """Reshape (R, V) into (families, members) for the per-experiment scope."""
+    order = np.argsort(exp_index, kind="stable")
+    counts = np.bincount(exp_index, minlength=n_exp)
+    width = int(counts.max()) * values.shape[1]
+    mat = np.full((n_exp, width), fill)
+    pos_in_exp = np.arange(len(exp_index)) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = pos_in_exp[:, None] * values.shape[1] + np.arange(values.shape[1])[None, :]
+    mat[exp_index[order][:, None], cols] = values[order]
+    return mat, order, cols
+
+
+def adjust(
+    p: np.ndarray, exp_index: np.ndarray, n_exp: int, config: EvaluationConfig
+) -> np.ndarray:
+    fn = CORRECTIONS[config.correction]
+    if config.correction_scope == "variants":
+        return fn(p)
+    mat, order, cols = family_matrix(p, exp_index, n_exp, np.nan)
+    adj = fn(mat)
+    out = np.empty_like(p)
+    out[order] = np.take_along_axis(adj[exp_index[order]], cols, axis=1)
+    return out

@@ -2,7 +2,8 @@
 
 Pages are self-contained (inline CSS and SVG, no JavaScript, no CDN): a forest plot of relative
 effects with confidence intervals at the latest analysis date, the cumulative relative effect over
-time per metric, SRM status, and the metric table. ``strata report EXP`` calls
+time per metric, SRM status, the metric table and, for metrics with a CUPED covariate, the
+variance reduction achieved per variant (1 − Var_cuped / Var_raw). ``strata report EXP`` calls
 :func:`build_reports`.
 
 Usage:
@@ -136,6 +137,32 @@ def trend_plot(rows: pd.DataFrame, title: str) -> str:
     )
 
 
+def variance_reduction_table(now: pd.DataFrame) -> str:
+    """The CUPED section: per metric and variant, the share of variance the covariate removed.
+
+    Usage:
+        >>> now = pd.DataFrame({"metric_id": "ctr", "metric_name": "CTR", "variant": ["1", "2"],
+        ...     "statistic": "variance_reduction", "point": [0.412, 0.398]})
+        >>> "<td>CTR</td><td>2</td><td>39.8%</td>" in variance_reduction_table(now)
+        True
+    """
+    vr = now[now["statistic"] == "variance_reduction"].sort_values(["metric_id", "variant"])
+    if vr.empty:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(r.metric_name)}</td><td>{_e(r.variant)}</td>"
+        f"<td>{'–' if not math.isfinite(r.point) else f'{r.point:.1%}'}</td></tr>"
+        for r in vr.itertuples(index=False)
+    )
+    return (
+        "<h3>Variance reduction (CUPED)</h3><p>Share of the metric's variance removed by its "
+        "pre-period covariate, 1 − Var<sub>CUPED</sub> / Var<sub>raw</sub>: the interval is "
+        "that much narrower squared, as if the variant had 1 / (1 − reduction) times the units."
+        "</p><table><tr><th>metric</th><th>variant</th><th>variance reduction</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
     """HTML page of one experiment from its results rows (all dates)."""
     res = results[results["experiment_id"] == experiment_id]
@@ -181,6 +208,7 @@ def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
             f"<td class='{_e(r.decision)}'>{_e(r.decision)}</td></tr>"
         )
     table.append("</table>")
+    table.append(variance_reduction_table(now))
     history = res[res["statistic"] == "rel_diff"]
     trends = "".join(
         trend_plot(g, f"{name} · {comp}")

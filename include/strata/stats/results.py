@@ -1,10 +1,12 @@
 """The long ``results`` table in Iceberg, written and read with pyiceberg (no JVM).
 
-One row per experiment × analysis date × window × metric × variant × statistic. Each run fully
-replaces the rows of its (experiment, analysis_date, window) keys with one overwrite commit, so
-re-runs are idempotent. Every row records the run id and the Iceberg snapshot ids of the input
-tables it read (``input_snapshots``, JSON ``{"table": snapshot_id}``), so
-:func:`reproduce` can re-evaluate against exactly those snapshots.
+One row per experiment × analysis date × window × metric × variant × statistic (``count``,
+``mean``, ``std``; for treatments ``abs_diff``, ``rel_diff`` with their intervals and ``mde``; for
+metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw of each variant).
+Each run fully replaces the rows of its (experiment, analysis_date, window) keys with one
+overwrite commit, so re-runs are idempotent. Every row records the run id and the Iceberg
+snapshot ids of the input tables it read (``input_snapshots``, JSON ``{"table": snapshot_id}``),
+so :func:`reproduce` can re-evaluate against exactly those snapshots.
 
 Entry points for the CLI / DAG: :func:`run_evaluation` (``strata evaluate EXP --date D``) and
 :func:`read_results` (``strata report EXP``).
@@ -37,7 +39,7 @@ from strata.stats.engine import (
     verdicts,
 )
 from strata.stats.errors import AggregateError, DesignError
-from strata.stats.models import EvaluationConfig, Experiment, experiment_from_record
+from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -85,7 +87,10 @@ _STATISTICS = (
     ("abs_diff", "abs_diff", "abs_lower", "abs_upper", True, True),
     ("rel_diff", "rel_diff", "rel_lower", "rel_upper", True, True),
     ("mde", "mde", None, None, True, False),
+    ("variance_reduction", "variance_reduction", None, None, False, False),
 )
+#: Statistics stored only for metrics evaluated with CUPED: 1 - Var_cuped / Var_raw per variant.
+_CUPED_STATISTICS = ("variance_reduction",)
 
 
 def results_frame(
@@ -102,6 +107,8 @@ def results_frame(
     parts = []
     for stat, point, lower, upper, treatment_only, tested in _STATISTICS:  # vectorised each
         rows = m[~m["is_control"]] if treatment_only else m
+        if stat in _CUPED_STATISTICS:
+            rows = rows[rows["cuped"].astype(bool)]
         parts.append(
             pd.DataFrame(
                 {
@@ -248,7 +255,7 @@ class Inputs:
 
     goals: pd.DataFrame
     cross: pd.DataFrame | None
-    experiments: list[Experiment]
+    experiments: list[ExperimentDesign]
     snapshots: dict[str, int | None]
 
 

@@ -19,10 +19,18 @@ Usage:
 
 from __future__ import annotations
 
+from datetime import date
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import optimize, signal, stats
+
+from strata.stats.errors import DesignError
+from strata.stats.multiple import family_matrix
+
+if TYPE_CHECKING:
+    from strata.stats.models import EvaluationConfig, ExperimentDesign
 
 #: Grid half-width in standard deviations of B(t_k) and points per unit of B; the integration
 #: error is far below 1e-6 in spent alpha at these settings.
@@ -113,3 +121,87 @@ def daily_boundary(look: int, planned_looks: int, alpha: float) -> float:
     k = min(look, planned_looks)
     fractions = np.arange(1, planned_looks + 1) / planned_looks
     return float(obf_boundaries(fractions, alpha)[k - 1])
+
+
+# --- the engine's sequential steps: looks, boundary tables, step-down Holm ---------------------
+
+
+def looks(
+    experiments: list[ExperimentDesign], analysis_date: date | None, config: EvaluationConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per experiment (look, planned looks); 0 planned = fixed-horizon analysis."""
+    look = np.zeros(len(experiments), dtype=np.int64)
+    planned = np.zeros(len(experiments), dtype=np.int64)
+    if not config.sequential or analysis_date is None:
+        return look, planned
+    for i, exp in enumerate(experiments):  # per experiment (design), not per data row
+        if exp.planned_days is None:
+            continue
+        if exp.planned_days < 1:
+            raise DesignError(f"experiment {exp.experiment_id!r}: end_date before start_date")
+        day = (analysis_date - exp.start_date).days + 1
+        if day < 1:
+            raise DesignError(
+                f"experiment {exp.experiment_id!r}: analysis date {analysis_date} is before its "
+                f"start {exp.start_date}"
+            )
+        look[i], planned[i] = min(day, exp.planned_days), exp.planned_days
+    return look, planned
+
+
+def boundary_table(
+    look: np.ndarray, planned: np.ndarray, alpha: float, max_family: int
+) -> np.ndarray:
+    """crit[e, j-1] = z boundary at the experiment's look for level alpha / j (j = 1..max)."""
+    table = np.full((len(look), max_family), np.nan)
+    for k_plan, k_look in {(int(p), int(k)) for p, k in zip(planned, look, strict=True) if p}:
+        fractions = np.arange(1, k_plan + 1) / k_plan
+        crit = [obf_boundaries(fractions, alpha / j)[k_look - 1] for j in range(1, max_family + 1)]
+        table[(planned == k_plan) & (look == k_look)] = crit
+    return table
+
+
+def sequential_holm(
+    abs_t: np.ndarray, testable: np.ndarray, table: np.ndarray, exp_index: np.ndarray, config
+) -> np.ndarray:
+    """Step-down Holm with group-sequential boundaries at levels alpha/m, alpha/(m-1), ... .
+
+    With one hypothesis this is the plain Lan–DeMets test; with several it is the
+    sequentially rejective graphical procedure of Maurer & Bretz (2013), which controls the
+    family-wise error over all looks and comparisons. ``correction='none'`` uses alpha for all;
+    ``bh`` has no group-sequential analogue and is refused with sequential analysis.
+    """
+    if config.correction == "bh":
+        raise DesignError("Benjamini–Hochberg has no group-sequential version; use holm or none")
+    z = np.where(testable, abs_t, -np.inf)
+    n_exp = table.shape[0]
+    if config.correction_scope == "variants":
+        fam, order, cols, fam_exp = z, None, None, exp_index
+    else:
+        fam, order, cols = family_matrix(z, exp_index, n_exp, -np.inf)
+        fam_exp = np.arange(n_exp)
+    m = np.isfinite(fam).sum(axis=1)
+    srt = np.argsort(-fam, axis=1, kind="stable")
+    zs = np.take_along_axis(fam, srt, axis=1)
+    step = np.arange(fam.shape[1])[None, :]
+    level = m[:, None] - step  # alpha / (m - i) at step i
+    if config.correction == "none":
+        level = np.ones_like(level)
+    crit = np.take_along_axis(table[fam_exp], np.clip(level - 1, 0, table.shape[1] - 1), axis=1)
+    reject_sorted = np.cumprod(np.isfinite(zs) & (zs >= crit), axis=1).astype(bool)
+    reject = np.empty_like(reject_sorted)
+    np.put_along_axis(reject, srt, reject_sorted, axis=1)
+    if order is None:
+        return reject & testable
+    out = np.zeros_like(testable)
+    out[order] = np.take_along_axis(reject[exp_index[order]], cols, axis=1)
+    return out & testable
+
+
+def final_boundary(planned, exp_index, alpha, fam) -> np.ndarray:
+    out = np.full(fam.shape, np.nan)
+    for k_plan in {int(p) for p in planned[exp_index] if p}:
+        for j in np.unique(fam):
+            c = obf_boundaries(np.arange(1, k_plan + 1) / k_plan, alpha / j)[-1]
+            out[(planned[exp_index][:, None] == k_plan) & (fam == j)] = c
+    return out

@@ -27,12 +27,13 @@ from strata.stats.aggregate import aggregate_arrays
 RNG_SEED = 20261123
 
 
-def design(metrics, variants=("a", "b"), control="a", weights=None, **extra):
+def design(metrics, variants=("1", "2"), control="1", weights=None, **extra):
+    """An experiments-table record; ``variants`` are vids as the aggregates spell them (text)."""
     weights = weights or [1.0] * len(variants)
     return {
         "experiment_id": extra.pop("experiment_id", "e1"),
         "variants": [
-            {"vid": v, "name": v.upper(), "is_control": v == control, "weight": w}
+            {"vid": int(v), "name": f"V{v}", "is_control": v == control, "weight": w}
             for v, w in zip(variants, weights, strict=True)
         ],
         "metrics": [
@@ -66,8 +67,8 @@ class TestMeanMetric:
         rng = np.random.default_rng(RNG_SEED)
         data = units(rng, 300)
         data["click"][0][0, 1, :150] += 1  # a real effect in half of variant b
-        goals, _ = aggregate_arrays(["e1"], [["a", "b"]], "user", data)
-        row = evaluate(goals, [design([MEAN_METRIC])]).metrics.query("variant == 'b'").iloc[0]
+        goals, _ = aggregate_arrays(["e1"], [["1", "2"]], "user", data)
+        row = evaluate(goals, [design([MEAN_METRIC])]).metrics.query("variant == '2'").iloc[0]
         a, b = data["click"][0][0, 0], data["click"][0][0, 1]
         ref = stats.ttest_ind(b, a, equal_var=False)
         assert row["mean"] == pytest.approx(b.mean(), rel=1e-12)
@@ -89,13 +90,13 @@ class TestMeanMetric:
         # both variances 1/3, se = sqrt(1/12 + 1/12), t = 1 / se = sqrt(6), df = 6
         goals = pd.DataFrame(
             {
-                "exp_id": "e1", "exp_variant_id": ["a", "a", "b", "b"], "unit_type": "user",
+                "exp_id": "e1", "exp_variant_id": ["1", "1", "2", "2"], "unit_type": "user",
                 "agg_type": ["global", "unit"] * 2, "goal": ["exposure", "click"] * 2,
                 "count": [4, 2, 4, 6], "sum_sqr_count": [4, 2, 4, 10], "sum_value": 0.0,
                 "sum_sqr_value": 0.0, "count_unique": [4, 2, 4, 4],
             }
         )  # fmt: skip
-        row = evaluate(goals, [design([MEAN_METRIC])]).metrics.query("variant == 'b'").iloc[0]
+        row = evaluate(goals, [design([MEAN_METRIC])]).metrics.query("variant == '2'").iloc[0]
         assert row["abs_diff"] == pytest.approx(1.0)
         assert row["abs_se"] == pytest.approx(np.sqrt(1 / 6))
         assert row["t_stat"] == pytest.approx(np.sqrt(6))
@@ -113,9 +114,9 @@ class TestMeanMetric:
         }
         pairs = required_cross_terms([design([metric])])
         goals, cross = aggregate_arrays(
-            ["e1"], [["a", "b"]], "user", data, list(zip(pairs.term_x, pairs.term_y, strict=True))
+            ["e1"], [["1", "2"]], "user", data, list(zip(pairs.term_x, pairs.term_y, strict=True))
         )
-        row = evaluate(goals, [design([metric])], cross=cross).metrics.query("variant == 'b'")
+        row = evaluate(goals, [design([metric])], cross=cross).metrics.query("variant == '2'")
         diff = data["rev"][1][0] - data["pre"][1][0]
         ref = stats.ttest_ind(diff[1], diff[0], equal_var=False)
         assert row["std"].iloc[0] == pytest.approx(diff[1].std(ddof=1), rel=1e-9)
@@ -132,23 +133,23 @@ class TestRatioMetric:
             ["count(user.unit.click)", "count(user.unit.view)"]
         ]
         goals, cross = aggregate_arrays(
-            ["e1"], [["a", "b"]], "user", data, [tuple(pairs.iloc[0, 1:])]
+            ["e1"], [["1", "2"]], "user", data, [tuple(pairs.iloc[0, 1:])]
         )
         out = evaluate(goals, [exp], cross=cross).metrics.set_index("variant")
         var = {}
-        for j, vid in enumerate("ab"):
+        for j, vid in enumerate("12"):
             y, x = data["click"][0][0, j], data["view"][0][0, j]
             r = y.sum() / x.sum()
             cov = np.cov(np.vstack([y, x]))  # independent: numpy's covariance of (N, D)
             var[vid] = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / x.mean() ** 2 / y.size
             assert out.loc[vid, "mean"] == pytest.approx(r, rel=1e-12)
-        se = np.sqrt(var["a"] + var["b"])
-        assert out.loc["b", "abs_se"] == pytest.approx(se, rel=1e-9)
-        assert out.loc["b", "kind"] == "ratio"
+        se = np.sqrt(var["1"] + var["2"])
+        assert out.loc["2", "abs_se"] == pytest.approx(se, rel=1e-9)
+        assert out.loc["2", "kind"] == "ratio"
 
     def test_missing_cross_product_is_an_error_naming_the_terms(self):
         rng = np.random.default_rng(RNG_SEED + 3)
-        goals, _ = aggregate_arrays(["e1"], [["a", "b"]], "user", units(rng, 20))
+        goals, _ = aggregate_arrays(["e1"], [["1", "2"]], "user", units(rng, 20))
         with pytest.raises(
             AggregateError, match=r"count\(user.unit.click\).*count\(user.unit.view\)"
         ):
@@ -168,9 +169,9 @@ class TestCuped:
         exp = design([metric])
         pairs = required_cross_terms([exp])
         goals, cross = aggregate_arrays(
-            ["e1"], [["a", "b"]], "user", data, list(zip(pairs.term_x, pairs.term_y, strict=True))
+            ["e1"], [["1", "2"]], "user", data, list(zip(pairs.term_x, pairs.term_y, strict=True))
         )
-        row = evaluate(goals, [exp], cross=cross).metrics.query("variant == 'b'").iloc[0]
+        row = evaluate(goals, [exp], cross=cross).metrics.query("variant == '2'").iloc[0]
         y = data["rev"][1][0].ravel()
         x = data["pre"][1][0].ravel()
         treat = np.repeat([0.0, 1.0], 500)
@@ -186,7 +187,7 @@ class TestMultipleVariants:
     @pytest.mark.parametrize("control_position", [0, 1, 3])
     def test_holm_and_bh_wherever_the_control_is(self, control_position):
         rng = np.random.default_rng(RNG_SEED + 5)
-        vids = ["v0", "v1", "v2", "v3"]
+        vids = ["10", "11", "12", "13"]
         control = vids[control_position]
         data = units(rng, 150, n_variants=4)
         data["click"][0][0, 2] += rng.binomial(1, 0.5, 150)
@@ -211,13 +212,13 @@ class TestMultipleVariants:
     def test_metric_scope_family_spans_metrics(self):
         rng = np.random.default_rng(RNG_SEED + 6)
         data = units(rng, 100, n_variants=3)
-        goals, _ = aggregate_arrays(["e1"], [["a", "b", "c"]], "user", data)
+        goals, _ = aggregate_arrays(["e1"], [["1", "2", "3"]], "user", data)
         metrics = [
             MEAN_METRIC,
             {"nominator": "value(user.unit.rev)", "denominator": "count(user.global.exposure)"},
         ]
         cfg = EvaluationConfig(correction_scope="metrics")
-        out = evaluate(goals, [design(metrics, ["a", "b", "c"])], config=cfg).metrics
+        out = evaluate(goals, [design(metrics, ["1", "2", "3"])], config=cfg).metrics
         treat = out[~out["is_control"]]
         expected = multipletests(treat["p_value"].to_numpy(), method="holm")[1]
         assert treat["p_value_adjusted"].to_numpy() == pytest.approx(expected, rel=1e-9)
@@ -227,20 +228,20 @@ class TestSrm:
     def test_chi_square_uses_design_weights(self):
         goals = pd.DataFrame(
             {
-                "exp_id": "e1", "exp_variant_id": ["a", "b", "c"], "unit_type": "user",
+                "exp_id": "e1", "exp_variant_id": ["1", "2", "3"], "unit_type": "user",
                 "agg_type": "global", "goal": "exposure", "count": [5000.0, 2450, 2550],
                 "sum_sqr_count": [5000.0, 2450, 2550], "sum_value": 0.0, "sum_sqr_value": 0.0,
                 "count_unique": [5000.0, 2450, 2550],
             }
         )  # fmt: skip
-        exp = design([MEAN_METRIC], ["a", "b", "c"], weights=[2, 1, 1])
+        exp = design([MEAN_METRIC], ["1", "2", "3"], weights=[2, 1, 1])
         srm = evaluate(goals, [exp]).srm.iloc[0]
         ref = stats.chisquare([5000, 2450, 2550], f_exp=[5000, 2500, 2500])
         assert srm["chi2"] == pytest.approx(ref.statistic)
         assert srm["p_value"] == pytest.approx(ref.pvalue)
         assert srm["passed"]
         # the same counts against an (assumed) equal split is a glaring mismatch
-        equal = evaluate(goals, [design([MEAN_METRIC], ["a", "b", "c"])]).srm.iloc[0]
+        equal = evaluate(goals, [design([MEAN_METRIC], ["1", "2", "3"])]).srm.iloc[0]
         assert not equal["passed"]
 
     def test_srm_failure_overrides_decisions(self):
@@ -250,10 +251,10 @@ class TestSrm:
         data["click"][0][0, 1, 300:] = np.nan  # but variant b lost a quarter of its units
         for goal in data.values():
             goal[1][0, 1, 300:] = np.nan
-        goals, _ = aggregate_arrays(["e1"], [["a", "b"]], "user", data)
+        goals, _ = aggregate_arrays(["e1"], [["1", "2"]], "user", data)
         out = evaluate(goals, [design([MEAN_METRIC])])
         assert not out.srm["passed"].iloc[0]
-        assert out.metrics.query("variant == 'b'")["decision"].iloc[0] == "invalid_srm"
+        assert out.metrics.query("variant == '2'")["decision"].iloc[0] == "invalid_srm"
 
 
 class TestBadInput:
@@ -275,17 +276,17 @@ class TestBadInput:
 
     def test_unknown_variant_in_aggregates(self):
         goals, _ = aggregate_arrays(
-            ["e1"], [["a", "zz"]], "user", units(np.random.default_rng(1), 5)
+            ["e1"], [["1", "99"]], "user", units(np.random.default_rng(1), 5)
         )
-        with pytest.raises(AggregateError, match=r"\('e1', 'zz'\)"):
+        with pytest.raises(AggregateError, match=r"\('e1', '99'\)"):
             evaluate(goals, [design([MEAN_METRIC])])
 
     def test_duplicate_rows_are_an_error(self):
         goals, _ = aggregate_arrays(
-            ["e1"], [["a", "b"]], "user", units(np.random.default_rng(1), 5)
+            ["e1"], [["1", "2"]], "user", units(np.random.default_rng(1), 5)
         )
-        dup = goals[(goals["goal"] == "click") & (goals["exp_variant_id"] == "b")]
-        with pytest.raises(AggregateError, match=r"duplicate rows.*'b'.*user\.unit\.click"):
+        dup = goals[(goals["goal"] == "click") & (goals["exp_variant_id"] == "2")]
+        with pytest.raises(AggregateError, match=r"duplicate rows.*variant 2, .*user\.unit\.click"):
             evaluate(pd.concat([goals, dup]), [design([MEAN_METRIC])])
 
     def test_design_needs_exactly_one_control(self):
@@ -295,23 +296,23 @@ class TestBadInput:
 
     def test_missing_aggregate_column(self):
         goals, _ = aggregate_arrays(
-            ["e1"], [["a", "b"]], "user", units(np.random.default_rng(1), 5)
+            ["e1"], [["1", "2"]], "user", units(np.random.default_rng(1), 5)
         )
         with pytest.raises(AggregateError, match="sum_sqr_value"):
             evaluate(goals.drop(columns="sum_sqr_value"), [design([MEAN_METRIC])])
 
     def test_sums_of_squares_that_are_not_per_unit_are_an_error(self):
         goals, _ = aggregate_arrays(
-            ["e1"], [["a", "b"]], "user", units(np.random.default_rng(1), 50)
+            ["e1"], [["1", "2"]], "user", units(np.random.default_rng(1), 50)
         )
-        bad = goals["goal"].eq("click") & goals["exp_variant_id"].eq("b")
+        bad = goals["goal"].eq("click") & goals["exp_variant_id"].eq("2")
         goals.loc[bad, "sum_sqr_count"] = goals.loc[bad, "count"] ** 2 / 100  # < sum² / n
-        with pytest.raises(AggregateError, match=r"negative variance.*'e1', variant 'b'"):
+        with pytest.raises(AggregateError, match=r"negative variance.*'e1', variant 2"):
             evaluate(goals, [design([MEAN_METRIC])])
 
     def test_undropped_date_column_is_an_error_not_a_dimension(self):
         goals, _ = aggregate_arrays(
-            ["e1"], [["a", "b"]], "user", units(np.random.default_rng(1), 5)
+            ["e1"], [["1", "2"]], "user", units(np.random.default_rng(1), 5)
         )
         with pytest.raises(AggregateError, match="as_of_date"):
             evaluate(goals.assign(as_of_date="2026-01-01"), [design([MEAN_METRIC])])
@@ -323,30 +324,30 @@ class TestVerdicts:
         data = units(rng, 400, n_variants=3)
         data["click"][0][0, 1:] += 1  # b and c win on the primary metric
         data["rev"][1][0, 2] -= 5  # c loses revenue, a guardrail
-        goals, _ = aggregate_arrays(["e1"], [["a", "b", "c"]], "user", data)
+        goals, _ = aggregate_arrays(["e1"], [["1", "2", "3"]], "user", data)
         metrics = [MEAN_METRIC, {"nominator": "value(user.unit.rev)", "role": "guardrail",
                                  "denominator": "count(user.global.exposure)"}]  # fmt: skip
-        out = evaluate(goals, [design(metrics, ["a", "b", "c"])]).metrics
+        out = evaluate(goals, [design(metrics, ["1", "2", "3"])]).metrics
         assert verdicts(out).set_index("variant")["verdict"].to_dict() == {
-            "b": "win",
-            "c": "guardrail_breach",
+            "2": "win",
+            "3": "guardrail_breach",
         }
         for goal in data.values():  # variant c loses a quarter of its units: SRM
             goal[0][0, 2, 300:] = np.nan
-        goals, _ = aggregate_arrays(["e1"], [["a", "b", "c"]], "user", data)
-        out = evaluate(goals, [design(metrics, ["a", "b", "c"])]).metrics
+        goals, _ = aggregate_arrays(["e1"], [["1", "2", "3"]], "user", data)
+        out = evaluate(goals, [design(metrics, ["1", "2", "3"])]).metrics
         assert set(verdicts(out)["verdict"]) == {"invalid_srm"}
 
 
 class TestVectorisation:
     def test_one_call_equals_separate_calls_with_ragged_designs(self):
         rng = np.random.default_rng(RNG_SEED + 9)
-        two = aggregate_arrays(["two"], [["a", "b"]], "user", units(rng, 120))[0]
-        three = aggregate_arrays(["three"], [["x", "ctl", "y"]], "user", units(rng, 90, 3))[0]
+        two = aggregate_arrays(["two"], [["1", "2"]], "user", units(rng, 120))[0]
+        three = aggregate_arrays(["three"], [["7", "5", "9"]], "user", units(rng, 90, 3))[0]
         d2 = design([MEAN_METRIC], experiment_id="two")
         d3 = design([MEAN_METRIC, {"nominator": "value(user.unit.rev)",
                                    "denominator": "count(user.global.exposure)"}],
-                    ["x", "ctl", "y"], control="ctl", experiment_id="three")  # fmt: skip
+                    ["7", "5", "9"], control="5", experiment_id="three")  # fmt: skip
         for cfg in (EvaluationConfig(), EvaluationConfig(correction_scope="metrics")):
             both = evaluate(pd.concat([two, three]), [d2, d3], config=cfg).metrics
             alone = pd.concat(
@@ -362,7 +363,7 @@ class TestVectorisation:
 class TestDimensions:
     def test_dimension_filter_reads_only_matching_rows(self):
         rows = []
-        for vid, (n, ios, android) in {"a": (100, 10, 30), "b": (100, 20, 25)}.items():
+        for vid, (n, ios, android) in {"1": (100, 10, 30), "2": (100, 20, 25)}.items():
             base = {"exp_id": "e1", "exp_variant_id": vid, "unit_type": "user",
                     "sum_value": 0.0, "sum_sqr_value": 0.0}  # fmt: skip
             rows += [
@@ -382,7 +383,7 @@ class TestDimensions:
             {"nominator": "unique(user.unit.buy)", "denominator": "count(user.global.exposure)"},
         ]  # fmt: skip
         out = evaluate(goals, [design(metrics)]).metrics.set_index(["metric_id", "variant"])
-        assert out.loc[("1", "b"), "mean"] == pytest.approx(0.20)  # ios buyers only
-        assert out.loc[("2", "b"), "mean"] == pytest.approx(0.45)  # the all-platform row
+        assert out.loc[("1", "2"), "mean"] == pytest.approx(0.20)  # ios buyers only
+        assert out.loc[("2", "2"), "mean"] == pytest.approx(0.45)  # the all-platform row
         # a 0/1 metric: std is sqrt(p (1 - p) n / (n - 1))
-        assert out.loc[("1", "a"), "std"] == pytest.approx(np.sqrt(0.1 * 0.9 * 100 / 99))
+        assert out.loc[("1", "1"), "std"] == pytest.approx(np.sqrt(0.1 * 0.9 * 100 / 99))

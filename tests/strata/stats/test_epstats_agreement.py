@@ -18,9 +18,9 @@ from epstats.toolkit.parser import Parser
 from epstats.toolkit.statistics import Statistics
 from scipy import stats
 
+from strata.metrics import parse_linear
 from strata.stats import ExpressionError, evaluate
 from strata.stats.aggregate import aggregate_arrays
-from strata.stats.expressions import parse_linear
 
 METRICS = [
     ("clicks per user", "count(user.unit.click)", "count(user.global.exposure)"),
@@ -37,7 +37,7 @@ def goals_for(seed: int, n: int = 800):
     buys = rng.binomial(1, 0.1, shape) * rng.poisson(1.2, shape).astype(float)
     revenue = buys * rng.gamma(2.0, 20.0, shape)
     goals, _ = aggregate_arrays(
-        ["e1"], [["a", "b"]], "user", {"click": (clicks, clicks), "buy": (buys, revenue)}
+        ["e1"], [["1", "2"]], "user", {"click": (clicks, clicks), "buy": (buys, revenue)}
     )
     return goals
 
@@ -45,7 +45,7 @@ def goals_for(seed: int, n: int = 800):
 def strata_design():
     return {
         "experiment_id": "e1",
-        "variants": [{"vid": "a", "is_control": True, "weight": 1}, {"vid": "b", "weight": 1}],
+        "variants": [{"vid": 1, "is_control": True, "weight": 1}, {"vid": 2, "weight": 1}],
         "metrics": [
             {"id": i, "name": name, "nominator": nom, "denominator": den}
             for i, (name, nom, den) in enumerate(METRICS, 1)
@@ -56,7 +56,7 @@ def strata_design():
 def epstats_eval(goals: pd.DataFrame):
     exp = EpExperiment(
         "e1",
-        "a",
+        "1",
         [EpMetric(i, name, nom, den) for i, (name, nom, den) in enumerate(METRICS, 1)],
         [SrmCheck(1, "SRM", "count(user.global.exposure)")],
         unit_type="user",
@@ -75,7 +75,7 @@ def test_agrees_with_epstats_on_means_and_relative_differences(seed):
         assert mine["count"] == pytest.approx(row["count"], rel=1e-12)
         assert mine["mean"] == pytest.approx(row["mean"], rel=1e-12)
         assert mine["std"] == pytest.approx(row["std"], rel=1e-9)
-        if variant == "a":
+        if variant == "1":
             continue
         assert mine["rel_diff"] == pytest.approx(row["diff"], rel=1e-9)
         assert mine["rel_se"] == pytest.approx(row["standard_error"], rel=1e-9)
@@ -87,7 +87,7 @@ def test_agrees_with_epstats_on_means_and_relative_differences(seed):
 
 def test_srm_agrees_with_epstats_for_an_equal_split():
     goals = goals_for(4)
-    goals.loc[(goals["goal"] == "exposure") & (goals["exp_variant_id"] == "b"), "count"] = 900
+    goals.loc[(goals["goal"] == "exposure") & (goals["exp_variant_id"] == "2"), "count"] = 900
     ours = evaluate(goals, [strata_design()]).srm.iloc[0]
     checks = epstats_eval(goals).checks.set_index("variable_id")["value"]
     assert ours["p_value"] == pytest.approx(checks["p_value"], rel=1e-9)
@@ -101,13 +101,13 @@ def test_epstats_multi_term_variance_is_wrong_where_ours_is_exact():
     a = rng.poisson(3.0, (1, 2, 500)).astype(float)
     goals, cross = aggregate_arrays(
         ["e1"],
-        [["a", "b"]],
+        [["1", "2"]],
         "user",
         {"x": (a, 2 * a), "y": (a, a)},
         [("value(user.unit.x)", "value(user.unit.y)")],
     )
     nom = "value(user.unit.x) - value(user.unit.y)"
-    ep = EpExperiment("e1", "a", [EpMetric(1, "m", nom, "count(user.global.exposure)")], [],
+    ep = EpExperiment("e1", "1", [EpMetric(1, "m", nom, "count(user.global.exposure)")], [],
                       unit_type="user").evaluate_agg(goals)  # fmt: skip
     design = strata_design() | {
         "metrics": [
@@ -116,8 +116,8 @@ def test_epstats_multi_term_variance_is_wrong_where_ours_is_exact():
     }
     ours = evaluate(goals, [design], cross=cross).metrics.set_index("variant")
     truth = a[0, 0].std(ddof=1)
-    assert ours.loc["a", "std"] == pytest.approx(truth, rel=1e-9)
-    ep_std = ep.metrics.set_index("exp_variant_id").loc["a", "std"]
+    assert ours.loc["1", "std"] == pytest.approx(truth, rel=1e-9)
+    ep_std = ep.metrics.set_index("exp_variant_id").loc["1", "std"]
     assert abs(ep_std / truth - 1) > 0.5
 
 

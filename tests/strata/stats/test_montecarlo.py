@@ -26,11 +26,11 @@ def mc_tolerance(p: float, sims: int, sigmas: float = 3.5) -> float:
     return sigmas * np.sqrt(p * (1 - p) / sims)
 
 
-def designs(n_exp: int, metric: dict, variants=("a", "b"), **extra) -> list:
+def designs(n_exp: int, metric: dict, variants=("1", "2"), **extra) -> list:
     records = [
         {
             "experiment_id": f"sim{i}",
-            "variants": [{"vid": v, "is_control": v == "a", "weight": 1} for v in variants],
+            "variants": [{"vid": int(v), "is_control": v == "1", "weight": 1} for v in variants],
             "metrics": [{"id": 1, "name": "m", "role": "primary", **metric}],
             **extra,
         }
@@ -54,7 +54,7 @@ def simulate(rng, sims, n, n_variants=2, lift=None):
             "pre": (ones, pre)}  # fmt: skip
 
 
-def run(data, metric, cross=(), variants=("a", "b"), **kw):
+def run(data, metric, cross=(), variants=("1", "2"), **kw):
     sims = next(iter(data.values()))[0].shape[0]
     exps = designs(sims, metric, variants)
     goals, cross_df = aggregate_arrays(
@@ -99,7 +99,7 @@ def test_ratio_metric_without_covariance_is_miscalibrated():
     data = simulate(np.random.default_rng(SEED + 1), sims, 200)
     naive = {"nominator": "count(user.unit.click)", "denominator": "count(user.global.view)"}
     exps = designs(sims, naive)
-    goals, _ = aggregate_arrays([e.experiment_id for e in exps], [["a", "b"]] * sims, "user", data)
+    goals, _ = aggregate_arrays([e.experiment_id for e in exps], [["1", "2"]] * sims, "user", data)
     views = goals[goals["goal"] == "view"].assign(agg_type="global")
     naive_out = evaluate(pd_concat(goals, views), exps).metrics
     fpr_naive = (naive_out.loc[~naive_out["is_control"], "p_value"] < ALPHA).mean()
@@ -153,7 +153,7 @@ def test_simulated_power_matches_claimed_power():
 
 def test_holm_controls_familywise_error_with_three_treatments():
     sims = 3000
-    variants = ("a", "b", "c", "d")
+    variants = ("1", "2", "3", "4")
     data = simulate(np.random.default_rng(SEED + 4), sims, 100, n_variants=4)
     out = run(data, MEAN, variants=variants)
     treat = out[~out["is_control"]]
@@ -177,7 +177,7 @@ def test_sequential_daily_looks_hold_alpha():
     for day in range(1, days + 1):
         seen = {k: (np.where(np.arange(days * per_day) < day * per_day, c, np.nan), v)
                 for k, (c, v) in data.items()}  # fmt: skip
-        goals, _ = aggregate_arrays(ids, [["a", "b"]] * sims, "user", seen)
+        goals, _ = aggregate_arrays(ids, [["1", "2"]] * sims, "user", seen)
         out = evaluate(goals, exps, analysis_date=start + timedelta(days=day - 1)).metrics
         treat = out[~out["is_control"]].set_index("exp_id").loc[ids]
         assert (treat["look"] == day).all()
@@ -192,7 +192,7 @@ def test_fixed_horizon_config_ignores_dates():
     data = simulate(np.random.default_rng(SEED + 6), 5, 50)
     start = date(2026, 1, 1)
     exps = designs(5, MEAN, start_date=start, end_date=start + timedelta(days=9))
-    goals, _ = aggregate_arrays([e.experiment_id for e in exps], [["a", "b"]] * 5, "user", data)
+    goals, _ = aggregate_arrays([e.experiment_id for e in exps], [["1", "2"]] * 5, "user", data)
     out = evaluate(goals, exps, analysis_date=start, config=EvaluationConfig(sequential=False))
     treat = out.metrics[~out.metrics["is_control"]]
     assert (treat["planned_looks"] == 0).all()
@@ -203,7 +203,7 @@ def test_sequential_holm_controls_familywise_error_over_looks():
     """Three treatments vs one control (correlated comparisons), 8 daily looks, A/A: the
     group-sequential Holm decisions keep the any-look family-wise error at or below alpha."""
     sims, days, per_day = 1500, 8, 25
-    variants = ("a", "b", "c", "d")
+    variants = ("1", "2", "3", "4")
     data = simulate(np.random.default_rng(SEED + 7), sims, days * per_day, n_variants=4)
     start = date(2026, 1, 1)
     exps = designs(sims, MEAN, variants, start_date=start,

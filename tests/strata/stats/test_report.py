@@ -20,7 +20,7 @@ DAYS = 4
 def experiment(exp_id: str) -> dict:
     return {
         "experiment_id": exp_id,
-        "variants": [{"vid": v, "is_control": v == "a", "weight": 1} for v in "abc"],
+        "variants": [{"vid": int(v), "is_control": v == "1", "weight": 1} for v in "123"],
         "metrics": [
             {
                 "id": 1,
@@ -50,7 +50,7 @@ def history(lost_units: int = 0) -> pd.DataFrame:
     for day in range(1, DAYS + 1):
         seen = np.where(np.arange(400) < day * 100, clicks, np.nan)
         goals, _ = aggregate_arrays(
-            ["good", "lossy"], [["a", "b", "c"]] * 2, "user", {"click": (seen, seen * 2)}
+            ["good", "lossy"], [["1", "2", "3"]] * 2, "user", {"click": (seen, seen * 2)}
         )
         when = START + timedelta(days=day - 1)
         ev = evaluate(goals, [experiment("good"), experiment("lossy")], analysis_date=when)
@@ -69,10 +69,10 @@ def test_reports_are_self_contained_and_show_effects(tmp_path):
     forest = good.split("<h2>Effects")[1].split("<h2>")[0]
     assert forest.count("<circle") == 4
     # the planted +50% effect on b is a significant win; c (no effect) is not
-    assert "b vs a" in good
+    assert "2 vs 1" in good
     table = good.split("<h2>Metrics</h2>")[1].split("<h2>")[0]
-    b_row = next(r for r in table.split("<tr>") if "b vs a" in r and "clicks" in r)
-    c_row = next(r for r in table.split("<tr>") if "c vs a" in r and "clicks" in r)
+    b_row = next(r for r in table.split("<tr>") if "2 vs 1" in r and "clicks" in r)
+    c_row = next(r for r in table.split("<tr>") if "3 vs 1" in r and "clicks" in r)
     assert "class='win'" in b_row
     assert "class='win'" not in c_row
     # cumulative effect over time: one trend per metric × comparison, one point per day
@@ -91,7 +91,40 @@ def test_srm_failure_is_flagged_in_page_and_index(tmp_path):
     index = (tmp_path / "index.html").read_text()
     rows = {r.split("</a>")[0].split(">")[-1]: r for r in index.split("<tr>")[2:]}
     assert "class='bad'>SRM" in rows["lossy"]
-    assert "b vs a: invalid_srm" in rows["lossy"]
+    assert "2 vs 1: invalid_srm" in rows["lossy"]
     assert "class='ok'>ok" in rows["good"]
-    assert "b vs a: win" in rows["good"]
-    assert "c vs a: inconclusive" in rows["good"]
+    assert "2 vs 1: win" in rows["good"]
+    assert "3 vs 1: inconclusive" in rows["good"]
+
+
+def test_cuped_variance_reduction_is_stored_and_shown(tmp_path):
+    """A CUPED metric stores 1 - Var_cuped/Var_raw per variant; the page shows it."""
+    from strata.stats import required_cross_terms
+
+    rng = np.random.default_rng(11)
+    pre = rng.poisson(2.0, (1, 2, 2000)).astype(float)
+    clicks = rng.poisson(pre + 0.5)  # clicks during the test follow the pre-period clicks
+    exp = experiment("cuped")
+    exp["metrics"].append({"id": 3, "name": "clicks (CUPED)", "role": "secondary",
+                           "nominator": "count(user.unit.click)",
+                           "denominator": "count(user.global.exposure)",
+                           "covariate": "count(user.unit.pre_click)"})  # fmt: skip
+    exp["variants"] = exp["variants"][:2]
+    pairs = required_cross_terms([exp])
+    goals, cross = aggregate_arrays(
+        ["cuped"], [["1", "2"]], "user", {"click": (clicks, clicks * 2), "pre_click": (pre, pre)},
+        list(zip(pairs.term_x, pairs.term_y, strict=True)),
+    )  # fmt: skip
+    ev = evaluate(goals, [exp], cross, analysis_date=START)
+    frame = results_frame(ev, "run", {})
+    vr = frame[frame["statistic"] == "variance_reduction"]
+    assert set(vr["metric_id"]) == {"3"}
+    assert sorted(vr["variant"]) == ["1", "2"]
+    # expected corr(click, pre)² = Cov² / (Var click · Var pre) = 2² / (4.5 · 2) ≈ 0.44
+    assert ((vr["point"] > 0.3) & (vr["point"] < 0.9)).all()
+    raw = ev.metrics.set_index(["metric_id", "variant"])
+    cuped_se, raw_se = raw.loc[("3", "2"), "abs_se"], raw.loc[("1", "2"), "abs_se"]
+    assert cuped_se < raw_se
+    page = (write_reports(frame, tmp_path)[0]).read_text()
+    assert "Variance reduction (CUPED)" in page
+    assert f"<td>clicks (CUPED)</td><td>2</td><td>{vr['point'].iloc[1]:.1%}</td>" in page

@@ -33,9 +33,9 @@ METRICS = [
 
 def experiment_record(exp_id: str) -> dict:
     variants = [
-        {"vid": "control", "name": "Control", "is_control": True, "weight": 1, "start": 0,
+        {"vid": 1001, "name": "Control", "is_control": True, "weight": 1, "start": 0,
          "end": 5000, "params": {}},
-        {"vid": "treat", "name": "Treatment", "is_control": False, "weight": 1, "start": 5000,
+        {"vid": 1002, "name": "Treatment", "is_control": False, "weight": 1, "start": 5000,
          "end": 10000, "params": {}},
     ]  # fmt: skip
     return {
@@ -55,7 +55,7 @@ def aggregates(seed: int, exp_ids: list[str]):
     exps = [experiment_record(e) for e in exp_ids]
     pairs = required_cross_terms(exps)[["term_x", "term_y"]].drop_duplicates()
     goals, cross = aggregate_arrays(
-        exp_ids, [["control", "treat"]] * len(exp_ids), "user",
+        exp_ids, [[1001, 1002]] * len(exp_ids), "user",
         {"view": (views, views), "click": (clicks, clicks)},
         list(pairs.itertuples(index=False, name=None)),
     )  # fmt: skip
@@ -99,7 +99,7 @@ def test_results_are_replaced_reproducible_and_isolated(catalog):
     ctr = stored.query(
         "experiment_id == 'exp_a' and metric_id == 'ctr' and statistic == 'abs_diff'"
     )
-    direct = ev.metrics.query("exp_id == 'exp_a' and metric_id == 'ctr' and variant == 'treat'")
+    direct = ev.metrics.query("exp_id == 'exp_a' and metric_id == 'ctr' and variant == '1002'")
     assert ctr["point"].iloc[0] == direct["abs_diff"].iloc[0]
     assert ctr["p_value"].iloc[0] == direct["p_value"].iloc[0]
 
@@ -135,9 +135,9 @@ def test_results_frame_matches_schema_and_keeps_srm(catalog):
     srm = frame[frame["statistic"] == "srm_chi2"]
     assert srm["decision"].tolist() == ["passed"]
     # control rows carry means, not comparisons; treatment rows carry both
-    assert set(frame.loc[frame["variant"] == "control", "statistic"]) == {"count", "mean", "std"}
-    treat = frame[(frame["variant"] == "treat") & (frame["statistic"] == "rel_diff")]
-    assert (treat["comparison"] == "treat vs control").all()
+    assert set(frame.loc[frame["variant"] == "1001", "statistic"]) == {"count", "mean", "std"}
+    treat = frame[(frame["variant"] == "1002") & (frame["statistic"] == "rel_diff")]
+    assert (treat["comparison"] == "1002 vs 1001").all()
     assert (treat["lower"] < treat["point"]).all()
     assert (treat["point"] < treat["upper"]).all()
 

@@ -1,13 +1,18 @@
 """ep-stats metric expressions, parsed safely (a tokenizer and a recursive-descent parser, no eval).
 
+The one metric grammar of Strata: definitions (:mod:`strata.definitions`) validate with it and the
+statistics engine (:mod:`strata.stats`) evaluates with it. It imports nothing heavy (no numpy,
+pandas or scipy), so validating a definitions file stays light.
+
 A metric is ``nominator / denominator`` where each side is an ep-stats expression such as
 ``count(user.unit.click)``, ``value(user.unit.revenue) - value(user.unit.refund)`` or
 ``unique(user.unit.purchase(product=a))``. Strata evaluates metrics per randomisation unit, so
 each side must be *linear* in its goal terms: terms may be added, subtracted and scaled by numeric
 constants. Anything else (a product or quotient of two goals, a bare constant added to a goal,
 unknown functions, trailing text) is an :class:`ExpressionError` that names the expression and the
-character position. ep-stats accepts some of these and computes a meaningless variance, or ignores
-trailing text silently; Strata refuses them.
+character position (:func:`parse_linear`). :func:`metric_forms` checks a whole metric: nominator,
+denominator and an optional CUPED covariate. ep-stats accepts some of these and computes a
+meaningless variance, or ignores trailing text silently; Strata refuses them.
 
 Usage:
     >>> form = parse_linear("value(user.unit.revenue) - 0.5 * value(user.unit.refund)")
@@ -16,7 +21,7 @@ Usage:
     >>> parse_linear("count(user.unit.click) * count(user.unit.view)")
     Traceback (most recent call last):
     ...
-    strata.stats.errors.ExpressionError: product of two goal terms is not per-unit linear ...
+    strata.metrics.ExpressionError: product of two goal terms is not per-unit linear ...
 """
 
 from __future__ import annotations
@@ -24,8 +29,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, Literal
 
-from strata.stats.errors import ExpressionError
+from strata.errors import DataError
+
+
+class ExpressionError(DataError):
+    """A metric expression is not valid ep-stats syntax or not evaluable per unit."""
+
 
 #: Functions of ep-stats expressions and the aggregate columns (sum, sum of squares) they read.
 FUNCTION_COLUMNS: dict[str, tuple[str, str]] = {
@@ -270,6 +281,100 @@ def parse_linear(text: str) -> LinearForm:
         >>> parse_linear("count(user.unit.click) foo")
         Traceback (most recent call last):
         ...
-        strata.stats.errors.ExpressionError: unexpected trailing 'foo' at position 22 ...
+        strata.metrics.ExpressionError: unexpected trailing 'foo' at position 22 ...
     """
     return LinearForm(_parse_cached(text))
+
+
+@dataclass(frozen=True)
+class MetricForms:
+    """A metric's parsed sides: ``nominator``, ``denominator`` and ``covariate`` (empty when no
+    CUPED), whether it is a ratio metric (unit terms in the denominator) and its unit type."""
+
+    nominator: LinearForm
+    denominator: LinearForm
+    covariate: LinearForm
+    is_ratio: bool
+    unit_type: str
+
+
+def metric_forms(nominator: str, denominator: str, covariate: str | None = None) -> MetricForms:
+    """Parse and check one metric as the engine evaluates it; raise :class:`ExpressionError`.
+
+    Each side must parse (:func:`parse_linear`); the denominator is all ``global`` terms (a mean
+    per unit) or all ``unit`` terms (a ratio metric); all terms share one unit type; a CUPED
+    covariate uses ``unit`` terms.
+
+    Usage:
+        >>> f = metric_forms("count(user.unit.click)", "count(user.global.exposure)",
+        ...                  "count(user.unit.pre_click)")
+        >>> f.is_ratio, f.unit_type, [str(t) for t in f.covariate]
+        (False, 'user', ['count(user.unit.pre_click)'])
+        >>> metric_forms("count(user.unit.click)", "count(device.global.exposure)")
+        Traceback (most recent call last):
+        ...
+        strata.metrics.ExpressionError: terms mix unit types ['device', 'user']
+    """
+    num = parse_linear(nominator)
+    den = parse_linear(denominator)
+    cov = parse_linear(covariate) if covariate else LinearForm()
+    den_aggs = {t.agg_type for t in den}
+    if len(den_aggs) != 1:
+        raise ExpressionError("denominator mixes global and unit terms")
+    unit_types = {t.unit_type for t in (*num, *den, *cov)}
+    if len(unit_types) != 1:
+        raise ExpressionError(f"terms mix unit types {sorted(unit_types)}")
+    if any(t.agg_type != "unit" for t in cov):
+        raise ExpressionError("CUPED covariate must use unit terms")
+    (unit_type,) = unit_types
+    return MetricForms(num, den, cov, den_aggs == {"unit"}, unit_type)
+
+
+Role = Literal["primary", "guardrail", "secondary"]
+Direction = Literal["increase", "decrease"]
+#: Metric keys Strata reads on top of ep-stats' and their defaults; a stored metric (the
+#: experiments table's ``metrics`` JSON) carries them only when they differ from the default.
+METRIC_OPTIONS: dict[str, Any] = {
+    "direction": "increase",
+    "covariate": None,
+    "minimum_effect": None,
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of an experiment, in the definitions file and in the engine alike.
+
+    ``nominator / denominator`` over goals (ep-stats names), its ``role``, the ``direction`` that
+    is a win, an optional CUPED ``covariate`` (a pre-period expression) and the relative
+    ``minimum_effect`` to power for.
+
+    Usage:
+        >>> m = Metric("ctr", "CTR", "count(user.unit.click)", "count(user.global.exposure)",
+        ...            "primary", covariate="count(user.unit.pre_click)")
+        >>> m.as_json()["covariate"], "direction" in m.as_json()
+        ('count(user.unit.pre_click)', False)
+    """
+
+    id: str
+    name: str
+    nominator: str
+    denominator: str
+    role: Role = "secondary"
+    direction: Direction = "increase"
+    covariate: str | None = None
+    minimum_effect: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The stored form: ep-stats keys, plus each option that differs from its default."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "nominator": self.nominator,
+            "denominator": self.denominator,
+            "role": self.role,
+        }
+        for key, default in METRIC_OPTIONS.items():
+            if getattr(self, key) != default:
+                out[key] = getattr(self, key)
+        return out

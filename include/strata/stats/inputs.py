@@ -1,0 +1,247 @@
+"""The aggregates' contract and reading them: the ep-stats columns the engine reads, matching rows
+to designs, and the dense per-term sums (and cross-product sums) of every metric row's terms.
+
+Usage:
+    >>> import pandas as pd
+    >>> from strata.stats.models import experiment_from_record
+    >>> exp = experiment_from_record({"experiment_id": "e", "variants": [
+    ...     {"vid": 1, "is_control": True, "weight": 1}, {"vid": 2, "weight": 1}], "metrics": []})
+    >>> e_idx, v_idx = variant_codes(pd.Series(["e", "e"]), pd.Series([2, 1]), [exp], "goals")
+    >>> e_idx.tolist(), v_idx.tolist()
+    ([0, 0], [1, 0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from strata.metrics import FUNCTION_COLUMNS, goal_key, parse_linear
+from strata.stats.errors import AggregateError, ExpressionError
+
+if TYPE_CHECKING:
+    from strata.stats.engine import MetricRows
+    from strata.stats.models import ExperimentDesign
+
+#: Columns every aggregate row must carry (the ep-stats layout).
+KEY_COLUMNS = ("exp_id", "exp_variant_id", "unit_type", "agg_type", "goal")
+VALUE_COLUMNS = ("count", "sum_sqr_count", "sum_value", "sum_sqr_value", "count_unique")
+#: Date column of the cumulative aggregate tables; must be selected and dropped before evaluate.
+DATE_COLUMN = "as_of_date"
+#: Columns of the cross-product input: per-unit sum of term_x × term_y, terms in canonical text.
+CROSS_COLUMNS = ("exp_id", "exp_variant_id", "term_x", "term_y", "sum_product")
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise AggregateError(f"{what} is missing columns {missing} (has {list(frame.columns)})")
+
+
+def variant_codes(
+    exp_ids: pd.Series, vids: pd.Series, experiments: list[ExperimentDesign], what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Experiment and variant indexes of rows; rows of unknown variants are an error."""
+    exp_pos = {e.experiment_id: i for i, e in enumerate(experiments)}
+    e_idx = exp_ids.astype(str).map(exp_pos).to_numpy()
+    pairs = {
+        (e.experiment_id, str(v.vid)): j for e in experiments for j, v in enumerate(e.variants)
+    }
+    keys = pd.Series(list(zip(exp_ids.astype(str), vids.astype(str), strict=True)), dtype=object)
+    v_idx = keys.map(pairs).to_numpy()
+    unknown = pd.isna(v_idx)
+    if unknown.any():
+        bad = sorted({k for k, u in zip(keys, unknown, strict=True) if u})[:5]
+        raise AggregateError(f"{what}: rows for variants not in the experiment design: {bad}")
+    return e_idx.astype(np.int64), v_idx.astype(np.int64)
+
+
+# --- aggregates -> dense term sums ----------------------------------------------------------------
+
+
+def goal_sums(
+    goals: pd.DataFrame, experiments: list[ExperimentDesign], rows: MetricRows, n_var: int
+) -> dict[str, np.ndarray]:
+    """Dense (E, V, T) arrays of each term's per-unit sum ``s1`` and sum of squares ``s2``."""
+    require_columns(goals, KEY_COLUMNS + VALUE_COLUMNS, "goal aggregates")
+    if DATE_COLUMN in goals.columns:
+        raise AggregateError(
+            f"goal aggregates still have {DATE_COLUMN!r}: select one analysis date and drop the "
+            "column (any extra column is a dimension; results.read_inputs does this)"
+        )
+    wanted = {e.experiment_id for e in experiments}
+    g = goals[goals["exp_id"].astype(str).isin(wanted)]
+    dims = sorted(set(g.columns) - set(KEY_COLUMNS) - set(VALUE_COLUMNS))
+    key = (
+        g["unit_type"].astype(str) + "." + g["agg_type"].astype(str) + "." + g["goal"].astype(str)
+    ).to_numpy(dtype=object)
+    dim_text = np.full(len(g), "", dtype=object)
+    for d in dims:  # loop over dimension columns, not rows
+        val = g[d].fillna("").astype(str).to_numpy(dtype=object)
+        part = d + "=" + val
+        dim_text = np.where(
+            val == "", dim_text, np.where(dim_text == "", part, dim_text + "," + part)
+        )
+    key = np.where(dim_text == "", key, key + "(" + dim_text + ")")
+    key_pos = {goal_key(t.unit_type, t.agg_type, t.goal, t.dimensions): None for t in rows.terms}
+    key_pos = {k: i for i, k in enumerate(key_pos)}
+    k_idx = pd.Series(key).map(key_pos).to_numpy()
+    used = ~pd.isna(k_idx)
+    g = g[used]
+    k_idx = k_idx[used].astype(np.int64)
+    e_idx, v_idx = variant_codes(g["exp_id"], g["exp_variant_id"], experiments, "goal aggregates")
+    n_exp, n_keys = len(experiments), len(key_pos)
+    flat = (e_idx * n_var + v_idx) * n_keys + k_idx
+    uniq, counts = np.unique(flat, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        e, rest = divmod(int(dup), n_var * n_keys)
+        v, k = divmod(rest, n_keys)
+        raise AggregateError(
+            f"goal aggregates: duplicate rows for experiment {experiments[e].experiment_id!r}, "
+            f"variant {experiments[e].variants[v].vid!r}, goal {list(key_pos)[k]!r} (pre-aggregate "
+            "per unit over the whole window; sums of squares of partial rows do not add up)"
+        )
+    values = {}
+    for col in VALUE_COLUMNS:
+        arr = np.zeros(n_exp * n_var * n_keys)
+        col_values = pd.to_numeric(g[col], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(col_values).all():
+            raise AggregateError(f"goal aggregates: non-numeric or missing values in {col!r}")
+        arr[flat] = col_values
+        values[col] = arr.reshape(n_exp, n_var, n_keys)
+    term_key = np.array(
+        [key_pos[goal_key(t.unit_type, t.agg_type, t.goal, t.dimensions)] for t in rows.terms]
+    )
+    s1 = np.stack(
+        [
+            values[FUNCTION_COLUMNS[t.func][0]][:, :, k]
+            for t, k in zip(rows.terms, term_key, strict=True)
+        ],
+        axis=-1,
+    )
+    s2 = np.stack(
+        [
+            values[FUNCTION_COLUMNS[t.func][1]][:, :, k]
+            for t, k in zip(rows.terms, term_key, strict=True)
+        ],
+        axis=-1,
+    )
+    return {"s1": s1, "s2": s2, "term_key": term_key}
+
+
+def cross_lookup(
+    cross: pd.DataFrame | None, experiments: list[ExperimentDesign], rows: MetricRows, n_var: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted int64 keys ((e*V+v)*T+a)*T+b (a < b) and their per-unit product sums."""
+    n_terms = len(rows.terms)
+    if cross is None or len(cross) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    require_columns(cross, CROSS_COLUMNS, "cross-product aggregates")
+    wanted = {e.experiment_id for e in experiments}
+    c = cross[cross["exp_id"].astype(str).isin(wanted)]
+    term_pos = {str(t): i for i, t in enumerate(rows.terms)}
+    canon = {}
+    for text in pd.unique(pd.concat([c["term_x"], c["term_y"]]).astype(str)):
+        try:
+            form = parse_linear(text)
+        except ExpressionError as exc:
+            raise AggregateError(f"cross-product aggregates: bad term {text!r}: {exc}") from exc
+        if len(form) != 1 or next(iter(form.values())) != 1.0:
+            raise AggregateError(f"cross-product aggregates: {text!r} is not a single goal term")
+        canon[text] = term_pos.get(str(next(iter(form))), -1)
+    a = c["term_x"].astype(str).map(canon).to_numpy(dtype=np.int64)
+    b = c["term_y"].astype(str).map(canon).to_numpy(dtype=np.int64)
+    used = (a >= 0) & (b >= 0)
+    if (used & (a == b)).any():
+        raise AggregateError(
+            "cross-product aggregates: a term crossed with itself; that is sum_sqr_* of the goal"
+        )
+    c, a, b = c[used], a[used], b[used]
+    e_idx, v_idx = variant_codes(c["exp_id"], c["exp_variant_id"], experiments, "cross-products")
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keys = ((e_idx * n_var + v_idx) * n_terms + lo) * n_terms + hi
+    vals = pd.to_numeric(c["sum_product"], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(vals).all():
+        raise AggregateError("cross-product aggregates: non-numeric or missing sum_product")
+    order = np.argsort(keys, kind="stable")
+    keys, vals = keys[order], vals[order]
+    if (np.diff(keys) == 0).any():
+        k = int(keys[:-1][np.diff(keys) == 0][0])
+        raise AggregateError(
+            "cross-product aggregates: duplicate row "
+            f"({_describe_cross(k, experiments, rows, n_var)})"
+        )
+    return keys, vals
+
+
+def _describe_cross(key: int, experiments, rows: MetricRows, n_var: int) -> str:
+    n_terms = len(rows.terms)
+    rest, b = divmod(key, n_terms)
+    rest, a = divmod(rest, n_terms)
+    e, v = divmod(rest, n_var)
+    exp = experiments[e]
+    return (
+        f"experiment {exp.experiment_id!r}, variant {exp.variants[v].vid!r}, "
+        f"terms {str(rows.terms[a])!r} × {str(rows.terms[b])!r}"
+    )
+
+
+def quadratic_sums(
+    rows: MetricRows, sums: dict[str, np.ndarray], cross: tuple[np.ndarray, np.ndarray], n_var: int
+) -> np.ndarray:
+    """Q[r, v, l, l'] = sum over units of T_l * T_l' for the row's slots."""
+    n_rows, width = rows.slot_term.shape
+    n_terms = len(rows.terms)
+    e = rows.exp_index[:, None]
+    v = np.arange(n_var)[None, :]
+    q = np.zeros((n_rows, n_var, width, width))
+    used = (rows.coef["N"] != 0) | (rows.coef["D"] != 0) | (rows.coef["X"] != 0)
+    keys, vals = cross
+    term_goal = sums["term_key"]
+    funcs = np.array([t.func for t in rows.terms], dtype=object)
+    for i in range(width):  # slot pairs: at most a few dozen, each vectorised over R × V
+        ti = rows.slot_term[:, i]
+        if (ti < 0).all():
+            continue
+        s2 = sums["s2"][e, v, np.maximum(ti, 0)[:, None]]
+        q[:, :, i, i] = np.where(used[:, i : i + 1], s2, 0.0)
+        for j in range(i + 1, width):
+            tj = rows.slot_term[:, j]
+            need = used[:, i] & used[:, j]
+            if not need.any():
+                continue
+            lo, hi = np.minimum(ti, tj), np.maximum(ti, tj)
+            key = ((e * n_var + v) * n_terms + lo[:, None]) * n_terms + hi[:, None]
+            pos = np.clip(np.searchsorted(keys, key), 0, max(len(keys) - 1, 0))
+            found = (keys[pos] == key) if len(keys) else np.zeros(key.shape, bool)
+            value = np.where(found, vals[pos] if len(vals) else 0.0, 0.0)
+            # derivable without a cross row: unique(g) is the indicator of count(g) > 0, so
+            # unique × count = count and unique × value = value; a term that is zero for every
+            # unit (sum of squares 0) has zero cross-products
+            same_goal = term_goal[np.maximum(ti, 0)] == term_goal[np.maximum(tj, 0)]
+            fi, fj = funcs[np.maximum(ti, 0)], funcs[np.maximum(tj, 0)]
+            derive_i = same_goal & (fi == "unique") & (fj != "unique")  # product = T_j
+            derive_j = same_goal & (fj == "unique") & (fi != "unique")
+            s1 = sums["s1"]
+            value = np.where(derive_i[:, None], s1[e, v, np.maximum(tj, 0)[:, None]], value)
+            value = np.where(derive_j[:, None], s1[e, v, np.maximum(ti, 0)[:, None]], value)
+            zero = (sums["s2"][e, v, np.maximum(ti, 0)[:, None]] == 0) | (
+                sums["s2"][e, v, np.maximum(tj, 0)[:, None]] == 0
+            )
+            missing = need[:, None] & ~found & ~zero & ~(derive_i | derive_j)[:, None]
+            if missing.any():
+                r, vv = np.argwhere(missing)[0]
+                exp = rows.experiments[rows.exp_index[r]]
+                raise AggregateError(
+                    f"cross-product aggregates: no sum_product for experiment "
+                    f"{exp.experiment_id!r}, variant {exp.variants[vv].vid!r}, metric "
+                    f"{rows.metrics[r].id!r}: terms {str(rows.terms[ti[r]])!r} × "
+                    f"{str(rows.terms[tj[r]])!r} (needed for the variance of a multi-term, ratio "
+                    "or CUPED metric)"
+                )
+            q[:, :, i, j] = q[:, :, j, i] = np.where(need[:, None], value, 0.0)
+    return q
