@@ -68,7 +68,7 @@ def test_evaluate_one_date_or_the_whole_history(catalog):
     assert len(stored) == night.rows > 0
     assert set(stored["analysis_date"]) == {DAY}
     assert set(map(tuple, night.verdicts()[["exp_id", "variant"]].to_numpy())) == {
-        ("exp_a", "treat"), ("exp_b", "treat")
+        ("exp_a", "1002"), ("exp_b", "1002")
     }  # fmt: skip
 
     again = evaluate_night(catalog, ["exp_a"], DAY, history=True, namespace=NAMESPACE)
