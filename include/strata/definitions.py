@@ -35,7 +35,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -95,7 +95,7 @@ def check_metric_expression(expr: str) -> None:
                 f"not an ep-stats expression at {expr[pos:].strip()!r}: expected a goal like "
                 "count(user.unit.purchase), a number, + - * / or parentheses"
             )
-        kind = m.lastgroup
+        kind = cast(str, m.lastgroup)  # every alternative of _TOKEN is a named group
         token = m.group(kind).strip()
         if kind in ("goal", "num") or token == "(":
             if not expect_operand:
@@ -565,8 +565,8 @@ def _cross_check(
             )
         per_domain[m.domain].append(lay)
     for did, lays in per_domain.items():
-        d = domain_by_id.get(did)
-        if d is not None and d.model.kind == "non_overlapping" and len(lays) > 1:
+        dom = domain_by_id.get(did)
+        if dom is not None and dom.model.kind == "non_overlapping" and len(lays) > 1:
             problems.append(
                 f"{_where(lays[1])}: non_overlapping domain {did!r} holds one layer, found "
                 f"{sorted(x.model.id for x in lays)}"

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -206,6 +206,7 @@ def _goal_sums(
             val == "", dim_text, np.where(dim_text == "", part, dim_text + "," + part)
         )
     key = np.where(dim_text == "", key, key + "(" + dim_text + ")")
+    key_pos: dict[str, int | None]
     key_pos = {goal_key(t.unit_type, t.agg_type, t.goal, t.dimensions): None for t in rows.terms}
     key_pos = {k: i for i, k in enumerate(key_pos)}
     k_idx = pd.Series(key).map(key_pos).to_numpy()
@@ -379,7 +380,7 @@ def _looks(
     if not config.sequential or analysis_date is None:
         return look, planned
     for i, exp in enumerate(experiments):  # per experiment (design), not per data row
-        if exp.planned_days is None:
+        if exp.planned_days is None or exp.start_date is None:  # planned_days needs start_date
             continue
         if exp.planned_days < 1:
             raise DesignError(f"experiment {exp.experiment_id!r}: end_date before start_date")
@@ -632,7 +633,8 @@ def evaluate(
     ).astype(object)
     decision = np.where(testable, decision, NO_DATA)
     decision = np.where(exp_srm_fail & ~is_ctrl, INVALID_SRM, decision)
-    decision = np.where(is_ctrl, None, decision)
+    # None fills the object array; numpy's stubs take only array-likes there
+    decision = np.where(is_ctrl, None, decision)  # type: ignore[call-overload]
 
     out = _frame(
         rows,
@@ -758,7 +760,7 @@ def _sequential_holm(
     if order is None:
         return reject & testable
     out = np.zeros_like(testable)
-    out[order] = np.take_along_axis(reject[exp_index[order]], cols, axis=1)
+    out[order] = np.take_along_axis(reject[exp_index[order]], cast(np.ndarray, cols), axis=1)
     return out & testable
 
 

@@ -231,6 +231,7 @@ def experiments_from_records(records: Sequence[Mapping[str, Any]]) -> list[Exper
 
 def _unique(exp: str, what: str, values: Sequence[str]) -> None:
     seen: set[str] = set()
-    dup = sorted({v for v in values if v in seen or seen.add(v)})
+    # `seen.add` returns None, so `or` records each value and keeps only the repeated ones
+    dup = sorted({v for v in values if v in seen or seen.add(v)})  # type: ignore[func-returns-value]
     if dup:
         raise DesignError(f"experiment {exp!r}: duplicate {what}: {dup}")
