@@ -47,11 +47,9 @@ def assignment_stage(
     publication's output (for tasks that need the new version live).
     """
     with TaskGroup(group_id=group_id):
-        # A task called with an XComArg gets the upstream's value at run time; Airflow's @task
-        # types the call with the function's own parameters (the arg-type ignores here).
-        assigned = assign_units(validate_definitions(definitions_path))  # type: ignore[arg-type]
+        assigned = assign_units(validate_definitions(definitions_path))
         gate = check_suite.override(task_id="check_assignments")("assignments")
-        published = publish_lookups(assigned, as_of=as_of)  # type: ignore[arg-type]
+        published = publish_lookups(assigned, as_of=as_of)
         assigned >> gate >> published
     return published
 
@@ -93,7 +91,7 @@ def goal_aggregates_stage(group_id: str = "events") -> TaskGroup:
         plan >> inputs
         inputs >> dbt
         gate_out = check_suite.override(task_id="check_goal_aggregates")("goal_aggregates")
-        dbt >> gate_out >> summarize_events(plan)  # type: ignore[arg-type]  # an XComArg, as above
+        dbt >> gate_out >> summarize_events(plan)
     return group
 
 

@@ -13,10 +13,8 @@ from orchestration.links import URL_PREFIX
 class StrataPlugin(AirflowPlugin):
     name = "strata"
 
-    # A property where AirflowPlugin declares a list: the app is built lazily, only when the API
-    # server reads the attribute.
     @property
-    def fastapi_apps(self):  # type: ignore[override]
+    def fastapi_apps(self):  # built lazily: only the API server asks for it
         from orchestration.web import create_app
 
         return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Strata reports"}]
