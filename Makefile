@@ -96,9 +96,11 @@ test-fast: setup  ## the suite without the slow end-to-end tests
 test-cluster: setup  ## the pipeline on a local Spark cluster + REST catalog + S3 store, compared with local mode (root; ~6 min)
 	$(PY) -m pytest tests/cluster -m cluster -p no:cacheprovider
 
-lint: setup  ## ruff check + format check
+lint: setup  ## ruff check + format check, mypy on include/, sqlfluff on the dbt models
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	PYTHONPATH=$(CURDIR)/include:$(CURDIR) $(VENV)/bin/lint-imports --no-cache --no-logo
+	$(VENV)/bin/mypy
+	$(VENV)/bin/sqlfluff lint dbt_project/models
 
 format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, cast
 
 from airflow.sdk import get_current_context, task
 
@@ -169,7 +169,7 @@ def serve_sample_requests(published: dict) -> dict:
     out = get_settings().home / "logs" / "demo-samples.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(answers, indent=1))
-    start = parse_date(params["start_date"], "start_date")
+    start = cast(dt.date, parse_date(params["start_date"], "start_date"))  # a param with a default
     last_day = start + dt.timedelta(days=int(params["days"]) - 1)
     # The demo replaced every raw event: the events DAG rebuilds its incremental models as of
     # the data's last day, and the evaluation then re-evaluates every day (both read this).

@@ -557,8 +557,8 @@ def _cross_check(
             )
         per_domain[m.domain].append(lay)
     for did, lays in per_domain.items():
-        d = domain_by_id.get(did)
-        if d is not None and d.model.kind == "non_overlapping" and len(lays) > 1:
+        dom = domain_by_id.get(did)
+        if dom is not None and dom.model.kind == "non_overlapping" and len(lays) > 1:
             problems.append(
                 f"{_where(lays[1])}: non_overlapping domain {did!r} holds one layer, found "
                 f"{sorted(x.model.id for x in lays)}"

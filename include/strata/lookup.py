@@ -40,7 +40,7 @@ import pickle
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from strata.assignment import deep_merge
 from strata.config import Settings, get_settings
@@ -432,7 +432,7 @@ class LookupClient:
             raw = self.redis.get(self.keys.live)
         except (redis_lib.RedisError, OSError) as exc:
             raise unavailable(exc) from exc
-        return raw.decode() if raw else None
+        return cast(bytes, raw).decode() if raw else None  # the client returns bytes
 
     def serving_version(self) -> str:
         """The live version, checked to be servable (its metadata present): what a health check

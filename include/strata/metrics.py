@@ -27,9 +27,10 @@ Usage:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from strata.errors import DataError
 
@@ -82,7 +83,9 @@ class Term:
         return f"{self.func}({self.goal_key})"
 
 
-def goal_key(unit_type: str, agg_type: str, goal: str, dimensions=()) -> str:
+def goal_key(
+    unit_type: str, agg_type: str, goal: str, dimensions: Sequence[tuple[str, str]] = ()
+) -> str:
     """Canonical text of a goal row: ``unit.agg.goal`` plus sorted non-empty dimensions.
 
     Usage:
@@ -113,6 +116,11 @@ class _Node:
     const: float | None
     form: LinearForm | None
 
+    @property
+    def k(self) -> float:
+        """The constant of a constant node (``form is None``); typed for the checker."""
+        return cast(float, self.const)
+
 
 class _Parser:
     def __init__(self, text: str) -> None:
@@ -134,7 +142,7 @@ class _Parser:
         tok = self.peek()
         if tok is None:
             raise self.fail("unexpected end")
-        self.pos = _TOKEN.match(self.text, self.pos).end()
+        self.pos = cast("re.Match[str]", _TOKEN.match(self.text, self.pos)).end()  # peek matched
         return tok
 
     def expect(self, value: str) -> None:
@@ -144,8 +152,8 @@ class _Parser:
 
     def parse(self) -> _Node:
         node = self.expr()
-        if self.peek() is not None:
-            raise self.fail(f"unexpected trailing {self.peek()[1]!r}")
+        if (trailing := self.peek()) is not None:
+            raise self.fail(f"unexpected trailing {trailing[1]!r}")
         return node
 
     def expr(self) -> _Node:
@@ -168,7 +176,7 @@ class _Parser:
             self.take()
             node = self.unary()
             if node.form is None:
-                return _Node(-node.const, None)
+                return _Node(-node.k, None)
             return _Node(None, node.form.scaled(-1.0))
         return self.atom()
 
@@ -231,7 +239,7 @@ class _Parser:
 
     def combine_sum(self, a: _Node, b: _Node, sign: float) -> _Node:
         if a.form is None and b.form is None:
-            return _Node(a.const + sign * b.const, None)
+            return _Node(a.k + sign * b.k, None)
         if a.form is None or b.form is None:
             raise self.fail(
                 "a constant added to a goal term changes every unit's value and is not supported"
@@ -247,16 +255,14 @@ class _Parser:
                 raise self.fail("dividing by a goal term is only allowed between the two sides")
             if b.const == 0:
                 raise self.fail("division by zero")
-            factor = 1.0 / b.const
+            factor = 1.0 / b.k
             return (
-                _Node(a.const * factor, None)
-                if a.form is None
-                else _Node(None, a.form.scaled(factor))
+                _Node(a.k * factor, None) if a.form is None else _Node(None, a.form.scaled(factor))
             )
         if a.form is None and b.form is None:
-            return _Node(a.const * b.const, None)
-        form, const = (a.form, b.const) if a.form is not None else (b.form, a.const)
-        return _Node(None, form.scaled(const))
+            return _Node(a.k * b.k, None)
+        form, const = (a.form, b.k) if a.form is not None else (b.form, a.k)
+        return _Node(None, cast(LinearForm, form).scaled(const))  # one side is a form here
 
 
 @lru_cache(maxsize=4096)

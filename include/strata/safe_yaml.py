@@ -81,7 +81,8 @@ class _Refused(ConstructorError):
 
 
 def _refuse(at: Node | NodeEvent, message: str) -> _Refused:
-    return _Refused(None, None, message, at.start_mark)
+    # libyaml's C Mark has the same fields as yaml.error.Mark; the stubs type them apart
+    return _Refused(None, None, message, at.start_mark)  # type: ignore[arg-type]
 
 
 class _StrictConstructor(SafeConstructor):
@@ -131,12 +132,15 @@ for _name in ("int", "float", "timestamp"):
     _StrictConstructor.add_constructor(
         f"tag:yaml.org,2002:{_name}", getattr(_StrictConstructor, f"construct_yaml_{_name}")
     )
+# The stubs bind a constructor's first argument to a Loader class; PyYAML calls it with the loader,
+# which is a constructor too (the ignores below are that mismatch, nothing else).
 for _name in _REFUSED_TAGS:
-    _StrictConstructor.add_constructor(
+    _StrictConstructor.add_constructor(  # type: ignore[type-var]
         f"tag:yaml.org,2002:{_name}", _StrictConstructor.construct_refused
     )
-_StrictConstructor.add_constructor(None, _StrictConstructor.construct_refused)  # any other tag
-_StrictConstructor.add_constructor("tag:yaml.org,2002:value", SafeConstructor.construct_yaml_str)
+# any other tag
+_StrictConstructor.add_constructor(None, _StrictConstructor.construct_refused)  # type: ignore[type-var]
+_StrictConstructor.add_constructor("tag:yaml.org,2002:value", SafeConstructor.construct_yaml_str)  # type: ignore[type-var]
 
 
 class PyLoader(
@@ -177,7 +181,7 @@ def _check_shape(loader: Any, max_depth: int, max_alias_nodes: int) -> None:
     """One pass over the events: nesting depth, recursive aliases, alias expansion budget."""
     nodes = 0  # nodes so far, aliases counted expanded
     alias_nodes = 0
-    sizes: dict[str, int] = {}  # anchor -> expanded size of its node
+    sizes: dict[str | None, int] = {}  # anchor -> expanded size of its node
     stack: list[tuple[str | None, int]] = []  # open collections: (anchor, nodes at start)
     while loader.check_event():
         event = loader.get_event()

@@ -152,7 +152,7 @@ def pyiceberg_s3_props(settings: Settings) -> dict[str, str]:
     """The same S3 endpoint, region and credentials for pyiceberg's FileIO (no JVM)."""
     if not _uses_s3(settings):
         return {}
-    props = {}
+    props: dict[str, str] = {}
     if settings.s3_endpoint:
         props |= {"s3.endpoint": settings.s3_endpoint, "s3.force-virtual-addressing": "false"}
     if region := _s3_region(settings):

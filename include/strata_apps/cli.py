@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from strata.definitions import Definitions
 
 
 def _generate(argv: list[str]) -> int:
@@ -20,7 +24,7 @@ def _print_problems(problems: list[str], path: str) -> None:
     print(f"{len(problems)} problem(s) in {path}", file=sys.stderr)
 
 
-def _load_definitions(path: str):
+def _load_definitions(path: str) -> Definitions | None:
     """The definitions at ``path``, or None after printing one line per problem to stderr."""
     from strata.definitions import DefinitionError, load
 

@@ -52,7 +52,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
@@ -283,9 +283,10 @@ class ExposureSink:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 self._day = day
-            written = os.write(self._fd, data)  # one append per request
+            fd = cast(int, self._fd)  # open for this day (just above when the day changed)
+            written = os.write(fd, data)  # one append per request
             while written < len(data):  # a short write (disk full, signal): finish it or raise
-                written += os.write(self._fd, data[written:])
+                written += os.write(fd, data[written:])
 
     def close(self) -> None:
         with self._lock:

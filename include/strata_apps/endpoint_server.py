@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 #: Largest body nginx passes on (strata_apps.endpoint.MAX_BODY_BYTES; not imported: no FastAPI).
 MAX_BODY_BYTES = 16 * 1024
@@ -257,7 +258,7 @@ def serve(host: str = "127.0.0.1", port: int = 8090, limits: Limits | None = Non
                       f"{run_dir / 'nginx-error.log'}", file=sys.stderr, flush=True)  # fmt: skip
             os.kill(os.getpid(), signal.SIGTERM)
 
-    fast = {}
+    fast: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import httptools  # noqa: F401
         import uvloop  # noqa: F401

@@ -538,7 +538,7 @@ def _decisions(
     ).astype(object)
     decision = np.where(cmp.testable, decision, NO_DATA)
     decision = np.where(exp_srm_fail & ~cmp.is_ctrl, INVALID_SRM, decision)
-    return np.where(cmp.is_ctrl, None, decision)
+    return np.where(cmp.is_ctrl, np.array(None, dtype=object), decision)
 
 
 #: Relative tolerance for round-off when a sum of squares is checked against its sum.

@@ -86,8 +86,10 @@ def goal_sums(
             val == "", dim_text, np.where(dim_text == "", part, dim_text + "," + part)
         )
     key = np.where(dim_text == "", key, key + "(" + dim_text + ")")
-    key_pos = {goal_key(t.unit_type, t.agg_type, t.goal, t.dimensions): None for t in rows.terms}
-    key_pos = {k: i for i, k in enumerate(key_pos)}
+    keys = dict.fromkeys(
+        goal_key(t.unit_type, t.agg_type, t.goal, t.dimensions) for t in rows.terms
+    )
+    key_pos = {k: i for i, k in enumerate(keys)}
     k_idx = pd.Series(key).map(key_pos).to_numpy()
     used = ~pd.isna(k_idx)
     g = g[used]

@@ -22,6 +22,7 @@ Usage:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -218,7 +219,6 @@ def experiments_from_records(records: Sequence[Mapping[str, Any]]) -> list[Exper
 
 
 def _unique(exp: str, what: str, values: Sequence[Any]) -> None:
-    seen: set[Any] = set()
-    dup = sorted({v for v in values if v in seen or seen.add(v)})
+    dup = sorted(v for v, n in Counter(values).items() if n > 1)
     if dup:
         raise DesignError(f"experiment {exp!r}: duplicate {what}: {dup}")

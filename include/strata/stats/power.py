@@ -39,7 +39,7 @@ def power(
     n_per_variant,
     alpha: float = DEFAULT_ALPHA,
     comparisons: int = 1,
-    crit: float | None = None,
+    crit: float | np.ndarray | None = None,
     std_treatment=None,
 ):
     """Probability of a significant result for a relative effect ``minimum_effect`` on ``mean``."""
@@ -58,7 +58,7 @@ def required_sample_size(
     alpha: float = DEFAULT_ALPHA,
     power: float = DEFAULT_POWER,
     comparisons: int = 1,
-    crit: float | None = None,
+    crit: float | np.ndarray | None = None,
     std_treatment=None,
 ):
     """Units per variant (rounded up) so that :func:`power` reaches ``power``."""
@@ -77,7 +77,7 @@ def minimum_detectable_effect(
     alpha: float = DEFAULT_ALPHA,
     power: float = DEFAULT_POWER,
     comparisons: int = 1,
-    crit: float | None = None,
+    crit: float | np.ndarray | None = None,
     std_treatment=None,
 ):
     """Smallest relative effect detected with probability ``power`` at the given sample size."""

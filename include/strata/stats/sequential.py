@@ -135,7 +135,7 @@ def looks(
     if not config.sequential or analysis_date is None:
         return look, planned
     for i, exp in enumerate(experiments):  # per experiment (design), not per data row
-        if exp.planned_days is None:
+        if exp.planned_days is None or exp.start_date is None:  # no planned duration
             continue
         if exp.planned_days < 1:
             raise DesignError(f"experiment {exp.experiment_id!r}: end_date before start_date")
@@ -193,6 +193,7 @@ def sequential_holm(
     np.put_along_axis(reject, srt, reject_sorted, axis=1)
     if order is None:
         return reject & testable
+    assert cols is not None  # set with `order` by family_matrix
     out = np.zeros_like(testable)
     out[order] = np.take_along_axis(reject[exp_index[order]], cols, axis=1)
     return out & testable

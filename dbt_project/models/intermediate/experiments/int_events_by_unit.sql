@@ -14,5 +14,5 @@ select
     u.unit_id
 
 from {{ ref('stg_events__events') }} as e
-{{ lateral_view_unit_ids('e', ['device_id', 'user_id']) }}
+    {{ lateral_view_unit_ids('e', ['device_id', 'user_id']) }}
 where u.unit_id is not null

@@ -18,7 +18,7 @@ attributed as (
 
     select * from {{ ref('int_goals_attributed') }}
     {% if is_incremental() -%}
-    where {{ recompute_window('event_date') }}
+        where {{ recompute_window('event_date') }}
     {%- endif %}
 
 )

@@ -87,20 +87,20 @@ increments as (
         sum(series.d_sqr_value) as d_sqr_value,
         count_if(series.is_first_row) as d_unique
     from cumulative
-    lateral view inline(array(
-        named_struct(
-            'platform', platform,
-            'd_sqr_count', goal_count * (2 * platform_cum_count - goal_count),
-            'd_sqr_value', goal_value * (2 * platform_cum_value - goal_value),
-            'is_first_row', platform_nth_row = 1
-        ),
-        named_struct(
-            'platform', '',
-            'd_sqr_count', goal_count * (2 * unit_cum_count - unit_day_count),
-            'd_sqr_value', goal_value * (2 * unit_cum_value - unit_day_value),
-            'is_first_row', unit_nth_row = 1
-        )
-    )) series
+        lateral view inline(array(
+            named_struct(
+                'platform', platform,
+                'd_sqr_count', goal_count * (2 * platform_cum_count - goal_count),
+                'd_sqr_value', goal_value * (2 * platform_cum_value - goal_value),
+                'is_first_row', platform_nth_row = 1
+            ),
+            named_struct(
+                'platform', '',
+                'd_sqr_count', goal_count * (2 * unit_cum_count - unit_day_count),
+                'd_sqr_value', goal_value * (2 * unit_cum_value - unit_day_value),
+                'is_first_row', unit_nth_row = 1
+            )
+        )) series
     group by experiment_id, variant_id, unit_type, goal, series.platform, event_date
 
 ),
@@ -128,16 +128,22 @@ targets as (
 
     select * from {{ ref('int_analysis_dates') }}
     {% if is_incremental() -%}
-    where {{ recompute_window('as_of_date') }}
+        where {{ recompute_window('as_of_date') }}
     {%- endif %}
 
 ),
 
 all_increments as (
 
-    select *, 'unit' as agg_type from increments
+    select
+        *,
+        'unit' as agg_type
+    from increments
     union all
-    select *, 'global' as agg_type from exposure_increments
+    select
+        *,
+        'global' as agg_type
+    from exposure_increments
 
 )
 
@@ -157,5 +163,5 @@ select
 
 from targets as t
 inner join all_increments as i
-    on t.experiment_id = i.experiment_id and i.event_date <= t.as_of_date
+    on t.experiment_id = i.experiment_id and t.as_of_date >= i.event_date
 group by t.as_of_date, i.experiment_id, i.variant_id, i.unit_type, i.agg_type, i.goal, i.platform

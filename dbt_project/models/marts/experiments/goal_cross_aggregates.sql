@@ -29,11 +29,11 @@ unit_days as (
         unit_type,
         unit_id,
         event_date,
-        {%- for g in goal_columns %}
+    {%- for g in goal_columns %}
         sum(case when goal = '{{ g }}' then goal_count else 0 end) as count_{{ g }},
         sum(case when goal = '{{ g }}' then goal_value else 0 end) as value_{{ g }}
         {{- "," if not loop.last }}
-        {%- endfor %}
+    {%- endfor %}
     from {{ ref('fct_unit_goals_daily') }}
     group by experiment_id, variant_id, unit_type, unit_id, event_date
 
@@ -47,11 +47,11 @@ cumulative as (
         unit_type,
         unit_id,
         event_date,
-        {%- for g in goal_columns %}
+    {%- for g in goal_columns %}
         sum(count_{{ g }}) over unit_history as count_{{ g }},
         sum(value_{{ g }}) over unit_history as value_{{ g }}
         {{- "," if not loop.last }}
-        {%- endfor %}
+    {%- endfor %}
     from unit_days
     window unit_history as (
         partition by unit_id, unit_type, experiment_id, variant_id
@@ -69,10 +69,10 @@ products as (
         unit_type,
         unit_id,
         event_date,
-        {%- for fx, gx, fy, gy in pairs %}
+    {%- for fx, gx, fy, gy in pairs %}
         {{ fx }}_{{ gx }} * {{ fy }}_{{ gy }} as p{{ loop.index }}
         {{- "," if not loop.last }}
-        {%- endfor %}
+    {%- endfor %}
     from cumulative
 
 ),
@@ -85,11 +85,11 @@ unit_increments as (
         variant_id,
         unit_type,
         event_date,
-        {%- for pair in pairs %}
+    {%- for pair in pairs %}
         p{{ loop.index }} - coalesce(lag(p{{ loop.index }}) over unit_history, 0)
             as d{{ loop.index }}
         {{- "," if not loop.last }}
-        {%- endfor %}
+    {%- endfor %}
     from products
     window unit_history as (
         partition by unit_id, unit_type, experiment_id, variant_id order by event_date
@@ -104,10 +104,10 @@ increments as (
         variant_id,
         {{ ep_unit_type('unit_type') }} as ep_unit_type,
         event_date,
-        {%- for pair in pairs %}
+    {%- for pair in pairs %}
         sum(d{{ loop.index }}) as d{{ loop.index }}
         {{- "," if not loop.last }}
-        {%- endfor %}
+    {%- endfor %}
     from unit_increments
     group by experiment_id, variant_id, unit_type, event_date
 
@@ -123,15 +123,15 @@ long_increments as (
         term.term_y,
         term.d
     from increments
-    lateral view explode(array(
-        {%- for fx, gx, fy, gy in pairs %}
-        named_struct(
-            'term_x', concat('{{ fx }}(', ep_unit_type, '.unit.{{ gx }})'),
-            'term_y', concat('{{ fy }}(', ep_unit_type, '.unit.{{ gy }})'),
-            'd', cast(d{{ loop.index }} as double)
-        ){{ "," if not loop.last }}
-        {%- endfor %}
-    )) as term
+        lateral view explode(array(
+            {%- for fx, gx, fy, gy in pairs %}
+                named_struct(
+                    'term_x', concat('{{ fx }}(', ep_unit_type, '.unit.{{ gx }})'),
+                    'term_y', concat('{{ fy }}(', ep_unit_type, '.unit.{{ gy }})'),
+                    'd', cast(d{{ loop.index }} as double)
+                ){{ "," if not loop.last }}
+            {%- endfor %}
+        )) as term
 
 ),
 
@@ -139,7 +139,7 @@ targets as (
 
     select * from {{ ref('int_analysis_dates') }}
     {% if is_incremental() -%}
-    where {{ recompute_window('as_of_date') }}
+        where {{ recompute_window('as_of_date') }}
     {%- endif %}
 
 )
@@ -154,5 +154,5 @@ select
 
 from targets as t
 inner join long_increments as i
-    on t.experiment_id = i.experiment_id and i.event_date <= t.as_of_date
+    on t.experiment_id = i.experiment_id and t.as_of_date >= i.event_date
 group by t.as_of_date, i.experiment_id, i.variant_id, i.term_x, i.term_y

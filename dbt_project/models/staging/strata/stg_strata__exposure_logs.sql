@@ -9,5 +9,5 @@ select
     nullif(served.url, '') as url
 
 from {{ source('strata', 'exposure_logs') }}
-lateral view explode(edata.params) as served
+    lateral view explode(edata.params) as served
 where served.title = 'experiment'

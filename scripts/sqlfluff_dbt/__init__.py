@@ -1,0 +1,28 @@
+"""dbt's ``var()`` for sqlfluff's jinja templater (``.sqlfluff``: ``library_path``).
+
+sqlfluff's dbt builtins answer every ``var()`` with a placeholder string, so a loop over the
+``goals`` list would render one column per letter. This ``var()`` answers with the project's own
+vars from ``dbt_project/dbt_project.yml`` (then the call's default, then sqlfluff's placeholder),
+so the linted SQL is the SQL dbt renders, with no dbt, profile or Spark involved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlfluff.core.templaters.builtins.dbt import VarEmulator
+
+_PROJECT = Path(__file__).resolve().parents[2] / "dbt_project" / "dbt_project.yml"
+_VARS: dict[str, Any] = yaml.safe_load(_PROJECT.read_text()).get("vars") or {}
+_NO_DEFAULT = object()
+
+
+def var(name: str, default: Any = _NO_DEFAULT) -> Any:
+    """The project's value of ``name``, else ``default``, else a placeholder identifier."""
+    if name in _VARS:
+        return _VARS[name]
+    if default is not _NO_DEFAULT:
+        return default
+    return VarEmulator()
