@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from spark_jobs.ingest_exposure_logs import ingest
+from strata import contracts
 from strata.stack import write_dbt_profile
 
 PROJECT = Path(__file__).resolve().parents[2] / "dbt_project"
@@ -145,7 +146,7 @@ def fixture_tables(spark, settings, tmp_path_factory):
     return landing
 
 
-def _build(settings, tmp_path: Path, *extra: str) -> None:
+def _build(settings, tmp_path: Path, *extra: str, dbt_vars: dict | None = None) -> None:
     from dbt.cli.main import dbtRunner
 
     profiles = write_dbt_profile(settings, tmp_path)
@@ -160,6 +161,8 @@ def _build(settings, tmp_path: Path, *extra: str) -> None:
             str(tmp_path / "target"),
             "--log-path",
             str(tmp_path / "logs"),
+            "--vars",
+            json.dumps(contracts.dbt_vars() | (dbt_vars or {})),
             *extra,
         ]
     )
@@ -252,7 +255,7 @@ def test_rerun_is_idempotent_and_late_events_count_once(spark, settings, fixture
         ],
         spark.table(settings.table("raw_events")).schema,
     ).writeTo(settings.table("raw_events")).append()
-    _build(settings, tmp_path, "--vars", "{lookback_days: 1}")
+    _build(settings, tmp_path, dbt_vars={"lookback_days": 1})
     after = _aggregates(spark, settings, "2026-11-04")
     assert after[(1, "purchase")] == (3, 9, 32.0, 32.0**2, 1)
     assert after[(0, "click")] == before[(0, "click")]
@@ -284,6 +287,8 @@ def test_docs_generate_catalogues_every_model(settings, fixture_tables, tmp_path
             str(tmp_path / "target"),
             "--log-path",
             str(tmp_path / "logs"),
+            "--vars",
+            json.dumps(contracts.dbt_vars()),
         ]
     )
     assert result.success, result.exception
