@@ -49,6 +49,7 @@ from lookup_loader.keys import (
     tombstone_field,
     unit_hash,
 )
+from strata import contracts
 from strata.config import Settings, get_settings
 from strata.errors import DataError, StackError, StrataError
 
@@ -60,11 +61,9 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the stored layout changes; part of every version id.
 FORMAT_VERSION = 1
-ASSIGNMENTS_TABLE = "assignments"
-EXPERIMENTS_TABLE = "experiments"
-PUBLICATIONS_TABLE = "publications"
-#: Experiments in these states are not served (their rows are counted as excluded).
-NOT_SERVED_STATUSES = frozenset({"draft", "paused", "stopped", "archived", "completed"})
+ASSIGNMENTS_TABLE = contracts.ASSIGNMENTS
+EXPERIMENTS_TABLE = contracts.EXPERIMENTS
+PUBLICATIONS_TABLE = contracts.PUBLICATIONS
 #: HSET commands per socket write (about 100k units, a few MB).
 COMMANDS_PER_CHUNK = 2000
 #: Parallel writer connections (Redis is single-threaded; 2 keep it busy while one encodes).
@@ -222,7 +221,8 @@ def _served_experiments(source: Source, as_of: dt.date) -> tuple[dict[str, dict]
         if exp_id in served or exp_id in excluded:
             raise DataError(f"experiments table: experiment_id {exp_id!r} appears twice")
         status = (row["status"] or "").lower()
-        if status in NOT_SERVED_STATUSES:
+        # only strata.contracts.SERVED_STATUSES are served; any other status, known or not, is not
+        if not contracts.is_served(status):
             excluded[exp_id] = f"status_{status}"
         elif row["end_date"] is not None and row["end_date"] < as_of:
             excluded[exp_id] = "ended"

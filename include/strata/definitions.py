@@ -41,21 +41,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from strata import safe_yaml
 from strata.bucketing import SLOTS
+from strata.contracts import (  # noqa: F401  (re-exported: their home is strata.contracts)
+    ASSIGNED_STATUSES,
+    METRIC_ROLES,
+    STATUSES,
+    UNIT_TYPES,
+    Status,
+    UnitType,
+)
 from strata.errors import StrataError
 from strata.rules import Rule, RuleNode, from_node
 
 #: The implicit root domain: all traffic. The launch layer and top-level domains live in it.
 ROOT_DOMAIN = "global"
-UNIT_TYPES = ("device_id", "user_id", "url")
-STATUSES = ("draft", "running", "stopped")
-#: Experiments in these statuses get units assigned.
-ASSIGNED_STATUSES = ("running",)
-METRIC_ROLES = ("primary", "guardrail", "secondary")
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "definitions.schema.json"
 _ID = r"^[a-z][a-z0-9_]*$"
 _EXTENSIONS = (".yaml", ".yml")
-
-UnitType = Literal["device_id", "user_id", "url"]
 
 
 class DefinitionError(StrataError):
@@ -194,7 +195,7 @@ class ExperimentModel(_Strict):
     owner: str
     description: str = ""
     layer: str
-    status: Literal["draft", "running", "stopped"] = "draft"
+    status: Status = "draft"
     start_date: dt.date
     end_date: dt.date
     platforms: list[str] = Field(default_factory=list, description="Channels (seed 003/004).")
