@@ -14,8 +14,10 @@ Pure Python (plus PyYAML through :mod:`strata.safe_yaml`): importable by any sta
 Usage:
     >>> [g.name for g in goals()]
     ['session_start', 'click', 'add_to_cart', 'purchase']
-    >>> dbt_vars()
-    {'goals': ['session_start', 'click', 'add_to_cart', 'purchase'], 'value_goals': ['purchase']}
+    >>> sorted(dbt_vars())
+    ['goals', 'unit_types', 'value_goals']
+    >>> dbt_vars()["value_goals"], dbt_vars()["unit_types"]
+    (['purchase'], ['device_id', 'user_id', 'url'])
     >>> is_served("running"), is_served("stopped"), is_served("archived")
     (True, False, False)
 """
@@ -158,8 +160,13 @@ def value_goals(path: Path | str | None = None) -> tuple[str, ...]:
 
 
 def dbt_vars(path: Path | str | None = None) -> dict[str, Any]:
-    """The vars every dbt invocation needs (``--vars``, Cosmos ``operator_args['vars']``)."""
-    return {"goals": list(goal_names(path)), "value_goals": list(value_goals(path))}
+    """The vars every dbt invocation needs (``--vars``, Cosmos ``operator_args['vars']``): the
+    goals and value goals of the catalogue, and the unit types (the id columns of LOG events)."""
+    return {
+        "goals": list(goal_names(path)),
+        "value_goals": list(value_goals(path)),
+        "unit_types": list(UNIT_TYPES),
+    }
 
 
 @functools.lru_cache(maxsize=8)

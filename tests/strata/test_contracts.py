@@ -29,6 +29,7 @@ def test_bundled_catalogue():
     assert contracts.dbt_vars() == {
         "goals": ["session_start", "click", "add_to_cart", "purchase"],
         "value_goals": ["purchase"],
+        "unit_types": ["device_id", "user_id", "url"],
     }
 
 
@@ -109,3 +110,27 @@ def test_stages_use_the_same_unit_types_and_tables():
     assert tuple(UNIT_CODES) == contracts.UNIT_TYPES
     assert set(SUITES) == {contracts.RAW_EVENTS, contracts.ASSIGNMENTS, contracts.GOAL_AGGREGATES}
     assert TABLES == ("orgs", "users", "devices", "raw_events")
+
+
+def test_dbt_names_the_tables_of_the_contracts():
+    """dbt sources keep their table names in YAML (readable, and the Cosmos manifest does not
+    depend on vars); this pins them, and the dbt models Strata reads back, to strata.contracts."""
+    from pathlib import Path
+
+    import yaml
+
+    project = Path(__file__).resolve().parents[2] / "dbt_project"
+    sources = {
+        table["name"]
+        for path in project.glob("models/**/_*__sources.yml")
+        for source in yaml.safe_load(path.read_text())["sources"]
+        for table in source["tables"]
+    }
+    assert sources == {
+        contracts.RAW_EVENTS,
+        contracts.ASSIGNMENTS,
+        contracts.EXPERIMENTS,
+        contracts.EXPOSURE_LOGS,
+    }
+    models = {p.stem for p in project.glob("models/**/*.sql")}
+    assert set(contracts.DBT_TABLES) <= models
