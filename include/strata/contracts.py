@@ -209,17 +209,17 @@ def _goal(entry: Any, where: str) -> Goal:
     description = entry.get("description", "")
     if not isinstance(description, str):
         raise GoalsError(f"{where}: description must be text")
-    synthetic, rate = entry.get("synthetic"), None
-    if isinstance(synthetic, dict):
-        rate = synthetic.get("rate")
-        if set(synthetic) != {"rate"} or not isinstance(rate, int | float) or not 0 < rate <= 1:
-            raise GoalsError(f"{where}: synthetic must be `funnel` or {{rate: 0 < p <= 1}}")
-        if has_value:
-            raise GoalsError(f"{where}: the generator draws no amounts for a rate goal")
-        synthetic, rate = "rate", float(rate)
-    elif synthetic not in (None, "funnel"):
+    declared = entry.get("synthetic")
+    if declared is None:
+        return Goal(name, description.strip(), has_value)
+    if declared == "funnel":
+        return Goal(name, description.strip(), has_value, "funnel")
+    rate = declared.get("rate") if isinstance(declared, dict) else None
+    if not isinstance(rate, int | float) or set(declared) != {"rate"} or not 0 < rate <= 1:
         raise GoalsError(f"{where}: synthetic must be `funnel` or {{rate: 0 < p <= 1}}")
-    return Goal(name, description.strip(), has_value, synthetic, rate)
+    if has_value:
+        raise GoalsError(f"{where}: the generator draws no amounts for a rate goal")
+    return Goal(name, description.strip(), has_value, "rate", float(rate))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def test_value_goals_each_get_their_checks(tmp_path, monkeypatch):
         ("  - name: click\n", "declared twice: click"),
         ("  - name: share\n    synthetic: {rate: 1.5}\n", "synthetic must be"),
         ("  - name: share\n    synthetic: sometimes\n", "synthetic must be"),
+        ("  - name: share\n    synthetic: 5\n", "synthetic must be"),
         ("  - name: share\n    value: true\n    synthetic: {rate: 0.1}\n", "no amounts"),
         ("  - name: share\n    value: yes please\n", "true or false"),
         ("  - name: share\n    colour: red\n", "unknown field"),
