@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import shutil
@@ -73,6 +74,8 @@ def _setup_inputs(spark, settings, n_events: int) -> int:
 def _run_dbt(settings, profiles: Path) -> float:
     from dbt.cli.main import dbtRunner
 
+    from strata.contracts import dbt_vars
+
     started = time.perf_counter()
     result = dbtRunner().invoke(
         [
@@ -88,6 +91,8 @@ def _run_dbt(settings, profiles: Path) -> float:
             str(profiles / "target"),
             "--log-path",
             str(profiles / "logs"),
+            "--vars",
+            json.dumps(dbt_vars()),
             "--quiet",
         ]
     )
@@ -104,6 +109,17 @@ def _run_dbt(settings, profiles: Path) -> float:
     return elapsed
 
 
+def _duckdb_sql() -> str:
+    """DUCKDB_SQL with the goals catalogue's goals and value checks (as dbt gets them)."""
+    from strata.contracts import goal_names, value_goals
+
+    checks = "\n      ".join(
+        f"AND NOT (event_name = '{g}' AND (value IS NULL OR value < 0))" for g in value_goals()
+    )
+    goals = ", ".join(f"'{g}'" for g in goal_names())
+    return DUCKDB_SQL.replace("__GOALS__", goals).replace("__VALUE_CHECKS__", checks)
+
+
 def _files(settings, name: str) -> list[str]:
     from strata.stack import iceberg_catalog
 
@@ -116,8 +132,8 @@ CREATE OR REPLACE TEMP TABLE goal_aggregates AS
 WITH valid AS (
     SELECT * FROM raw
     WHERE event_id IS NOT NULL AND device_id IS NOT NULL AND event_at IS NOT NULL
-      AND event_name IN ('session_start', 'click', 'add_to_cart', 'purchase')
-      AND NOT (event_name = 'purchase' AND (value IS NULL OR value < 0))
+      AND event_name IN (__GOALS__)
+      __VALUE_CHECKS__
       AND NOT (event_at > arrived_at + INTERVAL 24 HOUR)
 ),
 events AS (
@@ -227,7 +243,7 @@ def _run_duckdb(settings) -> tuple[float, tuple]:
         files = ", ".join(f"'{f}'" for f in _files(settings, name))
         con.execute(f"CREATE VIEW {alias} AS SELECT * FROM read_parquet([{files}])")
     started = time.perf_counter()
-    con.execute(DUCKDB_SQL)
+    con.execute(_duckdb_sql())
     elapsed = time.perf_counter() - started
     totals = con.execute(f"SELECT {TOTALS} FROM goal_aggregates").fetchone()
     return elapsed, tuple(totals)

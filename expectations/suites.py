@@ -9,36 +9,44 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from strata import contracts
+
 if TYPE_CHECKING:
     import great_expectations as gx
 
 #: Share of raw rows that must be well-formed; the generator plants ~0.3% malformed rows.
 RAW_WELL_FORMED_SHARE = 0.98
-#: Share of purchases with a usable (non-negative) amount; ~4% are broken in the synthetic data.
+#: Share of a value goal's events (purchases) with a usable (non-negative) amount; ~4% are broken
+#: in the synthetic data.
 PURCHASE_VALID_SHARE = 0.9
-EVENT_NAMES = ["session_start", "click", "add_to_cart", "purchase"]
 
 
 def raw_events() -> gx.ExpectationSuite:
+    """Event names and values follow the goals catalogue (``strata.contracts.goals``)."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     return gx.ExpectationSuite(
-        name="raw_events",
+        name=contracts.RAW_EVENTS,
         expectations=[
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
             gxe.ExpectColumnValuesToNotBeNull(column="arrived_at"),
             gxe.ExpectColumnValuesToNotBeNull(column="event_id", mostly=RAW_WELL_FORMED_SHARE),
             gxe.ExpectColumnValuesToNotBeNull(column="device_id", mostly=RAW_WELL_FORMED_SHARE),
             gxe.ExpectColumnValuesToBeInSet(
-                column="event_name", value_set=EVENT_NAMES, mostly=RAW_WELL_FORMED_SHARE
+                column="event_name",
+                value_set=list(contracts.goal_names()),
+                mostly=RAW_WELL_FORMED_SHARE,
             ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="value",
-                min_value=0,
-                mostly=PURCHASE_VALID_SHARE,
-                row_condition="event_name = 'purchase'",
-                condition_parser="spark",
+            *(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="value",
+                    min_value=0,
+                    mostly=PURCHASE_VALID_SHARE,
+                    row_condition=f"event_name = '{goal}'",
+                    condition_parser="spark",
+                )
+                for goal in contracts.value_goals()
             ),
         ],
     )
@@ -49,7 +57,7 @@ def assignments() -> gx.ExpectationSuite:
     import great_expectations.expectations as gxe
 
     return gx.ExpectationSuite(
-        name="assignments",
+        name=contracts.ASSIGNMENTS,
         expectations=[
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
             *(
@@ -57,7 +65,7 @@ def assignments() -> gx.ExpectationSuite:
                 for c in ("unit_type", "unit_id", "experiment_id", "variant_id", "slot")
             ),
             gxe.ExpectColumnValuesToBeInSet(
-                column="unit_type", value_set=["device_id", "user_id", "url"]
+                column="unit_type", value_set=list(contracts.UNIT_TYPES)
             ),
             gxe.ExpectColumnValuesToBeBetween(column="slot", min_value=0, max_value=9999),
             gxe.ExpectCompoundColumnsToBeUnique(
@@ -72,7 +80,7 @@ def goal_aggregates() -> gx.ExpectationSuite:
     import great_expectations.expectations as gxe
 
     return gx.ExpectationSuite(
-        name="goal_aggregates",
+        name=contracts.GOAL_AGGREGATES,
         expectations=[
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
             *(
@@ -96,11 +104,15 @@ def goal_aggregates() -> gx.ExpectationSuite:
                     "unit_type",
                     "agg_type",
                     "goal",
-                    "platform",
+                    *contracts.DIMENSIONS,
                 ]
             ),
         ],
     )
 
 
-SUITES = {"raw_events": raw_events, "assignments": assignments, "goal_aggregates": goal_aggregates}
+SUITES = {
+    contracts.RAW_EVENTS: raw_events,
+    contracts.ASSIGNMENTS: assignments,
+    contracts.GOAL_AGGREGATES: goal_aggregates,
+}

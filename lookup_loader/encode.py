@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lookup_loader.source import Source, version_id
+from strata import contracts
 from strata.errors import DataError
 from strata.keyspace import (
     DEFAULT_PREFIX,
@@ -30,9 +31,6 @@ from strata.keyspace import (
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-#: Experiments in these states are not served (their rows are counted as excluded).
-NOT_SERVED_STATUSES = frozenset({"draft", "paused", "stopped", "archived", "completed"})
 
 
 @dataclass
@@ -60,7 +58,8 @@ def _served_experiments(source: Source, as_of: dt.date) -> tuple[dict[str, dict]
         if exp_id in served or exp_id in excluded:
             raise DataError(f"experiments table: experiment_id {exp_id!r} appears twice")
         status = (row["status"] or "").lower()
-        if status in NOT_SERVED_STATUSES:
+        # only strata.contracts.SERVED_STATUSES are served; any other status, known or not, is not
+        if not contracts.is_served(status):
             excluded[exp_id] = f"status_{status}"
         elif row["end_date"] is not None and row["end_date"] < as_of:
             excluded[exp_id] = "ended"

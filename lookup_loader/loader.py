@@ -26,7 +26,7 @@ Usage (the functions the CLI and the DAG call)::
 
 from __future__ import annotations
 
-from lookup_loader.encode import NOT_SERVED_STATUSES, Encoded, crc32_array, encode
+from lookup_loader.encode import Encoded, crc32_array, encode
 from lookup_loader.publish import (
     PublicationResult,
     PublishTarget,
@@ -86,7 +86,6 @@ __all__ = [
     "INVALIDATE_LUA",
     "KEEP_PREVIOUS",
     "LOCK_TTL_S",
-    "NOT_SERVED_STATUSES",
     "PUBLICATIONS_TABLE",
     "STALE_WRITING_S",
     "TOMBSTONES_PER_CALL",

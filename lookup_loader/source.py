@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from strata import contracts
 from strata.config import Settings
 from strata.errors import DataError
 
@@ -20,9 +21,9 @@ if TYPE_CHECKING:
 
 #: Bumped when the stored layout changes; part of every version id.
 FORMAT_VERSION = 1
-ASSIGNMENTS_TABLE = "assignments"
-EXPERIMENTS_TABLE = "experiments"
-PUBLICATIONS_TABLE = "publications"
+ASSIGNMENTS_TABLE = contracts.ASSIGNMENTS
+EXPERIMENTS_TABLE = contracts.EXPERIMENTS
+PUBLICATIONS_TABLE = contracts.PUBLICATIONS
 _ASSIGNMENT_COLUMNS = ("unit_type", "unit_id", "experiment_id", "variant_id", "variant_name")
 _ASSIGNMENT_COLUMNS += (
     "is_control",

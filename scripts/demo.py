@@ -49,6 +49,7 @@ def run_dag(dag_id: str, conf: dict | None) -> int:
 
 def summary() -> None:
     from strata.config import get_settings
+    from strata.contracts import RAW_EVENTS, SYNTHETIC_TABLES
     from strata.stack import iceberg_catalog
     from strata_apps.health import raw_events_profile, redis_round_trip
 
@@ -58,7 +59,7 @@ def summary() -> None:
         f"\nIceberg tables in {settings.catalog_name}.{settings.namespace} "
         f"(read back through pyiceberg, no JVM; catalog {settings.catalog_db_path}):"
     )
-    for name in ("orgs", "users", "devices", "raw_events"):
+    for name in SYNTHETIC_TABLES:
         table = catalog.load_table(f"{settings.namespace}.{name}")
         snapshot = table.current_snapshot()
         rows = snapshot.summary["total-records"] if snapshot and snapshot.summary else "?"
@@ -66,7 +67,7 @@ def summary() -> None:
             f"  {name:<12} {int(rows):>12,} rows   "
             f"snapshot {snapshot.snapshot_id if snapshot else '-'}"
         )
-    events = catalog.load_table(f"{settings.namespace}.raw_events").scan().to_arrow()
+    events = catalog.load_table(f"{settings.namespace}.{RAW_EVENTS}").scan().to_arrow()
     print("\nRaw events: what the events pipeline must clean up")
     for key, value in raw_events_profile(events).items():
         print(f"  {key:<32} {value:>10,}")

@@ -26,6 +26,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from strata.bucketing import SLOTS
+from strata.contracts import ASSIGNMENTS, DEVICES, EXPERIMENTS, ORGS, UNIT_TABLES, USERS
 from strata.definitions import (
     Definitions,
     bundled_path,
@@ -49,9 +50,9 @@ if TYPE_CHECKING:
     from strata.config import Settings
 
 #: Input tables the unit contexts are built from.
-INPUT_TABLES = ("users", "orgs", "devices")
-ASSIGNMENTS_TABLE = "assignments"
-EXPERIMENTS_TABLE = "experiments"
+INPUT_TABLES = UNIT_TABLES
+ASSIGNMENTS_TABLE = ASSIGNMENTS
+EXPERIMENTS_TABLE = EXPERIMENTS
 
 ASSIGNMENT_FIELDS = (
     ("experiment_id", "string"),
@@ -322,13 +323,13 @@ def run(spark: SparkSession, settings: Settings, defs: Definitions) -> dict[str,
         for name, (sid, _) in snapshots.items()
     }
     null_ids = {
-        "user_id": read["users"].where(F.col("user_id").isNull()).count(),
-        "device_id": read["devices"].where(F.col("device_id").isNull()).count(),
+        "user_id": read[USERS].where(F.col("user_id").isNull()).count(),
+        "device_id": read[DEVICES].where(F.col("device_id").isNull()).count(),
     }
     bad = {k: n for k, n in null_ids.items() if n}
     if bad:
         raise ValueError(f"input units with a null id (cannot be hashed): {bad}")
-    units = unit_contexts(read["users"], read["orgs"], read["devices"])
+    units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
     run_id, assigned_at = run_identity(defs.version, snapshots)
     warnings = unassignable(units, defs)
     props = {

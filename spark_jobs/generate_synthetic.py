@@ -2,7 +2,10 @@
 
 Every random draw is a hash of (seed, tag, row keys) — never ``rand()`` — so the output is the same
 for a seed whatever the partitioning, the number of cores or the cluster. Planted effects and mess
-rates come from :mod:`strata.synthetic`.
+rates come from :mod:`strata.synthetic`. Besides the session funnel (session_start, click,
+add_to_cart, purchase), every goal of the goals catalogue declared ``synthetic: {rate: p}`` happens
+once in a session with probability ``p``: its draws have tags of their own, so adding such a goal
+adds its rows and leaves every other row as it was.
 
     spark-submit spark_jobs/generate_synthetic.py --users 100000 --days 14 --seed 7
     strata generate --users 100000 --days 14 --seed 7          # same thing, from the CLI
@@ -15,6 +18,7 @@ import datetime as dt
 import math
 from typing import TYPE_CHECKING
 
+from strata.contracts import DEVICES, ORGS, RAW_EVENTS, SYNTHETIC_TABLES, USERS
 from strata.synthetic import (
     COUNTRIES,
     ORG_PLANS,
@@ -25,7 +29,7 @@ from strata.synthetic import (
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-TABLES = ("orgs", "users", "devices", "raw_events")
+TABLES = SYNTHETIC_TABLES
 _TWO_53 = float(2**53)
 
 
@@ -210,6 +214,10 @@ def build_clean_events(devices: DataFrame, users: DataFrame, cfg: GeneratorConfi
             F.exp(3.5 + 0.8 * _normal(_uniform(seed, "ev.v1", skey), _uniform(seed, "ev.v2", skey)))
             * _effect_multiplier(cfg, "purchase_value")
         ).alias("purchase_value"),
+        *(
+            (_uniform(seed, f"ev.goal.{name}", skey) < F.lit(rate)).alias(f"has_goal_{name}")
+            for name, rate in cfg.extra_goals
+        ),
     )
     # One row per event: (name, index within session, offset in seconds, value).
     kinds = F.concat(
@@ -220,13 +228,20 @@ def build_clean_events(devices: DataFrame, users: DataFrame, cfg: GeneratorConfi
         ),
         F.array(F.struct(F.lit("add_to_cart").alias("name"), F.lit(0).alias("i"))),
         F.array(F.struct(F.lit("purchase").alias("name"), F.lit(0).alias("i"))),
+        *(
+            F.array(F.struct(F.lit(name).alias("name"), F.lit(0).alias("i")))
+            for name, _ in cfg.extra_goals
+        ),
     )
-    ev = sessions.select("*", F.explode(kinds).alias("k")).where(
+    keep = (
         ((F.col("k.name") == "click") & (F.col("n_clicks") > 0))
         | (F.col("k.name") == "session_start")
         | ((F.col("k.name") == "add_to_cart") & F.col("has_cart"))
         | ((F.col("k.name") == "purchase") & F.col("has_cart") & F.col("buys"))
     )
+    for name, _ in cfg.extra_goals:
+        keep = keep | ((F.col("k.name") == name) & F.col(f"has_goal_{name}"))
+    ev = sessions.select("*", F.explode(kinds).alias("k")).where(keep)
     ekey = F.concat(skey, F.lit("#"), F.col("k.name"), F.col("k.i").cast("string"))
     offset = (
         F.when(F.col("k.name") == "session_start", 0)
@@ -234,6 +249,9 @@ def build_clean_events(devices: DataFrame, users: DataFrame, cfg: GeneratorConfi
         .when(F.col("k.name") == "add_to_cart", F.col("n_clicks") * 20 + 30)
         .otherwise(F.col("n_clicks") * 20 + 90)
     )
+    if cfg.extra_goals:  # a minute after the session's clicks
+        extra = F.col("k.name").isin([name for name, _ in cfg.extra_goals])
+        offset = F.when(extra, F.col("n_clicks") * 20 + 60).otherwise(offset)
     event_at = F.timestamp_seconds(F.col("t0") + offset)
     delay = F.floor(F.exp(_uniform(seed, "ev.delay", ekey) * 6.0))  # 1 s .. ~7 min
     # A share of web traffic is logged out: no user id on the event.
@@ -313,10 +331,10 @@ def build_all(spark: SparkSession, cfg: GeneratorConfig) -> dict[str, DataFrame]
     devices = build_devices(users, cfg)
     events = add_mess(build_clean_events(devices, users, cfg), cfg)
     return {
-        "orgs": build_orgs(spark, cfg),
-        "users": users.drop("activity"),
-        "devices": devices.drop("activity"),
-        "raw_events": events,
+        ORGS: build_orgs(spark, cfg),
+        USERS: users.drop("activity"),
+        DEVICES: devices.drop("activity"),
+        RAW_EVENTS: events,
     }
 
 
@@ -326,12 +344,12 @@ def write_tables(spark: SparkSession, cfg: GeneratorConfig, table) -> dict[str, 
 
     counts = {}
     for name, df in build_all(spark, cfg).items():
-        if name == "raw_events":
+        if name == RAW_EVENTS:
             df = df.sortWithinPartitions("event_at")
         writer = df.writeTo(table(name)).using("iceberg").tableProperty("format-version", "2")
         for key, value in cfg.as_properties().items():
             writer = writer.tableProperty(key, value)
-        if name == "raw_events":
+        if name == RAW_EVENTS:
             writer = writer.partitionedBy(F.days("event_at"))
         writer.createOrReplace()
         counts[name] = spark.table(table(name)).count()

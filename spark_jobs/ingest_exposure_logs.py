@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from strata.contracts import EXPOSURE_LOG_REJECTS, EXPOSURE_LOGS
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -53,9 +55,9 @@ class IngestResult:
 
 def ensure_tables(spark: SparkSession, table) -> None:
     """Create the (possibly empty) tables, so downstream models always have a source."""
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {table('exposure_logs')} ({TABLE_DDL}) USING iceberg")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {table(EXPOSURE_LOGS)} ({TABLE_DDL}) USING iceberg")
     spark.sql(
-        f"CREATE TABLE IF NOT EXISTS {table('exposure_log_rejects')} ({REJECTS_DDL}) USING iceberg"
+        f"CREATE TABLE IF NOT EXISTS {table(EXPOSURE_LOG_REJECTS)} ({REJECTS_DDL}) USING iceberg"
     )
 
 
@@ -107,7 +109,7 @@ def ingest(spark: SparkSession, landing: Path | str, table, settings=None) -> In
     valid.createOrReplaceTempView("incoming_exposure_logs")
     spark.sql(
         f"""
-        MERGE INTO {table("exposure_logs")} t
+        MERGE INTO {table(EXPOSURE_LOGS)} t
         USING incoming_exposure_logs s
         ON t.mid = s.mid
         WHEN NOT MATCHED THEN INSERT *
@@ -117,7 +119,7 @@ def ingest(spark: SparkSession, landing: Path | str, table, settings=None) -> In
     rejects.createOrReplaceTempView("incoming_exposure_log_rejects")
     spark.sql(
         f"""
-        MERGE INTO {table("exposure_log_rejects")} t
+        MERGE INTO {table(EXPOSURE_LOG_REJECTS)} t
         USING (SELECT DISTINCT * FROM incoming_exposure_log_rejects) s
         ON t.raw_line = s.raw_line AND t.source_file = s.source_file
         WHEN NOT MATCHED THEN INSERT *
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> IngestResult:
     )
     print(
         f"exposure logs: {result.read:,} lines read, {result.merged:,} merged by mid, "
-        f"{result.rejected:,} quarantined in {settings.table('exposure_log_rejects')}"
+        f"{result.rejected:,} quarantined in {settings.table(EXPOSURE_LOG_REJECTS)}"
     )
     return result
 

@@ -4,7 +4,7 @@
     - count(g) x count(h) for every two goals: ratio metrics like clicks per session;
     - count(g) x count(pre_g), value(g) x value(pre_g): CUPED with a pre-period covariate. -#}
 {% macro cross_term_pairs() -%}
-    {%- set goals = var('goals') | sort -%}
+    {%- set goals = strata_goals() | sort -%}
     {%- set pairs = [] -%}
     {%- for g in goals -%}
         {%- do pairs.append(('count', g, 'value', g)) -%}

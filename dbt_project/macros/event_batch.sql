@@ -13,15 +13,20 @@
 {%- endmacro %}
 
 
-{#- Why a raw event row is unusable, or null when it is fine. One reason per row, first match wins. -#}
+{#- Why a raw event row is unusable, or null when it is fine. One reason per row, first match wins.
+    Goals and value goals come from the goals catalogue (vars `goals`, `value_goals`). -#}
 {% macro event_reject_reason() -%}
     case
         when event_id is null then 'missing_event_id'
         when device_id is null then 'missing_device_id'
         when event_at is null then 'missing_event_at'
-        when event_name not in ('session_start', 'click', 'add_to_cart', 'purchase')
+        when event_name not in (
+            {%- for g in strata_goals() %}'{{ g }}'{{ ', ' if not loop.last }}{% endfor -%}
+        )
             then 'unknown_event_name'
-        when event_name = 'purchase' and (value is null or value < 0) then 'invalid_purchase_value'
+        {%- for g in strata_var('value_goals') %}
+        when event_name = '{{ g }}' and (value is null or value < 0) then 'invalid_{{ g }}_value'
+        {%- endfor %}
         when event_at > arrived_at + interval {{ var('max_clock_skew_hours') }} hours
             then 'event_after_arrival'
     end

@@ -7,7 +7,9 @@ stands for) and ``full_refresh`` (the data was replaced: rebuild, re-evaluate ev
 
 from airflow.sdk import Asset
 
-RAW_EVENTS = Asset("iceberg://strata/raw_events")
-ASSIGNMENTS = Asset("iceberg://strata/assignments")
-GOAL_AGGREGATES = Asset("iceberg://strata/goal_aggregates")
-RESULTS = Asset("iceberg://strata/results")
+from strata import contracts
+
+RAW_EVENTS = Asset(f"iceberg://strata/{contracts.RAW_EVENTS}")
+ASSIGNMENTS = Asset(f"iceberg://strata/{contracts.ASSIGNMENTS}")
+GOAL_AGGREGATES = Asset(f"iceberg://strata/{contracts.GOAL_AGGREGATES}")
+RESULTS = Asset(f"iceberg://strata/{contracts.RESULTS}")

@@ -22,6 +22,7 @@ def _results_exist(day: dt.date | None) -> bool:
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.expressions import EqualTo
 
+    from strata import contracts
     from strata.config import get_settings
     from strata.stack import iceberg_catalog
 
@@ -29,7 +30,7 @@ def _results_exist(day: dt.date | None) -> bool:
         return False
     settings = get_settings()
     try:
-        table = iceberg_catalog(settings).load_table(f"{settings.namespace}.results")
+        table = iceberg_catalog(settings).load_table(f"{settings.namespace}.{contracts.RESULTS}")
     except NoSuchTableError:
         return False
     rows = table.scan(

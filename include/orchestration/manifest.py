@@ -1,7 +1,8 @@
 """Build the dbt manifest Cosmos renders the events DAG from (`make setup` runs this).
 
 ``python -m orchestration.manifest`` runs ``dbt parse`` on the project with a stand-in profile
-(parsing opens no connection, so no Spark is needed) into ``dbt_project/target/airflow``.
+(parsing opens no connection, so no Spark is needed) into ``dbt_project/target/airflow``, with
+the vars every run gets (the goals catalogue: ``strata.contracts.dbt_vars``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def build(target_dir: Path = TARGET_DIR) -> Path:
     """Parse the dbt project into ``target_dir``; returns the manifest's path."""
     from dbt.cli.main import dbtRunner
 
+    from strata.contracts import dbt_vars
+
     with tempfile.TemporaryDirectory(prefix="strata-dbt-profile-") as profiles:
         (Path(profiles) / "profiles.yml").write_text(_PROFILE)
         result = dbtRunner().invoke(
@@ -34,6 +37,7 @@ def build(target_dir: Path = TARGET_DIR) -> Path:
                 "--project-dir", str(DBT_PROJECT_DIR),
                 "--profiles-dir", profiles,
                 "--target-path", str(target_dir),
+                "--vars", json.dumps(dbt_vars()),
                 "--no-partial-parse",
                 "--quiet",
             ]

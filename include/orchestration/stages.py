@@ -25,6 +25,7 @@ from orchestration.tasks import (
     validate_definitions,
     write_reports,
 )
+from strata.contracts import ASSIGNMENTS, GOAL_AGGREGATES, RAW_EVENTS, dbt_vars
 
 #: dbt tasks: one retry for a transient failure (a catalog commit conflict); a failing data
 #: test fails the same way again, so more retries only delay the alert.
@@ -48,7 +49,7 @@ def assignment_stage(
     """
     with TaskGroup(group_id=group_id):
         assigned = assign_units(validate_definitions(definitions_path))
-        gate = check_suite.override(task_id="check_assignments")("assignments")
+        gate = check_suite.override(task_id="check_assignments")(ASSIGNMENTS)
         published = publish_lookups(assigned, as_of=as_of)
         assigned >> gate >> published
     return published
@@ -75,7 +76,9 @@ def goal_aggregates_stage(group_id: str = "events") -> TaskGroup:
                 "full_refresh": (
                     "{{ ti.xcom_pull(task_ids='" + plan_task + "', key='full_refresh') }}"
                 ),
-                "vars": {
+                # the goals catalogue (strata.contracts), and the plan's day
+                "vars": dbt_vars()
+                | {
                     "as_of_date": (
                         "{{ ti.xcom_pull(task_ids='" + plan_task + "', key='as_of_date') }}"
                     )
@@ -85,12 +88,12 @@ def goal_aggregates_stage(group_id: str = "events") -> TaskGroup:
         )
         inputs = [
             ingest_exposure_logs(),
-            check_suite.override(task_id="check_raw_events")("raw_events"),
-            check_suite.override(task_id="check_assignments")("assignments"),
+            check_suite.override(task_id="check_raw_events")(RAW_EVENTS),
+            check_suite.override(task_id="check_assignments")(ASSIGNMENTS),
         ]
         plan >> inputs
         inputs >> dbt
-        gate_out = check_suite.override(task_id="check_goal_aggregates")("goal_aggregates")
+        gate_out = check_suite.override(task_id="check_goal_aggregates")(GOAL_AGGREGATES)
         dbt >> gate_out >> summarize_events(plan)
     return group
 

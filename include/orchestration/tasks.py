@@ -24,6 +24,7 @@ from orchestration.runconf import (
     parse_date,
     scheduled_as_of,
 )
+from strata import contracts
 
 log = logging.getLogger("strata")
 
@@ -202,7 +203,7 @@ def plan_events_run() -> dict:
     catalog = iceberg_catalog(settings)
     days = _event_days(catalog, settings.namespace)
     if not days:
-        raise RunConfError(f"no raw events in {settings.namespace}.raw_events")
+        raise RunConfError(f"no raw events in {settings.namespace}.{contracts.RAW_EVENTS}")
     as_of = (
         parse_date(params.get("as_of_date"), "as_of_date")
         or parse_date(extra.get("as_of_date"), "raw_events asset event as_of_date")
@@ -231,9 +232,11 @@ def _event_days(catalog, namespace: str) -> set[dt.date]:
     from pyiceberg.exceptions import NoSuchTableError
 
     try:
-        table = catalog.load_table(f"{namespace}.raw_events")
+        table = catalog.load_table(f"{namespace}.{contracts.RAW_EVENTS}")
     except NoSuchTableError:
-        raise RunConfError(f"no raw events yet: {namespace}.raw_events does not exist") from None
+        raise RunConfError(
+            f"no raw events yet: {namespace}.{contracts.RAW_EVENTS} does not exist"
+        ) from None
     schema = table.schema()
     by_day = [
         f.name
@@ -317,13 +320,7 @@ def summarize_events(plan: dict) -> dict:
 
 
 #: The dbt models whose row counts an events run reports (tables; views have no snapshot).
-DBT_TABLES = (
-    "stg_events__events",
-    "stg_events__rejects",
-    "fct_unit_goals_daily",
-    "goal_aggregates",
-    "goal_cross_aggregates",
-)
+DBT_TABLES = contracts.DBT_TABLES
 
 
 def _model_row_counts(catalog, namespace: str) -> dict[str, int]:
@@ -454,7 +451,9 @@ def recover_lookup_table() -> dict:
 
     settings = get_settings()
     try:
-        published = iceberg_catalog(settings).load_table(f"{settings.namespace}.publications")
+        published = iceberg_catalog(settings).load_table(
+            f"{settings.namespace}.{contracts.PUBLICATIONS}"
+        )
         nothing = published.current_snapshot() is None
     except NoSuchTableError:
         nothing = True

@@ -40,22 +40,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from strata import safe_yaml
 from strata.bucketing import SLOTS
+from strata.contracts import (  # noqa: F401  (re-exported: their home is strata.contracts)
+    ASSIGNED_STATUSES,
+    METRIC_ROLES,
+    STATUSES,
+    UNIT_TYPES,
+    MetricRole,
+    Status,
+    UnitType,
+)
 from strata.errors import StrataError
-from strata.metrics import ExpressionError, Metric, metric_forms, parse_linear
+from strata.metrics import Direction, ExpressionError, Metric, metric_forms, parse_linear
 from strata.rules import Rule, RuleNode, from_node
 
 #: The implicit root domain: all traffic. The launch layer and top-level domains live in it.
 ROOT_DOMAIN = "global"
-UNIT_TYPES = ("device_id", "user_id", "url")
-STATUSES = ("draft", "running", "stopped")
-#: Experiments in these statuses get units assigned.
-ASSIGNED_STATUSES = ("running",)
-METRIC_ROLES = ("primary", "guardrail", "secondary")
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "definitions.schema.json"
 _ID = r"^[a-z][a-z0-9_]*$"
 _EXTENSIONS = (".yaml", ".yml")
-
-UnitType = Literal["device_id", "user_id", "url"]
 
 
 class DefinitionError(StrataError):
@@ -106,10 +108,8 @@ class MetricModel(_Strict):
     name: str
     nominator: str
     denominator: str
-    role: Literal["primary", "guardrail", "secondary"] = "secondary"
-    direction: Literal["increase", "decrease"] = Field(
-        "increase", description="Which sign of the effect is a win."
-    )
+    role: MetricRole = "secondary"
+    direction: Direction = Field("increase", description="Which sign of the effect is a win.")
     covariate: str | None = Field(
         None,
         description="CUPED: a pre-period expression of unit terms, e.g. count(user.unit.pre_x).",
@@ -180,7 +180,7 @@ class ExperimentModel(_Strict):
     owner: str
     description: str = ""
     layer: str
-    status: Literal["draft", "running", "stopped"] = "draft"
+    status: Status = "draft"
     start_date: dt.date
     end_date: dt.date
     platforms: list[str] = Field(default_factory=list, description="Channels (seed 003/004).")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, cast
 
+from strata.contracts import MetricRole
 from strata.errors import DataError
 
 
@@ -336,7 +337,7 @@ def metric_forms(nominator: str, denominator: str, covariate: str | None = None)
     return MetricForms(num, den, cov, den_aggs == {"unit"}, unit_type)
 
 
-Role = Literal["primary", "guardrail", "secondary"]
+Role = MetricRole  # the contract (strata.contracts), named as the engine reads it
 Direction = Literal["increase", "decrease"]
 #: Metric keys Strata reads on top of ep-stats' and their defaults; a stored metric (the
 #: experiments table's ``metrics`` JSON) carries them only when they differ from the default.

@@ -1,8 +1,10 @@
 """dbt's ``var()`` for sqlfluff's jinja templater (``.sqlfluff``: ``library_path``).
 
 sqlfluff's dbt builtins answer every ``var()`` with a placeholder string, so a loop over the
-``goals`` list would render one column per letter. This ``var()`` answers with the project's own
-vars from ``dbt_project/dbt_project.yml`` (then the call's default, then sqlfluff's placeholder),
+``goals`` list would render one column per letter. This ``var()`` answers with the vars Strata
+passes to every dbt run (``strata.contracts.dbt_vars()``: goals, value goals, unit types), then the
+project's own vars from ``dbt_project/dbt_project.yml``, then the call's default, then sqlfluff's
+placeholder,
 so the linted SQL is the SQL dbt renders, with no dbt, profile or Spark involved.
 """
 
@@ -14,8 +16,13 @@ from typing import Any
 import yaml
 from sqlfluff.core.templaters.builtins.dbt import VarEmulator
 
+from strata import contracts
+
 _PROJECT = Path(__file__).resolve().parents[2] / "dbt_project" / "dbt_project.yml"
-_VARS: dict[str, Any] = yaml.safe_load(_PROJECT.read_text()).get("vars") or {}
+_VARS: dict[str, Any] = {
+    **(yaml.safe_load(_PROJECT.read_text()).get("vars") or {}),
+    **contracts.dbt_vars(),
+}
 _NO_DEFAULT = object()
 
 

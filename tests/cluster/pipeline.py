@@ -72,6 +72,7 @@ def check_isolation(spark, settings, executors: int = 2, timeout_s: float = 120)
 def _dbt_run(settings, work: Path) -> None:
     from dbt.cli.main import dbtRunner
 
+    from strata.contracts import dbt_vars
     from strata.stack import write_dbt_profile
 
     profiles = write_dbt_profile(settings, work / "dbt")
@@ -86,6 +87,8 @@ def _dbt_run(settings, work: Path) -> None:
             str(work / "dbt" / "target"),
             "--log-path",
             str(work / "dbt" / "logs"),
+            "--vars",
+            json.dumps(dbt_vars()),
             "--full-refresh",
         ]
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
 from spark_jobs.generate_synthetic import write_tables
+from strata.contracts import dbt_vars
 from strata.stack import write_dbt_profile
 from strata.synthetic import GeneratorConfig
 
@@ -33,6 +35,8 @@ def _build(profiles_dir: Path, *extra: str) -> None:
             str(profiles_dir / "target"),
             "--log-path",
             str(profiles_dir / "logs"),
+            "--vars",
+            json.dumps(dbt_vars()),
             *extra,
         ]
     )

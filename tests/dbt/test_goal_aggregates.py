@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from spark_jobs.ingest_exposure_logs import ingest
+from strata import contracts
 from strata.stack import write_dbt_profile
 
 PROJECT = Path(__file__).resolve().parents[2] / "dbt_project"
@@ -145,7 +146,7 @@ def fixture_tables(spark, settings, tmp_path_factory):
     return landing
 
 
-def _build(settings, tmp_path: Path, *extra: str) -> None:
+def _build(settings, tmp_path: Path, *extra: str, dbt_vars: dict | None = None) -> None:
     from dbt.cli.main import dbtRunner
 
     profiles = write_dbt_profile(settings, tmp_path)
@@ -160,6 +161,8 @@ def _build(settings, tmp_path: Path, *extra: str) -> None:
             str(tmp_path / "target"),
             "--log-path",
             str(tmp_path / "logs"),
+            "--vars",
+            json.dumps(contracts.dbt_vars() | (dbt_vars or {})),
             *extra,
         ]
     )
@@ -235,6 +238,72 @@ def test_hand_computed_aggregates(spark, settings, fixture_tables, tmp_path):
     assert sorted(map(tuple, by_platform)) == [("", 3), ("ios", 2), ("web", 1)]
 
 
+def test_a_goal_added_to_the_catalogue_reaches_goal_aggregates(
+    spark, settings, fixture_tables, tmp_path, monkeypatch
+):
+    """One edit: a copy of the goals catalogue with `share` added, named by STRATA_GOALS_FILE.
+    dbt gets it as vars (strata.contracts.dbt_vars), so staging accepts the events and the
+    marts aggregate the goal, its pre_share covariate and its cross terms."""
+    catalogue = tmp_path / "goals.yaml"
+    catalogue.write_text(
+        contracts.GOALS_FILE.read_text()
+        + "  - name: share\n    description: The page was shared.\n    synthetic: {rate: 0.05}\n"
+    )
+    monkeypatch.setenv(contracts.GOALS_FILE_ENV, str(catalogue))
+    spark.createDataFrame(
+        [
+            ("u1-share-pre", "share", ts(1, 8), ts(1, 8, 1), "d1", "u1", "ios", "US", None),
+            ("u1-share", "share", ts(2, 10, 5), ts(2, 10, 6), "d1", "u1", "ios", "US", None),
+            ("u2-share-1", "share", ts(3, 9), ts(3, 9, 1), "d2", "u2", "android", "DE", None),
+            ("u2-share-2", "share", ts(4, 9), ts(4, 9, 1), "d2", "u2", "android", "DE", None),
+        ],
+        spark.table(settings.table("raw_events")).schema,
+    ).writeTo(settings.table("raw_events")).append()
+
+    _build(settings, tmp_path, "--full-refresh")
+
+    got = _aggregates(spark, settings, "2026-11-04")
+    #                       count  sum_sqr_count  sum_value  sum_sqr_value  count_unique
+    assert {k: v for k, v in got.items() if k[1].endswith("share")} == {
+        (0, "share"): (1, 1, 0.0, 0.0, 1),
+        (0, "pre_share"): (1, 1, 0.0, 0.0, 1),
+        (1, "share"): (2, 4, 0.0, 0.0, 1),
+    }
+    # the other goals come out as in test_hand_computed_aggregates
+    assert got[(0, "click")] == (3, 5, 0.0, 0.0, 2)
+    assert got[(1, "purchase")] == (2, 4, 25.0, 625.0, 1)
+    cross = spark.table(settings.table("goal_cross_aggregates")).where(
+        "as_of_date = DATE '2026-11-04' AND exp_variant_id = 1 "
+        "AND term_x = 'count(user.unit.purchase)' AND term_y = 'count(user.unit.share)'"
+    )
+    assert [r.sum_product for r in cross.collect()] == [4.0]  # u2: 2 purchases x 2 shares
+    rejects = spark.table(settings.table("stg_events__rejects")).collect()
+    assert [r.reject_reason for r in rejects] == ["invalid_purchase_value"]
+
+
+def test_dbt_without_the_goals_var_fails_clearly(settings, fixture_tables, tmp_path):
+    from dbt.cli.main import dbtRunner
+
+    result = dbtRunner().invoke(
+        [
+            "build",
+            "--select",
+            "stg_events__rejects",
+            "--project-dir",
+            str(PROJECT),
+            "--profiles-dir",
+            str(write_dbt_profile(settings, tmp_path)),
+            "--target-path",
+            str(tmp_path / "target"),
+            "--log-path",
+            str(tmp_path / "logs"),
+        ]
+    )
+    assert not result.success
+    errors = [str(getattr(r, "message", "")) for r in (result.result or [])]
+    assert any("var 'goals' is missing" in e for e in errors), errors
+
+
 def test_rerun_is_idempotent_and_late_events_count_once(spark, settings, fixture_tables, tmp_path):
     _build(settings, tmp_path, "--full-refresh")
     before = _aggregates(spark, settings, "2026-11-04")
@@ -252,7 +321,7 @@ def test_rerun_is_idempotent_and_late_events_count_once(spark, settings, fixture
         ],
         spark.table(settings.table("raw_events")).schema,
     ).writeTo(settings.table("raw_events")).append()
-    _build(settings, tmp_path, "--vars", "{lookback_days: 1}")
+    _build(settings, tmp_path, dbt_vars={"lookback_days": 1})
     after = _aggregates(spark, settings, "2026-11-04")
     assert after[(1, "purchase")] == (3, 9, 32.0, 32.0**2, 1)
     assert after[(0, "click")] == before[(0, "click")]
@@ -284,6 +353,8 @@ def test_docs_generate_catalogues_every_model(settings, fixture_tables, tmp_path
             str(tmp_path / "target"),
             "--log-path",
             str(tmp_path / "logs"),
+            "--vars",
+            json.dumps(contracts.dbt_vars()),
         ]
     )
     assert result.success, result.exception

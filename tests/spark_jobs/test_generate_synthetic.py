@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from pyspark.sql import functions as F
 
@@ -110,6 +112,20 @@ def test_planted_effect_moves_the_treated_units(spark):
         .collect()
     }
     assert 1.03 < per_arm["treatment"] / per_arm["control"] < 1.13
+
+
+def test_a_rate_goal_of_the_catalogue_adds_its_events_and_changes_no_other_row(spark, tables):
+    """A goal declared `synthetic: {rate: p}` comes once per session with probability p; its
+    draws have tags of their own, so every row of the catalogue without it is still there."""
+    ev = build_all(spark, replace(CFG, extra_goals=(("share", 0.2),)))["raw_events"].cache()
+    base = tables["raw_events"]
+    assert base.exceptAll(ev).count() == 0
+    added = ev.exceptAll(base)
+    shares = added.where(F.col("event_name") == "share")
+    assert shares.count() >= 0.98 * added.count()  # the rest: shares the mess made malformed
+    assert shares.where(F.col("value").isNotNull()).count() == 0
+    sessions = base.where(F.col("event_name") == "session_start").count()
+    assert 0.17 < shares.count() / sessions < 0.23
 
 
 def test_write_tables_replaces_atomically_and_records_the_seed(spark, settings):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from strata import contracts
 from strata.errors import DataError
 from strata.stats.engine import Evaluation, verdicts
 from strata.stats.results import evaluable_by_date, evaluable_experiments, run_evaluation
@@ -71,7 +72,7 @@ class NightResult:
 
 def known_experiments(catalog: Catalog, namespace: str = "strata") -> set[str]:
     """Every experiment id in the ``experiments`` table (what the assignment run recorded)."""
-    table = catalog.load_table(f"{namespace}.experiments")
+    table = catalog.load_table(f"{namespace}.{contracts.EXPERIMENTS}")
     return set(
         table.scan(selected_fields=("experiment_id",)).to_arrow()["experiment_id"].to_pylist()
     )

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from strata import contracts
 from strata.stats.engine import (
     CROSS_COLUMNS,
     DATE_COLUMN,
@@ -44,10 +45,10 @@ from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_f
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
-RESULTS_TABLE = "results"
-GOALS_TABLE = "goal_aggregates"
-CROSS_TABLE = "goal_cross_aggregates"
-EXPERIMENTS_TABLE = "experiments"
+RESULTS_TABLE = contracts.RESULTS
+GOALS_TABLE = contracts.GOAL_AGGREGATES
+CROSS_TABLE = contracts.GOAL_CROSS_AGGREGATES
+EXPERIMENTS_TABLE = contracts.EXPERIMENTS
 #: Column of the aggregate tables that selects the analysis date (cumulative window).
 AS_OF_COLUMN = DATE_COLUMN
 CUMULATIVE_WINDOW = "cumulative"

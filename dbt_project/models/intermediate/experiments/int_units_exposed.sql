@@ -22,7 +22,7 @@ log_units as (
         u.unit_id,
         l.served_at
     from {{ ref('stg_strata__exposure_logs') }} as l
-        {{ lateral_view_unit_ids('l', ['device_id', 'user_id', 'url']) }}
+        {{ lateral_view_unit_ids('l', strata_var('unit_types')) }}
     where u.unit_id is not null
 
 ),

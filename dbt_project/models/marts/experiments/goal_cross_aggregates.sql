@@ -14,7 +14,7 @@
 
 {%- set pairs = cross_term_pairs() -%}
 {%- set goal_columns = [] -%}
-{%- for g in var('goals') -%}
+{%- for g in strata_goals() -%}
     {%- do goal_columns.append(g) -%}
     {%- do goal_columns.append('pre_' ~ g) -%}
 {%- endfor %}

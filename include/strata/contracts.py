@@ -1,0 +1,229 @@
+"""The contracts the stages share, each with one home: tables, unit types, statuses, metric roles,
+dimensions and goals.
+
+Every stage (the Spark jobs, the lookup loader, the Great Expectations suites, dbt, the
+orchestration) imports these names instead of spelling them again. dbt cannot import Python, so
+Strata passes it what it needs as vars (:func:`dbt_vars`) wherever it runs dbt; the dbt project
+declares no default, and fails with a clear message when they are missing.
+
+Goals are data, not code: the catalogue ``goals.yaml`` beside this module (or the file named by
+``STRATA_GOALS_FILE``) is the one place a goal is declared; :func:`goals` reads it.
+
+Pure Python (plus PyYAML through :mod:`strata.safe_yaml`): importable by any stage.
+
+Usage:
+    >>> [g.name for g in goals()]
+    ['session_start', 'click', 'add_to_cart', 'purchase']
+    >>> sorted(dbt_vars())
+    ['goals', 'unit_types', 'value_goals']
+    >>> dbt_vars()["value_goals"], dbt_vars()["unit_types"]
+    (['purchase'], ['device_id', 'user_id', 'url'])
+    >>> is_served("running"), is_served("stopped"), is_served("archived")
+    (True, False, False)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from strata.errors import StrataError
+
+# --- Iceberg tables (names inside the configured namespace: ``Settings.table(name)``) ---------
+
+#: Synthetic landing and dimension tables (``strata generate``; real producers in production).
+ORGS = "orgs"
+USERS = "users"
+DEVICES = "devices"
+RAW_EVENTS = "raw_events"
+#: Written by the assignment job (one commit for both).
+ASSIGNMENTS = "assignments"
+EXPERIMENTS = "experiments"
+#: The lookup loader's record of every publication to Redis.
+PUBLICATIONS = "publications"
+#: LOG events of the device-register endpoint, and the lines that could not be read.
+EXPOSURE_LOGS = "exposure_logs"
+EXPOSURE_LOG_REJECTS = "exposure_log_rejects"
+#: dbt models Strata reads back (their names are the dbt model names).
+STG_EVENTS = "stg_events__events"
+STG_EVENT_REJECTS = "stg_events__rejects"
+UNIT_GOALS_DAILY = "fct_unit_goals_daily"
+GOAL_AGGREGATES = "goal_aggregates"
+GOAL_CROSS_AGGREGATES = "goal_cross_aggregates"
+#: The evaluation's output.
+RESULTS = "results"
+
+#: What the synthetic generator writes, in its order.
+SYNTHETIC_TABLES = (ORGS, USERS, DEVICES, RAW_EVENTS)
+#: The unit tables the assignment job reads.
+UNIT_TABLES = (USERS, ORGS, DEVICES)
+#: dbt outputs whose row counts a run reports.
+DBT_TABLES = (
+    STG_EVENTS,
+    STG_EVENT_REJECTS,
+    UNIT_GOALS_DAILY,
+    GOAL_AGGREGATES,
+    GOAL_CROSS_AGGREGATES,
+)
+
+# --- unit types ------------------------------------------------------------------------------
+
+#: What a layer hashes on; also the id columns of events, assignments and LOG events.
+UnitType = Literal["device_id", "user_id", "url"]
+UNIT_TYPES: tuple[UnitType, ...] = get_args(UnitType)
+
+# --- experiment statuses ---------------------------------------------------------------------
+
+#: Lifecycle order. A later status may be added here (paused, shipped): everything else follows.
+Status = Literal["draft", "running", "stopped"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+#: Experiments in these statuses get units assigned.
+ASSIGNED_STATUSES: tuple[Status, ...] = ("running",)
+#: Experiments in these statuses are published to the lookup table. Any other status, including
+#: one Strata does not know (a hand-edited experiments table), is not served.
+SERVED_STATUSES: tuple[Status, ...] = ("running",)
+
+
+def is_served(status: str | None) -> bool:
+    """Whether an experiment in ``status`` (case-insensitive) is published to the lookup table."""
+    return (status or "").lower() in SERVED_STATUSES
+
+
+# --- metrics and aggregates ------------------------------------------------------------------
+
+MetricRole = Literal["primary", "guardrail", "secondary"]
+METRIC_ROLES: tuple[MetricRole, ...] = get_args(MetricRole)
+#: Dimension columns of ``goal_aggregates`` (``goal(platform=ios)`` in a metric expression);
+#: the empty string is the all-values row.
+DIMENSIONS = ("platform",)
+#: The goal of the exposure rows (``agg_type = 'global'``) ep-stats expects.
+EXPOSURE_GOAL = "exposure"
+#: Pre-period goals (CUPED covariates) are named ``pre_<goal>``.
+PRE_PERIOD_PREFIX = "pre_"
+
+# --- goals -----------------------------------------------------------------------------------
+
+#: The bundled catalogue; ``STRATA_GOALS_FILE`` names another.
+GOALS_FILE = Path(__file__).with_name("goals.yaml")
+GOALS_FILE_ENV = "STRATA_GOALS_FILE"
+_GOAL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_GOAL_FIELDS = {"name", "description", "value", "synthetic"}
+
+
+class GoalsError(StrataError):
+    """A goals catalogue that cannot be used; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal: an event name the pipeline accepts, aggregates and evaluates."""
+
+    name: str
+    description: str = ""
+    #: The event carries an amount in ``value`` that must be present and non-negative.
+    has_value: bool = False
+    #: ``"funnel"`` (the generator's built-in session funnel), ``"rate"`` or None (not generated).
+    synthetic: Literal["funnel", "rate"] | None = None
+    #: Per-session probability when ``synthetic == "rate"``.
+    synthetic_rate: float | None = None
+
+    @property
+    def reject_reason(self) -> str | None:
+        """Why staging quarantines this goal's row without a usable value (value goals only)."""
+        return f"invalid_{self.name}_value" if self.has_value else None
+
+
+def goals_file() -> Path:
+    """The catalogue in use: ``$STRATA_GOALS_FILE``, else the bundled one."""
+    return Path(os.environ.get(GOALS_FILE_ENV) or GOALS_FILE)
+
+
+def goals(path: Path | str | None = None) -> tuple[Goal, ...]:
+    """The goals of the catalogue at ``path`` (default :func:`goals_file`), in its order."""
+    resolved = Path(path) if path is not None else goals_file()
+    return _load(str(resolved.resolve()))
+
+
+def goal_names(path: Path | str | None = None) -> tuple[str, ...]:
+    return tuple(g.name for g in goals(path))
+
+
+def value_goals(path: Path | str | None = None) -> tuple[str, ...]:
+    """Goals whose events carry a non-negative amount."""
+    return tuple(g.name for g in goals(path) if g.has_value)
+
+
+def dbt_vars(path: Path | str | None = None) -> dict[str, Any]:
+    """The vars every dbt invocation needs (``--vars``, Cosmos ``operator_args['vars']``): the
+    goals and value goals of the catalogue, and the unit types (the id columns of LOG events)."""
+    return {
+        "goals": list(goal_names(path)),
+        "value_goals": list(value_goals(path)),
+        "unit_types": list(UNIT_TYPES),
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str) -> tuple[Goal, ...]:
+    from strata.safe_yaml import YamlProblem, load_file
+
+    try:
+        doc = load_file(Path(path))
+    except (OSError, YamlProblem) as exc:
+        raise GoalsError(f"{path}: {exc}") from exc
+    entries = doc.get("goals") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise GoalsError(f"{path}: expected a mapping with a non-empty list `goals`")
+    out: list[Goal] = []
+    for i, entry in enumerate(entries):
+        out.append(_goal(entry, f"{path}: goals[{i}]"))
+    names = [g.name for g in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise GoalsError(f"{path}: goal(s) declared twice: {', '.join(dupes)}")
+    return tuple(out)
+
+
+def _goal(entry: Any, where: str) -> Goal:
+    if not isinstance(entry, dict):
+        raise GoalsError(f"{where}: expected a mapping with at least `name`")
+    unknown = sorted(set(entry) - _GOAL_FIELDS)
+    if unknown:
+        raise GoalsError(f"{where}: unknown field(s) {unknown}; known: {sorted(_GOAL_FIELDS)}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _GOAL_NAME.match(name):
+        raise GoalsError(f"{where}: name {name!r} is not a lower-case identifier")
+    if name == EXPOSURE_GOAL or name.startswith(PRE_PERIOD_PREFIX):
+        raise GoalsError(
+            f"{where}: {name!r} is reserved (the exposure rows and the pre_<goal> covariates)"
+        )
+    has_value = entry.get("value", False)
+    if not isinstance(has_value, bool):
+        raise GoalsError(f"{where}: value must be true or false")
+    description = entry.get("description", "")
+    if not isinstance(description, str):
+        raise GoalsError(f"{where}: description must be text")
+    declared = entry.get("synthetic")
+    if declared is None:
+        return Goal(name, description.strip(), has_value)
+    if declared == "funnel":
+        return Goal(name, description.strip(), has_value, "funnel")
+    rate = declared.get("rate") if isinstance(declared, dict) else None
+    if not isinstance(rate, int | float) or set(declared) != {"rate"} or not 0 < rate <= 1:
+        raise GoalsError(f"{where}: synthetic must be `funnel` or {{rate: 0 < p <= 1}}")
+    if has_value:
+        raise GoalsError(f"{where}: the generator draws no amounts for a rate goal")
+    return Goal(name, description.strip(), has_value, "rate", float(rate))
+
+
+if __name__ == "__main__":
+    # `python -m strata.contracts` prints the dbt vars, for running dbt by hand:
+    #   dbt build --vars "$(python -m strata.contracts)"
+    json.dump(dbt_vars(sys.argv[1] if len(sys.argv) > 1 else None), sys.stdout)
+    print()
