@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         return Path(self.warehouse) if self.warehouse else self.home / "warehouse"
 
     @property
+    def warehouse_is_local(self) -> bool:
+        """Whether the warehouse is a folder on this machine (not an ``s3://`` or other URI)."""
+        return not (self.warehouse and "://" in self.warehouse)
+
+    @property
     def warehouse_uri(self) -> str:
         if self.warehouse and "://" in self.warehouse:
             return self.warehouse

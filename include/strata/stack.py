@@ -229,7 +229,7 @@ def spark_session(settings: Settings | None = None, app_name: str = "strata") ->
     settings = settings or get_settings()
     os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_local_ip)
     settings.home.mkdir(parents=True, exist_ok=True)
-    if settings.catalog_type == "jdbc":
+    if settings.catalog_type == "jdbc" and settings.warehouse_is_local:
         settings.warehouse_path.mkdir(parents=True, exist_ok=True)
 
     from pyspark.sql import SparkSession
@@ -266,7 +266,8 @@ def iceberg_catalog(settings: Settings | None = None) -> Catalog:
         from pyiceberg.catalog.sql import SqlCatalog
 
         settings.home.mkdir(parents=True, exist_ok=True)
-        settings.warehouse_path.mkdir(parents=True, exist_ok=True)
+        if settings.warehouse_is_local:  # an s3:// warehouse is not a folder to create here
+            settings.warehouse_path.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{settings.catalog_db_path.resolve()}?timeout=30"
         return SqlCatalog(
             settings.catalog_name,

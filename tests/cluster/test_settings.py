@@ -147,3 +147,12 @@ def test_only_files_of_finished_processes_are_leftovers():
     assert not landing._owner_alive(f"{host}-{2**22 + 1}-1.jsonl")  # above pid_max: no such pid
     assert not landing._owner_alive(f"other-host-{os.getpid()}-1.jsonl")
     assert not landing._owner_alive("not-a-spool-name.jsonl")
+
+
+def test_an_object_store_warehouse_creates_no_local_folder(tmp_path, monkeypatch):
+    """``s3://wh/tables`` is not a path: nothing named ``s3:`` appears in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(home=tmp_path / "home", warehouse="s3://wh/tables", **S3)
+    assert not settings.warehouse_is_local
+    catalog_conf(settings)
+    assert not (tmp_path / "s3:").exists()
