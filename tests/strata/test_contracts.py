@@ -105,8 +105,8 @@ def test_statuses_assigned_and_served():
 
 def test_stages_use_the_same_unit_types_and_tables():
     from expectations.suites import SUITES
-    from lookup_loader.keys import UNIT_CODES
     from spark_jobs.generate_synthetic import TABLES
+    from strata.keyspace import UNIT_CODES
 
     assert tuple(UNIT_CODES) == contracts.UNIT_TYPES
     assert set(SUITES) == {contracts.RAW_EVENTS, contracts.ASSIGNMENTS, contracts.GOAL_AGGREGATES}
