@@ -58,6 +58,7 @@ from strata.stats.inputs import (
     DATE_COLUMN,
     KEY_COLUMNS,
     VALUE_COLUMNS,
+    check_counts,
     cross_lookup,
     goal_sums,
     quadratic_sums,
@@ -215,6 +216,7 @@ def evaluate(
     exps = _designs(experiments)
     rows = _metric_rows(exps, config)
     n_var = max(len(e.variants) for e in exps)
+    check_counts(goals, exps, config.exposure_goal)
     srm = sample_ratio_mismatch(goals, exps, config)
     if not len(rows.metrics):
         return Evaluation(pd.DataFrame(), srm, config, analysis_date)
@@ -525,9 +527,7 @@ def _significance(
                 seq[:, None], stats.t.isf(stats.norm.sf(z_crit_adj), df), t_crit_adj
             )
     significant = cmp.testable & (p_adj <= alpha)
-    return _Significance(
-        family_size, p, p_adj, look, planned, seq, t_crit, t_crit_adj, significant
-    )
+    return _Significance(family_size, p, p_adj, look, planned, seq, t_crit, t_crit_adj, significant)
 
 
 def fieller_relative(

@@ -1,4 +1,5 @@
-"""Multiple-testing corrections (Holm, Benjamini–Hochberg, Bonferroni), vectorised over many families at once.
+"""Multiple-testing corrections (Holm, Benjamini–Hochberg, Bonferroni), vectorised over many
+families at once.
 
 Each row of ``p`` is one family; NaN marks "no hypothesis here" (the control's own slot, a padded
 variant), so the family size is the number of finite p-values in the row, wherever the control

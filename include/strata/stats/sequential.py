@@ -204,7 +204,9 @@ class BoundaryCurves:
         return self._curves[key]
 
     def _groups(self, look: np.ndarray, planned: np.ndarray):
-        for k_plan, k_look in sorted({(int(p), int(k)) for p, k in zip(planned, look, strict=True)}):
+        for k_plan, k_look in sorted(
+            {(int(p), int(k)) for p, k in zip(planned, look, strict=True)}
+        ):
             if k_plan:
                 yield (planned == k_plan) & (look == k_look), self._curve(k_plan, k_look)
 
