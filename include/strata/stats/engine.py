@@ -230,6 +230,8 @@ def evaluate(
     decision = _decisions(rows, exps, srm, cmp, sig)
     rel_ci = fieller_relative(cmp.m, cmp.m_c, cmp.a_t, cmp.a_c, sig.t_crit)
     rel_ci_adj = fieller_relative(cmp.m, cmp.m_c, cmp.a_t, cmp.a_c, sig.t_crit_adj)
+    with np.errstate(invalid="ignore"):  # a zero control mean: inf - inf
+        rel_delta = (cmp.rel - sig.t_crit * cmp.rel_se, cmp.rel + sig.t_crit * cmp.rel_se)
     out = _frame(
         rows,
         exps,
@@ -254,8 +256,8 @@ def evaluate(
             "rel_lower_adjusted": rel_ci_adj[0],
             "rel_upper_adjusted": rel_ci_adj[1],
             "rel_se": np.where(cmp.is_ctrl, np.nan, cmp.rel_se),
-            "rel_lower_delta": cmp.rel - sig.t_crit * cmp.rel_se,
-            "rel_upper_delta": cmp.rel + sig.t_crit * cmp.rel_se,
+            "rel_lower_delta": rel_delta[0],
+            "rel_upper_delta": rel_delta[1],
             "t_stat": np.where(cmp.is_ctrl, np.nan, cmp.t_stat),
             "df": np.where(cmp.is_ctrl, np.nan, cmp.df),
             "p_value": sig.p,
