@@ -13,9 +13,11 @@ numpy, with no per-row Python loop. The model (see docs/statistics.md):
   more terms, a ratio metric, or a CUPED covariate, the per-unit cross-product sums in ``cross``;
 * ratio metrics use the delta method with the numerator × denominator covariance; CUPED uses a
   pre-period covariate with one ``theta`` pooled over the experiment's variants;
-* comparisons against the control are Welch tests; corrections are Holm or Benjamini–Hochberg per
-  family; sequential looks use Lan–DeMets O'Brien–Fleming boundaries; SRM is a chi-square test
-  against the design's weights.
+* comparisons against the control are Welch tests of the absolute difference; the absolute and the
+  relative (Fieller) intervals invert that same test, so they agree with its p-value (adjusted
+  intervals, at level alpha * p / p_adj, with the decision); corrections are Holm, Bonferroni or
+  Benjamini–Hochberg per family; sequential looks use Lan–DeMets O'Brien–Fleming boundaries on the
+  t scale (repeated p-values); SRM is a chi-square test against the design's weights.
 
 Usage:
     >>> import pandas as pd

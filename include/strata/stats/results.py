@@ -1,7 +1,9 @@
 """The long ``results`` table in Iceberg, written and read with pyiceberg (no JVM).
 
 One row per experiment × analysis date × window × metric × variant × statistic (``count``,
-``mean``, ``std``; for treatments ``abs_diff``, ``rel_diff`` with their intervals and ``mde``; for
+``mean``, ``std``; for treatments ``abs_diff``, ``rel_diff`` with their adjusted intervals (which
+agree with the decision), ``abs_diff_unadjusted``, ``rel_diff_unadjusted`` (level alpha, agree
+with ``p_value``) and ``mde``; for
 metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw of each variant).
 Each run fully replaces the rows of its (experiment, analysis_date, window) keys with one
 overwrite commit, so re-runs are idempotent. Every row records the run id and the Iceberg
