@@ -19,6 +19,7 @@ Usage:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -153,8 +154,10 @@ def looks(
 CURVE_LEVELS = tuple(float(x) for x in np.geomspace(1e-12, 0.9, 64))
 
 
+@lru_cache(maxsize=64)
 def _curve_nodes(planned: int, levels: tuple[float, ...]) -> np.ndarray:
-    """(len(levels), planned) z boundaries of every look at every level."""
+    """(len(levels), planned) z boundaries of every look at every level (cached: the nightly
+    run evaluates the same plans date after date)."""
     fractions = np.arange(1, planned + 1) / planned
     return np.array([obf_boundaries(fractions, a) for a in levels])
 
@@ -194,7 +197,8 @@ class BoundaryCurves:
                 if not finite.all():  # keep the largest level with no spending as an end point
                     last_inf = np.nonzero(~finite)[0].max()
                     finite[last_inf] = True
-                x = np.concatenate([[0.0], c[finite][::-1]])
+                # increasing in z (guard against round-off in the root finding)
+                x = np.maximum.accumulate(np.concatenate([[0.0], c[finite][::-1]]))
                 y = np.concatenate([[0.0], log_a[finite][::-1]])
                 keep = np.concatenate([[True], np.diff(x) > 1e-12])
                 self._curves[(planned, k)] = (
@@ -203,7 +207,9 @@ class BoundaryCurves:
                 )
         return self._curves[key]
 
-    def _groups(self, look: np.ndarray, planned: np.ndarray):
+    def _groups(
+        self, look: np.ndarray, planned: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, tuple[interpolate.PchipInterpolator, float]]]:
         for k_plan, k_look in sorted(
             {(int(p), int(k)) for p, k in zip(planned, look, strict=True)}
         ):
