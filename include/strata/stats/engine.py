@@ -207,8 +207,8 @@ def evaluate(
     ``experiments``: :class:`ExperimentDesign` objects or experiments-table records.
     ``analysis_date`` with the experiments' start/end dates enables sequential boundaries (one
     look per day). Aggregate rows of experiments not listed are not read; rows of goals no metric
-    uses are not read either; rows for variants missing from a listed experiment's design are an
-    error.
+    uses are only checked for valid counts (:func:`strata.stats.inputs.check_counts`); rows for
+    variants missing from a listed experiment's design are an error.
 
     The steps: designs → metric rows → SRM → term sums → per-variant moments → CUPED →
     comparisons with the control → significance (corrections, sequential boundaries) → power →
