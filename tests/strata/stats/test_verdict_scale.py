@@ -261,3 +261,15 @@ def test_results_rows_of_an_unadjusted_interval_carry_no_decision():
     assert un["decision"].isna().all()
     assert un["p_value_adjusted"].isna().all()
     assert set(pd.unique(res["statistic"])) >= {"abs_diff", "rel_diff", "rel_diff_unadjusted"}
+
+
+def test_report_says_not_estimable_instead_of_an_interval():
+    from strata.stats.report import render_experiment_report
+
+    goals, cross, exps = mixed_inputs(seed=2, n_exp=40)
+    ev = evaluate(goals, exps, cross=cross, analysis_date=START + timedelta(days=3))
+    res = results_frame(ev, "run", {})
+    rel = res[(res["statistic"] == "rel_diff") & res["p_value"].notna() & res["lower"].isna()]
+    html = render_experiment_report(res, rel["experiment_id"].iloc[0])
+    assert "not estimable" in html
+    assert "CI (adjusted)" in html
