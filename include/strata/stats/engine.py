@@ -13,9 +13,11 @@ numpy, with no per-row Python loop. The model (see docs/statistics.md):
   more terms, a ratio metric, or a CUPED covariate, the per-unit cross-product sums in ``cross``;
 * ratio metrics use the delta method with the numerator × denominator covariance; CUPED uses a
   pre-period covariate with one ``theta`` pooled over the experiment's variants;
-* comparisons against the control are Welch tests; corrections are Holm or Benjamini–Hochberg per
-  family; sequential looks use Lan–DeMets O'Brien–Fleming boundaries; SRM is a chi-square test
-  against the design's weights.
+* comparisons against the control are Welch tests of the absolute difference; the absolute and the
+  relative (Fieller) intervals invert that same test, so they agree with its p-value (adjusted
+  intervals, at level alpha * p / p_adj, with the decision); corrections are Holm, Bonferroni or
+  Benjamini–Hochberg per family; sequential looks use Lan–DeMets O'Brien–Fleming boundaries on the
+  t scale (repeated p-values); SRM is a chi-square test against the design's weights.
 
 Usage:
     >>> import pandas as pd
@@ -58,6 +60,7 @@ from strata.stats.inputs import (
     DATE_COLUMN,
     KEY_COLUMNS,
     VALUE_COLUMNS,
+    check_counts,
     cross_lookup,
     goal_sums,
     quadratic_sums,
@@ -67,7 +70,7 @@ from strata.stats.multiple import adjust, family_sizes
 from strata.stats.power import minimum_detectable_effect
 from strata.stats.power import power as power_fn
 from strata.stats.power import required_sample_size as sample_size_fn
-from strata.stats.sequential import boundary_table, final_boundary, looks, sequential_holm
+from strata.stats.sequential import BoundaryCurves, final_boundary, looks
 from strata.stats.srm import sample_ratio_mismatch
 
 __all__ = [
@@ -90,6 +93,21 @@ WIN, LOSS, INCONCLUSIVE, INVALID_SRM, NO_DATA = (
     "insufficient_data",
 )
 MIN_UNITS = 2
+#: Interval columns of the metrics frame (NaN where there is no test). ``*_adjusted`` are at level
+#: ``alpha * p / p_adj`` and agree with the decision; the others with ``p_value <= alpha``;
+#: ``rel_*_delta`` is the delta-method interval of ep-stats (extra, may disagree).
+INTERVAL_COLUMNS = (
+    "abs_lower",
+    "abs_upper",
+    "abs_lower_adjusted",
+    "abs_upper_adjusted",
+    "rel_lower",
+    "rel_upper",
+    "rel_lower_adjusted",
+    "rel_upper_adjusted",
+    "rel_lower_delta",
+    "rel_upper_delta",
+)
 
 
 @dataclass
@@ -189,8 +207,8 @@ def evaluate(
     ``experiments``: :class:`ExperimentDesign` objects or experiments-table records.
     ``analysis_date`` with the experiments' start/end dates enables sequential boundaries (one
     look per day). Aggregate rows of experiments not listed are not read; rows of goals no metric
-    uses are not read either; rows for variants missing from a listed experiment's design are an
-    error.
+    uses are only checked for valid counts (:func:`strata.stats.inputs.check_counts`); rows for
+    variants missing from a listed experiment's design are an error.
 
     The steps: designs → metric rows → SRM → term sums → per-variant moments → CUPED →
     comparisons with the control → significance (corrections, sequential boundaries) → power →
@@ -200,6 +218,7 @@ def evaluate(
     exps = _designs(experiments)
     rows = _metric_rows(exps, config)
     n_var = max(len(e.variants) for e in exps)
+    check_counts(goals, exps, config.exposure_goal)
     srm = sample_ratio_mismatch(goals, exps, config)
     if not len(rows.metrics):
         return Evaluation(pd.DataFrame(), srm, config, analysis_date)
@@ -211,6 +230,10 @@ def evaluate(
     sig = _significance(rows, exps, cmp, analysis_date, config)
     pw = _power(rows, mom, cmp, sig, config)
     decision = _decisions(rows, exps, srm, cmp, sig)
+    rel_ci = fieller_relative(cmp.m, cmp.m_c, cmp.a_t, cmp.a_c, sig.t_crit)
+    rel_ci_adj = fieller_relative(cmp.m, cmp.m_c, cmp.a_t, cmp.a_c, sig.t_crit_adj)
+    with np.errstate(invalid="ignore"):  # a zero control mean: inf - inf
+        rel_delta = (cmp.rel - sig.t_crit * cmp.rel_se, cmp.rel + sig.t_crit * cmp.rel_se)
     out = _frame(
         rows,
         exps,
@@ -227,15 +250,23 @@ def evaluate(
             "abs_se": np.where(cmp.is_ctrl, np.nan, cmp.se),
             "abs_lower": cmp.diff - sig.t_crit * cmp.se,
             "abs_upper": cmp.diff + sig.t_crit * cmp.se,
+            "abs_lower_adjusted": cmp.diff - sig.t_crit_adj * cmp.se,
+            "abs_upper_adjusted": cmp.diff + sig.t_crit_adj * cmp.se,
             "rel_diff": np.where(cmp.is_ctrl, np.nan, cmp.rel),
+            "rel_lower": rel_ci[0],
+            "rel_upper": rel_ci[1],
+            "rel_lower_adjusted": rel_ci_adj[0],
+            "rel_upper_adjusted": rel_ci_adj[1],
             "rel_se": np.where(cmp.is_ctrl, np.nan, cmp.rel_se),
-            "rel_lower": cmp.rel - sig.t_crit * cmp.rel_se,
-            "rel_upper": cmp.rel + sig.t_crit * cmp.rel_se,
+            "rel_lower_delta": rel_delta[0],
+            "rel_upper_delta": rel_delta[1],
             "t_stat": np.where(cmp.is_ctrl, np.nan, cmp.t_stat),
             "df": np.where(cmp.is_ctrl, np.nan, cmp.df),
-            "p_value": cmp.p,
+            "p_value": sig.p,
             "p_value_adjusted": sig.p_adj,
+            "p_value_fixed": np.where(cmp.testable, cmp.p, np.nan),
             "critical_value": np.where(cmp.testable, sig.t_crit, np.nan),
+            "critical_value_adjusted": np.where(cmp.testable, sig.t_crit_adj, np.nan),
             "mde": pw.mde,
             "power": pw.power,
             "required_sample_size": pw.required,
@@ -248,7 +279,7 @@ def evaluate(
         sig.look,
         sig.planned,
     )
-    for col in ("abs_lower", "abs_upper", "rel_lower", "rel_upper"):
+    for col in INTERVAL_COLUMNS:
         out.loc[~out["p_value"].notna(), col] = np.nan
     return Evaluation(out, srm, config, analysis_date)
 
@@ -396,6 +427,8 @@ class _Comparisons:
     rel_se: np.ndarray
     testable: np.ndarray
     p: np.ndarray
+    a_t: np.ndarray  # Var / n of the variant
+    a_c: np.ndarray  # Var / n of its control
 
 
 def _comparisons(
@@ -424,21 +457,25 @@ def _comparisons(
     testable = mom.valid & ~is_ctrl & np.isfinite(t_stat) & (se > 0) & np.isfinite(m_c)
     p = np.where(testable, 2 * stats.t.sf(np.abs(t_stat), df), np.nan)
     return _Comparisons(
-        m, m_c, var_l, var_c, n, is_ctrl, se, diff, df, t_stat, rel, rel_se, testable, p
+        m, m_c, var_l, var_c, n, is_ctrl, se, diff, df, t_stat, rel, rel_se, testable, p, a_t, a_c
     )
 
 
 @dataclass
 class _Significance:
-    """Adjusted p-values, critical values and significance after corrections and sequential
-    boundaries; the experiments' looks and the family sizes."""
+    """p-values on the decision's scale, their adjustment, and the critical values of the
+    intervals that agree with them: ``t_crit`` (unadjusted: excludes zero exactly when
+    ``p <= alpha``) and ``t_crit_adj`` (level ``alpha * p / p_adj``: excludes zero exactly when
+    ``p_adj <= alpha``, the decision). Both on the t scale of the Welch statistic."""
 
     family_size: np.ndarray
+    p: np.ndarray
     p_adj: np.ndarray
     look: np.ndarray
     planned: np.ndarray
     seq: np.ndarray
     t_crit: np.ndarray
+    t_crit_adj: np.ndarray
     significant: np.ndarray
 
 
@@ -450,26 +487,85 @@ def _significance(
     config: EvaluationConfig,
 ) -> _Significance:
     """Multiple-testing families (:mod:`strata.stats.multiple`) and group-sequential looks
-    (:mod:`strata.stats.sequential`)."""
-    # families for multiple testing: rows of (R, V) or whole experiments
-    family_size = family_sizes(cmp.testable, rows.exp_index, len(exps), config)
-    p_adj = adjust(cmp.p, rows.exp_index, len(exps), config)
+    (:mod:`strata.stats.sequential`).
 
+    Fixed horizon: the Welch p-value. Sequential: the repeated p-value of the look (the smallest
+    level whose Lan–DeMets boundary the statistic reaches), with the Welch t moved to the z scale
+    by matching its nominal p-value, ``z = Φ⁻¹(1 - F_t,df(|t|))``, so small samples keep the
+    boundaries' error rate. Either p-value is then adjusted per family (Holm, BH, Bonferroni or
+    none) and the decision is ``p_adj <= alpha``; sequential Holm is then the step-down
+    procedure with boundaries at alpha / m, alpha / (m - 1), ... (Maurer & Bretz 2013)."""
+    family_size = family_sizes(cmp.testable, rows.exp_index, len(exps), config)
     look, planned = looks(exps, analysis_date, config)
     seq = planned[rows.exp_index] > 0
     alpha = config.alpha
+    df = np.where(cmp.testable, cmp.df, np.nan)
+    p_fixed = np.where(cmp.testable, cmp.p, np.nan)
+    p = p_fixed
     if seq.any():
-        table = boundary_table(look, planned, alpha, int(max(family_size.max(), 1)))
-        crit_single = table[rows.exp_index, 0][:, None]
-        significant_seq = sequential_holm(
-            np.abs(cmp.t_stat), cmp.testable, table, rows.exp_index, config
-        )
-    else:
-        crit_single = np.full((len(rows.metrics), 1), np.nan)
-        significant_seq = np.zeros_like(cmp.testable)
-    t_crit = np.where(seq[:, None], crit_single, stats.t.isf(alpha / 2, cmp.df))
-    significant = np.where(seq[:, None], significant_seq, cmp.testable & (p_adj <= alpha))
-    return _Significance(family_size, p_adj, look, planned, seq, t_crit, significant)
+        if config.correction == "bh":
+            raise DesignError(
+                "Benjamini–Hochberg has no group-sequential version; use holm, bonferroni or none"
+            )
+        m_max = int(max(family_size.max(), 1))
+        curves = BoundaryCurves(tuple(alpha / j for j in range(1, m_max + 1)))
+        with np.errstate(invalid="ignore"):
+            z = stats.norm.isf(stats.t.sf(np.abs(cmp.t_stat), df))
+        look_r, planned_r = look[rows.exp_index], planned[rows.exp_index]
+        p = np.where(seq[:, None], curves.p_value(z, look_r, planned_r), p_fixed)
+        p = np.where(cmp.testable, p, np.nan)
+    p_adj = adjust(p, rows.exp_index, len(exps), config)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # the adjusted interval's level alpha * p / p_adj (p_adj >= p); p = p_adj = 0 underflow:
+        # any finite level excludes zero, take the Bonferroni one
+        ratio = np.where(p_adj > 0, p / p_adj, 1.0 / np.maximum(family_size, 1))
+        level_adj = np.where(cmp.testable, alpha * np.minimum(ratio, 1.0), np.nan)
+        t_crit = stats.t.isf(alpha / 2, df)
+        t_crit_adj = stats.t.isf(level_adj / 2, df)
+        if seq.any():
+            level = np.where(cmp.testable, alpha, np.nan)
+            z_crit = curves.boundary(level, look_r, planned_r)
+            z_crit_adj = curves.boundary(level_adj, look_r, planned_r)
+            t_crit = np.where(seq[:, None], stats.t.isf(stats.norm.sf(z_crit), df), t_crit)
+            t_crit_adj = np.where(
+                seq[:, None], stats.t.isf(stats.norm.sf(z_crit_adj), df), t_crit_adj
+            )
+    significant = cmp.testable & (p_adj <= alpha)
+    return _Significance(family_size, p, p_adj, look, planned, seq, t_crit, t_crit_adj, significant)
+
+
+def fieller_relative(
+    m_t: np.ndarray,
+    m_c: np.ndarray,
+    a_t: np.ndarray,
+    a_c: np.ndarray,
+    crit: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fieller interval of the relative difference ``(m_t - m_c) / |m_c|``: every relative effect
+    ``ρ - 1`` (``ρ = μ_t / μ_c``) that the test of ``m_t - ρ m_c = 0`` with critical value
+    ``crit`` does not reject, ``(m_t - ρ m_c)² <= crit² (a_t + ρ² a_c)`` (``a = Var / n`` of each
+    arm). At ``ρ = 1`` that is the Welch test, so the interval excludes zero exactly when the test
+    of the difference is significant. It is bounded only when the control mean is itself
+    significantly non-zero (``m_c² > crit² a_c``); otherwise, and when the treatment arm is
+    constant zero (a zero-width degenerate set), both bounds are NaN: not estimable.
+
+    Usage:
+        >>> lo, hi = fieller_relative(np.array([1.2]), np.array([1.0]), np.array([0.01]),
+        ...                           np.array([0.01]), np.array([1.96]))
+        >>> bool(lo[0] < 0.2 < hi[0]), bool(lo[0] < 0 < hi[0])  # |t| = 0.2 / 0.141 < 1.96
+        (True, True)
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        a = m_c**2 - crit**2 * a_c
+        b = m_t * m_c
+        c = m_t**2 - crit**2 * a_t
+        disc = np.sqrt(np.maximum(b**2 - a * c, 0.0))
+        r_lo, r_hi = (b - disc) / a, (b + disc) / a
+        sign = np.sign(m_c)
+        lo = np.where(sign > 0, r_lo - 1.0, 1.0 - r_hi)
+        hi = np.where(sign > 0, r_hi - 1.0, 1.0 - r_lo)
+    estimable = (a > 0) & ~((m_t == 0) & (a_t == 0)) & np.isfinite(lo) & np.isfinite(hi)
+    return np.where(estimable, lo, np.nan), np.where(estimable, hi, np.nan)
 
 
 @dataclass

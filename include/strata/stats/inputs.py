@@ -59,6 +59,96 @@ def variant_codes(
     return e_idx.astype(np.int64), v_idx.astype(np.int64)
 
 
+#: Columns that count units or events: non-negative integers.
+COUNT_COLUMNS = ("count", "sum_sqr_count", "count_unique")
+
+
+def check_counts(
+    goals: pd.DataFrame, experiments: list[ExperimentDesign], exposure_goal: str
+) -> None:
+    """Counts must be what the aggregation makes them: non-negative integers; for ``unit`` rows
+    ``count_unique <= count <= sum_sqr_count`` (each unit with an event counts at least once, and
+    ``c² >= c`` for integer ``c``), ``sum_sqr_value >= 0``, and no more units with a goal than
+    exposed units of the variant (when its exposure row is present). Otherwise an
+    :class:`AggregateError` names experiment, variant, goal and the broken rule.
+
+    Usage:
+        >>> from strata.stats.models import experiment_from_record
+        >>> exp = experiment_from_record({"experiment_id": "e", "variants": [
+        ...     {"vid": 1, "is_control": True, "weight": 1}, {"vid": 2, "weight": 1}],
+        ...     "metrics": []})
+        >>> goals = pd.DataFrame({"exp_id": "e", "exp_variant_id": [1, 2], "unit_type": "user",
+        ...     "agg_type": "global", "goal": "exposure", "count": [10, -3],
+        ...     "sum_sqr_count": [10, -3], "sum_value": 0.0, "sum_sqr_value": 0.0,
+        ...     "count_unique": [10, -3]})
+        >>> check_counts(goals, [exp], "exposure")
+        Traceback (most recent call last):
+        ...
+        strata.stats.errors.AggregateError: goal aggregates: experiment 'e', variant '2', goal
+        'user.global.exposure': 'count' = -3 is not a non-negative integer
+    """
+    require_columns(goals, KEY_COLUMNS + VALUE_COLUMNS, "goal aggregates")
+    wanted = {e.experiment_id for e in experiments}
+    g = goals[goals["exp_id"].astype(str).isin(wanted)]
+    if not len(g):
+        return
+    val = {c: pd.to_numeric(g[c], errors="coerce").to_numpy(dtype=float) for c in VALUE_COLUMNS}
+    tol = 1e-9
+    checks: list[tuple[np.ndarray, str]] = []
+    for c in COUNT_COLUMNS:
+        v = val[c]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(v) | (v < 0) | (np.abs(v - np.round(v)) > tol * np.maximum(1, v))
+        checks.append((bad, f"{c!r} = {{{c}}} is not a non-negative integer"))
+    unit = (g["agg_type"].astype(str) == "unit").to_numpy()  # global rows: counts only
+    with np.errstate(invalid="ignore"):
+        checks.append(
+            (unit & (val["count_unique"] > val["count"] * (1 + tol)),
+             "count_unique = {count_unique} exceeds count = {count}")
+        )  # fmt: skip
+        checks.append(
+            (unit & (val["count"] > val["sum_sqr_count"] * (1 + tol)),
+             "count = {count} exceeds sum_sqr_count = {sum_sqr_count} (c² >= c for counts)")
+        )  # fmt: skip
+        checks.append((val["sum_sqr_value"] < 0, "sum_sqr_value = {sum_sqr_value} is negative"))
+    is_exp = (g["agg_type"].astype(str) == "global").to_numpy() & (
+        g["goal"].astype(str) == exposure_goal
+    ).to_numpy()
+    dims = sorted(set(g.columns) - set(KEY_COLUMNS) - set(VALUE_COLUMNS))
+    if dims:
+        is_exp &= (g[dims].fillna("").astype(str) == "").all(axis=1).to_numpy()
+    key = (
+        g["exp_id"].astype(str) + "|" + g["exp_variant_id"].astype(str) + "|"
+        + g["unit_type"].astype(str)
+    ).to_numpy(dtype=object)  # fmt: skip
+    exposures = pd.Series(val["count"][is_exp], index=key[is_exp])
+    exposures = exposures[~exposures.index.duplicated()]
+    units = pd.Series(key).map(exposures).to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        checks.append(
+            (unit & (val["count_unique"] > units),
+             "count_unique = {count_unique} exceeds the variant's {units} exposed units")
+        )  # fmt: skip
+    for bad, rule in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            row = g.iloc[i]
+            goal = f"{row['unit_type']}.{row['agg_type']}.{row['goal']}"
+            dim_text = ",".join(
+                f"{d}={row[d]}" for d in dims if str(row[d] or "") not in ("", "nan")
+            )
+            goal += f"({dim_text})" if dim_text else ""
+            fields = {c: _num(val[c][i]) for c in VALUE_COLUMNS} | {"units": _num(units[i])}
+            raise AggregateError(
+                f"goal aggregates: experiment {str(row['exp_id'])!r}, variant "
+                f"{str(row['exp_variant_id'])!r}, goal {goal!r}: {rule.format(**fields)}"
+            )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if np.isfinite(x) and float(x).is_integer() else str(x)
+
+
 # --- aggregates -> dense term sums ----------------------------------------------------------------
 
 

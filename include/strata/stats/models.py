@@ -45,7 +45,7 @@ DEFAULT_SRM_ALPHA = 0.001
 DEFAULT_POWER = 0.8
 DEFAULT_EXPOSURE_GOAL = "exposure"
 
-Correction = Literal["holm", "bh", "none"]
+Correction = Literal["holm", "bh", "bonferroni", "none"]
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,9 @@ class EvaluationConfig:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise DesignError(f"EvaluationConfig.{name} must be in (0, 1), got {value!r}")
-        if self.correction not in ("holm", "bh", "none"):
+        if self.correction not in ("holm", "bh", "bonferroni", "none"):
             raise DesignError(
-                f"EvaluationConfig.correction must be holm|bh|none: {self.correction!r}"
+                f"EvaluationConfig.correction must be holm|bh|bonferroni|none: {self.correction!r}"
             )
         if self.correction_scope not in ("variants", "metrics"):
             raise DesignError(

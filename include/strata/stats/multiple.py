@@ -1,4 +1,5 @@
-"""Multiple-testing corrections, vectorised over many families at once.
+"""Multiple-testing corrections (Holm, Benjamini–Hochberg, Bonferroni), vectorised over many
+families at once.
 
 Each row of ``p`` is one family; NaN marks "no hypothesis here" (the control's own slot, a padded
 variant), so the family size is the number of finite p-values in the row, wherever the control
@@ -60,7 +61,26 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return _unsort(adj, order, np.asarray(p, dtype=float))
 
 
-CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg, "none": lambda p: np.asarray(p, float)}
+def bonferroni(p: np.ndarray) -> np.ndarray:
+    """Bonferroni adjusted p-values ``min(1, m p)`` (family-wise error rate), one family per row.
+
+    Usage:
+        >>> bonferroni(np.array([[0.01, np.nan, 0.04, 0.5]]))
+        array([[0.03, nan, 0.12, 1.  ]])
+    """
+    p = np.asarray(p, dtype=float)
+    if p.ndim != 2:
+        raise ValueError(f"p-values must be 2-D (families × hypotheses), got shape {p.shape}")
+    m = np.isfinite(p).sum(axis=1, keepdims=True)
+    return np.where(np.isfinite(p), np.minimum(1.0, m * p), np.nan)
+
+
+CORRECTIONS = {
+    "holm": holm,
+    "bh": benjamini_hochberg,
+    "bonferroni": bonferroni,
+    "none": lambda p: np.asarray(p, float),
+}
 
 
 # --- the engine's families: per metric (across variants) or per experiment -------------------

@@ -54,6 +54,14 @@ def _fmt(x, pct: bool = False) -> str:
     return f"{x:+.2%}" if pct else f"{x:.4g}"
 
 
+def _interval(lower: float, upper: float, p_value: float) -> str:
+    """The relative interval; tested rows without one say so (Fieller: not estimable when the
+    control mean is not significantly non-zero or the treatment arm is constant zero)."""
+    if not (math.isfinite(lower) and math.isfinite(upper)) and math.isfinite(p_value):
+        return "not estimable"
+    return f"[{_fmt(lower, True)}, {_fmt(upper, True)}]"
+
+
 def _page(title: str, body: str) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
@@ -119,7 +127,7 @@ def trend_plot(rows: pd.DataFrame, title: str) -> str:
     band = [(xx, y(v[2])) for xx, v, k in zip(xs, vals, ok, strict=True) if k] + [
         (xx, y(v[1])) for xx, v, k in reversed(list(zip(xs, vals, ok, strict=True))) if k
     ]
-    line = [(xx, y(v[0])) for xx, v, k in zip(xs, vals, ok, strict=True) if k]
+    line = [(xx, y(v[0])) for xx, v in zip(xs, vals, strict=True) if np.isfinite(v[0])]
 
     def pts(points: list[tuple[float, float]]) -> str:
         return " ".join(f"{a:.1f},{b:.1f}" for a, b in points)
@@ -196,14 +204,14 @@ def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
     counts = now[now["statistic"] == "count"].set_index(["metric_id", "variant"])["point"]
     table = [
         "<table><tr><th>metric</th><th>role</th><th>comparison</th><th>mean</th><th>units</th>"
-        "<th>rel. effect</th><th>CI</th><th>p</th><th>adj. p</th><th>decision</th></tr>"
+        "<th>rel. effect</th><th>CI (adjusted)</th><th>p</th><th>adj. p</th><th>decision</th></tr>"
     ]
     for r in rel.itertuples(index=False):
         key = (r.metric_id, r.variant)
         table.append(
             f"<tr><td>{_e(r.metric_name)}</td><td>{_e(r.role)}</td><td>{_e(r.comparison)}</td>"
             f"<td>{_fmt(means.get(key))}</td><td>{_fmt(counts.get(key))}</td>"
-            f"<td>{_fmt(r.point, True)}</td><td>[{_fmt(r.lower, True)}, {_fmt(r.upper, True)}]"
+            f"<td>{_fmt(r.point, True)}</td><td>{_interval(r.lower, r.upper, r.p_value)}"
             f"</td><td>{_fmt(r.p_value)}</td><td>{_fmt(r.p_value_adjusted)}</td>"
             f"<td class='{_e(r.decision)}'>{_e(r.decision)}</td></tr>"
         )
@@ -220,7 +228,7 @@ def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
         f"{_e(now['run_id'].iloc[0])}</p><h2>Verdict</h2><ul>{verdict_html}</ul>"
         f"<h2>Data quality</h2>{srm_html}"
         f"<p>Inputs (Iceberg snapshots): <code>{_e(now['input_snapshots'].iloc[0])}</code></p>"
-        f"<h2>Effects (relative, with confidence intervals)</h2>{forest_plot(rel)}"
+        f"<h2>Effects (relative, with adjusted confidence intervals)</h2>{forest_plot(rel)}"
         f"<h2>Metrics</h2>{''.join(table)}<h2>Cumulative effect over time</h2>{trends}"
     )
     return _page(f"Strata · {experiment_id}", body)

@@ -1,7 +1,9 @@
 """The long ``results`` table in Iceberg, written and read with pyiceberg (no JVM).
 
 One row per experiment × analysis date × window × metric × variant × statistic (``count``,
-``mean``, ``std``; for treatments ``abs_diff``, ``rel_diff`` with their intervals and ``mde``; for
+``mean``, ``std``; for treatments ``abs_diff``, ``rel_diff`` with their adjusted intervals (which
+agree with the decision), ``abs_diff_unadjusted``, ``rel_diff_unadjusted`` (level alpha, agree
+with ``p_value``) and ``mde``; for
 metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw of each variant).
 Each run fully replaces the rows of its (experiment, analysis_date, window) keys with one
 overwrite commit, so re-runs are idempotent. Every row records the run id and the Iceberg
@@ -85,13 +87,18 @@ _STATISTICS = (
     ("count", "count", None, None, False, False),
     ("mean", "mean", None, None, False, False),
     ("std", "std", None, None, False, False),
-    ("abs_diff", "abs_diff", "abs_lower", "abs_upper", True, True),
-    ("rel_diff", "rel_diff", "rel_lower", "rel_upper", True, True),
+    ("abs_diff", "abs_diff", "abs_lower_adjusted", "abs_upper_adjusted", True, True),
+    ("rel_diff", "rel_diff", "rel_lower_adjusted", "rel_upper_adjusted", True, True),
+    ("abs_diff_unadjusted", "abs_diff", "abs_lower", "abs_upper", True, True),
+    ("rel_diff_unadjusted", "rel_diff", "rel_lower", "rel_upper", True, True),
     ("mde", "mde", None, None, True, False),
     ("variance_reduction", "variance_reduction", None, None, False, False),
 )
 #: Statistics stored only for metrics evaluated with CUPED: 1 - Var_cuped / Var_raw per variant.
 _CUPED_STATISTICS = ("variance_reduction",)
+#: Intervals at level alpha that agree with ``p_value`` (no adjusted p-value, no decision); the
+#: ``abs_diff`` / ``rel_diff`` rows carry the adjusted intervals that agree with the decision.
+_UNADJUSTED_STATISTICS = ("abs_diff_unadjusted", "rel_diff_unadjusted")
 
 
 def results_frame(
@@ -127,9 +134,11 @@ def results_frame(
                     "upper": rows[upper].astype(float) if upper else np.nan,
                     "p_value": rows["p_value"].astype(float) if tested else np.nan,
                     "p_value_adjusted": rows["p_value_adjusted"].astype(float)
-                    if tested
+                    if tested and stat not in _UNADJUSTED_STATISTICS
                     else np.nan,
-                    "decision": rows["decision"] if tested else None,
+                    "decision": rows["decision"]
+                    if tested and stat not in _UNADJUSTED_STATISTICS
+                    else None,
                 }
             )
         )

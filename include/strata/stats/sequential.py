@@ -19,15 +19,15 @@ Usage:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import optimize, signal, stats
+from scipy import interpolate, optimize, signal, stats
 
 from strata.stats.errors import DesignError
-from strata.stats.multiple import family_matrix
 
 if TYPE_CHECKING:
     from strata.stats.models import EvaluationConfig, ExperimentDesign
@@ -149,54 +149,94 @@ def looks(
     return look, planned
 
 
-def boundary_table(
-    look: np.ndarray, planned: np.ndarray, alpha: float, max_family: int
-) -> np.ndarray:
-    """crit[e, j-1] = z boundary at the experiment's look for level alpha / j (j = 1..max)."""
-    table = np.full((len(look), max_family), np.nan)
-    for k_plan, k_look in {(int(p), int(k)) for p, k in zip(planned, look, strict=True) if p}:
-        fractions = np.arange(1, k_plan + 1) / k_plan
-        crit = [obf_boundaries(fractions, alpha / j)[k_look - 1] for j in range(1, max_family + 1)]
-        table[(planned == k_plan) & (look == k_look)] = crit
-    return table
+#: Levels at which the boundary curve of a look is computed exactly (with the family's levels
+#: alpha / j added); repeated p-values between them are monotone (PCHIP) interpolations.
+CURVE_LEVELS = tuple(float(x) for x in np.geomspace(1e-12, 0.9, 64))
 
 
-def sequential_holm(
-    abs_t: np.ndarray, testable: np.ndarray, table: np.ndarray, exp_index: np.ndarray, config
-) -> np.ndarray:
-    """Step-down Holm with group-sequential boundaries at levels alpha/m, alpha/(m-1), ... .
+@lru_cache(maxsize=64)
+def _curve_nodes(planned: int, levels: tuple[float, ...]) -> np.ndarray:
+    """(len(levels), planned) z boundaries of every look at every level (cached: the nightly
+    run evaluates the same plans date after date)."""
+    fractions = np.arange(1, planned + 1) / planned
+    return np.array([obf_boundaries(fractions, a) for a in levels])
 
-    With one hypothesis this is the plain Lan–DeMets test; with several it is the
-    sequentially rejective graphical procedure of Maurer & Bretz (2013), which controls the
-    family-wise error over all looks and comparisons. ``correction='none'`` uses alpha for all;
-    ``bh`` has no group-sequential analogue and is refused with sequential analysis.
+
+class BoundaryCurves:
+    """Per (planned looks K, look k): the look's boundary ``c_k(level)`` as a monotone function of
+    the level, exact at ``levels`` (the caller's alpha / j) and at a log grid, interpolated by PCHIP
+    in ``log(level)`` between them, anchored at ``c = 0, level = 1``.
+
+    ``p_value(z)`` is the repeated p-value: the smallest level whose boundary ``z`` reaches at this
+    look; ``boundary(level)`` is its exact inverse (bisection on the same interpolant), so
+    ``z >= boundary(a)`` exactly when ``p_value(z) <= a``. With K = 1 this is the fixed-horizon
+    normal test.
+
+    Usage:
+        >>> bc = BoundaryCurves(levels=(0.05,))
+        >>> look, planned = np.array([10]), np.array([10])
+        >>> c = bc.boundary(np.array([[0.05]]), look, planned)
+        >>> bool(abs(c[0, 0] - daily_boundary(10, 10, 0.05)) < 1e-9)
+        True
+        >>> round(float(bc.p_value(c, look, planned)[0, 0]), 9)
+        0.05
     """
-    if config.correction == "bh":
-        raise DesignError("Benjamini–Hochberg has no group-sequential version; use holm or none")
-    z = np.where(testable, abs_t, -np.inf)
-    n_exp = table.shape[0]
-    if config.correction_scope == "variants":
-        fam, order, cols, fam_exp = z, None, None, exp_index
-    else:
-        fam, order, cols = family_matrix(z, exp_index, n_exp, -np.inf)
-        fam_exp = np.arange(n_exp)
-    m = np.isfinite(fam).sum(axis=1)
-    srt = np.argsort(-fam, axis=1, kind="stable")
-    zs = np.take_along_axis(fam, srt, axis=1)
-    step = np.arange(fam.shape[1])[None, :]
-    level = m[:, None] - step  # alpha / (m - i) at step i
-    if config.correction == "none":
-        level = np.ones_like(level)
-    crit = np.take_along_axis(table[fam_exp], np.clip(level - 1, 0, table.shape[1] - 1), axis=1)
-    reject_sorted = np.cumprod(np.isfinite(zs) & (zs >= crit), axis=1).astype(bool)
-    reject = np.empty_like(reject_sorted)
-    np.put_along_axis(reject, srt, reject_sorted, axis=1)
-    if order is None:
-        return reject & testable
-    assert cols is not None  # set with `order` by family_matrix
-    out = np.zeros_like(testable)
-    out[order] = np.take_along_axis(reject[exp_index[order]], cols, axis=1)
-    return out & testable
+
+    def __init__(self, levels: tuple[float, ...]) -> None:
+        self.levels = tuple(sorted(set(CURVE_LEVELS) | {float(a) for a in levels}))
+        self._curves: dict[tuple[int, int], tuple[interpolate.PchipInterpolator, float]] = {}
+
+    def _curve(self, planned: int, look: int) -> tuple[interpolate.PchipInterpolator, float]:
+        key = (planned, look)
+        if key not in self._curves:
+            nodes = _curve_nodes(planned, self.levels)
+            for k in range(1, planned + 1):
+                c = nodes[:, k - 1]
+                log_a = np.log(np.asarray(self.levels))
+                finite = c < INFINITE_BOUNDARY
+                if not finite.all():  # keep the largest level with no spending as an end point
+                    last_inf = np.nonzero(~finite)[0].max()
+                    finite[last_inf] = True
+                # increasing in z (guard against round-off in the root finding)
+                x = np.maximum.accumulate(np.concatenate([[0.0], c[finite][::-1]]))
+                y = np.concatenate([[0.0], log_a[finite][::-1]])
+                keep = np.concatenate([[True], np.diff(x) > 1e-12])
+                self._curves[(planned, k)] = (
+                    interpolate.PchipInterpolator(x[keep], y[keep], extrapolate=False),
+                    float(x[keep][-1]),
+                )
+        return self._curves[key]
+
+    def _groups(
+        self, look: np.ndarray, planned: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, tuple[interpolate.PchipInterpolator, float]]]:
+        for k_plan, k_look in sorted(
+            {(int(p), int(k)) for p, k in zip(planned, look, strict=True)}
+        ):
+            if k_plan:
+                yield (planned == k_plan) & (look == k_look), self._curve(k_plan, k_look)
+
+    def p_value(self, z: np.ndarray, look: np.ndarray, planned: np.ndarray) -> np.ndarray:
+        """Repeated p-values of ``|z|`` (R, V) at each row's look (``look``, ``planned``: (R,))."""
+        out = np.full(z.shape, np.nan)
+        for rows, (curve, z_max) in self._groups(look, planned):
+            zz = np.clip(np.abs(z[rows]), 0.0, z_max)
+            p = np.exp(curve(zz))
+            out[rows] = np.where(np.isfinite(z[rows]), np.minimum(p, 1.0), np.nan)
+        return out
+
+    def boundary(self, level: np.ndarray, look: np.ndarray, planned: np.ndarray) -> np.ndarray:
+        """z boundaries (R, V) at ``level`` (R, V): the inverse of :meth:`p_value`."""
+        out = np.full(level.shape, np.nan)
+        for rows, (curve, z_max) in self._groups(look, planned):
+            target = np.log(np.clip(level[rows], 1e-300, 1.0))
+            lo, hi = np.zeros(target.shape), np.full(target.shape, z_max)
+            for _ in range(60):  # bisection: log level decreases as z grows
+                mid = 0.5 * (lo + hi)
+                above = curve(mid) > target
+                lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+            out[rows] = np.where(np.isfinite(level[rows]), hi, np.nan)
+        return out
 
 
 def final_boundary(planned, exp_index, alpha, fam) -> np.ndarray:
