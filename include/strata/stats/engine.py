@@ -52,6 +52,7 @@ from strata.metrics import (
     Term,
     metric_forms,
 )
+from strata.stats.bayes import bayesian_view
 from strata.stats.errors import AggregateError, DesignError, ExpressionError
 from strata.stats.inputs import (
     CROSS_COLUMNS,
@@ -194,7 +195,7 @@ def evaluate(
 
     The steps: designs → metric rows → SRM → term sums → per-variant moments → CUPED →
     comparisons with the control → significance (corrections, sequential boundaries) → power →
-    decisions → the metrics frame.
+    decisions → the Bayesian view (:mod:`strata.stats.bayes`) → the metrics frame.
     """
     config = config or EvaluationConfig()
     exps = _designs(experiments)
@@ -211,6 +212,10 @@ def evaluate(
     sig = _significance(rows, exps, cmp, analysis_date, config)
     pw = _power(rows, mom, cmp, sig, config)
     decision = _decisions(rows, exps, srm, cmp, sig)
+    bayes = bayesian_view(  # the Bayesian view beside the frequentist result (bayes.py)
+        cmp.m, cmp.var_l, cmp.n, cmp.is_ctrl, cmp.testable,
+        [mt.direction for mt in rows.metrics], config,
+    )  # fmt: skip
     out = _frame(
         rows,
         exps,
@@ -239,6 +244,7 @@ def evaluate(
             "mde": pw.mde,
             "power": pw.power,
             "required_sample_size": pw.required,
+            **bayes,
         },
         {
             "significant": sig.significant & cmp.testable,
