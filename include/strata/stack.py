@@ -288,6 +288,10 @@ def iceberg_catalog(settings: Settings | None = None) -> Catalog:
     return load_catalog(settings.catalog_name, **props, **pyiceberg_s3_props(settings))
 
 
+#: Attempts of a schema evolution that loses a commit race to another writer.
+SCHEMA_COMMIT_ATTEMPTS = 5
+
+
 def evolve_schema(table: Table, arrow_schema: pa.Schema) -> list[str]:
     """Add the top-level columns of ``arrow_schema`` that ``table`` lacks, in place (no drop).
 
@@ -298,17 +302,28 @@ def evolve_schema(table: Table, arrow_schema: pa.Schema) -> list[str]:
     error of the write. Columns the table has and ``arrow_schema`` lacks are kept (older writers
     can still append; readers see nulls). Returns the names added, ``[]`` when none (no commit).
 
-    Call it before writing, after ``create_table_if_not_exists``.
+    Call it before writing, after ``create_table_if_not_exists``. Writers evolving one table at
+    once (mapped tasks): the loser's commit fails on the changed schema; it reloads the table and
+    adds what is still missing (usually nothing).
     """
     import pyarrow as pa
+    from pyiceberg.exceptions import CommitFailedException
 
-    have = {f.name for f in table.schema().fields}
-    missing = [f.with_nullable(True) for f in arrow_schema if f.name not in have]
-    if not missing:
-        return []
-    with table.update_schema() as update:
-        update.union_by_name(pa.schema(missing))
-    return [f.name for f in missing]
+    for attempt in range(SCHEMA_COMMIT_ATTEMPTS):
+        have = {f.name for f in table.schema().fields}
+        missing = [f.with_nullable(True) for f in arrow_schema if f.name not in have]
+        if not missing:
+            return []
+        try:
+            with table.update_schema() as update:
+                update.union_by_name(pa.schema(missing))
+        except CommitFailedException:
+            if attempt == SCHEMA_COMMIT_ATTEMPTS - 1:
+                raise
+            table.refresh()
+            continue
+        return [f.name for f in missing]
+    return []  # pragma: no cover (the loop returns or raises)
 
 
 def redis_client(

@@ -157,3 +157,13 @@ def test_evolve_schema_adds_only_what_is_missing(catalog):
     assert got["b"].tolist()[:2] == [None, None]
     assert got["b"].tolist()[2] == "x"
     assert evolve_schema(table, wanted) == []
+
+
+def test_evolve_schema_with_a_stale_table_reloads_instead_of_failing(catalog):
+    ident = f"{NAMESPACE}.race"
+    catalog.create_table(ident, schema=pa.schema([("a", pa.int64())]))
+    first, stale = catalog.load_table(ident), catalog.load_table(ident)
+    wanted = pa.schema([("a", pa.int64()), ("b", pa.string()), ("c", pa.float64())])
+    assert evolve_schema(first, wanted) == ["b", "c"]
+    assert evolve_schema(stale, wanted) == []  # lost the race: reloaded, nothing left to add
+    assert [f.name for f in stale.schema().fields] == ["a", "b", "c"]
