@@ -75,6 +75,24 @@ def frame(exp_id: str, day: date, run_id: str) -> pd.DataFrame:
     return results_frame(ev, run_id, {"t": 1})
 
 
+def test_absolute_scale_names_its_effect_row():
+    from strata.stats import EvaluationConfig
+
+    goals, cross = aggregates(5, ["exp_abs"])
+    ev = evaluate(
+        goals.drop(columns="as_of_date"), [experiment_record("exp_abs")],
+        cross=cross.drop(columns="as_of_date"), analysis_date=NEW_DAY,
+        config=EvaluationConfig(bayes_scale="absolute"),
+    )  # fmt: skip
+    rows = results_frame(ev, "r", {})
+    stats = set(rows["statistic"])
+    assert "bayes_abs_diff" in stats
+    assert "bayes_rel_diff" not in stats
+    effect = rows[rows["statistic"] == "bayes_abs_diff"].set_index("metric_id")["point"]
+    freq = rows[rows["statistic"] == "abs_diff"].set_index("metric_id")["point"]
+    assert effect.to_dict() == freq.to_dict()  # flat prior: the posterior mean is the estimate
+
+
 def previous_version_rows(exp_id: str, schema: pa.Schema) -> pa.Table:
     """What the previous version wrote: no Bayesian statistics, only its columns."""
     old = frame(exp_id, OLD_DAY, "old-run")
