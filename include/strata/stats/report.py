@@ -168,6 +168,13 @@ def variance_reduction_table(now: pd.DataFrame) -> str:
 _BAYES_POINTS = ("prob_beat_control", "expected_loss_treatment", "expected_loss_control")
 
 
+def _fmt_loss(x: float, pct: bool) -> str:
+    """An expected loss: never negative, so unsigned."""
+    if not math.isfinite(x):
+        return "–"
+    return f"{x:.2%}" if pct else f"{x:.4g}"
+
+
 def bayes_table(now: pd.DataFrame) -> str:
     """The Bayesian view beside the frequentist table: per metric × comparison the posterior
     mean of the effect with its credible interval, P(treatment beats control) and the expected
@@ -198,8 +205,11 @@ def bayes_table(now: pd.DataFrame) -> str:
             f"<tr><td>{_e(r.metric_name)}</td><td>{_e(r.comparison)}</td>"
             f"<td>{_fmt(r.point, pct)}</td><td>[{_fmt(r.lower, pct)}, {_fmt(r.upper, pct)}]</td>"
             f"<td>{'–' if not math.isfinite(p_beat) else f'{p_beat:.1%}'}</td>"
-            f"<td>{_fmt(points['expected_loss_treatment'].get(k, math.nan), pct)}</td>"
-            f"<td>{_fmt(points['expected_loss_control'].get(k, math.nan), pct)}</td></tr>"
+            + "".join(
+                f"<td>{_fmt_loss(points[s].get(k, math.nan), pct)}</td>"
+                for s in ("expected_loss_treatment", "expected_loss_control")
+            )
+            + "</tr>"
         )
     scale = "relative effect" if pct else "absolute effect"
     return (
