@@ -24,8 +24,10 @@ from strata.config import RedisRole, Settings, get_settings, is_s3_uri
 from strata.errors import StackError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import redis
     from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
     from pyspark.sql import SparkSession
 
 ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
@@ -284,6 +286,44 @@ def iceberg_catalog(settings: Settings | None = None) -> Catalog:
     if settings.catalog_credential:
         props["credential"] = settings.catalog_credential.get_secret_value()
     return load_catalog(settings.catalog_name, **props, **pyiceberg_s3_props(settings))
+
+
+#: Attempts of a schema evolution that loses a commit race to another writer.
+SCHEMA_COMMIT_ATTEMPTS = 5
+
+
+def evolve_schema(table: Table, arrow_schema: pa.Schema) -> list[str]:
+    """Add the top-level columns of ``arrow_schema`` that ``table`` lacks, in place (no drop).
+
+    A table written by a previous version keeps its rows, field ids and columns; the new columns
+    are added as optional (Iceberg cannot require a value from rows written before they
+    existed) in one schema commit with pyiceberg's ``update_schema().union_by_name``. Columns the
+    table has are left as they are (also their required flags): an incompatible type stays an
+    error of the write. Columns the table has and ``arrow_schema`` lacks are kept (older writers
+    can still append; readers see nulls). Returns the names added, ``[]`` when none (no commit).
+
+    Call it before writing, after ``create_table_if_not_exists``. Writers evolving one table at
+    once (mapped tasks): the loser's commit fails on the changed schema; it reloads the table and
+    adds what is still missing (usually nothing).
+    """
+    import pyarrow as pa
+    from pyiceberg.exceptions import CommitFailedException
+
+    for attempt in range(SCHEMA_COMMIT_ATTEMPTS):
+        have = {f.name for f in table.schema().fields}
+        missing = [f.with_nullable(True) for f in arrow_schema if f.name not in have]
+        if not missing:
+            return []
+        try:
+            with table.update_schema() as update:
+                update.union_by_name(pa.schema(missing))
+        except CommitFailedException:
+            if attempt == SCHEMA_COMMIT_ATTEMPTS - 1:
+                raise
+            table.refresh()
+            continue
+        return [f.name for f in missing]
+    return []  # pragma: no cover (the loop returns or raises)
 
 
 def redis_client(

@@ -54,6 +54,7 @@ from strata.metrics import (
     Term,
     metric_forms,
 )
+from strata.stats.bayes import bayesian_view
 from strata.stats.errors import AggregateError, DesignError, ExpressionError
 from strata.stats.inputs import (
     CROSS_COLUMNS,
@@ -212,7 +213,7 @@ def evaluate(
 
     The steps: designs → metric rows → SRM → term sums → per-variant moments → CUPED →
     comparisons with the control → significance (corrections, sequential boundaries) → power →
-    decisions → the metrics frame.
+    decisions → the Bayesian view (:mod:`strata.stats.bayes`) → the metrics frame.
     """
     config = config or EvaluationConfig()
     exps = _designs(experiments)
@@ -234,6 +235,10 @@ def evaluate(
     rel_ci_adj = fieller_relative(cmp.m, cmp.m_c, cmp.a_t, cmp.a_c, sig.t_crit_adj)
     with np.errstate(invalid="ignore"):  # a zero control mean: inf - inf
         rel_delta = (cmp.rel - sig.t_crit * cmp.rel_se, cmp.rel + sig.t_crit * cmp.rel_se)
+    bayes = bayesian_view(  # the Bayesian view beside the frequentist result (bayes.py)
+        cmp.m, cmp.var_l, cmp.n, cmp.is_ctrl, cmp.testable,
+        [mt.direction for mt in rows.metrics], config,
+    )  # fmt: skip
     out = _frame(
         rows,
         exps,
@@ -270,6 +275,7 @@ def evaluate(
             "mde": pw.mde,
             "power": pw.power,
             "required_sample_size": pw.required,
+            **bayes,
         },
         {
             "significant": sig.significant & cmp.testable,

@@ -83,7 +83,12 @@ class ExperimentDesign:
 @dataclass(frozen=True)
 class EvaluationConfig:
     """How to test. ``correction_scope``: ``variants`` (per metric, across treatment variants, the
-    ep-stats family) or ``metrics`` (per experiment, across all metrics × treatment variants)."""
+    ep-stats family) or ``metrics`` (per experiment, across all metrics × treatment variants).
+
+    The Bayesian view (:mod:`strata.stats.bayes`): ``bayes_scale`` is the effect it is computed
+    on (``relative`` lift or ``absolute`` difference); the prior on the effect is flat (improper)
+    when ``bayes_prior_sd`` is None (the default), else ``N(bayes_prior_mean, bayes_prior_sd²)`` on
+    the relative lift (e.g. ``bayes_prior_sd=0.3``, GrowthBook's proper prior)."""
 
     alpha: float = DEFAULT_ALPHA
     srm_alpha: float = DEFAULT_SRM_ALPHA
@@ -93,8 +98,12 @@ class EvaluationConfig:
     cuped: bool = True
     power: float = DEFAULT_POWER
     exposure_goal: str = DEFAULT_EXPOSURE_GOAL
+    bayes_scale: Literal["relative", "absolute"] = "relative"
+    bayes_prior_mean: float = 0.0
+    bayes_prior_sd: float | None = None
 
     def __post_init__(self) -> None:
+        self._check_bayes()
         for name in ("alpha", "srm_alpha", "power"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
@@ -107,6 +116,23 @@ class EvaluationConfig:
             raise DesignError(
                 f"EvaluationConfig.correction_scope invalid: {self.correction_scope!r}"
             )
+
+    def _check_bayes(self) -> None:
+        """A proper prior is on the relative lift: one prior sd cannot fit every metric's units."""
+        if self.bayes_scale not in ("relative", "absolute"):
+            raise DesignError(
+                f"EvaluationConfig.bayes_scale must be relative|absolute: {self.bayes_scale!r}"
+            )
+        sd = self.bayes_prior_sd
+        if sd is not None and not (sd > 0 and sd < float("inf")):
+            raise DesignError(f"EvaluationConfig.bayes_prior_sd must be positive, got {sd!r}")
+        if sd is not None and self.bayes_scale == "absolute":
+            raise DesignError(
+                "EvaluationConfig: a proper prior (bayes_prior_sd) is on the relative lift; "
+                "use bayes_scale='relative' or a flat prior"
+            )
+        if not abs(self.bayes_prior_mean) < float("inf"):
+            raise DesignError("EvaluationConfig.bayes_prior_mean must be finite")
 
 
 # --- edge: pydantic models validating the shared contract ------------------------------------

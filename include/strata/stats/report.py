@@ -2,9 +2,10 @@
 
 Pages are self-contained (inline CSS and SVG, no JavaScript, no CDN): a forest plot of relative
 effects with confidence intervals at the latest analysis date, the cumulative relative effect over
-time per metric, SRM status, the metric table and, for metrics with a CUPED covariate, the
-variance reduction achieved per variant (1 − Var_cuped / Var_raw). ``strata report EXP`` calls
-:func:`build_reports`.
+time per metric, SRM status, the metric table, the Bayesian view beside it (posterior effect with
+its credible interval, probability to beat control, expected losses) and, for metrics with a CUPED
+covariate, the variance reduction achieved per variant (1 − Var_cuped / Var_raw).
+``strata report EXP`` calls :func:`build_reports`.
 
 Usage:
     >>> import pandas as pd
@@ -171,6 +172,65 @@ def variance_reduction_table(now: pd.DataFrame) -> str:
     )
 
 
+#: Results statistics of the Bayesian view (strata.stats.results.BAYES_STATISTICS) shown per row.
+_BAYES_POINTS = ("prob_beat_control", "expected_loss_treatment", "expected_loss_control")
+
+
+def _fmt_loss(x: float, pct: bool) -> str:
+    """An expected loss: never negative, so unsigned."""
+    if not math.isfinite(x):
+        return "–"
+    return f"{x:.2%}" if pct else f"{x:.4g}"
+
+
+def bayes_table(now: pd.DataFrame) -> str:
+    """The Bayesian view beside the frequentist table: per metric × comparison the posterior
+    mean of the effect with its credible interval, P(treatment beats control) and the expected
+    loss of shipping the treatment and of keeping the control.
+
+    Usage:
+        >>> now = pd.DataFrame({"metric_id": "ctr", "metric_name": "CTR", "role": "primary",
+        ...     "variant": "2", "comparison": "2 vs 1", "statistic": ["bayes_rel_diff",
+        ...     "prob_beat_control", "expected_loss_treatment", "expected_loss_control"],
+        ...     "point": [0.031, 0.962, 0.0004, 0.0314], "lower": [0.001, None, None, None],
+        ...     "upper": [0.061, None, None, None]})
+        >>> "<td>+3.10%</td><td>[+0.10%, +6.10%]</td><td>96.2%</td>" in bayes_table(now)
+        True
+    """
+    effect = now[now["statistic"].isin(["bayes_rel_diff", "bayes_abs_diff"])]
+    if effect.empty:
+        return ""
+    pct = bool((effect["statistic"] == "bayes_rel_diff").all())
+    key = ["metric_id", "variant"]
+    points = {s: now[now["statistic"] == s].set_index(key)["point"] for s in _BAYES_POINTS}
+    order = {"primary": 0, "guardrail": 1, "secondary": 2}
+    effect = effect.sort_values(["role", "metric_id"], key=lambda s: s.map(order).fillna(s))
+    rows = []
+    for r in effect.itertuples(index=False):
+        k = (r.metric_id, r.variant)
+        p_beat = points["prob_beat_control"].get(k, math.nan)
+        rows.append(
+            f"<tr><td>{_e(r.metric_name)}</td><td>{_e(r.comparison)}</td>"
+            f"<td>{_fmt(r.point, pct)}</td><td>[{_fmt(r.lower, pct)}, {_fmt(r.upper, pct)}]</td>"
+            f"<td>{'–' if not math.isfinite(p_beat) else f'{p_beat:.1%}'}</td>"
+            + "".join(
+                f"<td>{_fmt_loss(points[s].get(k, math.nan), pct)}</td>"
+                for s in ("expected_loss_treatment", "expected_loss_control")
+            )
+            + "</tr>"
+        )
+    scale = "relative effect" if pct else "absolute effect"
+    return (
+        f"<h3>Bayesian view</h3><p>Posterior of the {scale} (normal approximation, prior in "
+        "docs/statistics.md): mean and credible interval, the probability that the treatment "
+        "beats the control in the metric's direction, and the expected loss (risk) of shipping "
+        "the treatment and of keeping the control. It does not change the decisions above.</p>"
+        f"<table><tr><th>metric</th><th>comparison</th><th>{scale}</th><th>credible interval"
+        "</th><th>P(beats control)</th><th>risk of treatment</th><th>risk of control</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
 def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
     """HTML page of one experiment from its results rows (all dates)."""
     res = results[results["experiment_id"] == experiment_id]
@@ -216,6 +276,7 @@ def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
             f"<td class='{_e(r.decision)}'>{_e(r.decision)}</td></tr>"
         )
     table.append("</table>")
+    table.append(bayes_table(now))
     table.append(variance_reduction_table(now))
     history = res[res["statistic"] == "rel_diff"]
     trends = "".join(

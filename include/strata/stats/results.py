@@ -4,7 +4,8 @@ One row per experiment × analysis date × window × metric × variant × statis
 ``mean``, ``std``; for treatments ``abs_diff``, ``rel_diff`` with their adjusted intervals (which
 agree with the decision), ``abs_diff_unadjusted``, ``rel_diff_unadjusted`` (level alpha, agree
 with ``p_value``) and ``mde``; for
-metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw of each variant).
+metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw of each variant;
+for treatments the Bayesian view, see :data:`BAYES_STATISTICS`).
 Each run fully replaces the rows of its (experiment, analysis_date, window) keys with one
 overwrite commit, so re-runs are idempotent. Every row records the run id and the Iceberg
 snapshot ids of the input tables it read (``input_snapshots``, JSON ``{"table": snapshot_id}``),
@@ -99,6 +100,16 @@ _CUPED_STATISTICS = ("variance_reduction",)
 #: Intervals at level alpha that agree with ``p_value`` (no adjusted p-value, no decision); the
 #: ``abs_diff`` / ``rel_diff`` rows carry the adjusted intervals that agree with the decision.
 _UNADJUSTED_STATISTICS = ("abs_diff_unadjusted", "rel_diff_unadjusted")
+#: The Bayesian view (strata.stats.bayes), treatment rows only, no p-values or decision:
+#: statistic -> (point column, lower column, upper column). ``bayes_rel_diff`` (or
+#: ``bayes_abs_diff`` with ``bayes_scale="absolute"``) is the posterior mean of the effect with
+#: its credible interval; the others are points. Rows only: the table's schema is unchanged.
+BAYES_STATISTICS = {
+    "bayes_rel_diff": ("bayes_effect", "bayes_lower", "bayes_upper"),
+    "prob_beat_control": ("prob_beat_control", None, None),
+    "expected_loss_treatment": ("expected_loss_treatment", None, None),
+    "expected_loss_control": ("expected_loss_control", None, None),
+}
 
 
 def results_frame(
@@ -142,6 +153,9 @@ def results_frame(
                 }
             )
         )
+    bayes = bayes_rows(m, evaluation.config.bayes_scale)
+    if not bayes.empty:
+        parts.append(bayes)
     v = verdicts(m)
     control = m.drop_duplicates("exp_id").set_index("exp_id")["control"]
     parts.append(
@@ -195,6 +209,43 @@ def results_frame(
     )
 
 
+def bayes_rows(metrics: pd.DataFrame, scale: str = "relative") -> pd.DataFrame:
+    """Long results rows of the Bayesian view (:data:`BAYES_STATISTICS`) of the treatment rows.
+
+    ``scale`` names the effect statistic: ``bayes_rel_diff`` or ``bayes_abs_diff``. An evaluation
+    without the Bayesian columns (an older engine's frame) gives no rows.
+    """
+    names = [c for spec in BAYES_STATISTICS.values() for c in spec if c]
+    t = metrics[~metrics["is_control"].astype(bool)] if len(metrics) else metrics
+    if t.empty or any(c not in t.columns for c in names):
+        return pd.DataFrame(columns=RESULTS_SCHEMA.names)
+    effect = "bayes_abs_diff" if scale == "absolute" else "bayes_rel_diff"
+    comparison = t["variant"] + " vs " + t["control"]
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "experiment_id": t["exp_id"],
+                    "metric_id": t["metric_id"].astype(str),
+                    "metric_name": t["metric_name"],
+                    "role": t["role"],
+                    "variant": t["variant"],
+                    "comparison": comparison,
+                    "statistic": effect if stat == "bayes_rel_diff" else stat,
+                    "point": t[point].astype(float),
+                    "lower": t[lower].astype(float) if lower else np.nan,
+                    "upper": t[upper].astype(float) if upper else np.nan,
+                    "p_value": np.nan,
+                    "p_value_adjusted": np.nan,
+                    "decision": None,
+                }
+            )
+            for stat, (point, lower, upper) in BAYES_STATISTICS.items()
+        ],
+        ignore_index=True,
+    )
+
+
 #: Evaluations of different experiments (Airflow's mapped tasks) commit to the one table at
 #: once; a commit that loses the race is retried on the new snapshot (pyiceberg re-applies its
 #: delete-and-append), so each replaces only its own rows. pyiceberg's default, 4 retries, runs
@@ -216,9 +267,13 @@ def write_results(
 ) -> int | None:
     """Replace the rows of every (experiment, analysis_date, window) in ``frame`` in one commit.
 
-    Creates the namespace and table if needed. Returns the new snapshot id.
+    Creates the namespace and table if needed; a table written by a previous version is evolved
+    in place to the current schema first (:func:`strata.stack.evolve_schema`: missing columns
+    added, nothing dropped). Returns the new snapshot id.
     """
     from pyiceberg.expressions import And, EqualTo, Or
+
+    from strata.stack import evolve_schema
 
     ident = _identifier(catalog, table, namespace)
     catalog.create_namespace_if_not_exists(ident.rsplit(".", 1)[0])
@@ -228,6 +283,7 @@ def write_results(
     if any(tbl.properties.get(k) != v for k, v in COMMIT_RETRY_PROPERTIES.items()):
         with tbl.transaction() as tx:  # a table written before these properties existed
             tx.set_properties(COMMIT_RETRY_PROPERTIES)
+    evolve_schema(tbl, RESULTS_SCHEMA)
     arrow = pa.Table.from_pandas(frame, schema=RESULTS_SCHEMA, preserve_index=False)
     keys = frame[["experiment_id", "analysis_date", "window"]].drop_duplicates()
     filters = [

@@ -128,3 +128,20 @@ def test_cuped_variance_reduction_is_stored_and_shown(tmp_path):
     page = (write_reports(frame, tmp_path)[0]).read_text()
     assert "Variance reduction (CUPED)" in page
     assert f"<td>clicks (CUPED)</td><td>2</td><td>{vr['point'].iloc[1]:.1%}</td>" in page
+
+
+def test_bayesian_view_is_shown_beside_the_frequentist_table(tmp_path):
+    results = history()
+    write_reports(results, tmp_path)
+    good = (tmp_path / "good.html").read_text()
+    section = good.split("<h2>Metrics</h2>")[1].split("<h3>Bayesian view</h3>")[1]
+    rows = section.split("</table>")[0].split("<tr>")
+    assert "<th>credible interval</th><th>P(beats control)</th>" in rows[1]
+    body = [r for r in rows if "<td>" in r]
+    assert len(body) == 4  # 2 metrics × 2 treatments
+    latest = results[results["analysis_date"] == results["analysis_date"].max()]
+    latest = latest[latest["experiment_id"] == "good"]
+    p_win = latest.query("statistic == 'prob_beat_control' and variant == '2'")["point"]
+    assert (p_win > 0.975).all()  # the planted +50% effect on b
+    b_row = next(r for r in body if "2 vs 1" in r and "clicks" in r)
+    assert f"<td>{p_win.iloc[0]:.1%}</td>" in b_row
