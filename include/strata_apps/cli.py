@@ -95,6 +95,12 @@ def _recover(argv: list[str]) -> int:
     return loader_main(["recover", *argv])
 
 
+def _rollback(argv: list[str]) -> int:
+    from lookup_loader.__main__ import main as loader_main
+
+    return loader_main(["rollback", *argv])
+
+
 def _lookup(argv: list[str]) -> int:
     import json
 
@@ -237,6 +243,7 @@ COMMANDS = {
     "assign": (_assign, "assign users and devices to experiments in Spark -> Iceberg assignments"),
     "publish": (_publish, "publish the assignments into Redis as a new version, atomic flip"),
     "recover": (_recover, "Redis lost its live version? republish the last verified one"),
+    "rollback": (_rollback, "make an earlier lookup version live again (default: the previous)"),
     "lookup": (_lookup, "answer a device-register lookup from the live Redis version"),
     "serve": (_serve, "run the reference device-register endpoint (seed 004) behind nginx"),
     "evaluate": (_evaluate, "evaluate experiments into the Iceberg results table"),
