@@ -58,14 +58,47 @@ def _plan(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="strata plan",
-        description="Dry run: traffic per domain/layer/experiment/variant, free space per layer.",
+        description="Dry run: traffic per domain/layer/experiment/variant, free space per layer; "
+        "with --diff also how many units change variant per experiment against what is live.",
     )
     parser.add_argument("path", help="definitions file or folder (YAML)")
+    parser.add_argument(
+        "--diff",
+        action="store_true",
+        help="assign in Spark without writing and compare, per experiment, with the assignments "
+        "of the live lookup version (units unchanged / changed variant / added / removed)",
+    )
+    parser.add_argument("--prefix", default=None, help="Redis key prefix of the lookup table")
+    parser.add_argument("--publications", default=None, help="publications table")
     args = parser.parse_args(argv)
     defs = _load_definitions(args.path)
     if defs is None:
         return 1
     print(format_plan(defs))
+    if args.diff:
+        return _plan_diff(defs, args.prefix, args.publications)
+    return 0
+
+
+def _plan_diff(defs: Definitions, prefix: str | None, publications: str | None) -> int:
+    import redis
+
+    from lookup_loader.source import PUBLICATIONS_TABLE
+    from strata.errors import StrataError
+    from strata.keyspace import DEFAULT_PREFIX
+    from strata_apps.plan_diff import format_diff, plan_diff
+
+    try:
+        diff = plan_diff(
+            defs,
+            prefix=prefix or DEFAULT_PREFIX,
+            publications_table=publications or PUBLICATIONS_TABLE,
+        )
+    except (StrataError, redis.RedisError) as exc:
+        print(f"strata plan --diff: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(format_diff(diff))
     return 0
 
 
