@@ -113,13 +113,14 @@ def live_publication(
     """The ``publications`` row of the version Redis serves now (None: nothing is live)."""
     from strata.stack import redis_client
 
-    live = redis_client(settings, role="reader").get(KeySpace(prefix).live)
-    if not live:
+    raw = redis_client(settings, role="reader").get(KeySpace(prefix).live)
+    if not raw:
         return None
-    row = publication_of(settings, live.decode(), prefix=prefix, table_name=publications_table)
+    live = raw.decode() if isinstance(raw, bytes) else str(raw)
+    row = publication_of(settings, live, prefix=prefix, table_name=publications_table)
     if row is None:
         raise DataError(
-            f"the live version {live.decode()} of prefix {prefix!r} is not recorded in "
+            f"the live version {live} of prefix {prefix!r} is not recorded in "
             f"{settings.namespace}.{publications_table}; cannot tell which assignments it serves"
         )
     return row
