@@ -153,10 +153,12 @@ class TestHeldVersion:
             a["data"]["id"] for a in served if a["type"] == "experiment"
         }
 
-    def test_the_live_version_is_unchanged(self, env):
+    def test_the_live_version_is_unchanged_and_nothing_before_it_is_refused(self, env):
         first = env.publish(devices=20)
         out = env.rollback(first.version)
         assert (out["state"], out["version"]) == ("unchanged", first.version)
+        with pytest.raises(RollbackRefused, match="no previous version"):
+            env.rollback()
         assert [r["state"] for r in env.records()] == ["live"]
 
     def test_how_many_are_held_is_a_setting(self, env):
