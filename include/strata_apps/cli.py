@@ -82,6 +82,7 @@ def _plan(argv: list[str]) -> int:
 
 def _plan_diff(defs: Definitions, prefix: str | None, publications: str | None) -> int:
     import redis
+    from pyspark.errors import AnalysisException
 
     from lookup_loader.source import PUBLICATIONS_TABLE
     from strata.errors import StrataError
@@ -94,8 +95,9 @@ def _plan_diff(defs: Definitions, prefix: str | None, publications: str | None) 
             prefix=prefix or DEFAULT_PREFIX,
             publications_table=publications or PUBLICATIONS_TABLE,
         )
-    except (StrataError, redis.RedisError) as exc:
-        print(f"strata plan --diff: {exc}", file=sys.stderr)
+    except (StrataError, redis.RedisError, AnalysisException, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"strata plan --diff: {first}", file=sys.stderr)
         return 1
     print()
     print(format_diff(diff))
