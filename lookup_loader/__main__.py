@@ -6,8 +6,11 @@
     python -m lookup_loader status
     python -m lookup_loader cleanup [--keep N]
     python -m lookup_loader recover [--publications T]
+    python -m lookup_loader rollback [VERSION] [--publications T] [--keep N]
 
-Every command prints one JSON object; errors name what and where and exit with status 1.
+Every command prints one JSON object; errors name what and where and exit with status 1; a
+refused rollback (unknown version, not held and its snapshots expired: nothing changed) exits
+with status 2.
 """
 
 from __future__ import annotations
@@ -65,13 +68,26 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("experiment_id")
     sub.add_parser("status", help="the live version, every stored version, tombstone count")
     clean = sub.add_parser("cleanup", help="unlink retired, failed and stale versions")
-    clean.add_argument("--keep", type=int, default=loader.KEEP_PREVIOUS)
+    clean.add_argument(
+        "--keep", type=int, default=None, help="retired versions kept (STRATA_LOOKUP_KEEP_VERSIONS)"
+    )
     rec = sub.add_parser(
         "recover",
         help="no live version (Redis lost its data): republish the last verified publication "
         "from its recorded Iceberg snapshots",
     )
     rec.add_argument("--publications", default=loader.PUBLICATIONS_TABLE)
+    back = sub.add_parser(
+        "rollback",
+        help="make an earlier version live again (default: the previous one): one flip if Redis "
+        "still holds it, else republished from its recorded Iceberg snapshots",
+    )
+    back.add_argument("version", nargs="?", help="version id (default: the previous live one)")
+    back.add_argument("--publications", default=loader.PUBLICATIONS_TABLE)
+    back.add_argument(
+        "--keep", type=int, default=None, help="retired versions kept (STRATA_LOOKUP_KEEP_VERSIONS)"
+    )
+    back.add_argument("--prefix", default=argparse.SUPPRESS, help="Redis key prefix")
     args = parser.parse_args(argv)
     settings = get_settings()
     try:
@@ -97,11 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             out = _status(args.prefix)
         elif args.command == "recover":
             out = loader.recover(settings, prefix=args.prefix, publications_table=args.publications)
+        elif args.command == "rollback":
+            out = loader.rollback(
+                settings,
+                args.version,
+                prefix=args.prefix,
+                publications_table=args.publications,
+                keep=args.keep,
+            )
         else:
             out = {"unlinked": loader.cleanup(settings, prefix=args.prefix, keep=args.keep)}
     except StrataError as exc:
         print(f"lookup_loader {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, loader.RollbackRefused) else 1
     print(json.dumps(out, default=str))
     return 0
 

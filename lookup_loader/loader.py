@@ -7,33 +7,41 @@ then runs one Lua script that re-applies fast-path removals and sets ``strata:lk
 resolve the pointer and read their buckets inside one script, so they see the old version or the
 new one, never a mix. A publication that dies half-way leaves the live version serving; the
 version id is a digest of the source snapshots, so a re-run writes the same version again and
-completes it. Older versions are unlinked afterwards (the previous one is kept for rollback).
+completes it. Older versions are unlinked afterwards (``lookup_keep_versions`` retired ones are
+kept: a rollback to one of them is one flip; older ones are republished from their snapshots).
 
 This module is the loader's public face; the work is done, in this order, by
 ``lookup_loader.source`` (the two Iceberg tables at fixed snapshots, the version id),
 ``lookup_loader.encode`` (catalog and RESP stream, pure), ``lookup_loader.resp`` (the raw-socket
 writer), ``lookup_loader.versions`` (verification, flip, fast path, lock, cleanup) and
-``lookup_loader.publish`` (one publication, its record, recovery). Key names and scripts come from
-``strata.keyspace`` and ``strata.lookup_scripts``.
+``lookup_loader.publish`` (one publication, its record, recovery, rollback). Key names and
+scripts come from ``strata.keyspace`` and ``strata.lookup_scripts``.
 
 Usage (the functions the CLI and the DAG call)::
 
-    from lookup_loader.loader import publish, invalidate, cleanup, recover
+    from lookup_loader.loader import publish, invalidate, cleanup, recover, rollback
     result = publish(settings)          # -> PublicationResult, also appended to `publications`
     invalidate(settings, "device_id", "d-42", "checkout_button")   # fast path, effective now
     recover(settings)   # Redis lost its data: the last verified publication again -> dict of counts
+    rollback(settings)  # the version live before the current one, live again -> dict of counts
 """
 
 from __future__ import annotations
 
 from lookup_loader.encode import Encoded, crc32_array, encode
 from lookup_loader.publish import (
+    WENT_LIVE,
     PublicationResult,
     PublishTarget,
+    RollbackRefused,
+    held_versions,
     last_publication,
+    publication_of,
     publish,
     record_publication,
     recover,
+    republish,
+    rollback,
 )
 from lookup_loader.resp import COMMANDS_PER_CHUNK, DEFAULT_WRITERS, RespConnection, write_version
 from lookup_loader.source import (
@@ -89,11 +97,13 @@ __all__ = [
     "PUBLICATIONS_TABLE",
     "STALE_WRITING_S",
     "TOMBSTONES_PER_CALL",
+    "WENT_LIVE",
     "Encoded",
     "PublicationError",
     "PublicationResult",
     "PublishTarget",
     "RespConnection",
+    "RollbackRefused",
     "Source",
     "_client",
     "apply_tombstones",
@@ -102,13 +112,17 @@ __all__ = [
     "drop_tombstones",
     "encode",
     "flip",
+    "held_versions",
     "invalidate",
     "last_publication",
+    "publication_of",
     "publish",
     "read_source",
     "record_publication",
     "recover",
+    "republish",
     "restore",
+    "rollback",
     "unlink_version",
     "verify",
     "version_id",

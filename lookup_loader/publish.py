@@ -27,7 +27,6 @@ from lookup_loader.source import (
 )
 from lookup_loader.versions import (
     DEFAULT_SAMPLE,
-    KEEP_PREVIOUS,
     PublicationError,
     _client,
     _Lock,
@@ -40,10 +39,11 @@ from lookup_loader.versions import (
 )
 from strata import keyspace
 from strata.config import Settings, get_settings
-from strata.errors import StrataError
+from strata.errors import DataError, StrataError
 from strata.keyspace import (
     DEFAULT_PREFIX,
     UNIT_CODES,
+    VERSION_RE,
     KeySpace,
     buckets_field,
     experiment_field,
@@ -51,9 +51,22 @@ from strata.keyspace import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import redis
 
 log = logging.getLogger(__name__)
+
+#: States of a ``publications`` row whose version went live (the rest: "failed", "unchanged").
+WENT_LIVE = ("live", "recovered", "rollback")
+
+
+class RollbackRefused(PublicationError):
+    """A rollback refused before anything changed: an unknown version, or one no longer held in
+    Redis whose recorded Iceberg snapshots are gone."""
+
+
+def _keep(settings: Settings, keep: int | None) -> int:
+    return settings.lookup_keep_versions if keep is None else keep
 
 
 @dataclass(frozen=True)
@@ -167,12 +180,13 @@ def publish(
     writers: int = DEFAULT_WRITERS,
     sample: int = DEFAULT_SAMPLE,
     max_units_per_s: float | None = None,
-    keep: int = KEEP_PREVIOUS,
+    keep: int | None = None,
 ) -> PublicationResult:
     """Publish the current ``assignments`` snapshot as a new live version (see module doc).
 
     ``max_units_per_s`` throttles writing to spare a busy production Redis. ``publications_table``
-    None skips the Iceberg record (benchmarks).
+    None skips the Iceberg record (benchmarks). ``keep``: retired versions kept in Redis
+    afterwards (default: the ``lookup_keep_versions`` setting).
     """
     settings = settings or get_settings()
     started = time.perf_counter()
@@ -181,7 +195,7 @@ def publish(
     return _publish_source(
         settings, source, as_of, started, prefix=prefix, experiments_table=experiments_table,
         publications_table=publications_table, writers=writers, sample=sample,
-        max_units_per_s=max_units_per_s, keep=keep,
+        max_units_per_s=max_units_per_s, keep=_keep(settings, keep),
     )  # fmt: skip
 
 
@@ -201,7 +215,7 @@ def _publish_source(
     state: str = "live",
 ) -> PublicationResult:
     """Encode, write, verify and flip one source read at fixed snapshots; record the outcome
-    (``state`` is what a successful flip is recorded as: "live", or "recovered")."""
+    (``state`` is what a successful flip is recorded as: "live", "recovered" or "rollback")."""
     assignments_table = source.assignments_table
     read_s = time.perf_counter() - started
     enc = encode(source, prefix, as_of)
@@ -367,18 +381,13 @@ def _result(
 
 
 # --------------------------------------------------------------------------------------------
-# Recovery: the last verified publication, rebuilt from its recorded Iceberg snapshots
+# Recovery and rollback: a version that went live, rebuilt from its recorded Iceberg snapshots
 # --------------------------------------------------------------------------------------------
 
 
-def last_publication(
-    settings: Settings,
-    *,
-    prefix: str = DEFAULT_PREFIX,
-    table_name: str = PUBLICATIONS_TABLE,
-) -> dict[str, Any]:
-    """The newest row of ``publications`` for ``prefix`` that went live (state "live" or
-    "recovered"): what :func:`recover` republishes."""
+def _went_live(settings: Settings, prefix: str, table_name: str) -> pa.Table | None:
+    """Rows of ``publications`` for ``prefix`` whose version went live, newest first (None: no
+    such table)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -387,17 +396,97 @@ def last_publication(
     ident = f"{settings.namespace}.{table_name}"
     catalog = iceberg_catalog(settings)
     if not catalog.table_exists(ident):
-        raise PublicationError(f"nothing to recover: the Iceberg table {ident} does not exist")
+        return None
     rows = catalog.load_table(ident).scan().to_arrow()
-    went_live = pc.is_in(rows["state"], pa.array(["live", "recovered"]))
+    went_live = pc.is_in(rows["state"], pa.array(WENT_LIVE))
     mask = pc.and_(pc.equal(rows["redis_prefix"], prefix), went_live)
-    done = rows.filter(mask)
+    return rows.filter(mask).sort_by([("published_at", "descending")])
+
+
+def last_publication(
+    settings: Settings,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    table_name: str = PUBLICATIONS_TABLE,
+) -> dict[str, Any]:
+    """The newest row of ``publications`` for ``prefix`` that went live (state "live",
+    "recovered" or "rollback"): what :func:`recover` republishes."""
+    ident = f"{settings.namespace}.{table_name}"
+    done = _went_live(settings, prefix, table_name)
+    if done is None:
+        raise PublicationError(f"nothing to recover: the Iceberg table {ident} does not exist")
     if done.num_rows == 0:
         raise PublicationError(
             f"nothing to recover: {ident} records no publication of prefix {prefix!r} that went "
             "live; run `python -m lookup_loader publish`"
         )
-    return done.sort_by([("published_at", "descending")]).slice(0, 1).to_pylist()[0]
+    row: dict[str, Any] = done.slice(0, 1).to_pylist()[0]
+    return row
+
+
+def publication_of(
+    settings: Settings,
+    version: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    table_name: str = PUBLICATIONS_TABLE,
+) -> dict[str, Any] | None:
+    """The newest row of ``publications`` recording that ``version`` of ``prefix`` went live, or
+    None (never recorded, or no such table)."""
+    import pyarrow.compute as pc
+
+    done = _went_live(settings, prefix, table_name)
+    if done is None:
+        return None
+    rows = done.filter(pc.equal(done["version"], version))
+    return rows.slice(0, 1).to_pylist()[0] if rows.num_rows else None
+
+
+def _recorded_source(settings: Settings, row: dict[str, Any]) -> tuple[Source, dt.date, str]:
+    """(source, as_of, experiments table) of a ``publications`` row: both tables read at the
+    snapshot ids it recorded, for its day (so the same version id and content). Raises
+    ``DataError`` when a table or a snapshot is gone (expired)."""
+    experiments_table = row.get("experiments_table") or EXPERIMENTS_TABLE
+    source = read_source(
+        settings,
+        row["assignments_table"],
+        experiments_table,
+        snapshot_ids=(row["assignments_snapshot_id"], row["experiments_snapshot_id"]),
+    )
+    return source, row.get("as_of") or row["published_at"].date(), experiments_table
+
+
+def republish(
+    settings: Settings,
+    row: dict[str, Any],
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    publications_table: str = PUBLICATIONS_TABLE,
+    state: str = "recovered",
+    writers: int = DEFAULT_WRITERS,
+    sample: int = DEFAULT_SAMPLE,
+    keep: int | None = None,
+) -> PublicationResult:
+    """Publish again the version a ``publications`` row records, from its Iceberg snapshots
+    (assignment is not re-run): written beside the live version, verified against that source,
+    flipped like :func:`publish`, recorded with ``state`` ("recovered", "rollback")."""
+    started = time.perf_counter()
+    source, as_of, experiments_table = _recorded_source(settings, row)
+    return _publish_source(
+        settings, source, as_of, started, prefix=prefix, experiments_table=experiments_table,
+        publications_table=publications_table, writers=writers, sample=sample,
+        max_units_per_s=None, keep=_keep(settings, keep), state=state,
+    )  # fmt: skip
+
+
+def _counts(result: PublicationResult) -> dict[str, Any]:
+    return {
+        "rows": result.rows,
+        **{t: result.units.get(t, 0) for t in UNIT_CODES},
+        "experiments": result.experiments,
+        "tombstones_applied": result.tombstones_applied,
+        "duration_s": result.duration_s,
+    }
 
 
 def recover(
@@ -407,7 +496,7 @@ def recover(
     publications_table: str = PUBLICATIONS_TABLE,
     writers: int = DEFAULT_WRITERS,
     sample: int = DEFAULT_SAMPLE,
-    keep: int = KEEP_PREVIOUS,
+    keep: int | None = None,
 ) -> dict[str, Any]:
     """Serve again the last verified publication after Redis lost it (a restart without its
     data, a replaced node), without re-running assignment.
@@ -425,7 +514,6 @@ def recover(
     publication in progress) or ``StackError`` (Redis unreachable).
     """
     settings = settings or get_settings()
-    started = time.perf_counter()
     client = _client(settings)
     ks = KeySpace(prefix)
     live = (client.get(ks.live) or b"").decode() or None
@@ -434,25 +522,199 @@ def recover(
     if live and client.exists(ks.meta(live)):
         return {"state": "unchanged", "version": live, **counts, "duration_s": 0.0}
     last = last_publication(settings, prefix=prefix, table_name=publications_table)
-    experiments_table = last.get("experiments_table") or EXPERIMENTS_TABLE
-    source = read_source(
-        settings,
-        last["assignments_table"],
-        experiments_table,
-        snapshot_ids=(last["assignments_snapshot_id"], last["experiments_snapshot_id"]),
-    )
-    as_of = last.get("as_of") or last["published_at"].date()
-    result = _publish_source(
-        settings, source, as_of, started, prefix=prefix, experiments_table=experiments_table,
-        publications_table=publications_table, writers=writers, sample=sample,
-        max_units_per_s=None, keep=keep, state="recovered",
+    result = republish(
+        settings, last, prefix=prefix, publications_table=publications_table,
+        state="recovered", writers=writers, sample=sample, keep=keep,
     )  # fmt: skip
+    return {"state": result.state, "version": result.version, **_counts(result)}
+
+
+def held_versions(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dict[str, dict[str, str]]:
+    """Retired versions still stored in Redis (a rollback to one is one flip): version -> its
+    metadata."""
+    ks = KeySpace(prefix)
+    out = {}
+    for raw in client.zrevrange(ks.versions, 0, -1):
+        meta = {k.decode(): v.decode() for k, v in client.hgetall(ks.meta(raw.decode())).items()}
+        if meta.get(keyspace.STATE) == keyspace.RETIRED:
+            out[raw.decode()] = meta
+    return out
+
+
+def _previous(
+    settings: Settings,
+    live: str | None,
+    held: dict[str, dict[str, str]],
+    prefix: str,
+    publications_table: str | None,
+) -> str:
+    """The version live before the current one: the held version retired last, else the newest
+    other version ``publications`` records as gone live."""
+    if not live:
+        raise RollbackRefused(
+            f"no live version of prefix {prefix!r} to roll back from; name a VERSION, or "
+            "`recover` serves the last publication again"
+        )
+    if held:
+        return max(held, key=lambda v: (int(held[v].get(keyspace.RETIRED_AT) or 0), v))
+    done = _went_live(settings, prefix, publications_table) if publications_table else None
+    for version in done["version"].to_pylist() if done is not None else []:
+        if version != live:
+            return str(version)
+    raise RollbackRefused(
+        f"no previous version of prefix {prefix!r}: none is held in Redis and "
+        f"{publications_table} records no other publication that went live"
+    )
+
+
+def _flip_held(
+    settings: Settings, client: redis.Redis, version: str, prefix: str, keep: int
+) -> tuple[str | None, int]:
+    """Make a held (retired) version live again through the publication's own flip: its
+    tombstones re-applied before, the late ones by the one flip script. Returns (previous live
+    version, removals applied). On a failure before the flip the version is retired again."""
+    ks = KeySpace(prefix)
+    lock = _Lock(client, prefix)
+    lock.acquire()
+    try:
+        if client.hget(ks.meta(version), keyspace.STATE) != keyspace.RETIRED.encode():
+            raise RollbackRefused(f"version {version} is no longer held in Redis; retry")
+        now = int(time.time() * 1000)
+        client.hset(ks.meta(version), mapping={keyspace.STATE: keyspace.VERIFIED,
+                                               keyspace.UPDATED_AT: now})  # fmt: skip
+        try:
+            since, applied, unknown = apply_tombstones(client, version, prefix)
+            previous, late = flip(client, version, since, prefix)
+        except BaseException:
+            with contextlib.suppress(redis_lib.RedisError):
+                if (client.get(ks.live) or b"").decode() != version:
+                    client.hset(ks.meta(version), keyspace.STATE, keyspace.RETIRED)
+            raise
+        if unknown:
+            drop_tombstones(client, version, unknown, prefix)
+        try:
+            cleanup(settings, prefix=prefix, keep=keep, client=client, locked=True)
+        except (redis_lib.RedisError, StrataError) as exc:
+            log.warning("cleanup after rolling back to %s failed (retried next time): %s",
+                        version, exc)  # fmt: skip
+    finally:
+        with contextlib.suppress(redis_lib.RedisError):
+            lock.release()
+    return previous, applied + late
+
+
+def _held_result(
+    version: str,
+    meta: dict[str, str],
+    previous: str | None,
+    applied: int,
+    recorded: dict[str, Any] | None,
+    started: float,
+) -> PublicationResult:
+    """The ``publications`` row of a rollback to a held version, from its Redis metadata."""
+    return PublicationResult(
+        version=version,
+        state="rollback",
+        previous_version=previous,
+        assignments_snapshot_id=int(meta[keyspace.ASSIGNMENTS_SNAPSHOT_ID]),
+        experiments_snapshot_id=int(meta[keyspace.EXPERIMENTS_SNAPSHOT_ID]),
+        rows=int(meta.get(keyspace.ROWS, 0)),
+        units={t: int(meta.get(units_field(c), 0)) for t, c in UNIT_CODES.items()},
+        experiments=sum(k.startswith(experiment_field("")) for k in meta),
+        excluded_rows={"recorded": int((recorded or {}).get("excluded_rows") or 0)},
+        buckets=sum(int(meta.get(buckets_field(c), 0)) for c in UNIT_CODES.values()),
+        bytes_sent=0,
+        tombstones_applied=applied,
+        write_s=0.0,
+        verify_s=0.0,
+        duration_s=round(time.perf_counter() - started, 4),
+    )
+
+
+def rollback(
+    settings: Settings | None = None,
+    version: str | None = None,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    publications_table: str | None = PUBLICATIONS_TABLE,
+    writers: int = DEFAULT_WRITERS,
+    sample: int = DEFAULT_SAMPLE,
+    keep: int | None = None,
+) -> dict[str, Any]:
+    """Make an earlier version live again (default: the one live before the current one).
+
+    A version still held in Redis (the ``lookup_keep_versions`` newest retired ones) becomes
+    live in one pointer flip — the publication's own flip script, after re-applying the
+    fast-path tombstones — with nothing written but its state. An older one is republished from
+    the Iceberg snapshots its ``publications`` row recorded (:func:`republish`), for its day, so
+    the same version id and content. Every rollback is recorded in ``publications`` with state
+    "rollback" and the version it replaced as ``previous_version``; a republished one also
+    records its write and verify times.
+
+    Returns ``{"state": "rollback", "version", "previous_version", "how": "held" |
+    "republished", "rows", "device_id", "user_id", "url", "experiments",
+    "tombstones_applied", "duration_s"}``; ``state`` "unchanged" when ``version`` is live.
+    Raises :class:`RollbackRefused`, with nothing changed, for an unknown version or one not
+    held whose snapshots are gone; ``PublicationError`` when a publication holds the lock.
+    """
+    settings = settings or get_settings()
+    keep = _keep(settings, keep)
+    started = time.perf_counter()
+    client = _client(settings)
+    ks = KeySpace(prefix)
+    live = (client.get(ks.live) or b"").decode() or None
+    held = held_versions(client, prefix)
+    if version is None:
+        version = _previous(settings, live, held, prefix, publications_table)
+    elif not VERSION_RE.match(version):
+        raise RollbackRefused(f"unknown version {version!r}: a version id is lowercase hex")
+    if version == live:
+        zero = {"rows": 0, **dict.fromkeys(UNIT_CODES, 0), "experiments": 0,
+                "tombstones_applied": 0, "duration_s": 0.0}  # fmt: skip
+        return {"state": "unchanged", "version": live, "previous_version": live, "how": "live",
+                **zero}  # fmt: skip
+    recorded = (
+        publication_of(settings, version, prefix=prefix, table_name=publications_table)
+        if publications_table
+        else None
+    )
+    if version in held:
+        previous, applied = _flip_held(settings, client, version, prefix, keep)
+        result = _held_result(version, held[version], previous, applied, recorded, started)
+        if publications_table:
+            record_publication(
+                settings,
+                result,
+                table_name=publications_table,
+                assignments_table=(recorded or {}).get("assignments_table") or ASSIGNMENTS_TABLE,
+                experiments_table=(recorded or {}).get("experiments_table") or EXPERIMENTS_TABLE,
+                as_of=(recorded or {}).get("as_of"),
+                prefix=prefix,
+            )
+        how = "held"
+    else:
+        if recorded is None:
+            raise RollbackRefused(
+                f"unknown version {version}: not held in Redis under {prefix!r} and "
+                f"{publications_table or 'no publications table'} records no publication of it "
+                "that went live"
+            )
+        try:
+            source, as_of, experiments_table = _recorded_source(settings, recorded)
+        except DataError as exc:
+            raise RollbackRefused(
+                f"version {version} is no longer held in Redis and cannot be republished: {exc}"
+            ) from exc
+        result = _publish_source(
+            settings, source, as_of, started, prefix=prefix, experiments_table=experiments_table,
+            publications_table=publications_table, writers=writers, sample=sample,
+            max_units_per_s=None, keep=keep, state="rollback",
+        )  # fmt: skip
+        how = "republished"
     return {
         "state": result.state,
         "version": result.version,
-        "rows": result.rows,
-        **{t: result.units.get(t, 0) for t in UNIT_CODES},
-        "experiments": result.experiments,
-        "tombstones_applied": result.tombstones_applied,
-        "duration_s": result.duration_s,
+        "previous_version": result.previous_version,
+        "how": how,
+        **_counts(result),
     }

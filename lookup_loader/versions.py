@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 #: Units compared field by field against the Iceberg source before the flip.
 DEFAULT_SAMPLE = 1000
-#: Previous versions kept after a flip (for rollback); older ones are unlinked.
+#: Previous versions kept after a flip (for rollback) unless ``keep`` is given: the default of
+#: the ``lookup_keep_versions`` setting (``STRATA_LOOKUP_KEEP_VERSIONS``); older ones are unlinked.
 KEEP_PREVIOUS = 1
 #: A version still "writing" after this long belongs to a dead publisher and may be unlinked.
 STALE_WRITING_S = 3600
@@ -308,19 +309,21 @@ def cleanup(
     settings: Settings | None = None,
     *,
     prefix: str = DEFAULT_PREFIX,
-    keep: int = KEEP_PREVIOUS,
+    keep: int | None = None,
     client: redis.Redis | None = None,
     locked: bool = False,
 ) -> list[str]:
-    """Unlink retired versions beyond the ``keep`` newest, and unfinished ones (left by a failed
-    or killed publication).
+    """Unlink retired versions beyond the ``keep`` newest (default: the ``lookup_keep_versions``
+    setting), and unfinished ones (left by a failed or killed publication).
 
     An unfinished version is removed at once when no publication can be working on it: the
     caller holds the publisher lock (``locked``), or cleanup takes the lock itself (free, or
     left by a dead process on this host). While another publication holds the lock, only
     versions untouched for ``STALE_WRITING_S`` are removed.
     """
-    client = client or _client(settings or get_settings())
+    settings = settings or get_settings()
+    keep = settings.lookup_keep_versions if keep is None else keep
+    client = client or _client(settings)
     ks = KeySpace(prefix)
     lock = None
     if not locked:

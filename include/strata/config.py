@@ -150,6 +150,14 @@ class Settings(BaseSettings):
         "scripts/redis.sh); without either, readers use STRATA_REDIS_PASSWORD.",
     )
 
+    lookup_keep_versions: int = Field(
+        1,
+        ge=0,
+        description="Retired versions of the lookup table kept in Redis after a flip: a rollback "
+        "to one of them is one pointer flip; older ones are republished from their recorded "
+        "Iceberg snapshots. Each costs the memory of a whole version.",
+    )
+
     @model_validator(mode="after")
     def _check_rest(self) -> Settings:
         if self.catalog_type == "rest" and not self.catalog_uri:

@@ -58,14 +58,49 @@ def _plan(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="strata plan",
-        description="Dry run: traffic per domain/layer/experiment/variant, free space per layer.",
+        description="Dry run: traffic per domain/layer/experiment/variant, free space per layer; "
+        "with --diff also how many units change variant per experiment against what is live.",
     )
     parser.add_argument("path", help="definitions file or folder (YAML)")
+    parser.add_argument(
+        "--diff",
+        action="store_true",
+        help="assign in Spark without writing and compare, per experiment, with the assignments "
+        "of the live lookup version (units unchanged / changed variant / added / removed)",
+    )
+    parser.add_argument("--prefix", default=None, help="Redis key prefix of the lookup table")
+    parser.add_argument("--publications", default=None, help="publications table")
     args = parser.parse_args(argv)
     defs = _load_definitions(args.path)
     if defs is None:
         return 1
     print(format_plan(defs))
+    if args.diff:
+        return _plan_diff(defs, args.prefix, args.publications)
+    return 0
+
+
+def _plan_diff(defs: Definitions, prefix: str | None, publications: str | None) -> int:
+    import redis
+    from pyspark.errors import AnalysisException
+
+    from lookup_loader.source import PUBLICATIONS_TABLE
+    from strata.errors import StrataError
+    from strata.keyspace import DEFAULT_PREFIX
+    from strata_apps.plan_diff import format_diff, plan_diff
+
+    try:
+        diff = plan_diff(
+            defs,
+            prefix=prefix or DEFAULT_PREFIX,
+            publications_table=publications or PUBLICATIONS_TABLE,
+        )
+    except (StrataError, redis.RedisError, AnalysisException, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"strata plan --diff: {first}", file=sys.stderr)
+        return 1
+    print()
+    print(format_diff(diff))
     return 0
 
 
@@ -93,6 +128,12 @@ def _recover(argv: list[str]) -> int:
     from lookup_loader.__main__ import main as loader_main
 
     return loader_main(["recover", *argv])
+
+
+def _rollback(argv: list[str]) -> int:
+    from lookup_loader.__main__ import main as loader_main
+
+    return loader_main(["rollback", *argv])
 
 
 def _lookup(argv: list[str]) -> int:
@@ -237,6 +278,7 @@ COMMANDS = {
     "assign": (_assign, "assign users and devices to experiments in Spark -> Iceberg assignments"),
     "publish": (_publish, "publish the assignments into Redis as a new version, atomic flip"),
     "recover": (_recover, "Redis lost its live version? republish the last verified one"),
+    "rollback": (_rollback, "make an earlier lookup version live again (default: the previous)"),
     "lookup": (_lookup, "answer a device-register lookup from the live Redis version"),
     "serve": (_serve, "run the reference device-register endpoint (seed 004) behind nginx"),
     "evaluate": (_evaluate, "evaluate experiments into the Iceberg results table"),
