@@ -6,9 +6,10 @@ For one unit (its type, id and targeting context):
    path from ``global`` to the layer's domain (``slot(domain.salt, unit_id)`` in the domain's
    slots). Domain membership is hashed on the unit id of the layer's own unit type.
 2. **Each layer independently**: ``slot(layer.salt, unit_id)`` picks at most one variant — the one
-   whose ``[start, end)`` holds the slot, of a *running* experiment whose targeting rule matches
-   the context. A unit in an experiment's range that the rule does not match is in no experiment
-   of that layer (slots never fall through to another experiment).
+   whose ``[start, end)`` holds the slot, of a *running* experiment *inside its window* on the
+   day ``as_of`` (``start_date <= as_of <= end_date``, both inclusive, UTC; default today UTC)
+   whose targeting rule matches the context. A unit in an experiment's range that the rule does
+   not match is in no experiment of that layer (slots never fall through to another experiment).
 3. **Parameters** (seed 002): per service, the params of the unit's variants in layers scoped to
    that service (or to every service) are deep-merged in layer order — ascending ``priority``, then
    layer id — so on a conflict the **higher priority wins**. This answers seed 004's open question
@@ -19,13 +20,17 @@ Usage:
     >>> defs = load(bundled_path())
     >>> ctx = {"age": 30, "country": "US", "is_premium": False, "org_plan": "free",
     ...        "org_seats": 10}
-    >>> rows = assign_unit(defs, "user_id", "u00000042", ctx)
+    >>> day = dt.date(2026, 11, 8)  # the demo's first day: every running experiment is live
+    >>> rows = assign_unit(defs, "user_id", "u00000042", ctx, as_of=day)
     >>> [(r.experiment_id, r.variant_name) for r in rows]  # doctest: +NORMALIZE_WHITESPACE
     [('checkout_button', 'treatment'), ('onboarding_tour', 'control'),
      ('upsell_banner', 'treatment')]
     >>> view = service_view(rows, ["checkout"])["checkout"]
     >>> view["parameters"]["button"], view["vids"], view["matched_layers"]
     ({'text': 'Buy now', 'color': 'green'}, [2002, 1002], ['upsell', 'checkout'])
+    >>> [r.experiment_id for r in assign_unit(defs, "user_id", "u00000042", ctx,
+    ...                                       as_of=dt.date(2026, 11, 20))]  # two have ended
+    ['onboarding_tour']
     >>> deep_merge({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": [1]})
     {'a': {'x': 1, 'y': 3}, 'b': [1]}
 """
@@ -33,11 +38,13 @@ Usage:
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from strata.bucketing import slot
+from strata.contracts import utc_today
 from strata.rules import evaluate
 
 if TYPE_CHECKING:
@@ -73,14 +80,20 @@ def in_domain(defs: Definitions, domain_id: str, unit_id: str) -> bool:
 
 
 def assign_layer(
-    defs: Definitions, layer: Layer, unit_id: str, context: Mapping[str, Any]
+    defs: Definitions,
+    layer: Layer,
+    unit_id: str,
+    context: Mapping[str, Any],
+    *,
+    as_of: dt.date | None = None,
 ) -> Assignment | None:
-    """The unit's variant in one layer, or None."""
+    """The unit's variant in one layer on the day ``as_of`` (default today UTC), or None."""
     if not in_domain(defs, layer.domain, unit_id):
         return None
+    day = as_of or utc_today()
     s = slot(layer.salt, unit_id)
     for e in defs.layer_experiments(layer.id):
-        if not e.assigned:
+        if not e.assigned_on(day):
             continue
         for v in e.variants:
             if v.start <= s < v.end:
@@ -104,16 +117,22 @@ def assign_layer(
 
 
 def assign_unit(
-    defs: Definitions, unit_type: str, unit_id: str, context: Mapping[str, Any]
+    defs: Definitions,
+    unit_type: str,
+    unit_id: str,
+    context: Mapping[str, Any],
+    *,
+    as_of: dt.date | None = None,
 ) -> list[Assignment]:
-    """Every experiment the unit is in, sorted by experiment id."""
+    """Every experiment the unit is in on the day ``as_of`` (default today UTC), by id."""
     if unit_id is None:
         raise ValueError(f"unit_id is None for unit type {unit_type!r}")
+    day = as_of or utc_today()
     rows = [
         a
         for layer in defs.layers
         if layer.unit_type == unit_type
-        and (a := assign_layer(defs, layer, unit_id, context)) is not None
+        and (a := assign_layer(defs, layer, unit_id, context, as_of=day)) is not None
     ]
     return sorted(rows, key=lambda a: a.experiment_id)
 
