@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +49,6 @@ from strata.contracts import utc_today
 from strata.rules import evaluate
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-
     from strata.definitions import Definitions, Layer
 
 
@@ -153,22 +152,53 @@ def merge_order(assignments: Iterable[Assignment]) -> list[Assignment]:
     return sorted(assignments, key=lambda a: (a.layer_priority, a.layer_id))
 
 
-def service_view(
-    assignments: Iterable[Assignment], services: Iterable[str]
-) -> dict[str, dict[str, Any]]:
-    """Seed 002's response ``results``: per service the merged params, vids and matched layers.
+@dataclass(frozen=True)
+class Served:
+    """What seed 002's merge needs of one served variant, whatever its source (an
+    :class:`Assignment`, or a lookup table's catalog entry)."""
 
-    A layer with no service scope applies to every service.
+    layer_priority: int
+    layer_id: str
+    service: str | None
+    variant_id: int
+    params: Mapping[str, Any]
+
+
+def merged_services(served: Iterable[Served], services: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Seed 002's response ``results``: per service the params deep-merged in merge order
+    (ascending layer priority, then layer id: the higher priority wins), the ``vids`` and the
+    ``matched_layers`` in that order. A layer with no service scope applies to every service.
+
+    Usage:
+        >>> rows = [Served(200, "l2", "svc", 1002, {"a": {"x": 2}}),
+        ...         Served(100, "l1", None, 1001, {"a": {"x": 1, "y": 1}, "b": 1})]
+        >>> merged_services(rows, ["svc", "other"])  # doctest: +NORMALIZE_WHITESPACE
+        {'svc': {'parameters': {'a': {'x': 2, 'y': 1}, 'b': 1}, 'vids': [1001, 1002],
+                 'matched_layers': ['l1', 'l2']},
+         'other': {'parameters': {'a': {'x': 1, 'y': 1}, 'b': 1}, 'vids': [1001],
+                   'matched_layers': ['l1']}}
     """
-    rows = merge_order(assignments)
+    rows = sorted(served, key=lambda r: (r.layer_priority, r.layer_id))
     out: dict[str, dict[str, Any]] = {}
     for svc in services:
         params: dict[str, Any] = {}
         vids, layers = [], []
-        for a in rows:
-            if a.service is None or a.service == svc:
-                params = deep_merge(params, json.loads(a.params))
-                vids.append(a.variant_id)
-                layers.append(a.layer_id)
+        for r in rows:
+            if r.service is None or r.service == svc:
+                params = deep_merge(params, r.params)
+                vids.append(r.variant_id)
+                layers.append(r.layer_id)
         out[svc] = {"parameters": params, "vids": vids, "matched_layers": layers}
     return out
+
+
+def served(a: Assignment) -> Served:
+    """An assignment row as :func:`merged_services` takes it."""
+    return Served(a.layer_priority, a.layer_id, a.service, a.variant_id, json.loads(a.params))
+
+
+def service_view(
+    assignments: Iterable[Assignment], services: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Seed 002's response ``results`` for assignment rows (:func:`merged_services`)."""
+    return merged_services([served(a) for a in assignments], services)
