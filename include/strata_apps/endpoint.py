@@ -474,8 +474,8 @@ def context_units(context: dict[str, Any]) -> list[tuple[str, str]]:
     try:
         return request_units(given.get("device_id"), given.get("user_id"), given.get("url"))
     except DataError as exc:  # an id the key scheme refuses (too long, ...)
-        problem = [{"loc": "body.context", "msg": str(exc)}]
-        raise BadRequest(400, "INVALID_UNIT", str(exc), problem) from None
+        where = [{"loc": "body.context", "msg": str(exc)}]
+        raise BadRequest(400, "INVALID_UNIT", str(exc), where) from None
 
 
 def evaluate_services(
