@@ -21,11 +21,15 @@ Results are printed, not committed.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+#: Inside every generated experiment's window (2026-11-08 .. 2026-11-14).
+DAY = dt.date(2026, 11, 8)
 
 LAYERS = 10
 JIT_FLAG = "-XX:-DontCompileHugeMethods"
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
     slots = [slot_column(lay.salt, F.col("user_id")).alias(lay.id) for lay in defs.layers]
     bare_df = units.select("user_id", *slots)
-    full_df = assign_units(units, "user_id", defs)
+    full_df = assign_units(units, "user_id", defs, DAY)
     # Fairness: the bare scan really hashes all 10 slots (nothing pruned), both run as one
     # whole-stage-generated pipeline over the same cached units.
     assert count_in_plan(bare_df, "xxhash64(concat(") == LAYERS, bare_df.explain()
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = dict(zip(ctx_cols, values, strict=True))
         return [
             (a.experiment_id, a.variant_id, a.slot, a.params)
-            for a in assign_unit(defs, "user_id", user_id, ctx)
+            for a in assign_unit(defs, "user_id", user_id, ctx, as_of=DAY)
         ]
 
     def udf():

@@ -61,8 +61,8 @@ def _served_experiments(source: Source, as_of: dt.date) -> tuple[dict[str, dict]
         # only strata.contracts.SERVED_STATUSES are served; any other status, known or not, is not
         if not contracts.is_served(status):
             excluded[exp_id] = f"status_{status}"
-        elif row["end_date"] is not None and row["end_date"] < as_of:
-            excluded[exp_id] = "ended"
+        elif window := contracts.outside_window(row["start_date"], row["end_date"], as_of):
+            excluded[exp_id] = window  # "not_started" or "ended": served only inside its window
         else:
             served[exp_id] = row
     return served, excluded

@@ -7,14 +7,19 @@ split, per-layer slot ``pmod(xxhash64(concat(salt, ':', unit_id)), 10000)``, var
 targeting compiled to native Column expressions (:func:`strata.rules.to_column`) — no Python UDF.
 The semantics are those of the pure-Python reference :mod:`strata.assignment`.
 
+Only experiments inside their window on the run's day get units: ``--as-of`` (default today UTC;
+the Airflow task passes its run's day, the demo the synthetic data's first day) must lie in
+``[start_date, end_date]``, both inclusive. Experiments outside it are reported, not assigned.
+
 Writes ``assignments`` (one row per unit and experiment, partitioned by unit_type) and
 ``experiments`` (one row per experiment), each replaced in one atomic Iceberg commit.
 Re-runs are reproducible: ``run_id`` hashes the definitions version and the input snapshot ids,
 and ``assigned_at`` is the commit time of the newest input snapshot, so the same definitions and
-the same input snapshots give identical rows.
+the same input snapshots give identical rows (a day that leaves a running experiment out of its
+window adds those experiments to the ``run_id`` key).
 
     spark-submit spark_jobs/assign_experiments.py --definitions include/definitions
-    strata assign --definitions include/definitions          # same thing, from the CLI
+    strata assign --definitions include/definitions --as-of 2026-11-08   # from the CLI
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from strata.bucketing import SLOTS
-from strata.contracts import ASSIGNMENTS, DEVICES, EXPERIMENTS, ORGS, UNIT_TABLES, USERS
+from strata.contracts import (
+    ASSIGNMENTS,
+    DEVICES,
+    EXPERIMENTS,
+    ORGS,
+    UNIT_TABLES,
+    USERS,
+    utc_today,
+)
 from strata.definitions import (
     Definitions,
     bundled_path,
@@ -123,17 +136,22 @@ def slot_column(salt: str, unit_id: Column) -> Column:
     return F.pmod(F.xxhash64(F.concat(F.lit(f"{salt}:"), unit_id)), F.lit(SLOTS)).cast("int")
 
 
-def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFrame:
-    """Assignment rows (``unit_type``, ``unit_id`` + ASSIGNMENT_FIELDS) for units of one type.
+def assign_units(
+    units: DataFrame, unit_type: str, defs: Definitions, as_of: dt.date | None = None
+) -> DataFrame:
+    """Assignment rows (``unit_type``, ``unit_id`` + ASSIGNMENT_FIELDS) for units of one type,
+    on the day ``as_of`` (default today UTC): only experiments inside their window get units.
 
     ``units`` has the unit id column named ``unit_type`` plus the context columns.
     """
     from pyspark.sql import functions as F
 
+    day = as_of or utc_today()
     layers = [
         lay
         for lay in defs.layers
-        if lay.unit_type == unit_type and any(e.assigned for e in defs.layer_experiments(lay.id))
+        if lay.unit_type == unit_type
+        and any(e.assigned_on(day) for e in defs.layer_experiments(lay.id))
     ]
     uid = F.col(unit_type)
     salts = sorted(
@@ -148,7 +166,7 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
         p
         for lay in layers
         for e in defs.layer_experiments(lay.id)
-        if e.assigned and e.targeting is not None
+        if e.assigned_on(day) and e.targeting is not None
         for p in predicates(e.targeting)
         if p.value_type == "semver" and p.field in strings
     ]
@@ -169,7 +187,7 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
         s = F.col(slot_names[lay.salt])
         code: Any = None
         for e in defs.layer_experiments(lay.id):
-            if not e.assigned:
+            if not e.assigned_on(day):
                 continue
             rule = to_column(e.targeting, schema, semver_keys=semver_keys)
             for v in e.variants:
@@ -223,13 +241,18 @@ def assign_units(units: DataFrame, unit_type: str, defs: Definitions) -> DataFra
 
 
 def transform(
-    units: dict[str, DataFrame], defs: Definitions, run_id: str, assigned_at: dt.datetime
+    units: dict[str, DataFrame],
+    defs: Definitions,
+    run_id: str,
+    assigned_at: dt.datetime,
+    as_of: dt.date | None = None,
 ) -> DataFrame:
-    """All assignment rows, with the run columns: the pure core of the job (nothing written)."""
+    """All assignment rows on the day ``as_of`` (default today UTC), with the run columns: the
+    pure core of the job (nothing written)."""
     from pyspark.sql import functions as F
 
     frames = [
-        assign_units(df, unit_type, defs)
+        assign_units(df, unit_type, defs, as_of)
         for unit_type, df in sorted(units.items())
         if any(lay.unit_type == unit_type for lay in defs.layers)
     ]
@@ -274,11 +297,19 @@ def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
     return spark.createDataFrame(rows, EXPERIMENTS_SCHEMA)
 
 
-def unassignable(units: dict[str, DataFrame], defs: Definitions) -> list[str]:
+def outside_window(defs: Definitions, day: dt.date) -> dict[str, str]:
+    """Running experiments left out on ``day``: ``{id: "not_started" | "ended"}``."""
+    return {e.id: w for e in defs.experiments if e.assigned and (w := e.window(day)) is not None}
+
+
+def unassignable(
+    units: dict[str, DataFrame], defs: Definitions, as_of: dt.date | None = None
+) -> list[str]:
     """Warnings: running experiments with no unit source, and rules reading absent/odd fields."""
     out = []
+    day = as_of or utc_today()
     for e in defs.experiments:
-        if not e.assigned:
+        if not e.assigned_on(day):
             continue
         unit_type = defs.layer(e.layer).unit_type
         if unit_type not in units:
@@ -306,17 +337,30 @@ def input_snapshots(spark: SparkSession, settings: Settings) -> dict[str, tuple[
     return out
 
 
-def run_identity(version: str, snapshots: dict[str, tuple[int, dt.datetime]]) -> tuple[str, Any]:
-    """(run_id, assigned_at): both functions of the definitions and the input snapshots only."""
+def run_identity(
+    version: str,
+    snapshots: dict[str, tuple[int, dt.datetime]],
+    left_out: dict[str, str] | None = None,
+) -> tuple[str, Any]:
+    """(run_id, assigned_at): functions of the definitions, the input snapshots and the running
+    experiments the day leaves out of their window (none: the key is the one from before dates
+    were honoured, so such runs keep their ids)."""
     key = version + "|" + "|".join(f"{n}@{sid}" for n, (sid, _) in sorted(snapshots.items()))
+    if left_out:
+        key += "|outside:" + ",".join(f"{e}={w}" for e, w in sorted(left_out.items()))
     run_id = hashlib.sha256(key.encode()).hexdigest()[:16]
     return run_id, max(at for _, at in snapshots.values())
 
 
-def run(spark: SparkSession, settings: Settings, defs: Definitions) -> dict[str, Any]:
-    """Assign and write both tables; returns counts per experiment/variant and the run identity."""
+def run(
+    spark: SparkSession, settings: Settings, defs: Definitions, as_of: dt.date | None = None
+) -> dict[str, Any]:
+    """Assign on the day ``as_of`` (default today UTC) and write both tables; returns counts per
+    experiment/variant, the run identity and the running experiments left out of their window."""
     from pyspark.sql import functions as F
 
+    day = as_of or utc_today()
+    left_out = outside_window(defs, day)
     snapshots = input_snapshots(spark, settings)
     read = {
         name: spark.read.option("snapshot-id", sid).table(settings.table(name))
@@ -330,14 +374,14 @@ def run(spark: SparkSession, settings: Settings, defs: Definitions) -> dict[str,
     if bad:
         raise ValueError(f"input units with a null id (cannot be hashed): {bad}")
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
-    run_id, assigned_at = run_identity(defs.version, snapshots)
-    warnings = unassignable(units, defs)
+    run_id, assigned_at = run_identity(defs.version, snapshots, left_out)
+    warnings = unassignable(units, defs, day)
     props = {
         "strata.definitions-version": defs.version,
         "strata.run-id": run_id,
         "strata.inputs": json.dumps({n: sid for n, (sid, _) in sorted(snapshots.items())}),
     }
-    assignments = transform(units, defs, run_id, assigned_at)
+    assignments = transform(units, defs, run_id, assigned_at, day)
     writer = (
         assignments.sortWithinPartitions("unit_id")
         .writeTo(settings.table(ASSIGNMENTS_TABLE))
@@ -368,6 +412,8 @@ def run(spark: SparkSession, settings: Settings, defs: Definitions) -> dict[str,
         "assigned_at": assigned_at.isoformat(),
         "counts": [[r.experiment_id, r.variant_name, r.variant_id, r["count"]] for r in counts],
         "warnings": warnings,
+        "as_of": day.isoformat(),
+        "outside_window": left_out,
     }
 
 
@@ -379,16 +425,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--definitions", default=str(bundled_path()), help="definitions file or folder"
     )
+    parser.add_argument(
+        "--as-of",
+        type=dt.date.fromisoformat,
+        default=None,
+        help="the day experiments must be inside their window on (YYYY-MM-DD; default today UTC)",
+    )
     args = parser.parse_args(argv)
     defs = load(args.definitions)
     settings = get_settings()
-    result = run(spark_session(settings, "strata-assign"), settings, defs)
+    result = run(spark_session(settings, "strata-assign"), settings, defs, args.as_of)
     print(
         f"{settings.table(ASSIGNMENTS_TABLE)}: definitions {result['definitions_version']}, "
         f"run {result['run_id']}, assigned_at {result['assigned_at']}"
     )
     for exp, variant, vid, n in result["counts"]:
         print(f"  {exp:<20} {variant:<12} {vid:>6} {n:>10,}")
+    for exp, why in sorted(result["outside_window"].items()):
+        print(f"  {exp:<20} not assigned on {result['as_of']}: {why}")
     for w in result["warnings"]:
         print(f"  warning: {w}")
     return result

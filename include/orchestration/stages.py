@@ -40,15 +40,19 @@ def assignment_stage(
     definitions_path: str | None = None,
     as_of: str | None = None,
     group_id: str = "assignment",
+    assign_as_of: str | None = None,
 ) -> XComArg:
     """Validate the definitions → assign (Spark) → gate the assignments → publish to Redis.
+
+    ``assign_as_of`` is the day experiments must be inside their window to get units (default the
+    run's logical date), ``as_of`` the day whose live experiments are published (default today).
 
     Publication runs only when the gate passed, so nothing is published after any failure; the
     loader itself verifies the new version against Iceberg before its atomic flip. Returns the
     publication's output (for tasks that need the new version live).
     """
     with TaskGroup(group_id=group_id):
-        assigned = assign_units(validate_definitions(definitions_path))
+        assigned = assign_units(validate_definitions(definitions_path), as_of=assign_as_of)
         gate = check_suite.override(task_id="check_assignments")(ASSIGNMENTS)
         published = publish_lookups(assigned, as_of=as_of)
         assigned >> gate >> published

@@ -107,11 +107,19 @@ def validate_definitions(path: str | None = None) -> dict:
 
 
 @task(pool=SPARK_POOL)
-def assign_units(summary: dict) -> dict:
-    """Targeting and layered assignment in Spark; one Iceberg commit of assignments+experiments."""
+def assign_units(summary: dict, as_of: str | None = None) -> dict:
+    """Targeting and layered assignment in Spark; one Iceberg commit of assignments+experiments.
+
+    Only experiments inside their window on the day ``as_of`` get units (the demo: the synthetic
+    data's first day); default the run's logical date, else today UTC.
+    """
     from strata_apps.assignment_tasks import assign
 
-    result = assign(summary["path"])
+    day = parse_date(as_of, "as_of")
+    if day is None:
+        logical = get_current_context().get("logical_date")
+        day = logical.date() if logical is not None else contracts.utc_today()
+    result = assign(summary["path"], day.isoformat())
     units: dict[str, int] = {}
     for exp, _variant, _vid, n in result["counts"]:
         units[exp] = units.get(exp, 0) + n
@@ -122,6 +130,8 @@ def assign_units(summary: dict) -> dict:
         "units_per_experiment": units,
         "rows": sum(units.values()),
         "warnings": result["warnings"],
+        "as_of": result["as_of"],
+        "outside_window": result["outside_window"],
     }
 
 

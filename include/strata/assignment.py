@@ -6,9 +6,10 @@ For one unit (its type, id and targeting context):
    path from ``global`` to the layer's domain (``slot(domain.salt, unit_id)`` in the domain's
    slots). Domain membership is hashed on the unit id of the layer's own unit type.
 2. **Each layer independently**: ``slot(layer.salt, unit_id)`` picks at most one variant — the one
-   whose ``[start, end)`` holds the slot, of a *running* experiment whose targeting rule matches
-   the context. A unit in an experiment's range that the rule does not match is in no experiment
-   of that layer (slots never fall through to another experiment).
+   whose ``[start, end)`` holds the slot, of a *running* experiment *inside its window* on the
+   day ``as_of`` (``start_date <= as_of <= end_date``, both inclusive, UTC; default today UTC)
+   whose targeting rule matches the context. A unit in an experiment's range that the rule does
+   not match is in no experiment of that layer (slots never fall through to another experiment).
 3. **Parameters** (seed 002): per service, the params of the unit's variants in layers scoped to
    that service (or to every service) are deep-merged in layer order — ascending ``priority``, then
    layer id — so on a conflict the **higher priority wins**. This answers seed 004's open question
@@ -19,13 +20,17 @@ Usage:
     >>> defs = load(bundled_path())
     >>> ctx = {"age": 30, "country": "US", "is_premium": False, "org_plan": "free",
     ...        "org_seats": 10}
-    >>> rows = assign_unit(defs, "user_id", "u00000042", ctx)
+    >>> day = dt.date(2026, 11, 8)  # the demo's first day: every running experiment is live
+    >>> rows = assign_unit(defs, "user_id", "u00000042", ctx, as_of=day)
     >>> [(r.experiment_id, r.variant_name) for r in rows]  # doctest: +NORMALIZE_WHITESPACE
     [('checkout_button', 'treatment'), ('onboarding_tour', 'control'),
      ('upsell_banner', 'treatment')]
     >>> view = service_view(rows, ["checkout"])["checkout"]
     >>> view["parameters"]["button"], view["vids"], view["matched_layers"]
     ({'text': 'Buy now', 'color': 'green'}, [2002, 1002], ['upsell', 'checkout'])
+    >>> [r.experiment_id for r in assign_unit(defs, "user_id", "u00000042", ctx,
+    ...                                       as_of=dt.date(2026, 11, 20))]  # two have ended
+    ['onboarding_tour']
     >>> deep_merge({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": [1]})
     {'a': {'x': 1, 'y': 3}, 'b': [1]}
 """
@@ -33,16 +38,17 @@ Usage:
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from strata.bucketing import slot
+from strata.contracts import utc_today
 from strata.rules import evaluate
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-
     from strata.definitions import Definitions, Layer
 
 
@@ -73,14 +79,20 @@ def in_domain(defs: Definitions, domain_id: str, unit_id: str) -> bool:
 
 
 def assign_layer(
-    defs: Definitions, layer: Layer, unit_id: str, context: Mapping[str, Any]
+    defs: Definitions,
+    layer: Layer,
+    unit_id: str,
+    context: Mapping[str, Any],
+    *,
+    as_of: dt.date | None = None,
 ) -> Assignment | None:
-    """The unit's variant in one layer, or None."""
+    """The unit's variant in one layer on the day ``as_of`` (default today UTC), or None."""
     if not in_domain(defs, layer.domain, unit_id):
         return None
+    day = as_of or utc_today()
     s = slot(layer.salt, unit_id)
     for e in defs.layer_experiments(layer.id):
-        if not e.assigned:
+        if not e.assigned_on(day):
             continue
         for v in e.variants:
             if v.start <= s < v.end:
@@ -104,16 +116,22 @@ def assign_layer(
 
 
 def assign_unit(
-    defs: Definitions, unit_type: str, unit_id: str, context: Mapping[str, Any]
+    defs: Definitions,
+    unit_type: str,
+    unit_id: str,
+    context: Mapping[str, Any],
+    *,
+    as_of: dt.date | None = None,
 ) -> list[Assignment]:
-    """Every experiment the unit is in, sorted by experiment id."""
+    """Every experiment the unit is in on the day ``as_of`` (default today UTC), by id."""
     if unit_id is None:
         raise ValueError(f"unit_id is None for unit type {unit_type!r}")
+    day = as_of or utc_today()
     rows = [
         a
         for layer in defs.layers
         if layer.unit_type == unit_type
-        and (a := assign_layer(defs, layer, unit_id, context)) is not None
+        and (a := assign_layer(defs, layer, unit_id, context, as_of=day)) is not None
     ]
     return sorted(rows, key=lambda a: a.experiment_id)
 
@@ -134,22 +152,53 @@ def merge_order(assignments: Iterable[Assignment]) -> list[Assignment]:
     return sorted(assignments, key=lambda a: (a.layer_priority, a.layer_id))
 
 
-def service_view(
-    assignments: Iterable[Assignment], services: Iterable[str]
-) -> dict[str, dict[str, Any]]:
-    """Seed 002's response ``results``: per service the merged params, vids and matched layers.
+@dataclass(frozen=True)
+class Served:
+    """What seed 002's merge needs of one served variant, whatever its source (an
+    :class:`Assignment`, or a lookup table's catalog entry)."""
 
-    A layer with no service scope applies to every service.
+    layer_priority: int
+    layer_id: str
+    service: str | None
+    variant_id: int
+    params: Mapping[str, Any]
+
+
+def merged_services(served: Iterable[Served], services: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Seed 002's response ``results``: per service the params deep-merged in merge order
+    (ascending layer priority, then layer id: the higher priority wins), the ``vids`` and the
+    ``matched_layers`` in that order. A layer with no service scope applies to every service.
+
+    Usage:
+        >>> rows = [Served(200, "l2", "svc", 1002, {"a": {"x": 2}}),
+        ...         Served(100, "l1", None, 1001, {"a": {"x": 1, "y": 1}, "b": 1})]
+        >>> merged_services(rows, ["svc", "other"])  # doctest: +NORMALIZE_WHITESPACE
+        {'svc': {'parameters': {'a': {'x': 2, 'y': 1}, 'b': 1}, 'vids': [1001, 1002],
+                 'matched_layers': ['l1', 'l2']},
+         'other': {'parameters': {'a': {'x': 1, 'y': 1}, 'b': 1}, 'vids': [1001],
+                   'matched_layers': ['l1']}}
     """
-    rows = merge_order(assignments)
+    rows = sorted(served, key=lambda r: (r.layer_priority, r.layer_id))
     out: dict[str, dict[str, Any]] = {}
     for svc in services:
         params: dict[str, Any] = {}
         vids, layers = [], []
-        for a in rows:
-            if a.service is None or a.service == svc:
-                params = deep_merge(params, json.loads(a.params))
-                vids.append(a.variant_id)
-                layers.append(a.layer_id)
+        for r in rows:
+            if r.service is None or r.service == svc:
+                params = deep_merge(params, r.params)
+                vids.append(r.variant_id)
+                layers.append(r.layer_id)
         out[svc] = {"parameters": params, "vids": vids, "matched_layers": layers}
     return out
+
+
+def served(a: Assignment) -> Served:
+    """An assignment row as :func:`merged_services` takes it."""
+    return Served(a.layer_priority, a.layer_id, a.service, a.variant_id, json.loads(a.params))
+
+
+def service_view(
+    assignments: Iterable[Assignment], services: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Seed 002's response ``results`` for assignment rows (:func:`merged_services`)."""
+    return merged_services([served(a) for a in assignments], services)

@@ -24,6 +24,7 @@ Usage:
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import os
@@ -93,6 +94,33 @@ SERVED_STATUSES: tuple[Status, ...] = ("running",)
 def is_served(status: str | None) -> bool:
     """Whether an experiment in ``status`` (case-insensitive) is published to the lookup table."""
     return (status or "").lower() in SERVED_STATUSES
+
+
+#: Why an experiment in an assigned/served status is outside its window on a day.
+NOT_STARTED, ENDED = "not_started", "ended"
+
+
+def outside_window(start: dt.date | None, end: dt.date | None, day: dt.date) -> str | None:
+    """``"not_started"``, ``"ended"`` or None: is ``day`` outside ``[start, end]``?
+
+    An experiment is assigned and served only inside its window: ``start_date`` and ``end_date``
+    both inclusive, UTC calendar days (a missing bound is open).
+
+    Usage:
+        >>> d = dt.date(2026, 11, 8)
+        >>> [outside_window(d, d, d + dt.timedelta(days=k)) for k in (-1, 0, 1)]
+        ['not_started', None, 'ended']
+    """
+    if start is not None and day < start:
+        return NOT_STARTED
+    if end is not None and day > end:
+        return ENDED
+    return None
+
+
+def utc_today() -> dt.date:
+    """Today's UTC date: the default day of assignment and publication."""
+    return dt.datetime.now(dt.UTC).date()
 
 
 # --- metrics and aggregates ------------------------------------------------------------------

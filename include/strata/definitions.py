@@ -48,6 +48,7 @@ from strata.contracts import (  # noqa: F401  (re-exported: their home is strata
     MetricRole,
     Status,
     UnitType,
+    outside_window,
 )
 from strata.errors import StrataError
 from strata.metrics import Direction, ExpressionError, Metric, metric_forms, parse_linear
@@ -305,7 +306,16 @@ class ExperimentDefinition:
 
     @property
     def assigned(self) -> bool:
+        """In an assigned status (whatever the day; see :meth:`assigned_on`)."""
         return self.status in ASSIGNED_STATUSES
+
+    def window(self, day: dt.date) -> str | None:
+        """``"not_started"``, ``"ended"`` or None (inside ``[start_date, end_date]``, UTC)."""
+        return outside_window(self.start_date, self.end_date, day)
+
+    def assigned_on(self, day: dt.date) -> bool:
+        """Gets units on ``day``: an assigned status and ``day`` inside its window."""
+        return self.assigned and self.window(day) is None
 
 
 @dataclass(frozen=True)

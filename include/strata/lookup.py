@@ -189,6 +189,15 @@ def _units(device_id: str | None, user_id: str | None, url: str | None) -> list[
     return units
 
 
+def request_units(
+    device_id: str | None, user_id: str | None = None, url: str | None = None
+) -> list[tuple[str, str]]:
+    """The request's ``(unit type, unit id)`` pairs in ``UNIT_PRIORITY`` order, as looked up
+    (empty strings are absent, a url is normalised); raises ``DataError`` for an id the key
+    scheme refuses."""
+    return _units(device_id, user_id, url)
+
+
 class LookupClient:
     """Reads the live version; thread-safe; one instance per process is enough."""
 
@@ -358,6 +367,20 @@ class LookupClient:
                     merged = deep_merge(merged, exp["variants"][str(variant)]["params"])
             actions.append({"type": "configUpdate", "data": {"service": service, "params": merged}})
         return actions
+
+    def stored(
+        self, units: list[tuple[str, str]]
+    ) -> tuple[str, list[list[tuple[dict[str, Any], int]] | None]]:
+        """The live version and, per ``(unit type, unit id)`` of ``units``, the unit's stored
+        ``(catalog entry, variant id)`` pairs, or None when that version does not hold the unit
+        (seed 002's evaluation API evaluates such units online). Catalog entries are shared and
+        read-only. Raises like :meth:`lookup`."""
+        version, values = self._read(units)
+        catalog = self._catalogs[version]
+        return version, [
+            [(catalog[i], v) for i, v in sorted(decode_tokens(raw))] if raw else None
+            for raw in values
+        ]
 
     def answer(
         self, device_id: str | None, user_id: str | None = None, url: str | None = None

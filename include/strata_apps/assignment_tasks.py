@@ -41,8 +41,9 @@ def validate(path: str) -> dict[str, Any]:
     }
 
 
-def assign(path: str) -> dict[str, Any]:
-    """Run the Spark assignment job on validated definitions; returns its summary."""
+def assign(path: str, as_of: str | None = None) -> dict[str, Any]:
+    """Run the Spark assignment job on validated definitions on the day ``as_of`` (YYYY-MM-DD,
+    default today UTC: only experiments inside their window get units); returns its summary."""
     from spark_jobs.assign_experiments import main
 
-    return main(["--definitions", str(resolve_path(path))])
+    return main(["--definitions", str(resolve_path(path)), *(["--as-of", as_of] if as_of else [])])

@@ -1,4 +1,5 @@
-"""Reference device-register endpoint (seed 004): what online users copy; not on the batch path.
+"""Reference endpoint (seed 004's device register, seed 002's evaluation API, metrics): what
+online users copy; not on the batch path.
 
 ``POST /v1/device/register/{device_id}`` takes seed 004's request envelope, answers from the live
 lookup version (``strata.lookup``) with seed 004's response envelope (``result.actions``), and
@@ -22,6 +23,23 @@ data) is a 503 with ``params.err = "NO_LIVE_VERSION"``. ``GET /healthz`` is 200 
 (readiness); ``GET /livez`` is 200 while the process answers (liveness). Nothing answers 500: an
 unexpected failure is a 503 too, and every 503 carries ``Retry-After``.
 
+``POST /experiment`` is seed 002's evaluation API: ``{"services": [...], "context": {...}}``
+answers ``{"results": {service: {"parameters", "vids", "matched_layers"}}}``, the parameters
+deep-merged by layer priority (:func:`strata.assignment.merged_services`, the merge the lookup
+table's ``configUpdate`` uses). The context's ``user_id``, ``device_id`` and ``url`` are the units;
+a unit the live lookup version holds is answered from it (the batch assignment wins: the request
+context is not re-evaluated for it), a unit it does not hold is evaluated online on today's UTC
+date with the definitions loaded at start (``STRATA_DEFINITIONS``, default the bundled ones):
+:func:`strata.assignment.assign_unit`, targeting rules and the slot formula. Per experiment and per
+layer the first unit type of ``UNIT_PRIORITY`` wins, as in the lookup. The answer also names the
+``version`` and each unit's ``source`` (``lookup`` or ``online``). It writes no exposure events.
+Bad input is a 4xx ``{"error": {"code", "message", "errors"}}``; Redis trouble a 503 with
+``Retry-After`` (online evaluation never stands in for a lookup that failed: a known unit would
+get another answer).
+
+``GET /metrics`` is Prometheus text (:mod:`strata_apps.endpoint_metrics`): requests by route and
+status, a latency histogram, lookups by outcome, the live version.
+
 Run it with ``scripts/endpoint.sh start`` or ``strata serve``: nginx on 127.0.0.1
 (``STRATA_ENDPOINT_PORT``, default 8090) in front of uvicorn, which bounds how long a client may
 take and how many it may be (:mod:`strata_apps.endpoint_server`). ``STRATA_LOOKUP_PREFIX`` chooses
@@ -35,6 +53,9 @@ Usage:
     >>> event = exposure_event("d-1", "u-1", "", "checkout_button", 1, "3f2a", 0)
     >>> event["eid"], event["edata"]["params"][0]["variantId"], event["@timestamp"]
     ('LOG', 1, '1970-01-01T00:00:00+00:00')
+    >>> ExperimentRequest.model_validate_json(
+    ...     '{"services": ["ranker_svc"], "context": {"user_id": "u-1", "age": 25}}').context
+    {'user_id': 'u-1', 'age': 25}
 """
 
 from __future__ import annotations
@@ -52,16 +73,21 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from strata.config import Settings, get_settings
 from strata.errors import DataError, StackError
-from strata.keyspace import DEFAULT_PREFIX, MAX_UNIT_ID_BYTES
+from strata.keyspace import DEFAULT_PREFIX, MAX_UNIT_ID_BYTES, UNIT_PRIORITY
+from strata_apps.endpoint_metrics import REGISTER_ROUTE, Metrics, MetricsMiddleware
+
+if TYPE_CHECKING:
+    from strata.assignment import Served
+    from strata.definitions import Definitions
 
 #: Largest request body accepted (seed 004's envelope is well under 1 KiB).
 MAX_BODY_BYTES = 16 * 1024
@@ -136,6 +162,37 @@ class RegisterResponse(BaseModel):
     params: ResponseParams
     responseCode: str  # seed 004's field name
     result: dict[str, Any]
+
+
+#: Seed 002's evaluation API.
+EXPERIMENT_ROUTE = "/experiment"
+MAX_SERVICES = 32
+MAX_CONTEXT_FIELDS = 64
+#: Where the definitions for online evaluation are read from (default: the bundled ones).
+DEFINITIONS_ENV = "STRATA_DEFINITIONS"
+_INT64 = 2**63
+ServiceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,63}$")]
+ContextValue = (
+    Annotated[str, Field(max_length=MAX_UNIT_ID_BYTES)]
+    | Annotated[int, Field(ge=-_INT64, lt=_INT64)]
+    | float
+    | bool
+    | None
+)
+
+
+class ExperimentRequest(_Strict):
+    """Seed 002's request: the services to answer and the context (units and targeting fields:
+    JSON scalars only, types not coerced)."""
+
+    services: list[ServiceName] = Field(min_length=1, max_length=MAX_SERVICES)
+    context: dict[FieldName, ContextValue] = Field(
+        default_factory=dict, max_length=MAX_CONTEXT_FIELDS
+    )
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class BadRequest(Exception):
@@ -369,6 +426,114 @@ def _check_units(device_id: str, body: RegisterRequest) -> tuple[str, str, str]:
     return device_id, user_id, url
 
 
+def _parse(model: type[_M], raw: bytes) -> _M:
+    """``raw`` validated as ``model`` (strict JSON); a 400 naming the first bad location."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ".".join(["body", *(str(p) for p in e["loc"])]), "msg": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ][:20]
+        first = errors[0] if errors else {"loc": "body", "msg": "invalid"}
+        raise BadRequest(
+            400, "INVALID_REQUEST", f"{first['loc']}: {first['msg']}", errors
+        ) from None
+
+
+def context_units(context: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ``(unit type, unit id)`` pairs of a seed 002 context, in ``UNIT_PRIORITY`` order; a
+    400 for a unit that is no string, holds control characters, is no http(s) url (``url``) or
+    that the key scheme refuses, and when there is none to bucket on.
+
+    Usage:
+        >>> context_units({"device_id": "d-1", "user_id": "u-1", "age": 3})
+        [('user_id', 'u-1'), ('device_id', 'd-1')]
+    """
+    from strata.lookup import request_units
+
+    given: dict[str, str] = {}
+    for unit_type in UNIT_PRIORITY:
+        value = context.get(unit_type)
+        if value is None or value == "":
+            continue
+        loc = [{"loc": f"body.context.{unit_type}", "msg": f"invalid {unit_type}"}]
+        if not isinstance(value, str) or _CONTROL.search(value):
+            raise BadRequest(
+                400, "INVALID_UNIT", f"context.{unit_type} must be a string without control "
+                "characters", loc,
+            )  # fmt: skip
+        if unit_type == "url" and (problem := url_problem(value)):
+            raise BadRequest(400, "INVALID_UNIT", f"context.url: {problem}", loc)
+        given[unit_type] = value
+    if not given:
+        raise BadRequest(
+            400, "NO_UNIT", f"the context names no unit to bucket on ({', '.join(UNIT_PRIORITY)})",
+            [{"loc": "body.context", "msg": "no unit"}],
+        )  # fmt: skip
+    try:
+        return request_units(given.get("device_id"), given.get("user_id"), given.get("url"))
+    except DataError as exc:  # an id the key scheme refuses (too long, ...)
+        where = [{"loc": "body.context", "msg": str(exc)}]
+        raise BadRequest(400, "INVALID_UNIT", str(exc), where) from None
+
+
+def evaluate_services(
+    units: list[tuple[str, str]],
+    stored: list[list[tuple[dict[str, Any], int]] | None],
+    defs: Definitions,
+    context: dict[str, Any],
+    services: list[str],
+    day: dt.date,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Seed 002's ``results`` and each unit's source (``lookup`` or ``online``).
+
+    A unit the lookup version holds (``stored`` not None) is answered from it; any other is
+    assigned online on ``day``. Per experiment and per layer the first unit (``UNIT_PRIORITY``
+    order) wins, as in :class:`strata.lookup.LookupClient`.
+    """
+    from strata.assignment import Served, assign_unit, merged_services, served
+
+    rows: list[Served] = []
+    sources: dict[str, str] = {}
+    taken_experiments: set[str] = set()
+    taken_layers: set[str] = set()
+    for (unit_type, unit_id), held in zip(units, stored, strict=True):
+        found: list[tuple[str, str, Served]]
+        if held is not None:
+            sources[unit_type] = "lookup"
+            found = [
+                (e["id"], e["layer"], Served(e["priority"] or 0, e["layer"], e["service"], vid,
+                                             e["variants"][str(vid)]["params"]))
+                for e, vid in held
+            ]  # fmt: skip
+        else:
+            sources[unit_type] = "online"
+            found = [
+                (a.experiment_id, a.layer_id, served(a))
+                for a in assign_unit(defs, unit_type, unit_id, context, as_of=day)
+            ]
+        for exp_id, layer_id, row in found:
+            if exp_id in taken_experiments or layer_id in taken_layers:
+                continue
+            taken_experiments.add(exp_id)
+            taken_layers.add(layer_id)
+            rows.append(row)
+    return merged_services(rows, services), sources
+
+
+def _seed002_error(exc: BadRequest) -> JSONResponse:
+    body = {"error": {"code": exc.err, "message": exc.message, "errors": exc.errors}}
+    return JSONResponse(body, status_code=exc.status)
+
+
+def load_definitions() -> Definitions:
+    """The definitions online evaluation uses: ``STRATA_DEFINITIONS``, else the bundled ones."""
+    from strata.definitions import bundled_path, load
+
+    return load(os.environ.get(DEFINITIONS_ENV) or bundled_path())
+
+
 def _unavailability(exc: StackError) -> tuple[str, int, str]:
     """(reason, Retry-After seconds, envelope ``err``) of a lookup that could not be served."""
     from strata.lookup import RETRY_AFTER_S, LookupUnavailable, NoLiveVersionError
@@ -414,14 +579,35 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def create_app(settings: Settings | None = None, *, prefix: str | None = None) -> FastAPI:
-    """The ASGI app (``uvicorn strata_apps.endpoint:create_app --factory``)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    prefix: str | None = None,
+    definitions: Definitions | None = None,
+    today: Callable[[], dt.date] | None = None,
+) -> FastAPI:
+    """The ASGI app (``uvicorn strata_apps.endpoint:create_app --factory``).
+
+    ``definitions`` (default :func:`load_definitions`, read once, here) and ``today`` (default
+    today UTC) are what ``POST /experiment`` evaluates unknown units with.
+    """
     from strata import landing
-    from strata.lookup import LookupClient
+    from strata.contracts import utc_today
+    from strata.lookup import LookupClient, NoLiveVersionError
     from strata.stack import redis_client
 
     settings = settings or get_settings()
     prefix = prefix or os.environ.get("STRATA_LOOKUP_PREFIX", DEFAULT_PREFIX)
+    defs = definitions if definitions is not None else load_definitions()
+    day_of = today or utc_today
+    metrics = Metrics()
+
+    def lookup_failed(route: str, exc: StackError) -> None:
+        outcome = "no_live_version" if isinstance(exc, NoLiveVersionError) else "unavailable"
+        metrics.lookup(route, outcome)
+        if isinstance(exc, NoLiveVersionError):
+            metrics.live_version(None)
+
     sink = ExposureSink(settings.exposure_spool_path, on_closed=landing.shipper(settings))
 
     @contextlib.asynccontextmanager
@@ -452,6 +638,8 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
         return state["reader"]
 
     app.state.sink = sink
+    app.state.metrics = metrics
+    app.state.definitions = defs
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_request: Request, exc: BadRequest) -> JSONResponse:
@@ -477,7 +665,10 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
         else 503 with ``Retry-After`` and the reason (``no_live_version``, ``loading``, ...)."""
         try:
             version = reader().serving_version()
+            metrics.live_version(version)
         except StackError as exc:
+            if isinstance(exc, NoLiveVersionError):
+                metrics.live_version(None)
             reason, retry_after, _ = _unavailability(exc)
             body = {"status": "unavailable", "reason": reason, "live_version": None,
                     "detail": str(exc)}  # fmt: skip
@@ -490,26 +681,31 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
         a restart would not bring a lost lookup version back)."""
         return JSONResponse({"status": "alive", "pid": os.getpid()})
 
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        """Prometheus text: the live version is refreshed first (one GET; its failure is not the
+        scrape's: the families are answered anyway)."""
+        with contextlib.suppress(StackError):
+            metrics.live_version(reader().live_version())
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     async def register(request: Request) -> JSONResponse:
         device_id = request.path_params["device_id"]
         raw = await _read_body(request)
-        try:
-            body = RegisterRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            errors = [
-                {"loc": ".".join(["body", *(str(p) for p in e["loc"])]), "msg": e["msg"]}
-                for e in exc.errors(include_url=False, include_input=False)
-            ][:20]
-            first = errors[0] if errors else {"loc": "body", "msg": "invalid"}
-            raise BadRequest(
-                400, "INVALID_REQUEST", f"{first['loc']}: {first['msg']}", errors
-            ) from None
+        body = _parse(RegisterRequest, raw)
         device_id, user_id, url = _check_units(device_id, body)
         try:
             # One sub-millisecond Lua call with 1 s timeouts: cheaper inline than a thread hop.
             answer = reader().answer(device_id, user_id, url)
         except DataError as exc:  # an id the key scheme refuses
             raise BadRequest(400, "INVALID_REQUEST", str(exc)) from None
+        except StackError as exc:
+            lookup_failed(REGISTER_ROUTE, exc)
+            raise
+        metrics.lookup(REGISTER_ROUTE, "hit" if answer.actions else "miss")
+        metrics.live_version(answer.version)
         ets = int(time.time() * 1000)
         served = answer.experiments
         if served:
@@ -522,7 +718,33 @@ def create_app(settings: Settings | None = None, *, prefix: str | None = None) -
     # A plain Starlette route: the handler validates the body itself (strict pydantic model), so
     # FastAPI's per-request dependency solving would only repeat work (~0.1 ms per request).
     app.add_route("/v1/device/register/{device_id}", register, methods=["POST"])
+
+    async def experiment(request: Request) -> JSONResponse:
+        """Seed 002's evaluation API (see the module docstring)."""
+        try:
+            body = _parse(ExperimentRequest, await _read_body(request))
+            units = context_units(body.context)
+        except BadRequest as exc:
+            return _seed002_error(exc)
+        try:
+            version, stored = reader().stored(units)
+        except StackError as exc:
+            lookup_failed(EXPERIMENT_ROUTE, exc)
+            reason, retry_after, err = _unavailability(exc)
+            error = {"code": err, "reason": reason, "message": str(exc)}
+            return JSONResponse(
+                {"error": error}, status_code=503, headers={"Retry-After": str(retry_after)}
+            )
+        metrics.live_version(version)
+        services = list(dict.fromkeys(body.services))
+        results, sources = evaluate_services(units, stored, defs, body.context, services, day_of())
+        for source in sources.values():
+            metrics.lookup(EXPERIMENT_ROUTE, "hit" if source == "lookup" else "online")
+        return JSONResponse({"results": results, "version": version, "sources": sources})
+
+    app.add_route(EXPERIMENT_ROUTE, experiment, methods=["POST"])
     app.add_middleware(RetryAfter)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 

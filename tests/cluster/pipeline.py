@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     size = ["--users", str(args.users), "--days", str(args.days), "--seed", "7"]
     stage("generate", generate, [*size, "--start-date", args.start_date])
-    stage("assign", assign, [])
+    stage("assign", assign, ["--as-of", args.start_date])  # day one: every experiment live
     prefix = os.environ.get("STRATA_LOOKUP_PREFIX", "strata:lk")
     published = stage("publish", loader.publish, settings, prefix=prefix)
     report["published_units"] = published.units if hasattr(published, "units") else None

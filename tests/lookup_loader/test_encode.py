@@ -74,12 +74,14 @@ def row(exp: str, unit_id: str, variant: int, **over) -> dict:
     return base | over
 
 
-def experiments(ids, status: dict | None = None, end: dict | None = None) -> pa.Table:
-    status, end = status or {}, end or {}
+def experiments(
+    ids, status: dict | None = None, end: dict | None = None, start: dict | None = None
+) -> pa.Table:
+    status, end, start = status or {}, end or {}, start or {}
     return pa.Table.from_pylist(
         [
             {"experiment_id": e, "name": e.upper(), "status": status.get(e, "running"),
-             "start_date": dt.date(2026, 1, 1), "end_date": end.get(e, END),
+             "start_date": start.get(e, dt.date(2026, 1, 1)), "end_date": end.get(e, END),
              "deployment_key": f"dk-{e}"}
             for e in ids
         ],
@@ -264,6 +266,15 @@ class TestExcluded:
         ends = {"dev_b": AS_OF - dt.timedelta(days=1), "usr": AS_OF}  # usr ends today: served
         enc = encode(source(rows, experiments(EXPS, end=ends)), "p", AS_OF)
         assert enc.excluded_rows == {"ended": 1}
+        assert set(enc.experiment_index) == {"dev_a", "usr"}
+
+    def test_an_experiment_starting_after_the_day_is_left_out(self):
+        rows = [row("dev_a", "d1", 1), row("dev_b", "d1", 1), row("usr", "u1", 1)]
+        day = dt.timedelta(days=1)
+        starts = {"dev_b": AS_OF + day, "usr": AS_OF}  # usr starts today: served
+        exp = experiments(EXPS, start=starts, end={"dev_b": AS_OF + 9 * day})
+        enc = encode(source(rows, exp), "p", AS_OF)
+        assert enc.excluded_rows == {"not_started": 1}
         assert set(enc.experiment_index) == {"dev_a", "usr"}
 
 

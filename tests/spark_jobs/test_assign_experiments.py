@@ -13,7 +13,9 @@ from spark_jobs.assign_experiments import (
     ASSIGNMENTS_SCHEMA,
     EXPERIMENTS_SCHEMA,
     main,
+    outside_window,
     run,
+    run_identity,
     transform,
     unit_contexts,
 )
@@ -23,6 +25,8 @@ from strata.definitions import bundled_path, load
 from strata.synthetic import GeneratorConfig
 
 CFG = GeneratorConfig(users=40_000, days=1, seed=5)
+#: The demo's first day: every running bundled experiment is inside its window (assigned).
+DAY = dt.date(2026, 11, 8)
 KEY = ["unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]]
 
 
@@ -42,7 +46,7 @@ def defs():
 
 def test_spark_matches_the_python_reference_on_every_unit(inputs, defs):
     units = unit_contexts(inputs["users"], inputs["orgs"], inputs["devices"])
-    got = transform(units, defs, "run", dt.datetime(2026, 11, 8)).select(*KEY).collect()
+    got = transform(units, defs, "run", dt.datetime(2026, 11, 8), DAY).select(*KEY).collect()
     spark_rows = {tuple(r) for r in got}
     assert len(spark_rows) == len(got)  # no duplicate rows
 
@@ -51,7 +55,9 @@ def test_spark_matches_the_python_reference_on_every_unit(inputs, defs):
         for row in df.toLocalIterator():
             ctx = row.asDict()
             n_units += 1
-            python_rows |= {a.key() for a in assign_unit(defs, unit_type, ctx[unit_type], ctx)}
+            python_rows |= {
+                a.key() for a in assign_unit(defs, unit_type, ctx[unit_type], ctx, as_of=DAY)
+            }
     assert n_units >= 100_000
     assert spark_rows == python_rows
     experiments = {r[2] for r in spark_rows}
@@ -60,7 +66,7 @@ def test_spark_matches_the_python_reference_on_every_unit(inputs, defs):
 
 def test_targeting_really_narrows(inputs, defs):
     units = unit_contexts(inputs["users"], inputs["orgs"], inputs["devices"])
-    out = transform(units, defs, "run", dt.datetime(2026, 11, 8))
+    out = transform(units, defs, "run", dt.datetime(2026, 11, 8), DAY)
     devices = out.where(F.col("experiment_id") == "dark_mode").join(
         units["device_id"], F.col("unit_id") == F.col("device_id")
     )
@@ -77,10 +83,41 @@ def test_targeting_really_narrows(inputs, defs):
     assert 0.8 < share < 0.9  # 90% domain x 97% adults
 
 
+@pytest.mark.parametrize(
+    "day",
+    [dt.date(2026, 11, 7), dt.date(2026, 11, 14), dt.date(2026, 11, 15), dt.date(2026, 12, 2)],
+)
+def test_nothing_is_assigned_outside_its_window(inputs, defs, day):
+    """start_date and end_date both inclusive: the Spark job and the reference leave out the same
+    experiments, and the job reports them."""
+    units = unit_contexts(inputs["users"], inputs["orgs"], inputs["devices"])
+    out = transform(units, defs, "run", dt.datetime(2026, 11, 8), day)
+    got = {r.experiment_id for r in out.select("experiment_id").distinct().collect()}
+    live = {e.id for e in defs.experiments if e.assigned_on(day)}
+    assert got == live
+    for e in defs.experiments:
+        if e.id in got:
+            assert e.start_date <= day <= e.end_date
+    assert set(outside_window(defs, day)) == {e.id for e in defs.experiments if e.assigned} - live
+    sample = units["user_id"].limit(300).collect()
+    want = {a.key() for r in sample for a in assign_unit(defs, "user_id", r.user_id, r.asDict(),
+                                                         as_of=day)}  # fmt: skip
+    ids = [r.user_id for r in sample]
+    spark_rows = {tuple(r) for r in out.where(F.col("unit_id").isin(ids)).select(*KEY).collect()}
+    assert spark_rows == want
+
+
+def test_run_id_names_the_experiments_a_day_leaves_out():
+    snaps = {"users": (1, dt.datetime(2026, 11, 8))}
+    before = run_identity("v1", snaps)
+    assert run_identity("v1", snaps, {}) == before  # nothing left out: the id from before dates
+    assert run_identity("v1", snaps, {"a": "ended"})[0] != before[0]
+
+
 class TestJob:
     @pytest.fixture(scope="class")
     def first(self, spark, settings, inputs):
-        result = main(["--definitions", str(bundled_path())])
+        result = main(["--definitions", str(bundled_path()), "--as-of", DAY.isoformat()])
         rows = spark.table(settings.table("assignments")).collect()
         return result, rows
 
@@ -102,13 +139,15 @@ class TestJob:
         assert json.loads(checkout.metrics)[0]["nominator"] == "count(user.unit.purchase)"
         assert checkout.deployment_key == "checkout-button-v2"
         assert ex.count() == 9
+        assert result["as_of"] == DAY.isoformat()
+        assert result["outside_window"] == {}
         counted = sum(n for *_, n in result["counts"])
         assert counted == len(rows)
 
     def test_rerun_gives_identical_rows_in_one_new_commit(self, spark, settings, first, defs):
         result, rows = first
         snaps_before = spark.sql(f"SELECT * FROM {settings.table('assignments')}.snapshots").count()
-        again = run(spark, settings, defs)
+        again = run(spark, settings, defs, DAY)
         snaps_after = spark.sql(f"SELECT * FROM {settings.table('assignments')}.snapshots").count()
         assert snaps_after == snaps_before + 1
         assert (again["run_id"], again["assigned_at"]) == (result["run_id"], result["assigned_at"])
@@ -120,7 +159,7 @@ class TestJob:
         spark.sql(
             f"UPDATE {settings.table('orgs')} SET seats = seats + 1 WHERE org_id = 'o0000000'"
         )
-        changed = run(spark, settings, defs)
+        changed = run(spark, settings, defs, DAY)
         assert changed["run_id"] != result["run_id"]
         assert changed["assigned_at"] > result["assigned_at"]
 
@@ -132,7 +171,7 @@ class TestJob:
         )
         try:
             with pytest.raises(ValueError, match=r"null id .*'user_id': 1"):
-                run(spark, settings, defs)
+                run(spark, settings, defs, DAY)
         finally:
             spark.sql(f"DELETE FROM {users} WHERE user_id IS NULL")
 
@@ -159,7 +198,7 @@ def test_definitions_without_layers_assign_nothing(spark, tmp_path):
     (tmp_path / "empty.yaml").write_text("layers: []\nexperiments: []\n")
     empty = load(tmp_path)
     units = {"user_id": spark.createDataFrame([("u-1",)], "unit_id string")}
-    out = transform(units, empty, "run", dt.datetime(2026, 11, 8))
+    out = transform(units, empty, "run", dt.datetime(2026, 11, 8), DAY)
     assert out.count() == 0
     assert (
         out.schema.simpleString()

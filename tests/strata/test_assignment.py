@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import Counter
 
@@ -21,6 +22,8 @@ from strata.bucketing import SLOTS
 from strata.definitions import bundled_path, load
 
 UNITS = [f"u{i:08d}" for i in range(100_000)]
+#: The demo's first day: every running experiment (bundled and seed 003's) is inside its window.
+DAY = dt.date(2026, 11, 8)
 
 # Seed 003's example: layer A splits 20/20/60, layer B 10/10/80, in one overlapping domain.
 SEED_003 = """
@@ -68,7 +71,9 @@ def test_seed_003_layers_are_independent(seed003):
     """a x aa lands at 2%, a x cc at 16% ...: chi-square on the 3x3 cross-tab of 100k units."""
     table = Counter()
     for uid in UNITS:
-        rows = {a.layer_id: a.experiment_id for a in assign_unit(seed003, "user_id", uid, {})}
+        rows = {
+            a.layer_id: a.experiment_id for a in assign_unit(seed003, "user_id", uid, {}, as_of=DAY)
+        }
         table[rows["layer_a"], rows["layer_b"]] += 1
     a_ids, b_ids = ["a", "b", "c"], ["aa", "bb", "cc"]
     observed = np.array([[table[a, b] for b in b_ids] for a in a_ids])
@@ -88,7 +93,7 @@ def test_variant_shares_follow_slot_ranges(seed003):
     counts = Counter(
         a.variant_id
         for uid in UNITS[:50_000]
-        for a in assign_unit(seed003, "user_id", uid, {})
+        for a in assign_unit(seed003, "user_id", uid, {}, as_of=DAY)
         if a.layer_id == "layer_a"
     )
     observed = [counts[v] for v in (10, 11, 12, 13, 14, 15)]
@@ -97,7 +102,7 @@ def test_variant_shares_follow_slot_ranges(seed003):
 
 
 def test_slots_are_uniform(seed003):
-    slots = [a.slot for uid in UNITS for a in assign_unit(seed003, "user_id", uid, {})]
+    slots = [a.slot for uid in UNITS for a in assign_unit(seed003, "user_id", uid, {}, as_of=DAY)]
     hist = np.bincount(np.array(slots) // 100, minlength=SLOTS // 100)
     assert stats.chisquare(hist).pvalue > 0.001
     assert stats.kstest(np.array(slots) / SLOTS, "uniform").pvalue > 0.001
@@ -122,7 +127,7 @@ class TestDomains:
     def test_units_outside_a_domain_get_none_of_its_experiments(self, bundled):
         ctx = {"age": 40, "org_plan": "free", "country": "US", "is_premium": False}
         for uid in UNITS[:5000]:
-            exps = {a.experiment_id for a in assign_unit(bundled, "user_id", uid, ctx)}
+            exps = {a.experiment_id for a in assign_unit(bundled, "user_id", uid, ctx, as_of=DAY)}
             if not in_domain(bundled, "main", uid):
                 assert exps.isdisjoint({"checkout_button", "upsell_banner", "price_display"})
             else:
@@ -132,19 +137,21 @@ class TestDomains:
 class TestTargetingAndStatus:
     def test_untargeted_units_are_in_no_experiment_of_that_layer(self, bundled):
         for uid in UNITS[:3000]:
-            minors = assign_unit(bundled, "user_id", uid, {"age": 16, "org_plan": "free"})
+            minors = assign_unit(
+                bundled, "user_id", uid, {"age": 16, "org_plan": "free"}, as_of=DAY
+            )
             assert "checkout_button" not in {a.experiment_id for a in minors}
 
     def test_draft_experiments_get_nobody(self, bundled):
         assert all(
             a.experiment_id != "holiday_theme"
             for uid in UNITS[:5000]
-            for a in assign_unit(bundled, "user_id", uid, {})
+            for a in assign_unit(bundled, "user_id", uid, {}, as_of=DAY)
         )
 
     def test_null_unit_id_is_an_error(self, bundled):
         with pytest.raises(ValueError, match="unit_id is None"):
-            assign_unit(bundled, "user_id", None, {})
+            assign_unit(bundled, "user_id", None, {}, as_of=DAY)
 
 
 def _a(layer, priority, params, service=None, vid=1):
@@ -184,7 +191,7 @@ class TestMerge:
     def test_bundled_checkout_service_merges_two_layers(self, bundled):
         ctx = {"age": 30, "org_plan": "pro", "country": "US", "is_premium": True}
         for uid in UNITS:
-            rows = assign_unit(bundled, "user_id", uid, ctx)
+            rows = assign_unit(bundled, "user_id", uid, ctx, as_of=DAY)
             by_exp = {a.experiment_id: a for a in rows}
             up, co = by_exp.get("upsell_banner"), by_exp.get("checkout_button")
             if up and co and up.variant_name == "treatment" and co.variant_name == "treatment":
@@ -195,3 +202,46 @@ class TestMerge:
         # checkout (priority 300) overrides upsell's (200) button text; upsell's banner stays.
         assert params["button"] == json.loads(co.params)["button"]
         assert params["banner"] == {"enabled": True, "bundle": "premium"}
+
+
+class TestWindow:
+    """Assigned only inside ``[start_date, end_date]`` (both inclusive, UTC days)."""
+
+    @pytest.mark.parametrize(
+        ("day", "live"),
+        [
+            (dt.date(2026, 11, 7), False),  # the day before start_date
+            (dt.date(2026, 11, 8), True),  # start_date: inclusive
+            (dt.date(2026, 11, 14), True),  # end_date: inclusive
+            (dt.date(2026, 11, 15), False),  # the day after end_date
+        ],
+    )
+    def test_seed_003_window_edges(self, seed003, day, live):
+        rows = [a for uid in UNITS[:2000] for a in assign_unit(seed003, "user_id", uid, {},
+                                                                as_of=day)]  # fmt: skip
+        assert bool(rows) is live
+        if live:
+            assert {a.experiment_id for a in rows} == {"a", "b", "c", "aa", "bb", "cc"}
+
+    def test_bundled_experiments_outside_their_window_get_no_units(self, bundled):
+        ctx = {"age": 30, "country": "US", "is_premium": False, "org_plan": "free",
+               "org_seats": 10, "signup_date": "2026-01-01"}  # fmt: skip
+        for day in (dt.date(2026, 10, 31), DAY, dt.date(2026, 11, 15), dt.date(2026, 12, 2)):
+            live = {e.id for e in bundled.experiments if e.assigned_on(day)}
+            got = {a.experiment_id for u in UNITS[:3000]
+                   for a in assign_unit(bundled, "user_id", u, ctx, as_of=day)}  # fmt: skip
+            assert got <= live, day
+            for e in bundled.experiments:
+                if e.id in got:
+                    assert e.start_date <= day <= e.end_date
+                    assert e.status == "running"
+        # the demo's first day leaves no running experiment out (the demo assigns on that day)
+        assert all(e.assigned_on(DAY) for e in bundled.experiments if e.assigned)
+
+    def test_default_is_today_utc(self, seed003, monkeypatch):
+        import strata.assignment as assignment
+
+        monkeypatch.setattr(assignment, "utc_today", lambda: dt.date(2026, 12, 2))
+        assert assign_unit(seed003, "user_id", "u00000001", {}) == []
+        monkeypatch.setattr(assignment, "utc_today", lambda: DAY)
+        assert assign_unit(seed003, "user_id", "u00000001", {})

@@ -2,7 +2,8 @@
 
 In process (the app called through ASGI with raw scopes, real Redis): malformed urls are 400s,
 malformed headers are 400s, nothing is a 500, every 503 carries ``Retry-After``, and a
-derandomised hypothesis fuzz of urls, headers and bodies (10,000 cases) sees no 5xx.
+derandomised hypothesis fuzz of urls, headers and bodies (10,000 cases) sees no 5xx; nor does
+one of seed 002's `POST /experiment` bodies (3,000 cases).
 
 As deployed (``scripts/endpoint.sh``: nginx in front of uvicorn, real Redis, 127.0.0.1): 200
 half-sent requests, slow bodies and slowloris dribblers are closed after the timeout while a
@@ -214,10 +215,11 @@ class TestNoServerError:
 
 
 # --------------------------------------------------------------------------------------------
-# Fuzz: urls, headers and bodies; 4,000 + 3,000 + 3,000 derandomised cases, no 5xx
+# Fuzz: urls, headers and bodies; 4,000 + 3,000 + 3,000 derandomised cases, no 5xx; seed 002's
+# POST /experiment: 3,000 bodies
 # --------------------------------------------------------------------------------------------
 
-FUZZ = {"urls": 4000, "headers": 3000, "bodies": 3000}
+FUZZ = {"urls": 4000, "headers": 3000, "bodies": 3000, "experiment": 3000}
 _FUZZ_SETTINGS = {"deadline": None, "derandomize": True, "database": None,
                   "suppress_health_check": list(HealthCheck)}  # fmt: skip
 
@@ -325,6 +327,53 @@ class TestFuzz:
             check_no_server_error(asgi.post(REGISTER + "d00000002", body, headers, chunks))
 
         run_counted(case, calls, FUZZ["bodies"])
+
+    def test_experiment_bodies(self, asgi):
+        """Seed 002's ``POST /experiment``: services and contexts of every JSON shape, units of
+        every type (urls from the url strategy), raw bytes: 200 or a 4xx with a reason."""
+        calls = []
+        scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+        json_values = st.recursive(
+            scalars,
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+            ),
+            max_leaves=8,
+        )
+        keys = st.sampled_from(["user_id", "device_id", "url", "age", "country", "app_version",
+                                "is_premium", "org_plan"]) | st.text(max_size=10)  # fmt: skip
+        units = st.sampled_from(["u00000002", "d00000002", "user_12345", "", URL]) | URLS
+        contexts = st.dictionaries(keys, scalars | units | json_values, max_size=6)
+        services = st.lists(st.sampled_from(["checkout", "feed", "ranker_svc", ""])
+                            | st.text(max_size=12), max_size=4) | json_values  # fmt: skip
+        shaped = st.builds(
+            lambda svc, ctx, top: json.dumps(
+                {"services": svc, "context": ctx} | top, allow_nan=True
+            ).encode(),
+            services, contexts | json_values,
+            st.dictionaries(st.sampled_from(["x", "services"]), json_values, max_size=1),
+        )  # fmt: skip
+        bodies = shaped | st.binary(max_size=400) | st.sampled_from(
+            [b"[" * 100_000, b'{"context":' * 20_000, b'{"services":["s"],"context":'
+             b'{"user_id":"u","n":1e999999}}', b'{"services":["s"],"context":{"user_id":'
+             b'"\\ud800"}}', b"\x00" * MAX_BODY_BYTES, b"x" * (MAX_BODY_BYTES + 1)]
+        )  # fmt: skip
+
+        @hsettings(max_examples=FUZZ["experiment"], **_FUZZ_SETTINGS)
+        @given(body=bodies, chunks=st.integers(1, 3))
+        @example(body=b'{"services":["s"],"context":{"url":"http://[::1"}}', chunks=2)
+        @example(body=b'{"services":["s"],"context":{"user_id":"u","age":NaN}}', chunks=1)
+        @example(body=b'{"services":["s"],"context":{"user_id":"u","v":"1.0.0-"}}', chunks=1)
+        def case(body, chunks):
+            calls.append(1)
+            headers = [(b"content-type", b"application/json")]
+            sent = asgi.post("/experiment", body, headers, chunks)
+            assert sent["status"] in (200, 400, 413), sent
+            payload = json.loads(sent["body"])
+            assert ("results" in payload) if sent["status"] == 200 else payload["error"]["message"]
+
+        run_counted(case, calls, FUZZ["experiment"])
 
 
 # --------------------------------------------------------------------------------------------
