@@ -2,7 +2,7 @@
 
 Generates synthetic orgs, users, devices and raw events (Spark → Iceberg) and checks Spark and
 pyiceberg read the same tables; validates the bundled definitions, assigns the users and
-devices (as of the data's first day), publishes to Redis (as of its last day); serves
+devices and publishes to Redis (both as of the data's last day); serves
 sample device-register requests through the reference endpoint. Its last task announces the
 new raw events (the `raw_events` asset, with the data's last day and a full refresh), which
 runs `build_goal_aggregates`, whose `goal_aggregates` event runs `evaluate_experiments` with
@@ -45,11 +45,10 @@ def run_demo():
     redis_ok = check_redis()
     generated = generate_data()
     redis_ok >> generated
-    # Publish as of the synthetic data's last day: its experiments ended before the real today.
-    published = assignment_stage(
-        as_of="{{ macros.ds_add(params.start_date, params.days - 1) }}",
-        assign_as_of="{{ params.start_date }}",  # assigned on day one, when all have started
-    )
+    # Assign and publish as of the synthetic data's last day (its experiments ended before the
+    # real today): the experiments inside their window that day get units and are served.
+    last_day = "{{ macros.ds_add(params.start_date, params.days - 1) }}"
+    published = assignment_stage(as_of=last_day, assign_as_of=last_day)
     verify_tables(generated) >> published.operator.task_group
     serve_sample_requests(published)
 

@@ -146,7 +146,8 @@ def print_aggregates(catalog, settings) -> None:
 
 
 def print_results(catalog, settings) -> None:
-    """The evaluation's verdicts: relative effect with its CI and the decision, per metric."""
+    """The evaluation's verdicts: relative effect, its interval at the decision's (adjusted) level,
+    the adjusted p-value and the decision, per metric; then CUPED's variance reduction."""
     from strata.stats import read_results
 
     res = read_results(catalog, namespace=settings.namespace)
@@ -161,12 +162,24 @@ def print_results(catalog, settings) -> None:
     )
     print(
         f"  {'experiment':<18} {'metric':<16} {'variant':<12} {'effect':>8} "
-        f"{'95% CI':>19} {'p adj':>7}  decision"
+        f"{'CI (adjusted)':>19} {'p adj':>7}  decision"
     )
     for r in rel.itertuples():
+        interval = (
+            f"[{r.lower:>+7.1%}, {r.upper:>+7.1%}]"
+            if r.lower == r.lower and r.upper == r.upper  # NaN: the ratio is not estimable
+            else f"{'not estimable':>18}"
+        )
         print(
             f"  {r.experiment_id:<18} {r.metric_id:<16} {r.variant:<12} {r.point:>+8.1%} "
-            f"[{r.lower:>+7.1%}, {r.upper:>+7.1%}] {r.p_value_adjusted:>7.4f}  {r.decision}"
+            f"{interval} {r.p_value_adjusted:>7.4f}  {r.decision}"
+        )
+    vr = res[res["statistic"] == "variance_reduction"]
+    vr = vr[vr["analysis_date"] == vr.groupby("experiment_id")["analysis_date"].transform("max")]
+    for r in vr.sort_values(["experiment_id", "metric_id", "variant"]).itertuples():
+        print(
+            f"  CUPED {r.experiment_id} {r.metric_id} variant {r.variant}: "
+            f"variance reduced by {r.point:.1%}"
         )
     from strata.synthetic import PLANTED_EFFECTS
 

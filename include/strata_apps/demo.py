@@ -38,7 +38,7 @@ def _sample_units(settings: Settings, n: int) -> list[tuple[str, str | None]]:
         .scan(selected_fields=("device_id", "user_id"))
         .to_arrow()
     )
-    owners = owners.filter(pc.is_in(owners["device_id"], value_set=pa.array(devices)))
+    owners = owners.filter(pc.is_in(owners["device_id"], value_set=pa.array(devices, pa.string())))
     user_of = dict(zip(owners["device_id"].to_pylist(), owners["user_id"].to_pylist(), strict=True))
     return [(d, user_of.get(d)) for d in devices]
 
