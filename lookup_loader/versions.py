@@ -38,6 +38,7 @@ from strata.lookup_scripts import (
     FLIP_LUA,
     INVALIDATE_LUA,
 )
+from strata.procs import pid_alive
 
 if TYPE_CHECKING:
     import redis
@@ -265,7 +266,7 @@ class _Lock:
         holder = (self.client.get(self.key) or b"").decode()
         host, _, rest = holder.partition(":")
         pid = int(rest.partition(":")[0] or 0)
-        if host == socket.gethostname() and pid and not _alive(pid):
+        if host == socket.gethostname() and pid and not pid_alive(pid):
             self.client.set(self.key, self.token, ex=LOCK_TTL_S)
             return
         raise PublicationError(f"another publication holds {self.key} ({holder}); retry later")
@@ -276,16 +277,6 @@ class _Lock:
     def release(self) -> None:
         if (self.client.get(self.key) or b"").decode() == self.token:
             self.client.delete(self.key)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def unlink_version(client: redis.Redis, version: str, prefix: str = DEFAULT_PREFIX) -> int:

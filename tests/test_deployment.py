@@ -148,6 +148,20 @@ def test_dockerfile_runs_as_non_root_without_linking_over_the_wheel():
     assert {".venv", ".jars", ".strata", ".env", ".git"} <= ignored
 
 
+def _strata_programs(services: dict) -> list[tuple[str, str]]:
+    """(service, program) of every service that runs the Strata image."""
+    out = []
+    for name, svc in services.items():
+        if not svc["image"].startswith("strata:"):
+            continue
+        command = svc["command"]
+        program = command[0]
+        if program == "sh":  # sh -c "... exec PROGRAM ...": the program after the last exec
+            program = command[-1].split("exec ")[-1].split()[0]
+        out.append((name, program))
+    return out
+
+
 @pytest.mark.integration  # the system packages (java, nginx, redis-server) are installed
 def test_every_strata_service_command_is_installed(services):
     """What the image's pip and apt steps install is what this checkout's venv has: every command
@@ -156,16 +170,81 @@ def test_every_strata_service_command_is_installed(services):
     import sys
 
     venv_bin = Path(sys.executable).parent
-    for name, svc in services.items():
-        if not svc["image"].startswith("strata:"):
-            continue
-        command = svc["command"]
-        program = command[0]
-        if program == "sh":  # sh -c "... exec PROGRAM ...": the program after the last exec
-            program = command[-1].split("exec ")[-1].split()[0]
+    for name, program in _strata_programs(services):
         assert (venv_bin / program).exists() or shutil.which(program), (
             f"{name}: {program} is not installed"
         )
     rest = " ".join(services["iceberg-rest"]["command"])
     assert "org.apache.iceberg.rest.RESTCatalogServer" in rest
     assert "-Prest-catalog-server" in (ROOT / "Dockerfile").read_text()
+
+
+def _dockerfile_run_commands() -> list[str]:
+    """Every shell command of the Dockerfile's RUN steps (continuations joined, split on &&)."""
+    text = re.sub(r"^\s*#.*\n", "", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
+    text = text.replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        if line.startswith("RUN "):
+            commands += [" ".join(c.split()) for c in line[4:].split("&&")]
+    return commands
+
+
+@pytest.mark.slow
+@pytest.mark.integration  # pip and Maven from their indexes (cached after make setup)
+def test_dockerfile_install_steps_replayed_into_a_scratch_prefix(tmp_path, services):
+    """The image cannot be built here (no container engine, no base-image registry), so its
+    install steps are replayed: every ``pip install`` into a fresh virtualenv, every ``mvn`` into a
+    scratch /opt/strata, from a copy of the build context. Every command a Strata-image service
+    runs must then exist in that virtualenv (or come from the apt step), and the jars the services
+    load must be there. apt, useradd and chown are the base image's business and are not replayed.
+    """
+    import shutil
+    import sys
+
+    context = tmp_path / "context"
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    shutil.copytree(
+        ROOT, context, ignore=shutil.ignore_patterns(*ignored, "__pycache__", "dbt_project/target")
+    )
+    prefix = tmp_path / "opt-strata"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    replayed = []
+    for command in _dockerfile_run_commands():
+        argv = command.replace("/opt/strata", str(prefix)).split()
+        if argv[:2] == ["pip", "install"]:
+            # the pip cache stays on (the image's --no-cache-dir only keeps layers small)
+            argv = [str(venv / "bin" / "pip"), *(a for a in argv[1:] if a != "--no-cache-dir")]
+        elif argv[0] == "mvn":
+            pass  # the local repository (~/.m2) is kept; the image removes its own copy
+        else:
+            continue  # apt-get, rm, useradd, mkdir, chown: the base image's, not replayed here
+        argv = [a.strip("\"'") for a in argv]
+        done = subprocess.run(argv, cwd=context, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"Dockerfile step failed: {command}\n{done.stderr[-2000:]}"
+        replayed.append(argv[0])
+    assert sum(1 for a in replayed if a.endswith("pip")) == 2
+    assert replayed.count("mvn") == 2
+
+    for name, program in _strata_programs(services):
+        from_apt = program in {"java", "nginx", "redis-cli", "make", "curl"}
+        assert (venv / "bin" / program).exists() or (from_apt and shutil.which(program)), (
+            f"{name}: {program} is not installed by the Dockerfile's steps"
+        )
+    jars = {p.name for p in (prefix / ".jars").glob("*.jar")}
+    assert any(j.startswith("iceberg-spark-runtime") for j in jars)
+    assert any(j.startswith("hadoop-aws") for j in jars)  # the -Paws profile
+    assert any(
+        p.name.startswith("iceberg-open-api") for p in (prefix / ".jars" / "server").iterdir()
+    )
+    # the editable install points at the build context: the image runs the code it copied
+    check = [
+        str(venv / "bin" / "python"),
+        "-c",
+        "import strata, strata_apps; print(strata.__file__)",
+    ]
+    out = subprocess.run(
+        check, capture_output=True, text=True, check=True, env={"PATH": "/usr/bin"}
+    )
+    assert out.stdout.startswith(str(context))

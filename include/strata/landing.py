@@ -21,7 +21,6 @@ Usage:
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 
 from strata.config import Settings, is_s3_uri
 from strata.errors import StackError
+from strata.procs import pid_alive
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -102,15 +102,7 @@ def _owner_alive(name: str) -> bool:
         pid = int(pid_text)
     except ValueError:
         return False
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host == socket.gethostname() and pid_alive(pid)
 
 
 def ship_leftovers(settings: Settings, keep: str) -> list[str]:
