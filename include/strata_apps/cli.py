@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from typing import TYPE_CHECKING
 
@@ -70,17 +71,26 @@ def _plan(argv: list[str]) -> int:
     )
     parser.add_argument("--prefix", default=None, help="Redis key prefix of the lookup table")
     parser.add_argument("--publications", default=None, help="publications table")
+    parser.add_argument(
+        "--as-of",
+        type=dt.date.fromisoformat,
+        default=None,
+        help="with --diff: the day to assign on, YYYY-MM-DD (default today, UTC): only "
+        "experiments inside their window that day get units",
+    )
     args = parser.parse_args(argv)
     defs = _load_definitions(args.path)
     if defs is None:
         return 1
     print(format_plan(defs))
     if args.diff:
-        return _plan_diff(defs, args.prefix, args.publications)
+        return _plan_diff(defs, args.prefix, args.publications, args.as_of)
     return 0
 
 
-def _plan_diff(defs: Definitions, prefix: str | None, publications: str | None) -> int:
+def _plan_diff(
+    defs: Definitions, prefix: str | None, publications: str | None, as_of: dt.date | None
+) -> int:
     import redis
     from pyspark.errors import AnalysisException
 
@@ -94,6 +104,7 @@ def _plan_diff(defs: Definitions, prefix: str | None, publications: str | None) 
             defs,
             prefix=prefix or DEFAULT_PREFIX,
             publications_table=publications or PUBLICATIONS_TABLE,
+            as_of=as_of,
         )
     except (StrataError, redis.RedisError, AnalysisException, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -21,6 +21,7 @@ Usage::
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,9 +85,11 @@ def diff_frames(live: DataFrame, planned: DataFrame) -> list[dict[str, Any]]:
     return [r.asDict() for r in rows]
 
 
-def planned_assignments(spark: SparkSession, settings: Settings, defs: Definitions) -> DataFrame:
-    """The rows the assignment job would write now for ``defs`` (the current input snapshots),
-    computed by the job's own transform and not written."""
+def planned_assignments(
+    spark: SparkSession, settings: Settings, defs: Definitions, as_of: dt.date | None = None
+) -> DataFrame:
+    """The rows the assignment job would write on the day ``as_of`` (default today UTC) for
+    ``defs`` and the current input snapshots, computed by the job's own transform, not written."""
     from spark_jobs.assign_experiments import (
         input_snapshots,
         run_identity,
@@ -101,7 +104,7 @@ def planned_assignments(spark: SparkSession, settings: Settings, defs: Definitio
     }
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
     run_id, assigned_at = run_identity(defs.version, snapshots)
-    return transform(units, defs, run_id, assigned_at)
+    return transform(units, defs, run_id, assigned_at, as_of)
 
 
 def live_publication(
@@ -133,15 +136,17 @@ def plan_diff(
     spark: SparkSession | None = None,
     prefix: str = DEFAULT_PREFIX,
     publications_table: str = PUBLICATIONS_TABLE,
+    as_of: dt.date | None = None,
 ) -> PlanDiff:
-    """Compare the assignments ``defs`` would give now with those of the live version."""
+    """Compare the assignments ``defs`` would give on ``as_of`` (default today UTC) with those
+    of the live version."""
     from strata.config import get_settings
     from strata.stack import spark_session
 
     settings = settings or get_settings()
     row = live_publication(settings, prefix=prefix, publications_table=publications_table)
     spark = spark or spark_session(settings, "strata-plan-diff")
-    planned = planned_assignments(spark, settings, defs)
+    planned = planned_assignments(spark, settings, defs, as_of)
     cols = [*KEY, "variant_id"]
     if row is None:  # nothing live: every planned unit is added
         live = planned.limit(0)

@@ -17,6 +17,8 @@ from strata.synthetic import GeneratorConfig
 from strata_apps.plan_diff import diff_frames, plan_diff
 
 SCHEMA = "unit_type string, unit_id string, experiment_id string, variant_id int"
+#: A day inside every bundled running experiment's window (assignment honours the windows).
+DAY = dt.date(2026, 11, 10)
 
 
 def test_diff_frames_counts_each_case(spark):
@@ -45,17 +47,17 @@ def published(spark, redis_server):
     tables = build_all(spark, GeneratorConfig(users=400, days=1, seed=5))
     for name in ("users", "orgs", "devices"):
         tables[name].writeTo(settings.table(name)).using("iceberg").createOrReplace()
-    run(spark, settings, load(bundled_path()))
+    run(spark, settings, load(bundled_path()), as_of=DAY)
     tag = uuid.uuid4().hex[:8]
     prefix, publications = f"pd{tag}", f"pd_{tag}_p"
-    publish(settings, prefix=prefix, publications_table=publications, as_of=dt.date(2026, 11, 10))
+    publish(settings, prefix=prefix, publications_table=publications, as_of=DAY)
     return settings, prefix, publications
 
 
 def test_plan_diff_against_the_live_version(spark, published, tmp_path, capsys):
     settings, prefix, publications = published
     same = plan_diff(load(bundled_path()), settings, spark=spark, prefix=prefix,
-                     publications_table=publications)  # fmt: skip
+                     publications_table=publications, as_of=DAY)  # fmt: skip
     assert same.rows
     for r in same.rows:
         assert r["live"] == r["planned"] == r["unchanged"] > 0, r
@@ -70,8 +72,9 @@ def test_plan_diff_against_the_live_version(spark, published, tmp_path, capsys):
     text = text.replace("layer: upsell\n    status: running", "layer: upsell\n    status: stopped")
     (folder / "checkout.yaml").write_text(text)
     diff = plan_diff(
-        load(folder), settings, spark=spark, prefix=prefix, publications_table=publications
-    )
+        load(folder), settings, spark=spark, prefix=prefix, publications_table=publications,
+        as_of=DAY,
+    )  # fmt: skip
     changed = {r["experiment_id"]: r for r in diff.rows}
     button = changed["checkout_button"]
     assert button["changed"] > 0
@@ -88,7 +91,7 @@ def test_plan_diff_against_the_live_version(spark, published, tmp_path, capsys):
 
     capsys.readouterr()
     assert main(["plan", str(folder), "--diff", "--prefix", prefix,
-                 "--publications", publications]) == 0  # fmt: skip
+                 "--publications", publications, "--as-of", DAY.isoformat()]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "Compared with what is live: version" in out
     assert "checkout_button" in out.split("Compared with what is live")[1]
