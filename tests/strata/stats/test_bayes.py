@@ -157,6 +157,7 @@ def test_engine_adds_the_columns_beside_the_frequentist_result():
     assert (wins["prob_beat_control"] > 0.97).all()
 
 
+@pytest.mark.slow  # Monte Carlo: seconds each; run by make test, not make test-unit
 @pytest.mark.parametrize(
     ("metric", "cross"), [(MEAN, ()), (RATIO, RATIO_CROSS), (CUPED, CUPED_CROSS)],
     ids=["mean", "ratio", "cuped"],
@@ -174,6 +175,7 @@ def test_credible_interval_coverage_flat_prior(metric, cross):
     assert abs(cover - NOMINAL) < COVERAGE_TOLERANCE, cover
 
 
+@pytest.mark.slow  # Monte Carlo: seconds each; run by make test, not make test-unit
 def test_calibration_with_a_proper_prior():
     """True lifts drawn from the prior N(0, 0.05²): the credible interval covers 95% ± 0.01 of
     them over 8,000 experiments, P(beat control) is calibrated and the expected loss is the

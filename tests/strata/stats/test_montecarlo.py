@@ -164,6 +164,7 @@ def test_holm_controls_familywise_error_with_three_treatments():
     assert abs(any_holm.mean() - ALPHA) < mc_tolerance(ALPHA, sims)
 
 
+@pytest.mark.slow  # Monte Carlo: seconds each; run by make test, not make test-unit
 def test_sequential_daily_looks_hold_alpha():
     """A/A experiments read every day for 10 planned days: with the group-sequential boundary the
     chance of *any* significant look is alpha; with the fixed-horizon test it is far above."""
@@ -200,6 +201,7 @@ def test_fixed_horizon_config_ignores_dates():
     assert (treat["significant"] == (treat["p_value_adjusted"] < ALPHA)).all()
 
 
+@pytest.mark.slow  # Monte Carlo: seconds each; run by make test, not make test-unit
 def test_sequential_holm_controls_familywise_error_over_looks():
     """Three treatments vs one control (correlated comparisons), 8 daily looks, A/A: the
     group-sequential Holm decisions keep the any-look family-wise error at or below alpha."""
@@ -226,6 +228,7 @@ def test_sequential_holm_controls_familywise_error_over_looks():
 VALUE = {"nominator": "value(user.unit.rev)", "denominator": "count(user.global.exposure)"}
 
 
+@pytest.mark.slow  # Monte Carlo: seconds each; run by make test, not make test-unit
 def test_aa_false_positive_rate_within_0003_over_50000_runs():
     """50,000 A/A experiments (normal values, 20 units per arm) in one engine call: the decision's
     false-positive rate is alpha ± 0.003 (3 binomial standard errors), and so is the share of
@@ -265,6 +268,7 @@ def _any_look(sims, days, per_day, seed):
     return any_seq.mean(), any_z.mean()
 
 
+@pytest.mark.slow  # Monte Carlo: seconds each; run by make test, not make test-unit
 @pytest.mark.parametrize(("days", "per_day"), [(5, 1), (4, 5)], ids=["5_units", "20_units"])
 def test_sequential_small_samples_hold_alpha(days, per_day):
     """20,000 A/A experiments per case, 3 to 20 units per arm over the looks: with the t statistic
