@@ -19,34 +19,12 @@ from lookup_loader.source import Source, version_id
 from strata import contracts
 from strata.errors import DataError
 from strata.keyspace import UNIT_CODES, KeySpace, decode_tokens, normalize_url
+from tests.lookup_loader.test_encode_golden import ASSIGNMENT_SCHEMA, EXPERIMENT_SCHEMA
 
 AS_OF = dt.date(2026, 11, 2)
 END = dt.date(2099, 12, 31)
-A_SCHEMA = pa.schema(
-    [
-        ("unit_type", pa.string()),
-        ("unit_id", pa.string()),
-        ("experiment_id", pa.string()),
-        ("variant_id", pa.int32()),
-        ("variant_name", pa.string()),
-        ("is_control", pa.bool_()),
-        ("layer_id", pa.string()),
-        ("domain_id", pa.string()),
-        ("layer_priority", pa.int32()),
-        ("service", pa.string()),
-        ("params", pa.string()),
-    ]
-)
-E_SCHEMA = pa.schema(
-    [
-        ("experiment_id", pa.string()),
-        ("name", pa.string()),
-        ("status", pa.string()),
-        ("start_date", pa.date32()),
-        ("end_date", pa.date32()),
-        ("deployment_key", pa.string()),
-    ]
-)
+# The encoder's input columns, as the golden test pins them.
+A_SCHEMA, E_SCHEMA = ASSIGNMENT_SCHEMA, EXPERIMENT_SCHEMA
 #: experiment -> (unit type, layer, priority)
 EXPS = {
     "dev_a": ("device_id", "la", 30),
