@@ -45,3 +45,20 @@ def test_every_module_is_named(package):
     ]
     missing = [m for m in modules if not re.search(rf"`{m}(\.py)?`", section)]
     assert not missing, f"README Project contents does not name {package}: {missing}"
+
+
+def test_every_strata_variable_has_a_row_in_a_readme_table():
+    """Each setting (``STRATA_<field>``) and each ``STRATA_*`` variable the code reads has a row in
+    one of the README's variable tables (the configuration table, or the Airflow and serving
+    ones beside what they configure)."""
+    from strata.config import Settings
+
+    text = (ROOT / "README.md").read_text()
+    first_cells = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    table = "\n".join(first_cells)
+    names = {f"STRATA_{field.upper()}" for field in Settings.model_fields}
+    for package in ("include", "lookup_loader", "spark_jobs", "expectations", "dags"):
+        for path in (ROOT / package).rglob("*.py"):
+            names |= set(re.findall(r"[\"'](STRATA_[A-Z0-9_]+)[\"']", path.read_text()))
+    missing = sorted(n for n in names if f"`{n}`" not in table)
+    assert not missing, f"no README table row names {missing}"
