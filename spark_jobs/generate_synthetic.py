@@ -168,6 +168,8 @@ def _effect_multiplier(cfg: GeneratorConfig, goal: str) -> Column:
             continue
         s = slot(e.salt, F.col(e.unit_type))
         hit = (s >= e.slot_start) & (s < e.slot_end) & (F.col("day") >= e.from_day)
+        if e.segment is not None:  # a segment-only effect (columns of the device-day rows)
+            hit = hit & (F.col(e.segment[0]) == F.lit(e.segment[1]))
         mult = mult * F.when(hit, F.lit(e.multiplier)).otherwise(F.lit(1.0))
     return mult
 
@@ -215,7 +217,10 @@ def build_clean_events(devices: DataFrame, users: DataFrame, cfg: GeneratorConfi
             * _effect_multiplier(cfg, "purchase_value")
         ).alias("purchase_value"),
         *(
-            (_uniform(seed, f"ev.goal.{name}", skey) < F.lit(rate)).alias(f"has_goal_{name}")
+            (
+                _uniform(seed, f"ev.goal.{name}", skey)
+                < F.lit(rate) * _effect_multiplier(cfg, name)
+            ).alias(f"has_goal_{name}")
             for name, rate in cfg.extra_goals
         ),
     )

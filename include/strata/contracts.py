@@ -13,9 +13,11 @@ Pure Python (plus PyYAML through :mod:`strata.safe_yaml`): importable by any sta
 
 Usage:
     >>> [g.name for g in goals()]
-    ['session_start', 'click', 'add_to_cart', 'purchase']
+    ['session_start', 'click', 'add_to_cart', 'purchase', 'invite']
     >>> sorted(dbt_vars())
-    ['goals', 'unit_types', 'value_goals']
+    ['goals', 'segment_dimensions', 'unit_types', 'value_goals']
+    >>> [d.name for d in SEGMENT_DIMENSIONS]
+    ['country', 'platform', 'app_version_major', 'visitor', 'plan']
     >>> dbt_vars()["value_goals"], dbt_vars()["unit_types"]
     (['purchase'], ['device_id', 'user_id', 'url'])
     >>> is_served("running"), is_served("stopped"), is_served("archived")
@@ -57,6 +59,12 @@ STG_EVENT_REJECTS = "stg_events__rejects"
 UNIT_GOALS_DAILY = "fct_unit_goals_daily"
 GOAL_AGGREGATES = "goal_aggregates"
 GOAL_CROSS_AGGREGATES = "goal_cross_aggregates"
+#: The same sums per segment of one dimension at a time (``dimension``, ``segment`` columns),
+#: for each experiment's newest analysis date (see :data:`SEGMENT_DIMENSIONS`).
+GOAL_SEGMENT_AGGREGATES = "goal_segment_aggregates"
+GOAL_SEGMENT_CROSS_AGGREGATES = "goal_segment_cross_aggregates"
+#: Per exposed unit: its segment in every dimension, fixed at its first exposure.
+UNIT_SEGMENTS = "int_unit_segments"
 #: The evaluation's output.
 RESULTS = "results"
 
@@ -71,6 +79,9 @@ DBT_TABLES = (
     UNIT_GOALS_DAILY,
     GOAL_AGGREGATES,
     GOAL_CROSS_AGGREGATES,
+    UNIT_SEGMENTS,
+    GOAL_SEGMENT_AGGREGATES,
+    GOAL_SEGMENT_CROSS_AGGREGATES,
 )
 
 # --- unit types ------------------------------------------------------------------------------
@@ -130,6 +141,36 @@ METRIC_ROLES: tuple[MetricRole, ...] = get_args(MetricRole)
 #: Dimension columns of ``goal_aggregates`` (``goal(platform=ios)`` in a metric expression);
 #: the empty string is the all-values row.
 DIMENSIONS = ("platform",)
+
+
+@dataclass(frozen=True)
+class SegmentDimension:
+    """A dimension results are broken down by: one segment per unit, taken at (or before) the
+    unit's first exposure, so treatment cannot move a unit between segments."""
+
+    name: str
+    #: Where the value comes from (the dbt model ``int_unit_segments`` computes it so).
+    source: str
+
+
+#: The segment dimensions, declared once: dbt gets their names as the ``segment_dimensions`` var
+#: and builds ``goal_segment_aggregates`` one dimension at a time (never their cross product);
+#: the evaluation tests every metric per segment and the heterogeneity across segments.
+SEGMENT_DIMENSIONS: tuple[SegmentDimension, ...] = (
+    SegmentDimension("country", "users.country of the unit's user (a device unit: its owner)"),
+    SegmentDimension("platform", "devices.platform of the device of the unit's first exposure"),
+    SegmentDimension(
+        "app_version_major", "major part of devices.app_version of that device ('2' of '2.4.1')"
+    ),
+    SegmentDimension(
+        "visitor",
+        "'returning' when the unit has a usable event before the experiment start, else 'new'",
+    ),
+    SegmentDimension("plan", "orgs.plan of the org of the unit's user (free, pro, enterprise)"),
+)
+SEGMENT_NAMES: tuple[str, ...] = tuple(d.name for d in SEGMENT_DIMENSIONS)
+#: The segment of a unit whose attribute is missing (an unknown device, a logged-out user).
+UNKNOWN_SEGMENT = "unknown"
 #: The goal of the exposure rows (``agg_type = 'global'``) ep-stats expects.
 EXPOSURE_GOAL = "exposure"
 #: Pre-period goals (CUPED covariates) are named ``pre_<goal>``.
@@ -189,11 +230,13 @@ def value_goals(path: Path | str | None = None) -> tuple[str, ...]:
 
 def dbt_vars(path: Path | str | None = None) -> dict[str, Any]:
     """The vars every dbt invocation needs (``--vars``, Cosmos ``operator_args['vars']``): the
-    goals and value goals of the catalogue, and the unit types (the id columns of LOG events)."""
+    goals and value goals of the catalogue, the unit types (the id columns of LOG events) and the
+    segment dimensions."""
     return {
         "goals": list(goal_names(path)),
         "value_goals": list(value_goals(path)),
         "unit_types": list(UNIT_TYPES),
+        "segment_dimensions": list(SEGMENT_NAMES),
     }
 
 
