@@ -5,7 +5,9 @@ One row per experiment × analysis date × window × metric × variant × statis
 agree with the decision), ``abs_diff_unadjusted``, ``rel_diff_unadjusted`` (level alpha, agree
 with ``p_value``) and ``mde``; for
 metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw of each variant;
-for treatments the Bayesian view, see :data:`BAYES_STATISTICS`).
+for treatments the Bayesian view, see :data:`BAYES_STATISTICS`). Segment rows (from
+``goal_segment_aggregates``, :mod:`strata.stats.segments`) carry ``dimension`` and ``segment``
+and statistics of their own (:data:`SEGMENT_STATISTICS`); the overall rows have both null.
 Each run fully replaces the rows of its (experiment, analysis_date, window) keys with one
 overwrite commit, so re-runs are idempotent. Every row records the run id and the Iceberg
 snapshot ids of the input tables it read (``input_snapshots``, JSON ``{"table": snapshot_id}``),
@@ -44,6 +46,7 @@ from strata.stats.engine import (
 )
 from strata.stats.errors import AggregateError, DesignError
 from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
+from strata.stats.segments import SegmentEvaluation, evaluate_segments
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -51,11 +54,13 @@ if TYPE_CHECKING:
 RESULTS_TABLE = contracts.RESULTS
 GOALS_TABLE = contracts.GOAL_AGGREGATES
 CROSS_TABLE = contracts.GOAL_CROSS_AGGREGATES
+SEGMENT_GOALS_TABLE = contracts.GOAL_SEGMENT_AGGREGATES
+SEGMENT_CROSS_TABLE = contracts.GOAL_SEGMENT_CROSS_AGGREGATES
 EXPERIMENTS_TABLE = contracts.EXPERIMENTS
 #: Column of the aggregate tables that selects the analysis date (cumulative window).
 AS_OF_COLUMN = DATE_COLUMN
 CUMULATIVE_WINDOW = "cumulative"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: dimension and segment columns (segment rows)
 SRM_METRIC_ID = "__srm__"
 VERDICT_METRIC_ID = "__verdict__"
 
@@ -80,8 +85,20 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("input_snapshots", pa.string(), nullable=False),
         pa.field("evaluated_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("schema_version", pa.string(), nullable=False),
+        # segment rows: the dimension and its segment (null on the overall rows); added in place
+        # to a table written before segments (strata.stack.evolve_schema)
+        pa.field("dimension", pa.string()),
+        pa.field("segment", pa.string()),
     ]
 )
+#: Statistics of the segment rows (docs/statistics.md, "Segments"):
+#: ``segment_count`` units per variant; ``segment_rel_diff`` the segment's relative effect, its
+#: Fieller interval at the level of its adjusted decision, p-value and Holm-adjusted p-value across
+#: the dimension's segments; ``segment_deviation`` its log-ratio difference from the other
+#: segments' pooled effect, decision ``flagged`` for a flagged segment; ``heterogeneity`` (segment
+#: '') Cochran's Q of the dimension, its p-value and BH-adjusted p-value across the experiment's
+#: heterogeneity tests, decision ``heterogeneous`` / ``homogeneous`` / ``not_testable``.
+SEGMENT_STATISTICS = ("segment_count", "segment_rel_diff", "segment_deviation", "heterogeneity")
 
 #: (statistic, point column, lower column, upper column, treatment rows only, with p-values)
 _STATISTICS = (
@@ -204,9 +221,71 @@ def results_frame(
     out["input_snapshots"] = json.dumps(dict(sorted(input_snapshots.items())))
     out["evaluated_at"] = pd.Timestamp(evaluated_at or datetime.now(UTC))
     out["schema_version"] = SCHEMA_VERSION
+    out["dimension"] = None
+    out["segment"] = None
     return out[RESULTS_SCHEMA.names].sort_values(
         ["experiment_id", "metric_id", "variant", "statistic"], kind="stable", ignore_index=True
     )
+
+
+def segment_results_frame(
+    seg: SegmentEvaluation,
+    run_id: str,
+    input_snapshots: Mapping[str, int | None],
+    window: str = CUMULATIVE_WINDOW,
+    evaluated_at: datetime | None = None,
+) -> pd.DataFrame:
+    """Long results rows of a segment evaluation (:data:`SEGMENT_STATISTICS`)."""
+    if seg.analysis_date is None:
+        raise DesignError("segment results need an analysis date")
+    s, h = seg.segments, seg.heterogeneity
+    if s.empty:
+        return pd.DataFrame(columns=RESULTS_SCHEMA.names)
+    t = s[~s["is_control"].astype(bool)]
+    comparison = t["variant"] + " vs " + t["control"]
+
+    def rows(frame, comparison, statistic, point, lower, upper, p, p_adj, decision, segment):
+        return pd.DataFrame(
+            {
+                "experiment_id": frame["exp_id"], "metric_id": frame["metric_id"].astype(str),
+                "metric_name": frame["metric_name"], "role": frame["role"],
+                "variant": frame["variant"], "comparison": comparison, "statistic": statistic,
+                "point": point, "lower": lower, "upper": upper, "p_value": p,
+                "p_value_adjusted": p_adj, "decision": decision,
+                "dimension": frame["dimension"], "segment": segment,
+            }
+        )  # fmt: skip
+
+    nan = np.nan
+    het_decision = np.where(
+        ~np.isfinite(h["p_value"].astype(float)), "not_testable",
+        np.where(h["heterogeneous"].astype(bool), "heterogeneous", "homogeneous"),
+    )  # fmt: skip
+    parts = [
+        rows(s, np.where(s["is_control"].astype(bool), "", s["variant"] + " vs " + s["control"]),
+             "segment_count", s["count"].astype(float), nan, nan, nan, nan, None, s["segment"]),
+        rows(t, comparison, "segment_rel_diff", t["rel_diff"].astype(float),
+             t["rel_lower"].astype(float), t["rel_upper"].astype(float),
+             t["p_value"].astype(float), t["p_value_adjusted"].astype(float), t["decision"],
+             t["segment"]),
+        rows(t, comparison, "segment_deviation", t["deviation"].astype(float), nan, nan,
+             t["deviation_p"].astype(float), nan,
+             np.where(t["flagged"].astype(bool), "flagged", None), t["segment"]),
+        rows(h, h["variant"] + " vs " + h["control"], "heterogeneity", h["q_stat"].astype(float),
+             nan, nan, h["p_value"].astype(float), h["p_value_adjusted"].astype(float),
+             het_decision, ""),
+    ]  # fmt: skip
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(1, "analysis_date", seg.analysis_date)
+    out.insert(2, "window", window)
+    out["run_id"] = run_id
+    out["input_snapshots"] = json.dumps(dict(sorted(input_snapshots.items())))
+    out["evaluated_at"] = pd.Timestamp(evaluated_at or datetime.now(UTC))
+    out["schema_version"] = SCHEMA_VERSION
+    return out[RESULTS_SCHEMA.names].sort_values(
+        ["experiment_id", "metric_id", "variant", "statistic", "dimension", "segment"],
+        kind="stable", ignore_index=True,
+    )  # fmt: skip
 
 
 def bayes_rows(metrics: pd.DataFrame, scale: str = "relative") -> pd.DataFrame:
@@ -323,6 +402,9 @@ class Inputs:
     cross: pd.DataFrame | None
     experiments: list[ExperimentDesign]
     snapshots: dict[str, int | None]
+    #: The segment aggregates of the date (None: no segment table, or no rows that day).
+    segment_goals: pd.DataFrame | None = None
+    segment_cross: pd.DataFrame | None = None
 
 
 def _scan(
@@ -346,12 +428,15 @@ def read_inputs(
     cross_table: str | None = CROSS_TABLE,
     experiments_table: str = EXPERIMENTS_TABLE,
     snapshots: Mapping[str, int | None] | None = None,
+    segment_goals_table: str | None = SEGMENT_GOALS_TABLE,
+    segment_cross_table: str | None = SEGMENT_CROSS_TABLE,
 ) -> Inputs:
     """Read the aggregates of ``analysis_date`` (and the designs) at pinned or current snapshots.
 
     The ``as_of_date`` column selects the cumulative window and is dropped; every other
     non-standard column of the aggregates is a dimension. A missing cross table is allowed (the
-    engine then fails clearly if a metric needs it).
+    engine then fails clearly if a metric needs it). The segment tables are optional: missing
+    (a stack built before segments), or without rows for the date, there is no segment analysis.
     """
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.expressions import And, EqualTo, In
@@ -381,7 +466,21 @@ def read_inputs(
     if missing:
         raise AggregateError(f"experiments not found in {e_ident}: {missing}")
     _require(goals, g_ident)
-    return Inputs(goals, cross, [experiment_from_record(r) for r in records], got)
+    seg_frames: list[pd.DataFrame | None] = []
+    for name in (segment_goals_table, segment_cross_table):
+        frame = None
+        if name:
+            ident = _identifier(catalog, name, namespace)
+            try:
+                frame, got[ident] = _scan(catalog, ident, flt, snapshots.get(ident))
+                frame = frame.drop(columns=[AS_OF_COLUMN])
+            except NoSuchTableError:
+                if ident in snapshots:
+                    raise
+        seg_frames.append(frame if frame is not None and len(frame) else None)
+    return Inputs(
+        goals, cross, [experiment_from_record(r) for r in records], got, *seg_frames
+    )
 
 
 def _require(goals: pd.DataFrame, ident: str) -> None:
@@ -413,7 +512,16 @@ def run_evaluation(
     evaluation = evaluate(
         inputs.goals, inputs.experiments, inputs.cross, analysis_date=analysis_date, config=config
     )
-    frame = results_frame(evaluation, run_id or uuid.uuid4().hex, inputs.snapshots)
+    run_id, now = run_id or uuid.uuid4().hex, datetime.now(UTC)
+    frame = results_frame(evaluation, run_id, inputs.snapshots, evaluated_at=now)
+    if inputs.segment_goals is not None:
+        segments = evaluate_segments(
+            inputs.segment_goals, inputs.experiments, inputs.segment_cross,
+            analysis_date=analysis_date, config=config,
+        )  # fmt: skip
+        seg_rows = segment_results_frame(segments, run_id, inputs.snapshots, evaluated_at=now)
+        if len(seg_rows):
+            frame = pd.concat([frame, seg_rows], ignore_index=True)
     if write:
         write_results(catalog, frame, results_table, namespace)
     return evaluation, frame
@@ -484,6 +592,12 @@ def reproduce(
         catalog, [experiment_id], analysis_date, namespace, config,
         run_id=stored["run_id"].iloc[0], snapshots=snapshots, write=False, **tables,
     )  # fmt: skip
-    order = ["experiment_id", "metric_id", "variant", "statistic"]
-    stored = stored.sort_values(order, kind="stable", ignore_index=True)
-    return stored, recomputed.sort_values(order, kind="stable", ignore_index=True)
+    order = ["experiment_id", "metric_id", "variant", "statistic", "dimension", "segment"]
+    for frame in (stored, recomputed):  # overall rows: null dimension and segment
+        for col in ("dimension", "segment"):
+            frame[col] = frame[col].where(frame[col].notna(), None) if col in frame else None
+    stored = stored.sort_values(order, kind="stable", ignore_index=True, na_position="first")
+    recomputed = recomputed.sort_values(
+        order, kind="stable", ignore_index=True, na_position="first"
+    )
+    return stored, recomputed

@@ -162,3 +162,65 @@ def test_evaluable_by_date_lists_every_evaluable_day_oldest_first(catalog):
     assert set(map(tuple, plan.values())) == {("exp_d",)}
     assert list(evaluable_by_date(catalog, DAY + timedelta(days=1), namespace)) == sorted(days)[:2]
     assert evaluable_experiments(catalog, None, namespace) == (["exp_d"], max(days))
+
+
+SEG_NAMESPACE = "stats_results_segments_test"
+
+
+def segment_aggregates(seed: int, exp_id: str, lifts: dict[str, float]):
+    """Per-country aggregates of one experiment; clicks lifted by ``lifts[country]``."""
+    rng = np.random.default_rng(seed)
+    exps = [experiment_record(exp_id)]
+    pairs = list(required_cross_terms(exps)[["term_x", "term_y"]].itertuples(index=False))
+    goals, cross = [], []
+    for country, lift in lifts.items():
+        views = 1.0 + rng.poisson(3.0, (1, 2, 2000))
+        clicks = rng.binomial(views.astype(int), 0.1 * np.array([1.0, lift])[None, :, None]) * 1.0
+        g, c = aggregate_arrays(
+            [exp_id], [[1001, 1002]], "user",
+            {"view": (views, views), "click": (clicks, clicks)}, [tuple(p) for p in pairs],
+        )  # fmt: skip
+        goals.append(g.assign(dimension="country", segment=country))
+        cross.append(c.assign(dimension="country", segment=country))
+    return (pd.concat(goals, ignore_index=True).assign(as_of_date=DAY),
+            pd.concat(cross, ignore_index=True).assign(as_of_date=DAY))  # fmt: skip
+
+
+def test_segment_rows_are_written_beside_the_overall_rows_and_reproduced(catalog):
+    from strata.stats.results import SEGMENT_STATISTICS
+
+    catalog.create_namespace_if_not_exists(SEG_NAMESPACE)
+
+    def put_seg(name, frame):
+        arrow = pa.Table.from_pandas(frame, preserve_index=False)
+        table = catalog.create_table_if_not_exists(f"{SEG_NAMESPACE}.{name}", schema=arrow.schema)
+        table.overwrite(arrow)
+
+    put_seg("experiments", pd.DataFrame([experiment_record("exp_s")]))
+    goals, cross = aggregates(4, ["exp_s"])
+    put_seg("goal_aggregates", goals)
+    put_seg("goal_cross_aggregates", cross)
+    seg_goals, seg_cross = segment_aggregates(5, "exp_s", {"US": 1.0, "GB": 1.0, "DE": 1.5})
+    put_seg("goal_segment_aggregates", seg_goals)
+    put_seg("goal_segment_cross_aggregates", seg_cross)
+
+    _, frame = run_evaluation(catalog, ["exp_s"], DAY, namespace=SEG_NAMESPACE, run_id="seg")
+    overall = frame[frame["dimension"].isna()]
+    assert not set(SEGMENT_STATISTICS) & set(overall["statistic"])
+    seg = frame[frame["dimension"].notna()]
+    assert set(seg["statistic"]) == set(SEGMENT_STATISTICS)
+    het = seg[seg["statistic"] == "heterogeneity"].set_index("metric_id")
+    assert het.loc["ctr", "decision"] == "heterogeneous" and het.loc["ctr", "segment"] == ""
+    flagged = seg[seg["decision"] == "flagged"]
+    assert flagged[["metric_id", "segment", "variant"]].values.tolist() == [["ctr", "DE", "1002"]]
+    counts = seg[seg["statistic"] == "segment_count"]
+    assert set(counts["segment"]) == {"US", "GB", "DE"} and (counts["point"] == 2000).all()
+    stored = read_results(catalog, namespace=SEG_NAMESPACE)
+    assert len(stored) == len(frame)
+    snaps = json.loads(stored["input_snapshots"].iloc[0])
+    assert f"{SEG_NAMESPACE}.goal_segment_aggregates" in snaps
+
+    before, again = reproduce(catalog, "exp_s", DAY, namespace=SEG_NAMESPACE)
+    cols = ["metric_id", "variant", "statistic", "dimension", "segment", "point", "p_value",
+            "p_value_adjusted", "decision"]  # fmt: skip
+    pd.testing.assert_frame_equal(before[cols], again[cols])

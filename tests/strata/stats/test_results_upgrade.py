@@ -15,6 +15,7 @@ from strata.stats import evaluate
 from strata.stats.results import (
     BAYES_STATISTICS,
     RESULTS_SCHEMA,
+    SCHEMA_VERSION,
     read_results,
     results_frame,
     write_results,
@@ -126,7 +127,9 @@ def test_table_of_the_previous_version_is_appended_to_in_place(catalog):
     write_results(catalog, frame("exp_up", NEW_DAY, "new-run"), "results_prev", NAMESPACE)
     table = catalog.load_table(ident)
     assert table.metadata.table_uuid == uuid  # the same table, not dropped and recreated
-    assert field_ids(table) == ids  # schema unchanged (rows only)
+    after = field_ids(table)
+    assert {k: after[k] for k in ids} == ids  # existing columns keep their field ids
+    assert set(after) - set(ids) == {"dimension", "segment"}  # the segment columns, added
     stored = read_results(catalog, table="results_prev", namespace=NAMESPACE)
     old = stored[stored["run_id"] == "old-run"]
     new = stored[stored["run_id"] == "new-run"]
@@ -134,6 +137,7 @@ def test_table_of_the_previous_version_is_appended_to_in_place(catalog):
     assert set(old["analysis_date"]) == {OLD_DAY}
     assert not BAYES & set(old["statistic"])
     assert set(new["statistic"]) >= BAYES  # new rows present
+    assert old["dimension"].isna().all() and old["segment"].isna().all()
 
 
 def test_table_missing_columns_is_evolved_in_place(catalog):
@@ -155,7 +159,7 @@ def test_table_missing_columns_is_evolved_in_place(catalog):
     assert len(old) > 0
     assert old["schema_version"].isna().all()
     assert old["p_value_adjusted"].isna().all()
-    assert (new["schema_version"] == "1").all()
+    assert (new["schema_version"] == SCHEMA_VERSION).all()
     assert new.loc[new["statistic"] == "rel_diff", "p_value_adjusted"].notna().all()
     assert set(new["statistic"]) >= BAYES
 
