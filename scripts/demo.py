@@ -188,6 +188,45 @@ def print_results(catalog, settings) -> None:
         + "; ".join(f"{e.experiment_id} {e.goal} x{e.multiplier}" for e in PLANTED_EFFECTS)
         + "; price_display is A/A (no effect)"
     )
+    print_segments(res)
+
+
+def print_segments(res) -> None:
+    """The segment analysis at each experiment's latest look: how many heterogeneity tests
+    (dimension × metric × comparison) ran and survived BH, and every flagged segment."""
+    from strata.synthetic import PLANTED_SEGMENT_EFFECT as planted
+
+    if "dimension" not in res.columns:
+        return
+    seg = res[res["dimension"].notna()]
+    seg = seg[seg["analysis_date"] == seg.groupby("experiment_id")["analysis_date"].transform("max")]
+    het = seg[seg["statistic"] == "heterogeneity"]
+    if het.empty:
+        print("\nSegments: no segment aggregates for the latest looks")
+        return
+    dims = sorted(set(seg["dimension"]))
+    tested = het["p_value"].notna().sum()
+    print(
+        f"\nSegments ({', '.join(dims)}; one dimension at a time): {tested} heterogeneity tests "
+        f"(treatment × segment, Cochran's Q), {int((het['decision'] == 'heterogeneous').sum())} "
+        "survive BH per experiment; flagged segments:"
+    )
+    key = ["experiment_id", "metric_id", "variant", "dimension", "segment"]
+    flagged = seg[(seg["statistic"] == "segment_deviation") & (seg["decision"] == "flagged")]
+    effects = seg[seg["statistic"] == "segment_rel_diff"].merge(flagged[key], on=key)
+    for r in effects.sort_values(key).itertuples():
+        print(
+            f"  {r.experiment_id:<18} {r.metric_id:<16} {r.variant:<12} "
+            f"{r.dimension}={r.segment:<10} {r.point:>+8.1%} [{r.lower:>+7.1%}, {r.upper:>+7.1%}] "
+            f"{r.p_value_adjusted:>7.4f}"
+        )
+    if effects.empty:
+        print("  (none)")
+    dim, value = planted.segment or ("", "")
+    print(
+        f"  planted segment effect: {planted.experiment_id} {planted.goal} x{planted.multiplier} "
+        f"in {dim}={value} only (variant {planted.variant}); no other segment effect planted"
+    )
 
 
 def main() -> int:
