@@ -199,7 +199,9 @@ def print_segments(res) -> None:
     if "dimension" not in res.columns:
         return
     seg = res[res["dimension"].notna()]
-    seg = seg[seg["analysis_date"] == seg.groupby("experiment_id")["analysis_date"].transform("max")]
+    seg = seg[
+        seg["analysis_date"] == seg.groupby("experiment_id")["analysis_date"].transform("max")
+    ]
     het = seg[seg["statistic"] == "heterogeneity"]
     if het.empty:
         print("\nSegments: no segment aggregates for the latest looks")

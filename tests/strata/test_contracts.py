@@ -22,9 +22,7 @@ def catalogue(tmp_path, monkeypatch):
 
 
 def test_bundled_catalogue():
-    assert contracts.goal_names() == (
-        "session_start", "click", "add_to_cart", "purchase", "invite"
-    )
+    assert contracts.goal_names() == ("session_start", "click", "add_to_cart", "purchase", "invite")
     assert contracts.value_goals() == ("purchase",)
     purchase = contracts.goals()[3]
     assert (purchase.has_value, purchase.reject_reason) == (True, "invalid_purchase_value")

@@ -138,13 +138,16 @@ class TestBundled:
 
         e = defs.experiment(effect.experiment_id)
         assert (defs.layer(e.layer).salt, defs.layer(e.layer).unit_type) == (
-            effect.salt, effect.unit_type
+            effect.salt,
+            effect.unit_type,
         )
         (variant,) = [v for v in e.variants if v.vid == effect.variant]
         assert not variant.is_control
         assert (variant.start, variant.end) == (effect.slot_start, effect.slot_end)
         readers = [
-            (x.id, m.id) for x in defs.experiments for m in x.metrics
+            (x.id, m.id)
+            for x in defs.experiments
+            for m in x.metrics
             if f".{effect.goal})" in m.nominator + m.denominator + (m.covariate or "")
         ]
         assert readers == [("onboarding_tour", "invites")]

@@ -39,7 +39,6 @@ from strata.stats.models import (
     experiments_from_records,
 )
 from strata.stats.report import build_reports, write_reports
-from strata.stats.segments import SegmentEvaluation, evaluate_segments
 from strata.stats.results import (
     evaluable_by_date,
     evaluable_experiments,
@@ -47,6 +46,7 @@ from strata.stats.results import (
     reproduce,
     run_evaluation,
 )
+from strata.stats.segments import SegmentEvaluation, evaluate_segments
 
 __all__ = [
     "CROSS_COLUMNS",

@@ -270,7 +270,7 @@ def segment_results_frame(
              t["segment"]),
         rows(t, comparison, "segment_deviation", t["deviation"].astype(float), nan, nan,
              t["deviation_p"].astype(float), nan,
-             np.where(t["flagged"].astype(bool), "flagged", None), t["segment"]),
+             t["flagged"].astype(bool).map({True: "flagged", False: None}), t["segment"]),
         rows(h, h["variant"] + " vs " + h["control"], "heterogeneity", h["q_stat"].astype(float),
              nan, nan, h["p_value"].astype(float), h["p_value_adjusted"].astype(float),
              het_decision, ""),
@@ -478,9 +478,7 @@ def read_inputs(
                 if ident in snapshots:
                     raise
         seg_frames.append(frame if frame is not None and len(frame) else None)
-    return Inputs(
-        goals, cross, [experiment_from_record(r) for r in records], got, *seg_frames
-    )
+    return Inputs(goals, cross, [experiment_from_record(r) for r in records], got, *seg_frames)
 
 
 def _require(goals: pd.DataFrame, ident: str) -> None:

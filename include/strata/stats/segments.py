@@ -79,9 +79,7 @@ class SegmentEvaluation:
 # --- pure statistics ------------------------------------------------------------------------------
 
 
-def cochran_q(
-    effect: np.ndarray, se: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cochran_q(effect: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cochran's Q per row (one family per row; NaN marks no segment): ``(Q, df, p)``.
 
     ``df = k - 1`` with ``k`` the finite entries; rows with ``k < 2`` get NaN.
@@ -226,7 +224,9 @@ def evaluate_segments(
     """
     config = config or EvaluationConfig()
     fixed = dataclasses.replace(config, sequential=False)
-    exps = [e if isinstance(e, ExperimentDesign) else experiment_from_record(e) for e in experiments]
+    exps = [
+        e if isinstance(e, ExperimentDesign) else experiment_from_record(e) for e in experiments
+    ]
     by_id = {e.experiment_id: e for e in exps}
     g = goals[goals["exp_id"].astype(str).isin(by_id)] if len(goals) else goals
     if not len(g):

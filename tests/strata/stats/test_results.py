@@ -210,11 +210,13 @@ def test_segment_rows_are_written_beside_the_overall_rows_and_reproduced(catalog
     seg = frame[frame["dimension"].notna()]
     assert set(seg["statistic"]) == set(SEGMENT_STATISTICS)
     het = seg[seg["statistic"] == "heterogeneity"].set_index("metric_id")
-    assert het.loc["ctr", "decision"] == "heterogeneous" and het.loc["ctr", "segment"] == ""
+    assert het.loc["ctr", "decision"] == "heterogeneous"
+    assert het.loc["ctr", "segment"] == ""
     flagged = seg[seg["decision"] == "flagged"]
     assert flagged[["metric_id", "segment", "variant"]].values.tolist() == [["ctr", "DE", "1002"]]
     counts = seg[seg["statistic"] == "segment_count"]
-    assert set(counts["segment"]) == {"US", "GB", "DE"} and (counts["point"] == 2000).all()
+    assert set(counts["segment"]) == {"US", "GB", "DE"}
+    assert (counts["point"] == 2000).all()
     stored = read_results(catalog, namespace=SEG_NAMESPACE)
     assert len(stored) == len(frame)
     snaps = json.loads(stored["input_snapshots"].iloc[0])

@@ -137,7 +137,8 @@ def test_table_of_the_previous_version_is_appended_to_in_place(catalog):
     assert set(old["analysis_date"]) == {OLD_DAY}
     assert not BAYES & set(old["statistic"])
     assert set(new["statistic"]) >= BAYES  # new rows present
-    assert old["dimension"].isna().all() and old["segment"].isna().all()
+    assert old["dimension"].isna().all()
+    assert old["segment"].isna().all()
 
 
 def test_table_missing_columns_is_evolved_in_place(catalog):

@@ -40,7 +40,7 @@ select
     s.unit_type,
     s.unit_id,
     {%- for d in segment_dimensions() %}
-    s.{{ d }},
+        s.{{ d }},
     {%- endfor %}
     g.goal,
     g.goal_count,

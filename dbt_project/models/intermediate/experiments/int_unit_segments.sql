@@ -64,7 +64,7 @@ exposing_devices as (
         on
             x.unit_id = e.user_id
             and x.exposed_at = e.exposed_at
-            and (e.experiment_id is null or e.experiment_id = x.experiment_id)
+            and (e.experiment_id is null or x.experiment_id = e.experiment_id)
     where x.unit_type = 'user_id'
     group by x.experiment_id, x.unit_id
 
@@ -111,7 +111,7 @@ select
     coalesce(d.platform, p.event_platform, 'unknown') as platform,
     coalesce(nullif(split(d.app_version, '[.]')[0], ''), 'unknown') as app_version_major,
     case when p.first_event_at < p.starts_at then 'returning' else 'new' end as visitor,
-    coalesce(o.plan, 'unknown') as plan
+    coalesce(o.plan, 'unknown') as plan  -- noqa: RF04
 
 from profiled as p
 left join {{ source('events', 'devices') }} as d
