@@ -216,11 +216,14 @@ def print_segments(res) -> None:
     key = ["experiment_id", "metric_id", "variant", "dimension", "segment"]
     flagged = seg[(seg["statistic"] == "segment_deviation") & (seg["decision"] == "flagged")]
     effects = seg[seg["statistic"] == "segment_rel_diff"].merge(flagged[key], on=key)
+    het_q = het.set_index(["experiment_id", "metric_id", "variant", "dimension"])
     for r in effects.sort_values(key).itertuples():
+        q = het_q.loc[(r.experiment_id, r.metric_id, r.variant, r.dimension)]
+        label = f"{r.dimension}={r.segment}"
         print(
-            f"  {r.experiment_id:<18} {r.metric_id:<16} {r.variant:<12} "
-            f"{r.dimension}={r.segment:<10} {r.point:>+8.1%} [{r.lower:>+7.1%}, {r.upper:>+7.1%}] "
-            f"{r.p_value_adjusted:>7.4f}"
+            f"  {r.experiment_id:<18} {r.metric_id:<16} {r.variant:<6} {label:<18} "
+            f"{r.point:>+8.1%} [{r.lower:>+7.1%}, {r.upper:>+7.1%}] p adj {r.p_value_adjusted:.4f}"
+            f"  (Q {q['point']:.1f}, BH p {q['p_value_adjusted']:.4f})"
         )
     if effects.empty:
         print("  (none)")
