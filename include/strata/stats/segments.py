@@ -238,9 +238,12 @@ def evaluate_segments(
         pc = _pseudo(c, CROSS_COLUMNS, "segment cross aggregates")
     keys = g[["exp_id", *SEGMENT_COLUMNS]].astype(str).drop_duplicates()
     pseudo: list[ExperimentDesign] = []
+    segmentable = {  # per experiment, once: metrics without dimension filters
+        e.experiment_id: tuple(m for m in e.metrics if not _has_dimensions(m)) for e in exps
+    }
     for exp_id, dim, seg in keys.itertuples(index=False):  # design-sized: segments, not rows
         base = by_id[exp_id]
-        metrics = tuple(m for m in base.metrics if not _has_dimensions(m))
+        metrics = segmentable[exp_id]
         if metrics:
             pid = exp_id + _SEP + dim + _SEP + seg
             pseudo.append(dataclasses.replace(base, experiment_id=pid, metrics=metrics))
