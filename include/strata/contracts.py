@@ -63,8 +63,10 @@ GOAL_CROSS_AGGREGATES = "goal_cross_aggregates"
 #: for each experiment's newest analysis date (see :data:`SEGMENT_DIMENSIONS`).
 GOAL_SEGMENT_AGGREGATES = "goal_segment_aggregates"
 GOAL_SEGMENT_CROSS_AGGREGATES = "goal_segment_cross_aggregates"
-#: Per exposed unit: its segment in every dimension, fixed at its first exposure.
+#: Per exposed unit: its segment in every dimension, fixed at its first exposure; and its goal
+#: totals beside its segments (both dbt tables, read by the segment marts).
 UNIT_SEGMENTS = "int_unit_segments"
+SEGMENT_UNIT_GOALS = "int_segment_unit_goals"
 #: The evaluation's output.
 RESULTS = "results"
 
@@ -80,6 +82,7 @@ DBT_TABLES = (
     GOAL_AGGREGATES,
     GOAL_CROSS_AGGREGATES,
     UNIT_SEGMENTS,
+    SEGMENT_UNIT_GOALS,
     GOAL_SEGMENT_AGGREGATES,
     GOAL_SEGMENT_CROSS_AGGREGATES,
 )
