@@ -166,8 +166,17 @@ def same_io_floor(units, defs, rows_per_unit: float):
     from strata.bucketing import SLOTS
 
     meta = [
-        (e.id, v.vid, v.name, v.is_control, lay.id, lay.domain)
-        + (lay.priority, lay.service, v.params_json)
+        (
+            e.id,
+            v.vid,
+            v.name,
+            v.is_control,
+            lay.id,
+            lay.domain,
+            lay.priority,
+            lay.service,
+            v.params_json,
+        )
         for lay in defs.layers
         for e in defs.layer_experiments(lay.id)
         for v in e.variants
