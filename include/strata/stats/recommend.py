@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -188,44 +189,56 @@ class _Treatment:
     pending: bool = False
 
 
-def _guardrail_clause(g: pd.DataFrame) -> str:
+Row = dict[str, Any]
+
+
+def _guardrail_clause(g: list[Row]) -> str:
     """What the reason says about the guardrails of one treatment."""
-    if g.empty:
+    if not g:
         return "no guardrails"
-    inconclusive = g[g["outcome"] == GUARD_INCONCLUSIVE]
-    ok = g[g["outcome"] == OK]
+    ok = [r["metric_name"] for r in g if r["outcome"] == OK]
+    inconclusive = [r["reason"] for r in g if r["outcome"] == GUARD_INCONCLUSIVE]
     parts = []
-    if len(ok):
-        parts.append(f"guardrails ok ({', '.join(ok['metric_name'])})")
-    if len(inconclusive):
-        parts.append("guardrail inconclusive: " + ", ".join(inconclusive["reason"]))
+    if ok:
+        parts.append(f"guardrails ok ({', '.join(ok)})")
+    if inconclusive:
+        parts.append("guardrail inconclusive: " + ", ".join(inconclusive))
     return "; ".join(parts)
 
 
+def _finite(x: Any) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def _units_needed(
-    prim: pd.DataFrame, control_count: pd.Series, days: int | None, power: float
+    prim: list[Row], control_count: Mapping[str, float], days: int | None, power: float
 ) -> tuple[float, float, str]:
     """(units per variant still needed, days still needed, the clause saying so) from the
     treatment rows of the primary metrics: each needs ``required_sample_size`` units in both arms
     (:func:`strata.stats.power.required_sample_size` at its ``minimum_effect``); the largest
     shortfall counts, and the days extrapolate the smaller arm's rate over ``days`` of data. NaN
     and a reason when a primary metric sets no ``minimum_effect``."""
-    req = prim["required_sample_size"].to_numpy(float)
-    has = np.isfinite(req) & pd.to_numeric(prim["minimum_effect"], errors="coerce").notna()
-    if not has.all():
-        mde = prim.groupby("metric_name", sort=False)["mde"].max()
-        now = [f"±{m:.1%} on {n}" for n, m in mde.items() if math.isfinite(m)]
-        detects = f" (the data now detect {', '.join(now)} at {power:.0%} power)" if now else ""
-        unset = ", ".join(prim.loc[~has, "metric_name"].unique())
-        clause = f"no minimum_effect is set on {unset}, so the units still needed are not estimable"
+    unset = [r for r in prim if not (_finite(r["required_sample_size"])
+                                     and _finite(r["minimum_effect"]))]  # fmt: skip
+    if unset:
+        mde: dict[str, float] = {}
+        for r in prim:
+            if _finite(r["mde"]):
+                mde[r["metric_name"]] = max(mde.get(r["metric_name"], 0.0), r["mde"])
+        now = ", ".join(f"±{m:.1%} on {n}" for n, m in mde.items())
+        detects = f" (the data now detect {now} at {power:.0%} power)" if now else ""
+        names = ", ".join(dict.fromkeys(r["metric_name"] for r in unset))
+        clause = f"no minimum_effect is set on {names}, so the units still needed are not estimable"
         return math.nan, math.nan, clause + detects
-    n_c = prim["metric_id"].map(control_count).to_numpy(float)
-    n_min = np.minimum(prim["count"].to_numpy(float), n_c)
-    need = np.maximum(req - n_min, 0.0)
-    i = int(np.argmax(need))
-    units = float(need[i])
-    name, effect = prim["metric_name"].iloc[i], float(prim["minimum_effect"].iloc[i])
-    target = f"{power:.0%} power at {name}'s minimum effect of {effect:.1%}"
+    short = []
+    for r in prim:
+        n_min = min(r["count"], control_count.get(r["metric_id"], math.nan))
+        short.append((max(r["required_sample_size"] - n_min, 0.0), n_min, r))
+    units, n_min, worst = max(short, key=lambda x: x[0])
+    target = (
+        f"{power:.0%} power at {worst['metric_name']}'s minimum effect of "
+        f"{worst['minimum_effect']:.1%}"
+    )
     if units <= 0:
         return (
             0.0,
@@ -234,61 +247,71 @@ def _units_needed(
         )
     days_needed = math.nan
     when = ""
-    if days and n_min[i] > 0:
-        days_needed = float(math.ceil(days * units / n_min[i]))
+    if days and n_min > 0:
+        days_needed = float(math.ceil(days * units / n_min))
         when = f", about {days_needed:.0f} more days at the current rate,"
     return units, days_needed, f"{units:,.0f} more units per variant{when} for {target}"
 
 
-def _treatment(t: pd.DataFrame, g: pd.DataFrame, many: bool) -> _Treatment:
+def _effects(rows: list[Row]) -> str:
+    return ", ".join(
+        _effect(r["metric_name"], r["rel_diff"], r["rel_lower_adjusted"], r["rel_upper_adjusted"])
+        for r in rows
+    )
+
+
+def _treatment(t: list[Row], g: list[Row], many: bool) -> _Treatment:
     """The recommendation of one treatment from its metric rows and guardrail outcomes."""
-    variant, name = str(t["variant"].iloc[0]), str(t["variant_name"].iloc[0])
-    prim = t[t["role"] == "primary"]
-    losers, winners = prim[prim["decision"] == _LOSS], prim[prim["decision"] == _WIN]
-    violated = g[g["outcome"] == VIOLATED]
-
-    def effects(rows: pd.DataFrame) -> str:
-        return ", ".join(
-            _effect(r.metric_name, r.rel_diff, r.rel_lower_adjusted, r.rel_upper_adjusted)
-            for r in rows.itertuples(index=False)
-        )
-
-    if len(losers) or len(violated):
+    variant, name = str(t[0]["variant"]), str(t[0]["variant_name"])
+    prim = [r for r in t if r["role"] == "primary"]
+    losers = [r for r in prim if r["decision"] == _LOSS]
+    winners = [r for r in prim if r["decision"] == _WIN]
+    violated = [r["reason"] for r in g if r["outcome"] == VIOLATED]
+    if losers or violated:
         parts = []
-        if len(losers):
-            parts.append(f"{effects(losers)} {'loses' if len(losers) == 1 else 'lose'}")
-        if len(violated):
-            parts.append("guardrail violated: " + ", ".join(violated["reason"]))
+        if losers:
+            parts.append(f"{_effects(losers)} {'loses' if len(losers) == 1 else 'lose'}")
+        if violated:
+            parts.append("guardrail violated: " + ", ".join(violated))
         return _Treatment(variant, name, DONT_SHIP, f"don't ship {name}: " + "; ".join(parts),
                           (-1.0, 0.0))  # fmt: skip
-    if len(winners):
-        signed = (winners["rel_diff"] * np.where(winners["direction"] == "decrease", -1, 1)).max()
+    if winners:
+        signed = max(r["rel_diff"] * (-1 if r["direction"] == "decrease" else 1) for r in winners)
         return _Treatment(
-            variant, name, SHIP, f"ship {name}: {effects(winners)}; {_guardrail_clause(g)}",
+            variant, name, SHIP, f"ship {name}: {_effects(winners)}; {_guardrail_clause(g)}",
             (float(len(winners)), float(signed)),
         )  # fmt: skip
-    if prim.empty:
+    if not prim:
         return _Treatment(variant, name, KEEP_RUNNING,
                           f"no primary metric decides {name}; {_guardrail_clause(g)}",
                           (0.0, 0.0))  # fmt: skip
-    if (prim["decision"] == _NO_DATA).all():
+    if all(r["decision"] == _NO_DATA for r in prim):
+        names = ", ".join(r["metric_name"] for r in prim)
         return _Treatment(variant, name, KEEP_RUNNING,
-                          f"not enough data on {name} to test {', '.join(prim['metric_name'])}",
-                          (0.0, 0.0))  # fmt: skip
+                          f"not enough data on {name} to test {names}", (0.0, 0.0))  # fmt: skip
     return _Treatment(variant, name, KEEP_RUNNING,
-                      f"{name} {effects(prim)}" if many else effects(prim), (0.0, 0.0),
+                      f"{name} {_effects(prim)}" if many else _effects(prim), (0.0, 0.0),
                       pending=True)  # fmt: skip
 
 
-def _srm_failures(srm: pd.DataFrame | None, exp_id: str, srm_alpha: float) -> str | None:
+def _srm_failures(srm: pd.DataFrame | None, srm_alpha: float) -> dict[str, str]:
+    """Per experiment with a failed SRM check, what failed."""
     if srm is None or srm.empty:
-        return None
-    bad = srm[(srm["exp_id"] == exp_id) & ~srm["passed"].astype(bool)]
-    if bad.empty:
-        return None
-    return ", ".join(
-        f"{r.unit_type} p = {r.p_value:.2g} < {srm_alpha:g}" for r in bad.itertuples(index=False)
-    )
+        return {}
+    out: dict[str, list[str]] = {}
+    for r in srm[~srm["passed"].astype(bool)].itertuples(index=False):
+        out.setdefault(str(r.exp_id), []).append(
+            f"{r.unit_type} p = {r.p_value:.2g} < {srm_alpha:g}"
+        )
+    return {k: ", ".join(v) for k, v in out.items()}
+
+
+#: The metrics-frame columns :func:`recommend` reads.
+_COLUMNS = [
+    "exp_id", "metric_id", "metric_name", "role", "direction", "minimum_effect", "variant",
+    "variant_name", "control", "is_control", "decision", "count", "rel_diff",
+    "rel_lower_adjusted", "rel_upper_adjusted", "mde", "required_sample_size",
+]  # fmt: skip
 
 
 def recommend(
@@ -307,31 +330,41 @@ def recommend(
     """
     days_run = dict(days_run or {})
     guards = guardrails(metrics)
+    guard_of: dict[tuple[str, str], list[Row]] = {}
+    for g in guards[["exp_id", "variant", "metric_name", "outcome", "reason"]].to_dict("records"):
+        guard_of.setdefault((str(g["exp_id"]), str(g["variant"])), []).append(g)
+    rows_of: dict[str, list[Row]] = {}
+    records = metrics[_COLUMNS].astype({"metric_id": str}).to_dict("records")
+    for r in records:  # one pass over the frame; per experiment below (design-sized)
+        rows_of.setdefault(str(r["exp_id"]), []).append(r)
+    failed = _srm_failures(srm, srm_alpha)
     out = []
-    for exp_id, m in metrics.groupby("exp_id", sort=True):  # per experiment: design-sized
-        control = str(m["control"].iloc[0])
-        srm_text = _srm_failures(srm, str(exp_id), srm_alpha)
-        if srm_text is None and m["decision"].eq(_SRM).any():
+    for exp_id in sorted(rows_of):
+        m = rows_of[exp_id]
+        control = str(m[0]["control"])
+        srm_text = failed.get(exp_id)
+        if srm_text is None and any(r["decision"] == _SRM for r in m):
             srm_text = "the comparisons are invalid_srm"
         if srm_text is not None:
             out.append((exp_id, "", control, INVALID,
                         f"sample ratio mismatch ({srm_text}): the effects are not trustworthy",
                         math.nan, math.nan))  # fmt: skip
             continue
-        m = m.assign(metric_id=m["metric_id"].astype(str))
-        is_ctrl = m["is_control"].astype(bool)
-        treated = m[~is_ctrl]
-        many = treated["variant"].nunique() > 1
+        by_variant: dict[str, list[Row]] = {}
+        for r in m:
+            if not r["is_control"]:
+                by_variant.setdefault(str(r["variant"]), []).append(r)
+        many = len(by_variant) > 1
         treatments = [
-            _treatment(t, guards[(guards["exp_id"] == exp_id) & (guards["variant"] == v)], many)
-            for v, t in treated.groupby("variant", sort=True)
+            _treatment(t, guard_of.get((exp_id, v), []), many)
+            for v, t in sorted(by_variant.items())
         ]
         row = _combine(treatments, control)
         if row[2] == KEEP_RUNNING and any(t.pending for t in treatments):
-            pending = [t.variant for t in treatments if t.pending]
-            prim = treated[(treated["role"] == "primary") & treated["variant"].isin(pending)]
-            ctrl = m[is_ctrl].set_index("metric_id")["count"]
-            units, days, clause = _units_needed(prim, ctrl, days_run.get(str(exp_id)), power)
+            pending = {t.variant for t in treatments if t.pending}
+            prim = [r for v in sorted(pending) for r in by_variant[v] if r["role"] == "primary"]
+            ctrl = {r["metric_id"]: r["count"] for r in m if r["is_control"]}
+            units, days, clause = _units_needed(prim, ctrl, days_run.get(exp_id), power)
             row = (*row[:3], f"{row[3]}; {clause}", units, days)
         out.append((exp_id, *row))
     return Recommendations(guards, pd.DataFrame(out, columns=RECOMMENDATION_COLUMNS))
