@@ -290,7 +290,7 @@ def _treatment(t: list[Row], g: list[Row], many: bool) -> _Treatment:
         return _Treatment(variant, name, KEEP_RUNNING,
                           f"not enough data on {name} to test {names}", (0.0, 0.0))  # fmt: skip
     return _Treatment(variant, name, KEEP_RUNNING,
-                      f"{name} {_effects(prim)}" if many else _effects(prim), (0.0, 0.0),
+                      f"{_effects(prim)} for {name}" if many else _effects(prim), (0.0, 0.0),
                       pending=True)  # fmt: skip
 
 

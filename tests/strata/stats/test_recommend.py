@@ -331,8 +331,8 @@ def test_multi_arm_keep_running_lists_each_arm():
     flat = {"effect": 0.0, "lo": -0.02, "hi": 0.02, "minimum_effect": 0.02, "required": 3000.0}
     r = recommend(three_arms(flat, flat), days_run={"e": 5}).recommendations.iloc[0]
     assert r["recommendation"] == KEEP_RUNNING
-    assert "b conversion +0.0%" in r["reason"]
-    assert "c conversion +0.0%" in r["reason"]
+    assert "conversion +0.0% (CI -2.0% to +2.0%) for b, conversion +0.0%" in r["reason"]
+    assert "(CI -2.0% to +2.0%) for c; 2,000 more units per variant" in r["reason"]
     assert r["units_needed"] == 2000.0
 
 
