@@ -415,10 +415,13 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
         iceberg_catalog(settings), [experiment_id], day, history, settings.namespace
     )
     verdict = {str(r.variant): r.verdict for r in night.verdicts().itertuples()}
-    log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s",
-             experiment_id, day, night.rows, night.dates, verdict)  # fmt: skip
+    rec = night.recommendations().iloc[0]
+    log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s; recommend %s: %s",
+             experiment_id, day, night.rows, night.dates, verdict, rec["recommendation"],
+             rec["reason"])  # fmt: skip
     return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": night.rows,
-            "dates": night.dates, "verdicts": verdict}  # fmt: skip
+            "dates": night.dates, "verdicts": verdict,
+            "recommendation": rec["recommendation"]}  # fmt: skip
 
 
 @reported_task(trigger_rule="all_done_min_one_success", outlets=[RESULTS])

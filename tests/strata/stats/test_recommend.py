@@ -468,3 +468,52 @@ def test_results_rows_of_the_recommendation_and_the_guardrails():
     assert has_reason.sum() == 2
     arrow = pa.Table.from_pandas(res, schema=RESULTS_SCHEMA, preserve_index=False)
     assert arrow.num_rows == len(res)  # the types fit the table
+
+
+#: The README's demo rows (100k users, 14 days, seed 7: effect, adjusted CI, decision).
+README_DEMO = [
+    ("checkout_button", "conversion", "1002", 0.164, 0.110, 0.220, "win"),
+    ("checkout_button", "revenue", "1002", 0.204, 0.128, 0.284, "win"),
+    ("checkout_button", "sessions", "1002", 0.014, -0.001, 0.029, "inconclusive"),
+    ("dark_mode", "sessions", "6002", -0.044, -0.115, 0.032, "inconclusive"),
+    ("feed_density", "clicks", "3102", 0.088, -0.058, 0.256, "inconclusive"),
+    ("feed_ranking", "ctr", "3002", 0.065, 0.036, 0.095, "win"),
+    ("onboarding_tour", "clicks", "5002", -0.017, -0.102, 0.072, "inconclusive"),
+    ("onboarding_tour", "clicks", "5003", 0.005, -0.077, 0.092, "inconclusive"),
+    ("price_display", "conversion", "4002", -0.000, -0.070, 0.075, "inconclusive"),
+    ("search_v2_launch", "clicks", "9002", -0.026, -0.116, 0.082, "inconclusive"),
+    ("upsell_banner", "value_per_buyer", "2002", 0.116, 0.066, 0.169, "win"),
+]
+
+
+def test_the_demo_ships_the_planted_winners_and_not_the_aa_test():
+    """Done-when of issue #15 item 3 on the README's demo rows, with the roles, directions and
+    margins of the bundled definitions (checkout_button's revenue guardrail: margin 1%)."""
+    from strata.definitions import bundled_path, load
+
+    defs = load(bundled_path())
+    rows = []
+    for exp_id, mid, variant, effect, lo, hi, decision in README_DEMO:
+        e = defs.experiment(exp_id)
+        m = next(x for x in e.metrics if x.id == mid)
+        vname = next(v.name for v in e.variants if str(v.vid) == variant)
+        for r in metric(mid, m.role, decision, effect, lo, hi, direction=m.direction,
+                        margin=NAN if m.margin is None else m.margin, variant=variant,
+                        name=vname):  # fmt: skip
+            rows.append({**r, "exp_id": exp_id, "control": str(e.variants[0].vid),
+                         "variant": r["variant"] if not r["is_control"] else
+                         str(e.variants[0].vid)})  # fmt: skip
+    assert defs.experiment("checkout_button").metrics[1].margin == 0.01
+    m = pd.DataFrame(rows).drop_duplicates(["exp_id", "metric_id", "variant"])
+    out = recommend(m).recommendations.set_index("exp_id")
+    for winner in ("checkout_button", "feed_ranking", "upsell_banner"):
+        assert out.loc[winner, "recommendation"] == SHIP
+    assert out.loc["price_display", "recommendation"] == KEEP_RUNNING
+    assert out.loc["checkout_button", "reason"] == (
+        "ship treatment: conversion +16.4% (CI +11.0% to +22.0%); guardrails ok (revenue)"
+    )
+    assert out.loc["feed_ranking", "reason"].endswith("; no guardrails")
+    assert out.loc["search_v2_launch", "reason"].startswith(
+        "keep running: no primary metric decides launched; guardrail inconclusive: clicks -2.6%"
+    )
+    assert (out["recommendation"] == SHIP).sum() == 3
