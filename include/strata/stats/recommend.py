@@ -328,6 +328,10 @@ def recommend(
     ``invalid_srm`` decision); ``days_run``: days of data per experiment (for the days still
     needed; units only without it); ``power``: the power the sample sizes were computed for.
     """
+    if metrics.empty:
+        return Recommendations(
+            pd.DataFrame(columns=GUARDRAIL_COLUMNS), pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
+        )
     days_run = dict(days_run or {})
     guards = guardrails(metrics)
     guard_of: dict[tuple[str, str], list[Row]] = {}

@@ -336,6 +336,13 @@ def test_multi_arm_keep_running_lists_each_arm():
     assert r["units_needed"] == 2000.0
 
 
+def test_no_metric_rows_give_empty_frames():
+    out = recommend(pd.DataFrame())
+    assert out.recommendations.empty
+    assert list(out.recommendations.columns) == RECOMMENDATION_COLUMNS
+    assert out.guardrails.empty
+
+
 def test_one_recommendation_per_experiment():
     m = pd.concat([frame(WIN), frame(LOSS).assign(exp_id="f"), frame(FLAT).assign(exp_id="g")])
     out = recommend(m).recommendations
