@@ -132,7 +132,7 @@ def _guardrail_reason(r) -> str:
     what = _effect(r.metric_name, r.effect, r.lower, r.upper)
     if r.decision == _SRM:
         return f"{r.metric_name} not trustworthy (sample ratio mismatch)"
-    if r.decision == _NO_DATA or not math.isfinite(r.effect):
+    if r.decision == _NO_DATA:
         return f"{r.metric_name} not tested (insufficient data)"
     if math.isnan(r.margin):
         return {
