@@ -258,6 +258,7 @@ def _evaluate(argv: list[str]) -> int:
         f"{night.rows:,} result rows" + (f" over {night.dates} dates" if plan.history else "")
     )
     print(night.verdicts().to_string(index=False))
+    print("\n".join(night.recommendation_lines()))
     return 0
 
 
