@@ -172,9 +172,10 @@ class Settings(BaseSettings):
     )
     maintenance_orphan_hours: float = Field(
         72.0,
-        ge=1,
+        ge=24,
         description="Files no snapshot references are removed once older than this: it must "
-        "exceed the longest write (a running job's files are not referenced until it commits).",
+        "exceed the longest write (a running job's files are not referenced until it commits). "
+        "Iceberg's remove_orphan_files procedure refuses less than 24 hours.",
     )
     maintenance_min_input_files: int = Field(
         5,

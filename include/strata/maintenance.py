@@ -17,8 +17,9 @@ table after another, in this order:
    snapshots it read) work within that window only; past it they fail with a message naming
    the table and the expired snapshot.
 3. ``remove_orphan_files``: files under the table's location that no snapshot references and
-   older than ``maintenance_orphan_hours`` (72, at least 1) are deleted. A job's files are
-   unreferenced until it commits, so the age must exceed the longest write.
+   older than ``maintenance_orphan_hours`` (72) are deleted. A job's files are unreferenced
+   until it commits, so the age must exceed the longest write; Iceberg's procedure refuses
+   less than 24 hours (checked against Iceberg 1.10.1, ``jvm/pom.xml``), and so do the settings.
 
 The rows are never changed: compaction commits a ``replace`` snapshot of the same rows. Tables
 written with pyiceberg (``results``) are maintained the same way: Spark and pyiceberg share the

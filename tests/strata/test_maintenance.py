@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from strata import contracts
+from strata.config import Settings
 from strata.maintenance import MaintenanceError, maintain
 from strata.stack import iceberg_catalog
 
@@ -165,3 +166,15 @@ def test_missing_tables_are_skipped_and_failures_named(spark, maint_settings):
     bad = maint_settings.model_copy(update={"catalog_name": "no_such_catalog"})
     with pytest.raises(MaintenanceError, match="no_such_catalog"):
         maintain(spark, [contracts.ORGS], bad)
+
+    # Iceberg's procedure refuses an orphan age under 24 hours (in-flight writes); so do the
+    # settings, before any Spark work
+    young = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    with pytest.raises(Exception, match="less than 24 hours"):
+        spark.sql(
+            f"CALL {maint_settings.catalog_name}.system.remove_orphan_files(table => "
+            f"'{NAMESPACE}.{contracts.USERS}', older_than => "
+            f"TIMESTAMP '{young:%Y-%m-%d %H:%M:%S}')"
+        )
+    with pytest.raises(ValueError, match="greater than or equal to 24"):
+        Settings(maintenance_orphan_hours=2)
