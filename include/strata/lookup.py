@@ -335,8 +335,9 @@ class LookupClient:
 
         The memo holds the actions marshalled by this process itself (never bytes from
         outside), so every caller gets its own objects to keep or mutate; ``marshal.loads`` is
-        about 1.5x as fast as unpickling, twice as fast as parsing JSON and ten times faster
-        than ``copy.deepcopy`` (the actions are JSON-shaped: dicts, lists, strings, numbers).
+        about 1.5x as fast as unpickling (measured: 3.7 vs 5.6 us for a two-action answer) and
+        faster than parsing JSON or ``copy.deepcopy`` (the actions are JSON-shaped: dicts,
+        lists, strings, numbers, which marshal round-trips).
         """
         return marshal.loads(self._marshalled(version, values))  # our own bytes, see above
 
