@@ -21,6 +21,10 @@ table after another, in this order:
    until it commits, so the age must exceed the longest write; Iceberg's procedure refuses
    less than 24 hours (checked against Iceberg 1.10.1, ``jvm/pom.xml``), and so do the settings.
 
+On an ``s3://`` warehouse (the REST catalog deployment) orphan removal lists the table's files
+with ``prefix_listing`` (Iceberg's S3FileIO, the same endpoint and credentials as the catalog's
+FileIO) instead of Hadoop's file system; that path is not yet run by ``make test-cluster``.
+
 The rows are never changed: compaction commits a ``replace`` snapshot of the same rows. Tables
 written with pyiceberg (``results``) are maintained the same way: Spark and pyiceberg share the
 catalog (``strata.stack``). A commit of another writer during maintenance wins: the procedure
@@ -119,7 +123,10 @@ def procedure_calls(settings: Settings, table: str, now: dt.datetime) -> list[st
         f"CALL {system}.expire_snapshots(table => {ident}, older_than => "
         f"{_timestamp(expire_before)}, retain_last => {settings.maintenance_keep_snapshots})",
         f"CALL {system}.remove_orphan_files(table => {ident}, older_than => "
-        f"{_timestamp(orphan_before)})",
+        f"{_timestamp(orphan_before)}"
+        # on object storage, list the table's files through Iceberg's S3FileIO (the catalog's
+        # endpoint and credentials) rather than Hadoop's S3A
+        + (", prefix_listing => true)" if settings.warehouse_is_s3 else ")"),
     ]
 
 

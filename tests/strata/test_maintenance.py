@@ -39,6 +39,24 @@ def maint_settings(settings, spark):
     return ours
 
 
+def test_procedure_calls_follow_the_settings():
+    """The statements (pure): retention from the settings, prefix listing on object storage."""
+    from strata.maintenance import procedure_calls
+
+    now = dt.datetime(2026, 12, 3, 4, 0, tzinfo=dt.UTC)
+    s = Settings(
+        home="/tmp/strata-unit", maintenance_snapshot_days=2.5, maintenance_orphan_hours=30
+    )
+    rewrite, expire, orphans = procedure_calls(s, contracts.RESULTS, now)
+    assert "options => map('min-input-files', '5')" in rewrite
+    assert "older_than => TIMESTAMP '2026-11-30 16:00:00.000000', retain_last => 5" in expire
+    assert orphans.endswith("older_than => TIMESTAMP '2026-12-01 22:00:00.000000')")
+    on_s3 = s.model_copy(update={"warehouse": "s3://bucket/warehouse"})
+    assert procedure_calls(on_s3, contracts.RESULTS, now)[2].endswith(", prefix_listing => true)")
+    with pytest.raises(ValueError, match="not a Strata table"):
+        procedure_calls(s, "users; DROP TABLE x", now)
+
+
 def _table_dir(spark, full: str) -> Path:
     """The table's folder on this machine (the embedded warehouse is local)."""
     location = spark.sql(f"DESCRIBE TABLE EXTENDED {full}").where("col_name = 'Location'")
