@@ -475,3 +475,33 @@ def recover_lookup_table() -> dict:
     result = recover(settings)
     log.info("lookup table: %s (version %s)", result["state"], result.get("version"))
     return result
+
+
+# --- table maintenance ---------------------------------------------------------------------------
+
+
+@task(pool=SPARK_POOL)
+def maintain_tables() -> dict:
+    """Compact small files, expire old snapshots and remove orphan files on every Strata table
+    (one Spark session for all; a table that fails does not stop the others, the task fails at
+    the end naming each). Retention: the ``STRATA_MAINTENANCE_*`` settings."""
+    from strata.config import get_settings
+    from strata.maintenance import maintain
+    from strata.stack import spark_session
+
+    settings = get_settings()
+    spark = spark_session(settings, app_name="strata-maintain-tables")
+    results = maintain(spark, settings=settings)
+    done = [r for r in results if r.state == "maintained"]
+    log.info(
+        "maintained %d tables (%d missing): %d snapshots and %d data files -> %d and %d, "
+        "%d files deleted",
+        len(done),
+        len(results) - len(done),
+        sum(r.snapshots_before for r in done),
+        sum(r.data_files_before for r in done),
+        sum(r.snapshots_after for r in done),
+        sum(r.data_files_after for r in done),
+        sum(r.expired_files + r.orphan_files for r in done),
+    )
+    return {r.table: r.as_dict() for r in results}

@@ -59,6 +59,28 @@ GOAL_AGGREGATES = "goal_aggregates"
 GOAL_CROSS_AGGREGATES = "goal_cross_aggregates"
 #: The evaluation's output.
 RESULTS = "results"
+#: dbt's one intermediate model materialised as a table (rebuilt by each run; others are views).
+UNITS_EXPOSED = "int_units_exposed"
+
+#: Every Iceberg table Strata writes: what table maintenance (``strata.maintenance``) keeps tidy.
+TABLES = (
+    ORGS,
+    USERS,
+    DEVICES,
+    RAW_EVENTS,
+    ASSIGNMENTS,
+    EXPERIMENTS,
+    PUBLICATIONS,
+    EXPOSURE_LOGS,
+    EXPOSURE_LOG_REJECTS,
+    STG_EVENTS,
+    STG_EVENT_REJECTS,
+    UNITS_EXPOSED,
+    UNIT_GOALS_DAILY,
+    GOAL_AGGREGATES,
+    GOAL_CROSS_AGGREGATES,
+    RESULTS,
+)
 
 #: What the synthetic generator writes, in its order.
 SYNTHETIC_TABLES = (ORGS, USERS, DEVICES, RAW_EVENTS)

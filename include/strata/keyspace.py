@@ -65,6 +65,8 @@ UNITS_PER_BUCKET = 48
 #: Version ids are short lowercase hex (a digest of the source snapshots).
 VERSION_RE = re.compile(r"^[0-9a-f]{6,40}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: An id of at most this many characters has at most 4 UTF-8 bytes each: within the byte limit.
+_SHORT_ID = MAX_UNIT_ID_BYTES // 4
 
 # Fields of a version's metadata hash (``<prefix>:ver:<version>``), besides the per-unit-type and
 # per-experiment ones of ``buckets_field``, ``units_field`` and ``experiment_field``.
@@ -115,6 +117,8 @@ def check_unit_id(unit_id: object, what: str = "unit id") -> str:
         ...
         strata.errors.DataError: device id 'a\\nb' contains a control character
     """
+    if type(unit_id) is str and 0 < len(unit_id) <= _SHORT_ID and not _CONTROL.search(unit_id):
+        return unit_id  # the common case, without encoding it (see _SHORT_ID)
     if not isinstance(unit_id, str) or not unit_id:
         raise DataError(f"{what} must be a non-empty string, got {unit_id!r}")
     if _CONTROL.search(unit_id):

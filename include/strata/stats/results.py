@@ -45,7 +45,7 @@ from strata.stats.engine import (
     evaluate,
     verdicts,
 )
-from strata.stats.errors import AggregateError, DesignError
+from strata.stats.errors import AggregateError, DesignError, SnapshotExpiredError
 from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
 from strata.stats.recommend import recommend
 
@@ -394,6 +394,13 @@ def _scan(
     if snapshot_id is None:
         snap = tbl.current_snapshot()
         snapshot_id = snap.snapshot_id if snap else None
+    elif tbl.snapshot_by_id(snapshot_id) is None:
+        # pyiceberg would scan an unknown snapshot as an empty table: refuse instead
+        raise SnapshotExpiredError(
+            f"{ident} no longer has snapshot {snapshot_id}: table maintenance expired it "
+            "(snapshots older than STRATA_MAINTENANCE_SNAPSHOT_DAYS are dropped, except the last "
+            "STRATA_MAINTENANCE_KEEP_SNAPSHOTS); a result is reproducible within that window only"
+        )
     if snapshot_id is None:
         return tbl.schema().as_arrow().empty_table().to_pandas(), None
     return tbl.scan(row_filter=row_filter, snapshot_id=snapshot_id).to_pandas(), snapshot_id
