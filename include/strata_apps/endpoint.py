@@ -86,7 +86,7 @@ from strata.keyspace import DEFAULT_PREFIX, MAX_UNIT_ID_BYTES, UNIT_PRIORITY
 from strata_apps.endpoint_metrics import REGISTER_ROUTE, Metrics, MetricsMiddleware
 
 if TYPE_CHECKING:
-    from strata.assignment import Served
+    from strata.assignment import Served, SlotOf
     from strata.definitions import Definitions
 
 #: Largest request body accepted (seed 004's envelope is well under 1 KiB).
@@ -441,7 +441,7 @@ def _parse(model: type[_M], raw: bytes) -> _M:
         ) from None
 
 
-def context_units(context: dict[str, Any]) -> list[tuple[str, str]]:
+def context_units(context: dict[str, Any], *, allow_none: bool = False) -> list[tuple[str, str]]:
     """The ``(unit type, unit id)`` pairs of a seed 002 context, in ``UNIT_PRIORITY`` order; a
     400 for a unit that is no string, holds control characters, is no http(s) url (``url``) or
     that the key scheme refuses, and when there is none to bucket on.
@@ -466,6 +466,8 @@ def context_units(context: dict[str, Any]) -> list[tuple[str, str]]:
         if unit_type == "url" and (problem := url_problem(value)):
             raise BadRequest(400, "INVALID_UNIT", f"context.url: {problem}", loc)
         given[unit_type] = value
+    if not given and allow_none:  # random layers need no unit
+        return []
     if not given:
         raise BadRequest(
             400, "NO_UNIT", f"the context names no unit to bucket on ({', '.join(UNIT_PRIORITY)})",
@@ -485,19 +487,30 @@ def evaluate_services(
     context: dict[str, Any],
     services: list[str],
     day: dt.date,
+    draw: SlotOf | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Seed 002's ``results`` and each unit's source (``lookup`` or ``online``).
 
-    A unit the lookup version holds (``stored`` not None) is answered from it; any other is
-    assigned online on ``day``. Per experiment and per layer the first unit (``UNIT_PRIORITY``
-    order) wins, as in :class:`strata.lookup.LookupClient`.
+    A unit the lookup version holds (``stored`` not None) is answered from it, plus its online-only
+    experiments (:func:`online_only_rows`); any other is assigned online on ``day``. Per
+    experiment and per layer the first unit (``UNIT_PRIORITY`` order) wins, as in
+    :class:`strata.lookup.LookupClient`; ``random`` layers come last, drawn afresh
+    (:func:`random_rows`; ``draw`` replaces the draw in tests), with source ``random: online``.
+    Rules read the context through :func:`strata.assignment.targeting_context`.
     """
-    from strata.assignment import Served, assign_unit, merged_services, served
+    from strata.assignment import (
+        Served,
+        assign_unit,
+        merged_services,
+        served,
+        targeting_context,
+    )
 
     rows: list[Served] = []
     sources: dict[str, str] = {}
     taken_experiments: set[str] = set()
     taken_layers: set[str] = set()
+    context = targeting_context(context)
     for (unit_type, unit_id), held in zip(units, stored, strict=True):
         found: list[tuple[str, str, Served]]
         if held is not None:
@@ -507,6 +520,7 @@ def evaluate_services(
                                              e["variants"][str(vid)]["params"]))
                 for e, vid in held
             ]  # fmt: skip
+            found += online_only_rows(defs, unit_type, unit_id, context, day)
         else:
             sources[unit_type] = "online"
             found = [
@@ -519,7 +533,74 @@ def evaluate_services(
             taken_experiments.add(exp_id)
             taken_layers.add(layer_id)
             rows.append(row)
+    rows += random_rows(defs, context, day, sources, draw)
     return merged_services(rows, services), sources
+
+
+def online_only_rows(
+    defs: Definitions, unit_type: str, unit_id: str, context: dict[str, Any], day: dt.date
+) -> list[tuple[str, str, Served]]:
+    """The unit's online-only experiments (:func:`strata.assignment.online_only`: url layers,
+    rules on ``channel`` / ``url``), which no lookup version holds: assigned here, per request,
+    with the slot formula, for a unit the lookup answered."""
+    from strata.assignment import assign_unit, online_experiments, served
+
+    online = online_experiments(defs)
+    if not online:
+        return []
+    return [
+        (a.experiment_id, a.layer_id, served(a))
+        for a in assign_unit(defs, unit_type, unit_id, context, as_of=day, only=online)
+    ]
+
+
+def random_rows(
+    defs: Definitions,
+    context: dict[str, Any],
+    day: dt.date,
+    sources: dict[str, str],
+    draw: SlotOf | None = None,
+) -> list[Served]:
+    """Seed 003's ``random`` experiments of one request (:func:`strata.assignment.assign_random`:
+    a fresh slot per layer and request, no unit, nothing stored or logged); records
+    ``sources["random"] = "online"`` when the definitions have a random layer."""
+    from strata.assignment import assign_random, draw_slot, served
+    from strata.contracts import PER_REQUEST_UNIT_TYPES
+
+    if not any(lay.unit_type in PER_REQUEST_UNIT_TYPES for lay in defs.layers):
+        return []
+    sources["random"] = "online"
+    return [served(a) for a in assign_random(defs, context, as_of=day, slot_of=draw or draw_slot)]
+
+
+def check_targeting_fields(context: dict[str, Any]) -> None:
+    """A 400 naming ``body.context.<field>`` for a first-class targeting field
+    (:data:`strata.contracts.TARGETING_FIELDS`: ``channel``, ``region``) that is not a string
+    without control characters (null or absent is fine).
+
+    Usage:
+        >>> check_targeting_fields({"channel": "web", "region": None})
+        >>> check_targeting_fields({"channel": 3})
+        Traceback (most recent call last):
+        ...
+        strata_apps.endpoint.BadRequest: context.channel must be a string (got int)
+    """
+    from strata.contracts import TARGETING_FIELDS
+
+    for name in TARGETING_FIELDS:
+        value = context.get(name)
+        if value is None:
+            continue
+        loc = [{"loc": f"body.context.{name}", "msg": f"invalid {name}"}]
+        if not isinstance(value, str):
+            raise BadRequest(
+                400, "INVALID_FIELD", f"context.{name} must be a string (got "
+                f"{type(value).__name__})", loc,
+            )  # fmt: skip
+        if _CONTROL.search(value):  # (the request model caps every string at 512 characters)
+            raise BadRequest(
+                400, "INVALID_FIELD", f"context.{name} must have no control characters", loc
+            )
 
 
 def _seed002_error(exc: BadRequest) -> JSONResponse:
@@ -592,7 +673,7 @@ def create_app(
     today UTC) are what ``POST /experiment`` evaluates unknown units with.
     """
     from strata import landing
-    from strata.contracts import utc_today
+    from strata.contracts import PER_REQUEST_UNIT_TYPES, utc_today
     from strata.lookup import LookupClient, NoLiveVersionError
     from strata.stack import redis_client
 
@@ -600,6 +681,7 @@ def create_app(
     prefix = prefix or os.environ.get("STRATA_LOOKUP_PREFIX", DEFAULT_PREFIX)
     defs = definitions if definitions is not None else load_definitions()
     day_of = today or utc_today
+    has_random = any(lay.unit_type in PER_REQUEST_UNIT_TYPES for lay in defs.layers)
     metrics = Metrics()
 
     def lookup_failed(route: str, exc: StackError) -> None:
@@ -723,7 +805,8 @@ def create_app(
         """Seed 002's evaluation API (see the module docstring)."""
         try:
             body = _parse(ExperimentRequest, await _read_body(request))
-            units = context_units(body.context)
+            check_targeting_fields(body.context)
+            units = context_units(body.context, allow_none=has_random)
         except BadRequest as exc:
             return _seed002_error(exc)
         try:
