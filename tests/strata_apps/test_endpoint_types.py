@@ -8,6 +8,7 @@ uses ``tests/data/experiment_types``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ from lookup_loader.loader import publish
 from lookup_loader.sample import sample_tables, write_tables
 from strata.bucketing import slot
 from strata.definitions import load
+from strata.lookup import LookupClient
 from strata_apps.endpoint import create_app
 
 TYPES = Path(__file__).parents[1] / "data" / "experiment_types"
@@ -161,3 +163,54 @@ class TestChannelAndRegion:
         assert error["code"] == "INVALID_FIELD"
         assert loc.removeprefix("body.") in error["message"]
         assert [e["loc"] for e in error["errors"]] == [loc]
+
+
+def register(client, did="d00000002", userid="u00000002", url=CART, channel="app"):
+    body = {"request": {"did": did, "channel": channel, "ext": {"userid": userid, "url": url}}}
+    r = client.post(f"/v1/device/register/{did}", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()["result"]["actions"]
+
+
+def exposures(settings) -> list[dict]:
+    files = sorted(settings.exposure_spool_path.glob("date=*/*.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+class TestDeviceRegister:
+    """The device-register route serves the online-only experiments too (url by ``ext.url``,
+    channel by ``request.channel``, random drawn), merged with the lookup's, and logs the url and
+    channel ones as exposures, never the random ones."""
+
+    def test_url_channel_and_random_beside_the_lookup_actions(self, client, published):
+        settings, prefix = published
+        before = exposures(settings)
+        actions = register(client)
+        ids = {a["data"]["id"] for a in actions if a["type"] == "experiment"}
+        stored = {a["data"]["id"] for a in LookupClient(settings, prefix=prefix).lookup(
+            "d00000002", "u00000002", CART) if a["type"] == "experiment"}  # fmt: skip
+        assert stored  # the sample user and device are in the lookup table
+        assert ids == stored | {"cart_copy", "banner_color", "app_nav"}
+        updates = {a["data"]["service"] for a in actions if a["type"] == "configUpdate"}
+        assert {"web_svc", "banner_svc", "app_svc"} <= updates
+        logged = {p["experimentId"] for e in exposures(settings) if e not in before
+                  for p in e["edata"]["params"]}  # fmt: skip
+        assert logged == ids - {"banner_color"}
+
+    def test_the_url_variant_is_the_slot_of_the_normal_form(self, client):
+        expected = 502 if slot("pages-1", CART) >= 5000 else 501
+        for url in (CART, "HTTPS://Shop.Example.com:443/cart?step=2#x"):
+            cart = [a for a in register(client, url=url) if a["data"].get("id") == "cart_copy"]
+            assert [a["data"]["variantId"] for a in cart] == [expected]
+
+    def test_no_url_no_channel_no_online_experiment_but_random(self, client):
+        actions = register(client, url="", channel="")
+        ids = {a["data"]["id"] for a in actions if a["type"] == "experiment"}
+        assert "cart_copy" not in ids
+        assert "app_nav" not in ids
+        assert "banner_color" in ids
+
+    def test_nothing_is_served_outside_the_window(self, published, defs):
+        with client_for(published, defs, dt.date(2026, 11, 22)) as c:
+            ids = {a["data"]["id"] for a in register(c) if a["type"] == "experiment"}
+        assert not ids & {"cart_copy", "banner_color", "app_nav"}

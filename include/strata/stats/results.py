@@ -456,7 +456,7 @@ def refuse_per_request(records: Sequence[Mapping[str, Any]]) -> None:
         >>> refuse_per_request([{"experiment_id": "banner", "unit_type": "random"}])
         Traceback (most recent call last):
         ...
-        strata.stats.errors.DesignError: banner: a random (per-request) experiment is not analysable per unit: each request draws its variant afresh, so no unit carries one variant (count its exposures instead)
+        strata.stats.errors.DesignError: banner: a random (per-request) experiment is not ...
     """
     for r in records:
         if r.get("unit_type") in contracts.PER_REQUEST_UNIT_TYPES:
