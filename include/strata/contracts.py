@@ -87,8 +87,6 @@ PER_REQUEST_UNIT_TYPES: tuple[UnitType, ...] = ("random",)
 UNIT_ID_TYPES: tuple[UnitType, ...] = tuple(
     t for t in UNIT_TYPES if t not in PER_REQUEST_UNIT_TYPES
 )
-#: Unit types the assignment job has a unit table for (url and random are assigned online).
-BATCH_UNIT_TYPES: tuple[UnitType, ...] = ("user_id", "device_id")
 
 # --- targeting fields ------------------------------------------------------------------------
 

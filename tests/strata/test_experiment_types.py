@@ -136,7 +136,6 @@ class TestContracts:
         assert "random" in contracts.UNIT_TYPES
         assert "random" not in contracts.UNIT_ID_TYPES
         assert contracts.dbt_vars()["unit_types"] == ["device_id", "user_id", "url"]
-        assert set(contracts.BATCH_UNIT_TYPES) <= set(contracts.UNIT_ID_TYPES)
 
     def test_definitions_accept_the_new_types(self, defs):
         assert {lay.id: lay.unit_type for lay in defs.layers}["rand"] == "random"

@@ -272,18 +272,24 @@ def run_counted(test, calls: list, n: int) -> None:
 
 @pytest.mark.slow  # ~12 s on a quiet machine, ~90 s at load average 13
 class TestFuzz:
-    def test_urls(self, asgi):
-        calls = []
+    def test_urls(self, asgi_types):
+        """ext.url, userid and channel of every shape, on the app with seed 003's url, channel and
+        random experiments (served online by the register route)."""
+        asgi, calls = asgi_types, []
 
         @hsettings(max_examples=FUZZ["urls"], **_FUZZ_SETTINGS)
-        @given(url=URLS, userid=st.none() | st.text(max_size=30))
-        @example(url="http://[::1", userid=None)
-        @example(url="http://example.com\uff0fcart", userid=None)
-        @example(url="http://\uff45xample.com/", userid="u1")
-        @example(url="http://example.com:99999/", userid=None)
-        def case(url, userid):
+        @given(url=URLS, userid=st.none() | st.text(max_size=30),
+               channel=st.sampled_from(["", "app", "web"]) | st.text(max_size=12))  # fmt: skip
+        @example(url="http://[::1", userid=None, channel="app")
+        @example(url="http://example.com\uff0fcart", userid=None, channel="")
+        @example(url="http://\uff45xample.com/", userid="u1", channel="ios")
+        @example(url="http://example.com:99999/", userid=None, channel="")
+        @example(url="HTTPS://SHOP.example.com:443/cart#x", userid="u1", channel="app")
+        def case(url, userid, channel):
             calls.append(1)
-            check_no_server_error(post_json(asgi, envelope(url, userid=userid)))
+            body = envelope(url, userid=userid)
+            body["request"]["channel"] = channel
+            check_no_server_error(post_json(asgi, body))
 
         run_counted(case, calls, FUZZ["urls"])
 
