@@ -11,6 +11,12 @@ Only experiments inside their window on the run's day get units: ``--as-of`` (de
 the Airflow task passes its run's day, the demo the synthetic data's first day) must lie in
 ``[start_date, end_date]``, both inclusive. Experiments outside it are reported, not assigned.
 
+Online-only experiments (:func:`strata.assignment.online_only`) are skipped cleanly and reported:
+``url`` layers (no unit table: the endpoint assigns a page online with the same slot formula),
+``random`` layers (a fresh draw per request, never written anywhere) and experiments whose
+targeting reads a request-only field (``channel``, ``url``). Unit contexts carry ``region``,
+derived from ``country`` (``strata.contracts.REGION_OF_COUNTRY``) unless a table has its own.
+
 Writes ``assignments`` (one row per unit and experiment, partitioned by unit_type) and
 ``experiments`` (one row per experiment), each replaced in one atomic Iceberg commit.
 Re-runs are reproducible: ``run_id`` hashes the definitions version and the input snapshot ids,
@@ -30,18 +36,22 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from strata.assignment import online_experiments, online_only
 from strata.bucketing import SLOTS
 from strata.contracts import (
     ASSIGNMENTS,
     DEVICES,
     EXPERIMENTS,
     ORGS,
+    PER_REQUEST_UNIT_TYPES,
+    REGION_OF_COUNTRY,
     UNIT_TABLES,
     USERS,
     utc_today,
 )
 from strata.definitions import (
     Definitions,
+    ExperimentDefinition,
     bundled_path,
     canonical_json,
     load,
@@ -123,7 +133,21 @@ def unit_contexts(users: DataFrame, orgs: DataFrame, devices: DataFrame) -> dict
         "user_id",
         "left",
     )
-    return {"user_id": user_ctx, "device_id": device_ctx}
+    return {"user_id": with_region(user_ctx), "device_id": with_region(device_ctx)}
+
+
+def with_region(units: DataFrame) -> DataFrame:
+    """``units`` plus ``region`` from ``country`` (:data:`strata.contracts.REGION_OF_COUNTRY`, the
+    map online evaluation uses) unless it has a region column, or no country, already."""
+    from pyspark.sql import functions as F
+
+    if "region" in units.columns or "country" not in units.columns:
+        return units
+    region: Any = None
+    for country, name in REGION_OF_COUNTRY.items():
+        hit = F.col("country") == F.lit(country)
+        region = F.when(hit, F.lit(name)) if region is None else region.when(hit, F.lit(name))
+    return units.withColumn("region", region)
 
 
 # --- the native assignment -------------------------------------------------------------------
@@ -155,11 +179,15 @@ def assign_units(
     from pyspark.sql import functions as F
 
     day = as_of or utc_today()
+    online = online_experiments(defs)  # url / random layers, rules on request-only fields
+
+    def batch(e: ExperimentDefinition) -> bool:
+        return e.assigned_on(day) and e.id not in online
+
     layers = [
         lay
         for lay in defs.layers
-        if lay.unit_type == unit_type
-        and any(e.assigned_on(day) for e in defs.layer_experiments(lay.id))
+        if lay.unit_type == unit_type and any(batch(e) for e in defs.layer_experiments(lay.id))
     ]
     uid = F.col(unit_type)
     salts = sorted(
@@ -174,7 +202,7 @@ def assign_units(
         p
         for lay in layers
         for e in defs.layer_experiments(lay.id)
-        if e.assigned_on(day) and e.targeting is not None
+        if batch(e) and e.targeting is not None
         for p in predicates(e.targeting)
         if p.value_type == "semver" and p.field in strings
     ]
@@ -202,7 +230,7 @@ def assign_units(
         rule_ids: dict[str, int] = {}
         rules: list[Column] = []
         for e in defs.layer_experiments(lay.id):
-            if not e.assigned_on(day):
+            if not batch(e):
                 continue
             key = canonical_json(e.targeting_json)
             if key not in rule_ids:
@@ -339,6 +367,12 @@ def unassignable(
         if not e.assigned_on(day):
             continue
         unit_type = defs.layer(e.layer).unit_type
+        if unit_type in PER_REQUEST_UNIT_TYPES:
+            out.append(f"{e.id}: {unit_type} experiment, drawn per request online (not assigned)")
+            continue
+        if online_only(defs, e.id):
+            out.append(f"{e.id}: assigned online only ({unit_type} units or request-only fields)")
+            continue
         if unit_type not in units:
             out.append(f"{e.id}: no {unit_type} units in the inputs; it is assigned online only")
             continue

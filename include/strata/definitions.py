@@ -95,7 +95,10 @@ class LayerModel(_Strict):
     description: str = ""
     domain: str = ROOT_DOMAIN
     salt: str = Field(min_length=1)
-    unit_type: UnitType = Field(description="Hash key: device_id, user_id or url.")
+    unit_type: UnitType = Field(
+        description="Hash key: device_id, user_id, url (a page, assigned online) or random (a "
+        "fresh draw per request, online only, not analysable per unit)."
+    )
     priority: int = Field(description="Parameter merge order: higher priority wins conflicts.")
     service: str | None = Field(None, description="Service scope; null = every service.")
     launch: bool = Field(False, description="The launch layer: overlaps all traffic.")

@@ -370,36 +370,7 @@ class LookupClient:
                 taken_experiments.add(exp["id"])
                 taken_layers.add(exp["layer"])
                 chosen.append((exp, variant))
-        chosen.sort(key=lambda c: (-(c[0]["priority"] or 0), c[0]["layer"], c[0]["id"]))
-        actions: list[dict[str, Any]] = []
-        for exp, variant in chosen:
-            v = exp["variants"][str(variant)]
-            actions.append(
-                {
-                    "type": "experiment",
-                    "data": {
-                        "id": exp["id"],
-                        "name": exp["name"],
-                        "startDate": exp["startDate"],
-                        "endDate": exp["endDate"],
-                        "key": exp["key"],
-                        "variantId": variant,
-                        "variantName": v["name"],
-                        "params": v["params"],
-                    },
-                }
-            )
-        # seed 002 merge order (as strata.assignment.merge_order): ascending layer priority, then
-        # layer id, later wins; a layer without a service applies to every service.
-        in_order = sorted(chosen, key=lambda c: (c[0]["priority"] or 0, c[0]["layer"]))
-        services = sorted({exp["service"] for exp, _ in chosen}, key=lambda s: (s is not None, s))
-        for service in services:
-            merged: dict[str, Any] = {}
-            for exp, variant in in_order:
-                if exp["service"] is None or exp["service"] == service:
-                    merged = deep_merge(merged, exp["variants"][str(variant)]["params"])
-            actions.append({"type": "configUpdate", "data": {"service": service, "params": merged}})
-        return actions
+        return build_actions(chosen)
 
     def stored(
         self, units: list[tuple[str, str]]
@@ -638,6 +609,42 @@ def _gc_paused() -> Iterator[None]:
 
 _default: LookupClient | None = None
 _default_lock = threading.Lock()
+
+
+def build_actions(chosen: list[tuple[dict[str, Any], int]]) -> list[dict[str, Any]]:
+    """Seed 004's actions for the chosen ``(catalog entry, variant id)`` pairs: one
+    ``experiment`` action each (descending layer priority, then layer and id), then one
+    ``configUpdate`` per service with the params merged in seed 002's order. Sorts ``chosen``."""
+    chosen.sort(key=lambda c: (-(c[0]["priority"] or 0), c[0]["layer"], c[0]["id"]))
+    actions: list[dict[str, Any]] = []
+    for exp, variant in chosen:
+        v = exp["variants"][str(variant)]
+        actions.append(
+            {
+                "type": "experiment",
+                "data": {
+                    "id": exp["id"],
+                    "name": exp["name"],
+                    "startDate": exp["startDate"],
+                    "endDate": exp["endDate"],
+                    "key": exp["key"],
+                    "variantId": variant,
+                    "variantName": v["name"],
+                    "params": v["params"],
+                },
+            }
+        )
+    # seed 002 merge order (as strata.assignment.merge_order): ascending layer priority, then
+    # layer id, later wins; a layer without a service applies to every service.
+    in_order = sorted(chosen, key=lambda c: (c[0]["priority"] or 0, c[0]["layer"]))
+    services = sorted({exp["service"] for exp, _ in chosen}, key=lambda s: (s is not None, s))
+    for service in services:
+        merged: dict[str, Any] = {}
+        for exp, variant in in_order:
+            if exp["service"] is None or exp["service"] == service:
+                merged = deep_merge(merged, exp["variants"][str(variant)]["params"])
+        actions.append({"type": "configUpdate", "data": {"service": service, "params": merged}})
+    return actions
 
 
 def _client() -> LookupClient:

@@ -254,3 +254,50 @@ def test_definitions_without_layers_assign_nothing(spark, tmp_path):
         out.schema.simpleString()
         == spark.createDataFrame([], ASSIGNMENTS_SCHEMA).schema.simpleString()
     )
+
+
+def test_online_only_experiments_are_skipped_and_region_is_targetable(inputs, tmp_path):
+    """Seed 003's types beside the bundled definitions: url and random layers and the channel
+    rule get no rows (reported), the region rule is assigned in batch from country, exactly as
+    the Python reference on the same contexts."""
+    import shutil
+    from pathlib import Path
+
+    from spark_jobs.assign_experiments import unassignable
+    from strata.assignment import online_experiments
+
+    types = Path(__file__).parents[1] / "data" / "experiment_types" / "types.yaml"
+    for f in [*bundled_path().glob("*.yaml"), types]:
+        shutil.copy(f, tmp_path / f.name)
+    both = load(tmp_path)
+    online = online_experiments(both)
+    assert online == {"cart_copy", "banner_color", "app_nav"}
+    units = unit_contexts(inputs["users"], inputs["orgs"], inputs["devices"])
+    units = {t: df.limit(3000).cache() for t, df in units.items()}
+    assert "region" in units["user_id"].columns
+    assert "region" in units["device_id"].columns
+    got = {
+        tuple(r)
+        for r in transform(units, both, "run", dt.datetime(2026, 11, 8), DAY).select(*KEY).collect()
+    }
+    batch = {e.id for e in both.experiments} - online
+    want = set()
+    for unit_type, df in units.items():
+        for row in df.collect():
+            ctx = row.asDict()
+            want |= {
+                a.key()
+                for a in assign_unit(both, unit_type, ctx[unit_type], ctx, as_of=DAY, only=batch)
+            }
+    assert got == want
+    experiments = {r[2] for r in got}
+    assert not experiments & online
+    assert "eu_offer" in experiments
+    eu_users = {r["user_id"] for r in units["user_id"].where(F.col("region") == "eu").collect()}
+    eu_rows = {r[1] for r in got if r[2] == "eu_offer"}
+    assert eu_rows
+    assert eu_rows <= eu_users
+    warnings = unassignable(units, both, DAY)
+    assert any(w.startswith("banner_color: random experiment") for w in warnings)
+    assert any(w.startswith("cart_copy: assigned online only") for w in warnings)
+    assert any(w.startswith("app_nav: assigned online only") for w in warnings)

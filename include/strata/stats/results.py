@@ -449,8 +449,29 @@ def read_inputs(
     missing = sorted(set(ids) - {str(r["experiment_id"]) for r in records})
     if missing:
         raise AggregateError(f"experiments not found in {e_ident}: {missing}")
+    refuse_per_request(records)
     _require(goals, g_ident)
     return Inputs(goals, cross, [experiment_from_record(r) for r in records], got)
+
+
+def refuse_per_request(records: Sequence[Mapping[str, Any]]) -> None:
+    """A :class:`DesignError` naming the experiments randomised per request (seed 003's
+    ``random``): they have no unit, so no per-unit metric, variance or SRM test exists for them.
+
+    Usage:
+        >>> refuse_per_request([{"experiment_id": "e1", "unit_type": "user_id"}])
+        >>> refuse_per_request([{"experiment_id": "banner", "unit_type": "random"}])
+        Traceback (most recent call last):
+        ...
+        strata.stats.errors.DesignError: banner: a random (per-request) experiment is not ...
+    """
+    for r in records:
+        if r.get("unit_type") in contracts.PER_REQUEST_UNIT_TYPES:
+            raise DesignError(
+                f"{r['experiment_id']}: a {r['unit_type']} (per-request) experiment is not "
+                "analysable per unit: each request draws its variant afresh, so no unit carries "
+                "one variant (count its exposures instead)"
+            )
 
 
 def _require(goals: pd.DataFrame, ident: str) -> None:
