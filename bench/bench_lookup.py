@@ -45,6 +45,8 @@ PREFIX = "bench:lk"
 #: Open-loop rate of the earlier sessions' endpoint figure (half their measured capacity).
 FIXED_RATE = 250
 SEED = 20261123
+#: Interleaved rounds of the batch figure of section (b); the best of each side is reported.
+BATCH_ROUNDS = 5
 #: Multiplies the request counts of section (c) (``--endpoint-scale``; 1 for the figures).
 ENDPOINT_SCALE = 1.0
 
@@ -407,17 +409,23 @@ def bench_reader(settings, units: int) -> None:
     p99 = pct(single, 0.99) * 1e3
     row("anchor: lookup(device_id) p99", f"{p99:.3f} ms", "target 1 ms",
         "met" if p99 < 1 else "NOT met")  # fmt: skip
+    # One batch takes tens of ms: on a shared machine a single shot measures the neighbours.
+    # Best of BATCH_ROUNDS interleaved rounds each (the answers dropped inside the timing, as a
+    # caller that serves them would).
     batch = [(d, None, None) for d in ids[:10_000]]
-    t0 = time.perf_counter()
-    reader.lookup_many(batch)
-    batch_rate = len(batch) / (time.perf_counter() - t0)
-    pipe = raw.pipeline(transaction=False)
-    for d in ids[:10_000]:
-        pipe.get(f"bench:none:{d}")
-    t0 = time.perf_counter()
-    pipe.execute()
-    pipe_rate = 10_000 / (time.perf_counter() - t0)
-    row("lookup_many, 10,000 devices: lookups/s", f"{batch_rate:,.0f}",
+    batch_s, pipe_s = [], []
+    for _ in range(BATCH_ROUNDS):
+        t0 = time.perf_counter()
+        reader.lookup_many(batch)
+        batch_s.append(time.perf_counter() - t0)
+        pipe = raw.pipeline(transaction=False)
+        for d in ids[:10_000]:
+            pipe.get(f"bench:none:{d}")
+        t0 = time.perf_counter()
+        pipe.execute()
+        pipe_s.append(time.perf_counter() - t0)
+    batch_rate, pipe_rate = len(batch) / min(batch_s), 10_000 / min(pipe_s)
+    row(f"lookup_many, 10,000 devices: lookups/s (best of {BATCH_ROUNDS})", f"{batch_rate:,.0f}",
         f"pipelined GETs {pipe_rate:,.0f}/s", batch_rate / pipe_rate)  # fmt: skip
 
 

@@ -65,7 +65,7 @@ def assignments() -> gx.ExpectationSuite:
                 for c in ("unit_type", "unit_id", "experiment_id", "variant_id", "slot")
             ),
             gxe.ExpectColumnValuesToBeInSet(
-                column="unit_type", value_set=list(contracts.UNIT_TYPES)
+                column="unit_type", value_set=list(contracts.UNIT_ID_TYPES)
             ),
             gxe.ExpectColumnValuesToBeBetween(column="slot", min_value=0, max_value=9999),
             gxe.ExpectCompoundColumnsToBeUnique(

@@ -11,6 +11,12 @@ Only experiments inside their window on the run's day get units: ``--as-of`` (de
 the Airflow task passes its run's day, the demo the synthetic data's first day) must lie in
 ``[start_date, end_date]``, both inclusive. Experiments outside it are reported, not assigned.
 
+Online-only experiments (:func:`strata.assignment.online_only`) are skipped cleanly and reported:
+``url`` layers (no unit table: the endpoint assigns a page online with the same slot formula),
+``random`` layers (a fresh draw per request, never written anywhere) and experiments whose
+targeting reads a request-only field (``channel``, ``url``). Unit contexts carry ``region``,
+derived from ``country`` (``strata.contracts.REGION_OF_COUNTRY``) unless a table has its own.
+
 Writes ``assignments`` (one row per unit and experiment, partitioned by unit_type) and
 ``experiments`` (one row per experiment), each replaced in one atomic Iceberg commit.
 Re-runs are reproducible: ``run_id`` hashes the definitions version and the input snapshot ids,
@@ -30,18 +36,22 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from strata.assignment import online_experiments, online_only
 from strata.bucketing import SLOTS
 from strata.contracts import (
     ASSIGNMENTS,
     DEVICES,
     EXPERIMENTS,
     ORGS,
+    PER_REQUEST_UNIT_TYPES,
+    REGION_OF_COUNTRY,
     UNIT_TABLES,
     USERS,
     utc_today,
 )
 from strata.definitions import (
     Definitions,
+    ExperimentDefinition,
     bundled_path,
     canonical_json,
     load,
@@ -123,7 +133,21 @@ def unit_contexts(users: DataFrame, orgs: DataFrame, devices: DataFrame) -> dict
         "user_id",
         "left",
     )
-    return {"user_id": user_ctx, "device_id": device_ctx}
+    return {"user_id": with_region(user_ctx), "device_id": with_region(device_ctx)}
+
+
+def with_region(units: DataFrame) -> DataFrame:
+    """``units`` plus ``region`` from ``country`` (:data:`strata.contracts.REGION_OF_COUNTRY`, the
+    map online evaluation uses) unless it has a region column, or no country, already."""
+    from pyspark.sql import functions as F
+
+    if "region" in units.columns or "country" not in units.columns:
+        return units
+    region: Any = None
+    for country, name in REGION_OF_COUNTRY.items():
+        hit = F.col("country") == F.lit(country)
+        region = F.when(hit, F.lit(name)) if region is None else region.when(hit, F.lit(name))
+    return units.withColumn("region", region)
 
 
 # --- the native assignment -------------------------------------------------------------------
@@ -134,6 +158,14 @@ def slot_column(salt: str, unit_id: Column) -> Column:
     from pyspark.sql import functions as F
 
     return F.pmod(F.xxhash64(F.concat(F.lit(f"{salt}:"), unit_id)), F.lit(SLOTS)).cast("int")
+
+
+def int_array(values: list[int]) -> Column:
+    """A constant ``array<int>`` built from one string literal: Spark folds it into a single
+    literal (a Column per element would cost one JVM call each, 10,000 per layer)."""
+    from pyspark.sql import functions as F
+
+    return F.split(F.lit(",".join(map(str, values))), ",").cast("array<int>")
 
 
 def assign_units(
@@ -147,11 +179,15 @@ def assign_units(
     from pyspark.sql import functions as F
 
     day = as_of or utc_today()
+    online = online_experiments(defs)  # url / random layers, rules on request-only fields
+
+    def batch(e: ExperimentDefinition) -> bool:
+        return e.assigned_on(day) and e.id not in online
+
     layers = [
         lay
         for lay in defs.layers
-        if lay.unit_type == unit_type
-        and any(e.assigned_on(day) for e in defs.layer_experiments(lay.id))
+        if lay.unit_type == unit_type and any(batch(e) for e in defs.layer_experiments(lay.id))
     ]
     uid = F.col(unit_type)
     salts = sorted(
@@ -166,7 +202,7 @@ def assign_units(
         p
         for lay in layers
         for e in defs.layer_experiments(lay.id)
-        if e.assigned_on(day) and e.targeting is not None
+        if batch(e) and e.targeting is not None
         for p in predicates(e.targeting)
         if p.value_type == "semver" and p.field in strings
     ]
@@ -178,18 +214,28 @@ def assign_units(
     )
     semver_keys = {f: F.col(n) for f, n in key_names.items()}
     schema = units.schema
-    # Each layer yields one int per unit: variant index * SLOTS + slot (null: not assigned). Ints
-    # keep the per-layer CASE WHEN cheap; each output field is then looked up once per output
-    # row by index in a constant array of that field's values.
+    # Each layer yields one int per unit: variant index * SLOTS + slot (null: not assigned). The
+    # variant whose range holds the slot comes from a constant array indexed by slot, and only
+    # that experiment's rule is evaluated (a CASE over the layer's distinct rules), so the code
+    # per layer grows with its distinct rules, not with its experiments: a CASE WHEN per variant
+    # stopped compiling (64 KB method limit) at 20 experiments per layer. Ranges in a layer are
+    # disjoint (validated), so a slot has at most one candidate. Each output field is then looked
+    # up once per output row by index in a constant array of that field's values.
     meta: list[tuple[Any, ...]] = []
     codes = []
     for lay in layers:
         s = F.col(slot_names[lay.salt])
-        code: Any = None
+        by_slot = [-1] * SLOTS  # the variant (index in meta) whose range holds the slot
+        rule_by_slot = [-1] * SLOTS  # and its experiment's rule (index in rules)
+        rule_ids: dict[str, int] = {}
+        rules: list[Column] = []
         for e in defs.layer_experiments(lay.id):
-            if not e.assigned_on(day):
+            if not batch(e):
                 continue
-            rule = to_column(e.targeting, schema, semver_keys=semver_keys)
+            key = canonical_json(e.targeting_json)
+            if key not in rule_ids:
+                rule_ids[key] = len(rules)
+                rules.append(to_column(e.targeting, schema, semver_keys=semver_keys))
             for v in e.variants:
                 meta.append(
                     (
@@ -204,14 +250,23 @@ def assign_units(
                         v.params_json,
                     )
                 )
-                value = F.lit((len(meta) - 1) * SLOTS) + s
-                hit = (s >= v.start) & (s < v.end) & rule
-                code = F.when(hit, value) if code is None else code.when(hit, value)
+                by_slot[v.start : v.end] = [len(meta) - 1] * (v.end - v.start)
+                rule_by_slot[v.start : v.end] = [rule_ids[key]] * (v.end - v.start)
+        candidate = F.element_at(int_array(by_slot), s + 1)
+        rule_index = F.element_at(int_array(rule_by_slot), s + 1)
+        passes: Any = None
+        for i, rule in enumerate(rules):
+            passes = (
+                F.when(rule_index == i, rule)
+                if passes is None
+                else passes.when(rule_index == i, rule)
+            )
         in_domain = F.lit(True)
         for d in defs.domain_chain(lay.domain):
             ds = F.col(slot_names[d.salt])
             in_domain = in_domain & (ds >= d.start) & (ds < d.end)
-        codes.append(F.when(in_domain, code))
+        hit = in_domain & (candidate >= 0) & passes
+        codes.append(F.when(hit, candidate * SLOTS + s))
     if not codes:
         return units.sparkSession.createDataFrame([], ASSIGNMENTS_SCHEMA).select(
             "unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]
@@ -312,6 +367,12 @@ def unassignable(
         if not e.assigned_on(day):
             continue
         unit_type = defs.layer(e.layer).unit_type
+        if unit_type in PER_REQUEST_UNIT_TYPES:
+            out.append(f"{e.id}: {unit_type} experiment, drawn per request online (not assigned)")
+            continue
+        if online_only(defs, e.id):
+            out.append(f"{e.id}: assigned online only ({unit_type} units or request-only fields)")
+            continue
         if unit_type not in units:
             out.append(f"{e.id}: no {unit_type} units in the inputs; it is assigned online only")
             continue

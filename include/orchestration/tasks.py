@@ -415,10 +415,12 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
         iceberg_catalog(settings), [experiment_id], day, history, settings.namespace
     )
     verdict = {str(r.variant): r.verdict for r in night.verdicts().itertuples()}
-    log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s",
-             experiment_id, day, night.rows, night.dates, verdict)  # fmt: skip
+    recs = night.recommendations()
+    rec = (recs["recommendation"].iloc[0], recs["reason"].iloc[0]) if len(recs) else (None, None)
+    log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s; recommend %s: %s",
+             experiment_id, day, night.rows, night.dates, verdict, *rec)  # fmt: skip
     return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": night.rows,
-            "dates": night.dates, "verdicts": verdict}  # fmt: skip
+            "dates": night.dates, "verdicts": verdict, "recommendation": rec[0]}  # fmt: skip
 
 
 @reported_task(trigger_rule="all_done_min_one_success", outlets=[RESULTS])
@@ -473,3 +475,33 @@ def recover_lookup_table() -> dict:
     result = recover(settings)
     log.info("lookup table: %s (version %s)", result["state"], result.get("version"))
     return result
+
+
+# --- table maintenance ---------------------------------------------------------------------------
+
+
+@task(pool=SPARK_POOL)
+def maintain_tables() -> dict:
+    """Compact small files, expire old snapshots and remove orphan files on every Strata table
+    (one Spark session for all; a table that fails does not stop the others, the task fails at
+    the end naming each). Retention: the ``STRATA_MAINTENANCE_*`` settings."""
+    from strata.config import get_settings
+    from strata.maintenance import maintain
+    from strata.stack import spark_session
+
+    settings = get_settings()
+    spark = spark_session(settings, app_name="strata-maintain-tables")
+    results = maintain(spark, settings=settings)
+    done = [r for r in results if r.state == "maintained"]
+    log.info(
+        "maintained %d tables (%d missing): %d snapshots and %d data files -> %d and %d, "
+        "%d files deleted",
+        len(done),
+        len(results) - len(done),
+        sum(r.snapshots_before for r in done),
+        sum(r.data_files_before for r in done),
+        sum(r.snapshots_after for r in done),
+        sum(r.data_files_after for r in done),
+        sum(r.expired_files + r.orphan_files for r in done),
+    )
+    return {r.table: r.as_dict() for r in results}

@@ -40,13 +40,23 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+import secrets
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from strata.bucketing import slot
-from strata.contracts import utc_today
-from strata.rules import evaluate
+from strata.bucketing import SLOTS, slot
+from strata.contracts import (
+    PER_REQUEST_UNIT_TYPES,
+    REGION_OF_COUNTRY,
+    REQUEST_FIELDS,
+    utc_today,
+)
+from strata.keyspace import normalize_url
+from strata.rules import evaluate, fields
+
+#: ``slot_of(salt, unit_id)``: where a unit falls in a domain's or layer's split.
+SlotOf = Callable[[str, str], int]
 
 if TYPE_CHECKING:
     from strata.definitions import Definitions, Layer
@@ -73,9 +83,9 @@ class Assignment:
         return tuple(self.__dict__.values())
 
 
-def in_domain(defs: Definitions, domain_id: str, unit_id: str) -> bool:
+def in_domain(defs: Definitions, domain_id: str, unit_id: str, slot_of: SlotOf = slot) -> bool:
     """Is the unit inside ``domain_id`` (and every domain enclosing it)?"""
-    return all(d.start <= slot(d.salt, unit_id) < d.end for d in defs.domain_chain(domain_id))
+    return all(d.start <= slot_of(d.salt, unit_id) < d.end for d in defs.domain_chain(domain_id))
 
 
 def assign_layer(
@@ -85,14 +95,20 @@ def assign_layer(
     context: Mapping[str, Any],
     *,
     as_of: dt.date | None = None,
+    only: Collection[str] | None = None,
+    slot_of: SlotOf = slot,
 ) -> Assignment | None:
-    """The unit's variant in one layer on the day ``as_of`` (default today UTC), or None."""
-    if not in_domain(defs, layer.domain, unit_id):
+    """The unit's variant in one layer on the day ``as_of`` (default today UTC), or None.
+
+    ``only`` restricts the experiments considered (the others' slots then give None);
+    ``slot_of`` replaces the slot formula (:func:`assign_random` draws instead).
+    """
+    if not in_domain(defs, layer.domain, unit_id, slot_of):
         return None
     day = as_of or utc_today()
-    s = slot(layer.salt, unit_id)
+    s = slot_of(layer.salt, unit_id)
     for e in defs.layer_experiments(layer.id):
-        if not e.assigned_on(day):
+        if not e.assigned_on(day) or (only is not None and e.id not in only):
             continue
         for v in e.variants:
             if v.start <= s < v.end:
@@ -122,18 +138,95 @@ def assign_unit(
     context: Mapping[str, Any],
     *,
     as_of: dt.date | None = None,
+    only: Collection[str] | None = None,
 ) -> list[Assignment]:
-    """Every experiment the unit is in on the day ``as_of`` (default today UTC), by id."""
+    """Every experiment the unit is in on the day ``as_of`` (default today UTC), by id
+    (``only``: among these experiments). A url unit is hashed in its normal form
+    (:func:`strata.keyspace.normalize_url`), which is also the context's ``url``."""
     if unit_id is None:
         raise ValueError(f"unit_id is None for unit type {unit_type!r}")
+    if unit_type in PER_REQUEST_UNIT_TYPES:
+        raise ValueError(f"{unit_type!r} layers have no unit: use assign_random")
+    if unit_type == "url":  # the page is the unit: rules read it in the same normal form
+        unit_id = normalize_url(unit_id)
+        context = {**context, "url": unit_id}
     day = as_of or utc_today()
     rows = [
         a
         for layer in defs.layers
         if layer.unit_type == unit_type
-        and (a := assign_layer(defs, layer, unit_id, context, as_of=day)) is not None
+        and (a := assign_layer(defs, layer, unit_id, context, as_of=day, only=only)) is not None
     ]
     return sorted(rows, key=lambda a: a.experiment_id)
+
+
+def draw_slot(_salt: str = "", _unit_id: str = "") -> int:
+    """A fresh uniform slot in ``[0, SLOTS)`` from the OS's CSPRNG (``secrets``): no hash, so two
+    requests are independent draws."""
+    return secrets.randbelow(SLOTS)
+
+
+def assign_random(
+    defs: Definitions,
+    context: Mapping[str, Any],
+    *,
+    as_of: dt.date | None = None,
+    slot_of: SlotOf = draw_slot,
+) -> list[Assignment]:
+    """Seed 003's ``random`` experiments for one request: every ``random`` layer (and every domain
+    on its path) draws a fresh slot, then targeting and windows apply as for any unit. Served
+    online only: the rows (``unit_id`` empty) are never written to the assignments or the lookup
+    table, and such experiments are not analysable per unit. ``slot_of`` is for tests (a seeded
+    draw); the default is :func:`draw_slot`."""
+    day = as_of or utc_today()
+    rows = [
+        a
+        for layer in defs.layers
+        if layer.unit_type in PER_REQUEST_UNIT_TYPES
+        and (a := assign_layer(defs, layer, "", context, as_of=day, slot_of=slot_of)) is not None
+    ]
+    return sorted(rows, key=lambda a: a.experiment_id)
+
+
+def online_only(defs: Definitions, experiment_id: str) -> bool:
+    """Is the experiment assigned online only, per request, never by the batch job? Its layer's
+    unit type has no unit table (``url``, ``random``), or its targeting reads a field only a
+    request carries (:data:`strata.contracts.REQUEST_FIELDS`: ``channel``, ``url``).
+
+    Usage:
+        >>> from strata.definitions import bundled_path, load
+        >>> defs = load(bundled_path())
+        >>> [e.id for e in defs.experiments if online_only(defs, e.id)]
+        []
+    """
+    e = defs.experiment(experiment_id)
+    if defs.layer(e.layer).unit_type in ("url", *PER_REQUEST_UNIT_TYPES):
+        return True
+    return e.targeting is not None and bool(fields(e.targeting) & set(REQUEST_FIELDS))
+
+
+def online_experiments(defs: Definitions) -> frozenset[str]:
+    """The ids of the experiments :func:`online_only` holds for."""
+    return frozenset(e.id for e in defs.experiments if online_only(defs, e.id))
+
+
+def targeting_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """A request context as targeting rules read it: ``url`` in its normal form, ``region``
+    from ``country`` (:data:`strata.contracts.REGION_OF_COUNTRY`) when the context has none, the
+    same derivation as the assignment job's unit contexts.
+
+    Usage:
+        >>> targeting_context({"country": "DE", "url": "HTTPS://Shop.example.com:443/cart#x"})
+        {'country': 'DE', 'url': 'https://shop.example.com/cart', 'region': 'eu'}
+    """
+    out = dict(context)
+    url = out.get("url")
+    if isinstance(url, str) and url:
+        out["url"] = normalize_url(url)
+    country = out.get("country")
+    if out.get("region") is None and isinstance(country, str) and country in REGION_OF_COUNTRY:
+        out["region"] = REGION_OF_COUNTRY[country]
+    return out
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -158,6 +158,32 @@ class Settings(BaseSettings):
         "Iceberg snapshots. Each costs the memory of a whole version.",
     )
 
+    # --- Table maintenance (strata.maintenance, the maintain_tables DAG, `strata maintain`) --
+    maintenance_snapshot_days: float = Field(
+        7.0,
+        ge=0,
+        description="Iceberg snapshots older than this many days are expired (their files "
+        "deleted), except the last maintenance_keep_snapshots of each table. A results row's "
+        "input snapshots are only reproducible, and a publication only recoverable or rolled "
+        "back to, while they are kept.",
+    )
+    maintenance_keep_snapshots: int = Field(
+        5, ge=1, description="Snapshots of each table kept whatever their age."
+    )
+    maintenance_orphan_hours: float = Field(
+        72.0,
+        ge=24,
+        description="Files no snapshot references are removed once older than this: it must "
+        "exceed the longest write (a running job's files are not referenced until it commits). "
+        "Iceberg's remove_orphan_files procedure refuses less than 24 hours.",
+    )
+    maintenance_min_input_files: int = Field(
+        5,
+        ge=2,
+        description="Compaction rewrites a table's small files only in groups of at least this "
+        "many (a table of a few files is left as it is).",
+    )
+
     @model_validator(mode="after")
     def _check_rest(self) -> Settings:
         if self.catalog_type == "rest" and not self.catalog_uri:

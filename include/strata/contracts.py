@@ -20,6 +20,8 @@ Usage:
     ['country', 'platform', 'app_version_major', 'visitor', 'plan']
     >>> dbt_vars()["value_goals"], dbt_vars()["unit_types"]
     (['purchase'], ['device_id', 'user_id', 'url'])
+    >>> UNIT_TYPES, REGION_OF_COUNTRY["CZ"]
+    (('device_id', 'user_id', 'url', 'random'), 'eu')
     >>> is_served("running"), is_served("stopped"), is_served("archived")
     (True, False, False)
 """
@@ -69,6 +71,33 @@ UNIT_SEGMENTS = "int_unit_segments"
 SEGMENT_UNIT_GOALS = "int_segment_unit_goals"
 #: The evaluation's output.
 RESULTS = "results"
+#: dbt's intermediate exposure table (rebuilt by each run; int_unit_segments and
+#: int_segment_unit_goals, above, are tables too; the other intermediate models are views).
+UNITS_EXPOSED = "int_units_exposed"
+
+#: Every Iceberg table Strata writes: what table maintenance (``strata.maintenance``) keeps tidy.
+TABLES = (
+    ORGS,
+    USERS,
+    DEVICES,
+    RAW_EVENTS,
+    ASSIGNMENTS,
+    EXPERIMENTS,
+    PUBLICATIONS,
+    EXPOSURE_LOGS,
+    EXPOSURE_LOG_REJECTS,
+    STG_EVENTS,
+    STG_EVENT_REJECTS,
+    UNITS_EXPOSED,
+    UNIT_GOALS_DAILY,
+    GOAL_AGGREGATES,
+    GOAL_CROSS_AGGREGATES,
+    UNIT_SEGMENTS,
+    SEGMENT_UNIT_GOALS,
+    GOAL_SEGMENT_AGGREGATES,
+    GOAL_SEGMENT_CROSS_AGGREGATES,
+    RESULTS,
+)
 
 #: What the synthetic generator writes, in its order.
 SYNTHETIC_TABLES = (ORGS, USERS, DEVICES, RAW_EVENTS)
@@ -89,9 +118,32 @@ DBT_TABLES = (
 
 # --- unit types ------------------------------------------------------------------------------
 
-#: What a layer hashes on; also the id columns of events, assignments and LOG events.
-UnitType = Literal["device_id", "user_id", "url"]
+#: What a layer hashes on. ``random`` (seed 003) has no unit: each request draws a fresh slot.
+UnitType = Literal["device_id", "user_id", "url", "random"]
 UNIT_TYPES: tuple[UnitType, ...] = get_args(UnitType)
+#: Unit types without a stable id: randomised per request, served online only, never written to
+#: the assignments, the lookup table or LOG events, and not analysable per unit.
+PER_REQUEST_UNIT_TYPES: tuple[UnitType, ...] = ("random",)
+#: Unit types with an id: the id columns of events, assignments and LOG events (dbt's unit_types).
+UNIT_ID_TYPES: tuple[UnitType, ...] = tuple(
+    t for t in UNIT_TYPES if t not in PER_REQUEST_UNIT_TYPES
+)
+
+# --- targeting fields ------------------------------------------------------------------------
+
+#: Context fields only a request carries (seed 003/004's ``channel``, the page ``url``): an
+#: experiment whose targeting reads one is evaluated online, per request, never in the batch job.
+REQUEST_FIELDS = ("channel", "url")
+#: First-class targeting fields (strings): validated in every request context (a 400 names the
+#: field), documented in the rule field list.
+TARGETING_FIELDS = ("channel", "region")
+#: ``region`` from ``country`` (ISO 3166-1 alpha-2) when the context or the unit table has no
+#: region of its own: the same map online and in the assignment job. Unknown countries: no region.
+REGION_OF_COUNTRY: dict[str, str] = {
+    "US": "na", "CA": "na", "MX": "latam", "BR": "latam", "AR": "latam",
+    "GB": "eu", "DE": "eu", "FR": "eu", "CZ": "eu", "ES": "eu", "IT": "eu", "NL": "eu",
+    "PL": "eu", "IE": "eu", "IN": "apac", "JP": "apac", "AU": "apac", "SG": "apac", "KR": "apac",
+}  # fmt: skip
 
 # --- experiment statuses ---------------------------------------------------------------------
 
@@ -233,12 +285,12 @@ def value_goals(path: Path | str | None = None) -> tuple[str, ...]:
 
 def dbt_vars(path: Path | str | None = None) -> dict[str, Any]:
     """The vars every dbt invocation needs (``--vars``, Cosmos ``operator_args['vars']``): the
-    goals and value goals of the catalogue, the unit types (the id columns of LOG events) and the
-    segment dimensions."""
+    goals and value goals of the catalogue, the unit types with an id (the id columns of LOG
+    events; ``random`` has none) and the segment dimensions."""
     return {
         "goals": list(goal_names(path)),
         "value_goals": list(value_goals(path)),
-        "unit_types": list(UNIT_TYPES),
+        "unit_types": list(UNIT_ID_TYPES),
         "segment_dimensions": list(SEGMENT_NAMES),
     }
 

@@ -95,7 +95,10 @@ class LayerModel(_Strict):
     description: str = ""
     domain: str = ROOT_DOMAIN
     salt: str = Field(min_length=1)
-    unit_type: UnitType = Field(description="Hash key: device_id, user_id or url.")
+    unit_type: UnitType = Field(
+        description="Hash key: device_id, user_id, url (a page, assigned online) or random (a "
+        "fresh draw per request, online only, not analysable per unit)."
+    )
     priority: int = Field(description="Parameter merge order: higher priority wins conflicts.")
     service: str | None = Field(None, description="Service scope; null = every service.")
     launch: bool = Field(False, description="The launch layer: overlaps all traffic.")
@@ -117,6 +120,12 @@ class MetricModel(_Strict):
     )
     minimum_effect: float | None = Field(
         None, gt=0, description="Relative effect to power for (power and sample size)."
+    )
+    margin: float | None = Field(
+        None,
+        gt=0,
+        description="Guardrails only: relative non-inferiority margin, e.g. 0.01 = a harm of up "
+        "to 1% is acceptable (the recommendation's guardrail outcome).",
     )
 
     @field_validator("nominator", "denominator", "covariate")
@@ -147,6 +156,7 @@ class MetricModel(_Strict):
             self.direction,
             self.covariate,
             self.minimum_effect,
+            self.margin,
         )
 
 
@@ -209,6 +219,12 @@ class ExperimentModel(_Strict):
             raise ValueError("slots is only for weighted variants; explicit ranges give their own")
         if self.slots is not None:
             _check_range(*self.slots)
+        for m in self.metrics:
+            if m.margin is not None and m.role != "guardrail":
+                raise ValueError(
+                    f"experiment {self.id!r}, metric {m.id!r}: margin is only for guardrail "
+                    f"metrics (role is {m.role!r})"
+                )
         return self
 
 

@@ -65,6 +65,8 @@ UNITS_PER_BUCKET = 48
 #: Version ids are short lowercase hex (a digest of the source snapshots).
 VERSION_RE = re.compile(r"^[0-9a-f]{6,40}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: An id of at most this many characters has at most 4 UTF-8 bytes each: within the byte limit.
+_SHORT_ID = MAX_UNIT_ID_BYTES // 4
 
 # Fields of a version's metadata hash (``<prefix>:ver:<version>``), besides the per-unit-type and
 # per-experiment ones of ``buckets_field``, ``units_field`` and ``experiment_field``.
@@ -115,6 +117,8 @@ def check_unit_id(unit_id: object, what: str = "unit id") -> str:
         ...
         strata.errors.DataError: device id 'a\\nb' contains a control character
     """
+    if type(unit_id) is str and 0 < len(unit_id) <= _SHORT_ID and not _CONTROL.search(unit_id):
+        return unit_id  # the common case, without encoding it (see _SHORT_ID)
     if not isinstance(unit_id, str) or not unit_id:
         raise DataError(f"{what} must be a non-empty string, got {unit_id!r}")
     if _CONTROL.search(unit_id):
@@ -125,13 +129,28 @@ def check_unit_id(unit_id: object, what: str = "unit id") -> str:
 
 
 def normalize_url(url: str) -> str:
-    """The stored form of a url unit: scheme and host lower-cased, fragment dropped, trimmed.
+    """The stored form of a url unit: trimmed, scheme and host lower-cased, the default port
+    (``:80`` for http, ``:443`` for https) and the fragment dropped, an empty path made ``/``. The
+    path and the query are kept as given (a page with another query is another unit; a targeting
+    rule ``url like "https://shop.example.com/cart*"`` ignores the query).
 
-    The loader stores urls in this form and the reader looks them up in this form, so
-    ``HTTPS://Example.com/p#x`` and ``https://example.com/p`` are the same unit.
+    The loader stores urls in this form, the reader looks them up in this form and online
+    assignment hashes this form, so ``HTTPS://Example.com:443/p#x`` and ``https://example.com/p``
+    are the same unit.
+
+    Usage:
+        >>> normalize_url(" HTTPS://Shop.Example.COM:443/Cart?x=1#top ")
+        'https://shop.example.com/Cart?x=1'
+        >>> normalize_url("http://example.com:8080"), normalize_url("http://example.com:80")
+        ('http://example.com:8080/', 'http://example.com/')
     """
     parts = urlsplit(url.strip())
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, parts.query, ""))
+    scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and netloc.endswith(default) and not netloc.endswith("]"):
+        netloc = netloc.removesuffix(default)
+    path = parts.path or ("/" if netloc else "")
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
 def encode_tokens(pairs: list[tuple[int, int]]) -> str:

@@ -258,6 +258,7 @@ def _evaluate(argv: list[str]) -> int:
         f"{night.rows:,} result rows" + (f" over {night.dates} dates" if plan.history else "")
     )
     print(night.verdicts().to_string(index=False))
+    print("\n".join(night.recommendation_lines()))
     return 0
 
 
@@ -282,6 +283,52 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+def _maintain(argv: list[str]) -> int:
+    from strata import contracts
+    from strata.config import get_settings
+
+    settings = get_settings()
+    parser = argparse.ArgumentParser(
+        prog="strata maintain",
+        description="Iceberg table maintenance (what the daily maintain_tables DAG runs): compact "
+        "small files, expire snapshots older than STRATA_MAINTENANCE_SNAPSHOT_DAYS "
+        f"({settings.maintenance_snapshot_days:g}) keeping the last "
+        f"STRATA_MAINTENANCE_KEEP_SNAPSHOTS ({settings.maintenance_keep_snapshots}), remove "
+        "files no snapshot references older than STRATA_MAINTENANCE_ORPHAN_HOURS "
+        f"({settings.maintenance_orphan_hours:g}). Rows never change; reproducing a result or "
+        "recovering a publication works within the retention window only.",
+    )
+    parser.add_argument(
+        "tables",
+        nargs="*",
+        metavar="TABLE",
+        help=f"tables (default: all): {', '.join(contracts.TABLES)}",
+    )
+    args = parser.parse_args(argv)
+    unknown = [t for t in args.tables if t not in contracts.TABLES]
+    if unknown:
+        print(f"strata maintain: not Strata tables: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+
+    from strata.errors import StackError
+    from strata.maintenance import maintain
+    from strata.stack import spark_session
+
+    spark = spark_session(settings, app_name="strata-maintain")
+    try:
+        results = maintain(spark, args.tables or None, settings, raise_on_failure=False)
+    except StackError as exc:
+        print(f"strata maintain: {exc}", file=sys.stderr)
+        return 1
+    for result in results:
+        print(result.summary())
+    failed = [r.table for r in results if r.state == "failed"]
+    if failed:
+        print(f"strata maintain: failed on {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {
     "validate": (_validate, "validate experiment definitions (exit 1 and one line per problem)"),
     "plan": (_plan, "dry-run traffic table of definitions: shares and free space per layer"),
@@ -294,6 +341,7 @@ COMMANDS = {
     "serve": (_serve, "run the reference device-register endpoint (seed 004) behind nginx"),
     "evaluate": (_evaluate, "evaluate experiments into the Iceberg results table"),
     "report": (_report, "write static HTML reports (forest plot, trend, SRM) from results"),
+    "maintain": (_maintain, "compact, expire old snapshots and remove orphans on every table"),
 }
 
 

@@ -14,6 +14,12 @@ offending location named, both in seed 004's envelope (``params.status = "failed
 ``request.ext.url`` that ``urllib.parse`` cannot read (an unclosed IPv6 bracket, a full-width
 delimiter in the host, a port out of range) is a 400 like any other bad field.
 
+Seed 003's online-only experiments (:func:`strata.assignment.online_only`: ``url`` layers on the
+normalised ``ext.url``, rules on ``request.channel`` or ``url``, ``random`` layers drawn afresh per
+request) are served by this route too, merged with the lookup's answer into one set of actions
+(:func:`register_online`, :func:`register_answer`; a second Redis read only when one applies).
+Their exposures are logged like any other, except the random ones (no unit: never logged).
+
 Redis trouble is never a 500 and never a silent "no experiments": every Redis failure (unreachable,
 timeouts, ``LOADING``, ``BUSY``, ``OOM``, ``READONLY``, credentials, permissions, any other error
 reply) is a 503 with ``Retry-After``, ``params.err = "LOOKUP_UNAVAILABLE"`` and
@@ -33,6 +39,11 @@ date with the definitions loaded at start (``STRATA_DEFINITIONS``, default the b
 :func:`strata.assignment.assign_unit`, targeting rules and the slot formula. Per experiment and per
 layer the first unit type of ``UNIT_PRIORITY`` wins, as in the lookup. The answer also names the
 ``version`` and each unit's ``source`` (``lookup`` or ``online``). It writes no exposure events.
+Online-only experiments are evaluated for every request, also for units the lookup holds
+(:func:`online_only_rows`); ``random`` layers need no unit (:func:`random_rows`, source
+``random: online``). The context's ``channel`` and ``region`` must be strings (a 400 naming the
+field), ``region`` defaults to the region of ``country``
+(:func:`strata.assignment.targeting_context`).
 Bad input is a 4xx ``{"error": {"code", "message", "errors"}}``; Redis trouble a 503 with
 ``Retry-After`` (online evaluation never stands in for a lookup that failed: a known unit would
 get another answer).
@@ -86,7 +97,7 @@ from strata.keyspace import DEFAULT_PREFIX, MAX_UNIT_ID_BYTES, UNIT_PRIORITY
 from strata_apps.endpoint_metrics import REGISTER_ROUTE, Metrics, MetricsMiddleware
 
 if TYPE_CHECKING:
-    from strata.assignment import Served
+    from strata.assignment import Assignment, Served, SlotOf
     from strata.definitions import Definitions
 
 #: Largest request body accepted (seed 004's envelope is well under 1 KiB).
@@ -441,7 +452,7 @@ def _parse(model: type[_M], raw: bytes) -> _M:
         ) from None
 
 
-def context_units(context: dict[str, Any]) -> list[tuple[str, str]]:
+def context_units(context: dict[str, Any], *, allow_none: bool = False) -> list[tuple[str, str]]:
     """The ``(unit type, unit id)`` pairs of a seed 002 context, in ``UNIT_PRIORITY`` order; a
     400 for a unit that is no string, holds control characters, is no http(s) url (``url``) or
     that the key scheme refuses, and when there is none to bucket on.
@@ -466,6 +477,8 @@ def context_units(context: dict[str, Any]) -> list[tuple[str, str]]:
         if unit_type == "url" and (problem := url_problem(value)):
             raise BadRequest(400, "INVALID_UNIT", f"context.url: {problem}", loc)
         given[unit_type] = value
+    if not given and allow_none:  # random layers need no unit
+        return []
     if not given:
         raise BadRequest(
             400, "NO_UNIT", f"the context names no unit to bucket on ({', '.join(UNIT_PRIORITY)})",
@@ -485,19 +498,30 @@ def evaluate_services(
     context: dict[str, Any],
     services: list[str],
     day: dt.date,
+    draw: SlotOf | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Seed 002's ``results`` and each unit's source (``lookup`` or ``online``).
 
-    A unit the lookup version holds (``stored`` not None) is answered from it; any other is
-    assigned online on ``day``. Per experiment and per layer the first unit (``UNIT_PRIORITY``
-    order) wins, as in :class:`strata.lookup.LookupClient`.
+    A unit the lookup version holds (``stored`` not None) is answered from it, plus its online-only
+    experiments (:func:`online_only_rows`); any other is assigned online on ``day``. Per
+    experiment and per layer the first unit (``UNIT_PRIORITY`` order) wins, as in
+    :class:`strata.lookup.LookupClient`; ``random`` layers come last, drawn afresh
+    (:func:`random_rows`; ``draw`` replaces the draw in tests), with source ``random: online``.
+    Rules read the context through :func:`strata.assignment.targeting_context`.
     """
-    from strata.assignment import Served, assign_unit, merged_services, served
+    from strata.assignment import (
+        Served,
+        assign_unit,
+        merged_services,
+        served,
+        targeting_context,
+    )
 
     rows: list[Served] = []
     sources: dict[str, str] = {}
     taken_experiments: set[str] = set()
     taken_layers: set[str] = set()
+    context = targeting_context(context)
     for (unit_type, unit_id), held in zip(units, stored, strict=True):
         found: list[tuple[str, str, Served]]
         if held is not None:
@@ -507,6 +531,7 @@ def evaluate_services(
                                              e["variants"][str(vid)]["params"]))
                 for e, vid in held
             ]  # fmt: skip
+            found += online_only_rows(defs, unit_type, unit_id, context, day)
         else:
             sources[unit_type] = "online"
             found = [
@@ -519,7 +544,153 @@ def evaluate_services(
             taken_experiments.add(exp_id)
             taken_layers.add(layer_id)
             rows.append(row)
+    rows += random_rows(defs, context, day, sources, draw)
     return merged_services(rows, services), sources
+
+
+def online_only_rows(
+    defs: Definitions, unit_type: str, unit_id: str, context: dict[str, Any], day: dt.date
+) -> list[tuple[str, str, Served]]:
+    """The unit's online-only experiments (:func:`strata.assignment.online_only`: url layers,
+    rules on ``channel`` / ``url``), which no lookup version holds: assigned here, per request,
+    with the slot formula, for a unit the lookup answered."""
+    from strata.assignment import assign_unit, online_experiments, served
+
+    online = online_experiments(defs)
+    if not online:
+        return []
+    return [
+        (a.experiment_id, a.layer_id, served(a))
+        for a in assign_unit(defs, unit_type, unit_id, context, as_of=day, only=online)
+    ]
+
+
+def random_rows(
+    defs: Definitions,
+    context: dict[str, Any],
+    day: dt.date,
+    sources: dict[str, str],
+    draw: SlotOf | None = None,
+) -> list[Served]:
+    """Seed 003's ``random`` experiments of one request (:func:`strata.assignment.assign_random`:
+    a fresh slot per layer and request, no unit, nothing stored or logged); records
+    ``sources["random"] = "online"`` when the definitions have a random layer."""
+    from strata.assignment import assign_random, draw_slot, served
+    from strata.contracts import PER_REQUEST_UNIT_TYPES
+
+    if not any(lay.unit_type in PER_REQUEST_UNIT_TYPES for lay in defs.layers):
+        return []
+    sources["random"] = "online"
+    return [served(a) for a in assign_random(defs, context, as_of=day, slot_of=draw or draw_slot)]
+
+
+def check_targeting_fields(context: dict[str, Any]) -> None:
+    """A 400 naming ``body.context.<field>`` for a first-class targeting field
+    (:data:`strata.contracts.TARGETING_FIELDS`: ``channel``, ``region``) that is not a string
+    without control characters (null or absent is fine).
+
+    Usage:
+        >>> check_targeting_fields({"channel": "web", "region": None})
+        >>> check_targeting_fields({"channel": 3})
+        Traceback (most recent call last):
+        ...
+        strata_apps.endpoint.BadRequest: context.channel must be a string (got int)
+    """
+    from strata.contracts import TARGETING_FIELDS
+
+    for name in TARGETING_FIELDS:
+        value = context.get(name)
+        if value is None:
+            continue
+        loc = [{"loc": f"body.context.{name}", "msg": f"invalid {name}"}]
+        if not isinstance(value, str):
+            raise BadRequest(
+                400, "INVALID_FIELD", f"context.{name} must be a string (got "
+                f"{type(value).__name__})", loc,
+            )  # fmt: skip
+        if _CONTROL.search(value):  # (the request model caps every string at 512 characters)
+            raise BadRequest(
+                400, "INVALID_FIELD", f"context.{name} must have no control characters", loc
+            )
+
+
+def register_online(
+    defs: Definitions,
+    device_id: str,
+    user_id: str,
+    url: str,
+    channel: str,
+    day: dt.date,
+    draw: SlotOf | None = None,
+) -> list[Assignment]:
+    """The online-only experiments (:func:`strata.assignment.online_only`) of a device-register
+    request: url layers on ``ext.url`` (its normal form), rules on ``request.channel`` and
+    ``url``, and random layers (drawn afresh). Per experiment and layer the first unit in
+    ``UNIT_PRIORITY`` order wins. Empty (and cheap) when the definitions have none."""
+    from strata.assignment import (
+        assign_random,
+        assign_unit,
+        draw_slot,
+        online_experiments,
+        targeting_context,
+    )
+    from strata.lookup import request_units
+
+    online = online_experiments(defs)
+    if not online:
+        return []
+    context = targeting_context({"device_id": device_id, "user_id": user_id or None,
+                                 "url": url or None, "channel": channel or None})  # fmt: skip
+    rows: list[Assignment] = []
+    experiments: set[str] = set()
+    layers: set[str] = set()
+    candidates = [
+        a
+        for unit_type, unit_id in request_units(device_id, user_id, url)
+        for a in assign_unit(defs, unit_type, unit_id, context, as_of=day, only=online)
+    ]
+    for a in [*candidates, *assign_random(defs, context, as_of=day, slot_of=draw or draw_slot)]:
+        if a.experiment_id not in experiments and a.layer_id not in layers:
+            experiments.add(a.experiment_id)
+            layers.add(a.layer_id)
+            rows.append(a)
+    return rows
+
+
+def catalog_entry(defs: Definitions, a: Assignment) -> dict[str, Any]:
+    """A lookup catalog entry (the shape :func:`strata.lookup.build_actions` reads) for an
+    online assignment, from the definitions."""
+    e = defs.experiment(a.experiment_id)
+    return {
+        "id": e.id, "name": e.name, "startDate": e.start_date.isoformat(),
+        "endDate": e.end_date.isoformat(), "key": e.key, "layer": a.layer_id,
+        "domain": a.domain_id, "priority": a.layer_priority, "service": a.service,
+        "variants": {str(a.variant_id): {"name": a.variant_name, "control": a.is_control,
+                                         "params": json.loads(a.params)}},
+    }  # fmt: skip
+
+
+def register_answer(
+    reader: Any, defs: Definitions, device_id: str, user_id: str, url: str, extra: list[Assignment]
+) -> Any:
+    """The lookup's answer plus the online-only assignments ``extra``, as one seed-004 answer:
+    the stored experiments (first unit per experiment and layer), then ``extra`` where neither
+    its experiment nor its layer is taken, merged into one set of actions."""
+    from strata.lookup import Answer, build_actions, request_units
+
+    units = request_units(device_id, user_id, url)
+    version, held = reader.stored(units)
+    chosen: list[tuple[dict[str, Any], int]] = []
+    experiments: set[str] = set()
+    layers: set[str] = set()
+    entries = [pair for pairs in held if pairs for pair in pairs]
+    entries += [(catalog_entry(defs, a), a.variant_id) for a in extra]
+    for entry, vid in entries:
+        if entry["id"] not in experiments and entry["layer"] not in layers:
+            experiments.add(entry["id"])
+            layers.add(entry["layer"])
+            chosen.append((entry, vid))
+    return Answer(version, build_actions(chosen))
 
 
 def _seed002_error(exc: BadRequest) -> JSONResponse:
@@ -592,7 +763,8 @@ def create_app(
     today UTC) are what ``POST /experiment`` evaluates unknown units with.
     """
     from strata import landing
-    from strata.contracts import utc_today
+    from strata.assignment import online_experiments
+    from strata.contracts import PER_REQUEST_UNIT_TYPES, utc_today
     from strata.lookup import LookupClient, NoLiveVersionError
     from strata.stack import redis_client
 
@@ -600,6 +772,8 @@ def create_app(
     prefix = prefix or os.environ.get("STRATA_LOOKUP_PREFIX", DEFAULT_PREFIX)
     defs = definitions if definitions is not None else load_definitions()
     day_of = today or utc_today
+    has_random = any(lay.unit_type in PER_REQUEST_UNIT_TYPES for lay in defs.layers)
+    online_ids = online_experiments(defs)  # served per request by both routes
     metrics = Metrics()
 
     def lookup_failed(route: str, exc: StackError) -> None:
@@ -697,8 +871,17 @@ def create_app(
         body = _parse(RegisterRequest, raw)
         device_id, user_id, url = _check_units(device_id, body)
         try:
+            extra = (
+                register_online(defs, device_id, user_id, url, body.request.channel, day_of())
+                if online_ids
+                else []
+            )
             # One sub-millisecond Lua call with 1 s timeouts: cheaper inline than a thread hop.
-            answer = reader().answer(device_id, user_id, url)
+            answer = (
+                register_answer(reader(), defs, device_id, user_id, url, extra)
+                if extra
+                else reader().answer(device_id, user_id, url)
+            )
         except DataError as exc:  # an id the key scheme refuses
             raise BadRequest(400, "INVALID_REQUEST", str(exc)) from None
         except StackError as exc:
@@ -708,6 +891,9 @@ def create_app(
         metrics.live_version(answer.version)
         ets = int(time.time() * 1000)
         served = answer.experiments
+        if extra:  # random experiments are never logged (no unit: not analysable per unit)
+            drawn = {a.experiment_id for a in extra if a.unit_type in PER_REQUEST_UNIT_TYPES}
+            served = [(e, v) for e, v in served if e not in drawn]
         if served:
             sink.append(
                 ets, exposure_lines(device_id, user_id, url, served, answer.version or "", ets)
@@ -723,7 +909,8 @@ def create_app(
         """Seed 002's evaluation API (see the module docstring)."""
         try:
             body = _parse(ExperimentRequest, await _read_body(request))
-            units = context_units(body.context)
+            check_targeting_fields(body.context)
+            units = context_units(body.context, allow_none=has_random)
         except BadRequest as exc:
             return _seed002_error(exc)
         try:

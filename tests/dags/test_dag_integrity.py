@@ -12,7 +12,7 @@ import pytest
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 #: Tasks that start a Spark session (besides every dbt task): they must take a `spark` pool slot.
-SPARK_TASKS = {"generate_data", "assign_units", "ingest_exposure_logs"}
+SPARK_TASKS = {"generate_data", "assign_units", "ingest_exposure_logs", "maintain_tables"}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,42 @@ def test_evaluation_is_mapped_per_experiment(dagbag):
     assert "experiment_id" in task.map_index_template
     reports = dag.get_task("evaluation.write_reports")
     assert reports.trigger_rule == "all_done_min_one_success"
+
+
+def test_maintenance_runs_daily_after_the_nightly_runs(dagbag):
+    """One Spark task for every table, at 04:00 UTC (after the midnight runs)."""
+    from orchestration.defaults import SPARK_POOL
+
+    dag = dagbag.get_dag("maintain_tables")
+    assert [t.task_id for t in dag.tasks] == ["maintain_tables"]
+    assert dag.tasks[0].pool == SPARK_POOL
+    assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 4 * * *", "UTC")
+    assert not dag.catchup
+
+
+def test_maintenance_dag_maintains_every_table(dagbag, spark, settings):
+    """The task body under ``dag.test()``: every Strata table reported, the existing ones
+    maintained (the others missing), the rows unchanged."""
+    from airflow.utils.state import DagRunState
+
+    from strata import contracts
+
+    full = settings.table(contracts.EXPOSURE_LOG_REJECTS)
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {full} (line STRING) USING iceberg")
+    for i in range(6):
+        spark.sql(f"INSERT INTO {full} VALUES ('bad line {i}')")
+    rows = sorted(r.line for r in spark.table(full).collect())
+
+    run = dagbag.get_dag("maintain_tables").test()
+    assert run.state == DagRunState.SUCCESS
+    (ti,) = run.get_task_instances()
+    report = ti.xcom_pull(task_ids=ti.task_id)
+    assert set(report) == set(contracts.TABLES)
+    assert {r["state"] for r in report.values()} <= {"maintained", "missing"}
+    rejects = report[contracts.EXPOSURE_LOG_REJECTS]
+    assert rejects["state"] == "maintained"
+    assert rejects["data_files_after"] < rejects["data_files_before"]
+    assert sorted(r.line for r in spark.table(full).collect()) == rows
 
 
 def test_dag_files_parse_fast_and_import_nothing_heavy():

@@ -109,7 +109,7 @@ def test_stages_use_the_same_unit_types_and_tables():
     from spark_jobs.generate_synthetic import TABLES
     from strata.keyspace import UNIT_CODES
 
-    assert tuple(UNIT_CODES) == contracts.UNIT_TYPES
+    assert tuple(UNIT_CODES) == contracts.UNIT_ID_TYPES
     assert set(SUITES) == {contracts.RAW_EVENTS, contracts.ASSIGNMENTS, contracts.GOAL_AGGREGATES}
     assert TABLES == ("orgs", "users", "devices", "raw_events")
 

@@ -147,6 +147,38 @@ class TestPriorityOrder:
         requests = [("d1", "u1", self.URL), ("d1", None, None), ("zz", None, None)]
         assert published.lookup_many(requests) == [published.lookup(*r) for r in requests]
 
+    def test_a_batch_of_many_pipelined_script_calls_equals_single(self, published, monkeypatch):
+        """Split into script calls of 2 units (pipelined on one connection), with requests of
+        no unit alone in a call: the same answers, each the caller's own, gc as it was."""
+        import gc
+
+        import strata.lookup
+
+        monkeypatch.setattr(strata.lookup, "BATCH_UNITS", 2)
+        requests = [
+            ("d1", "u1", self.URL),
+            ("", "", ""),
+            (None, None, None),
+            ("d1", None, None),
+            ("zz", "u1", None),
+            ("", None, ""),
+        ] * 3
+        single = [published.lookup(*r) for r in requests]
+        assert published.lookup_many(requests) == single
+        answers = published.answer_many(requests)
+        assert [a.actions for a in answers] == single
+        assert {a.version for a in answers if a.actions} == {published.answer("d1").version}
+        batch = published.lookup_many(requests)
+        batch[0][0]["data"]["params"]["mutated"] = True
+        assert published.lookup_many(requests) == single
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            published.lookup_many(requests)
+            assert not gc.isenabled(), "a caller's disabled gc stays disabled"
+        finally:
+            gc.enable()
+
 
 class TestParamsMerge:
     def test_unscoped_layers_apply_to_every_service_and_layer_id_breaks_ties(self, env):
@@ -301,3 +333,34 @@ class TestConnection:
         assert reader.lookup("dev00001") == first
         admin.script_flush()
         assert reader.lookup("dev00001") == first
+
+    def test_pipelined_batches_recover_a_killed_connection_or_flushed_script_cache(
+        self, env, monkeypatch
+    ):
+        import strata.lookup
+
+        monkeypatch.setattr(strata.lookup, "BATCH_UNITS", 3)
+        exp = experiment("alpha", "layer_a", 10, "device_id", None, [("v0", {"k": 0})])
+        units = [f"dev{i:05d}" for i in range(10)]
+        env.write([pinned(exp, u, 0) for u in units], [exp])
+        env.publish()
+        reader = env.reader()
+        requests = [(u, None, None) for u in [*units, "nobody"]]
+        first = reader.lookup_many(requests)
+        assert first == [reader.lookup(*r) for r in requests]
+        assert first[0]
+        assert not first[-1]
+        from strata.stack import redis_client
+
+        admin = redis_client(env.settings)
+        held = reader._local.conn
+        held.send_command("CLIENT", "ID")
+        assert admin.client_kill_filter(_id=held.read_response()) == 1
+        assert reader.lookup_many(requests) == first
+        admin.script_flush()
+        assert reader.lookup_many(requests) == first
+        admin.script_flush()
+        held = reader._local.conn
+        held.send_command("CLIENT", "ID")
+        assert admin.client_kill_filter(_id=held.read_response()) == 1
+        assert reader.lookup_many(requests) == first  # both at once

@@ -3,7 +3,8 @@
 In process (the app called through ASGI with raw scopes, real Redis): malformed urls are 400s,
 malformed headers are 400s, nothing is a 500, every 503 carries ``Retry-After``, and a
 derandomised hypothesis fuzz of urls, headers and bodies (10,000 cases) sees no 5xx; nor does
-one of seed 002's `POST /experiment` bodies (3,000 cases).
+one of seed 002's `POST /experiment` bodies (3,000 cases), against the bundled definitions plus
+seed 003's types (a url layer with a page pattern, a random layer, channel and region rules).
 
 As deployed (``scripts/endpoint.sh``: nginx in front of uvicorn, real Redis, 127.0.0.1): 200
 half-sent requests, slow bodies and slowloris dribblers are closed after the timeout while a
@@ -20,6 +21,7 @@ import http.client
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +40,7 @@ from hypothesis import strategies as st
 from lookup_loader.loader import publish
 from lookup_loader.sample import sample_tables, write_tables
 from strata.config import Settings
+from strata.definitions import bundled_path, load
 from strata_apps.endpoint import MAX_BODY_BYTES, create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +122,23 @@ def published(redis_server):
 def asgi(published):
     settings, prefix = published
     driver = Asgi(create_app(settings, prefix=prefix))
+    yield driver
+    driver.close()
+
+
+@pytest.fixture(scope="module")
+def asgi_types(published, tmp_path_factory):
+    """The app with the bundled definitions plus seed 003's types (url, random, channel, region
+    experiments: ``tests/data/experiment_types``), all live on today's date of 2026-11-15."""
+    import datetime as dt
+
+    folder = tmp_path_factory.mktemp("types")
+    for f in [*bundled_path().glob("*.yaml"), ROOT / "tests/data/experiment_types/types.yaml"]:
+        shutil.copy(f, folder / f.name)
+    settings, prefix = published
+    app = create_app(settings, prefix=prefix, definitions=load(folder),
+                     today=lambda: dt.date(2026, 11, 15))  # fmt: skip
+    driver = Asgi(app)
     yield driver
     driver.close()
 
@@ -252,18 +272,24 @@ def run_counted(test, calls: list, n: int) -> None:
 
 @pytest.mark.slow  # ~12 s on a quiet machine, ~90 s at load average 13
 class TestFuzz:
-    def test_urls(self, asgi):
-        calls = []
+    def test_urls(self, asgi_types):
+        """ext.url, userid and channel of every shape, on the app with seed 003's url, channel and
+        random experiments (served online by the register route)."""
+        asgi, calls = asgi_types, []
 
         @hsettings(max_examples=FUZZ["urls"], **_FUZZ_SETTINGS)
-        @given(url=URLS, userid=st.none() | st.text(max_size=30))
-        @example(url="http://[::1", userid=None)
-        @example(url="http://example.com\uff0fcart", userid=None)
-        @example(url="http://\uff45xample.com/", userid="u1")
-        @example(url="http://example.com:99999/", userid=None)
-        def case(url, userid):
+        @given(url=URLS, userid=st.none() | st.text(max_size=30),
+               channel=st.sampled_from(["", "app", "web"]) | st.text(max_size=12))  # fmt: skip
+        @example(url="http://[::1", userid=None, channel="app")
+        @example(url="http://example.com\uff0fcart", userid=None, channel="")
+        @example(url="http://\uff45xample.com/", userid="u1", channel="ios")
+        @example(url="http://example.com:99999/", userid=None, channel="")
+        @example(url="HTTPS://SHOP.example.com:443/cart#x", userid="u1", channel="app")
+        def case(url, userid, channel):
             calls.append(1)
-            check_no_server_error(post_json(asgi, envelope(url, userid=userid)))
+            body = envelope(url, userid=userid)
+            body["request"]["channel"] = channel
+            check_no_server_error(post_json(asgi, body))
 
         run_counted(case, calls, FUZZ["urls"])
 
@@ -328,9 +354,11 @@ class TestFuzz:
 
         run_counted(case, calls, FUZZ["bodies"])
 
-    def test_experiment_bodies(self, asgi):
+    def test_experiment_bodies(self, asgi_types):
         """Seed 002's ``POST /experiment``: services and contexts of every JSON shape, units of
-        every type (urls from the url strategy), raw bytes: 200 or a 4xx with a reason."""
+        every type (urls from the url strategy), seed 003's channel and region of every type,
+        raw bytes: 200 or a 4xx with a reason."""
+        asgi = asgi_types
         calls = []
         scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
         json_values = st.recursive(
@@ -342,8 +370,10 @@ class TestFuzz:
             max_leaves=8,
         )
         keys = st.sampled_from(["user_id", "device_id", "url", "age", "country", "app_version",
-                                "is_premium", "org_plan"]) | st.text(max_size=10)  # fmt: skip
-        units = st.sampled_from(["u00000002", "d00000002", "user_12345", "", URL]) | URLS
+                                "is_premium", "org_plan", "channel", "region", "random"]
+                               ) | st.text(max_size=10)  # fmt: skip
+        units = st.sampled_from(["u00000002", "d00000002", "user_12345", "", URL, "app", "eu",
+                                 "https://shop.example.com/cart?x=1", "DE"]) | URLS  # fmt: skip
         contexts = st.dictionaries(keys, scalars | units | json_values, max_size=6)
         services = st.lists(st.sampled_from(["checkout", "feed", "ranker_svc", ""])
                             | st.text(max_size=12), max_size=4) | json_values  # fmt: skip
@@ -365,6 +395,10 @@ class TestFuzz:
         @example(body=b'{"services":["s"],"context":{"url":"http://[::1"}}', chunks=2)
         @example(body=b'{"services":["s"],"context":{"user_id":"u","age":NaN}}', chunks=1)
         @example(body=b'{"services":["s"],"context":{"user_id":"u","v":"1.0.0-"}}', chunks=1)
+        @example(body=b'{"services":["web_svc"],"context":{}}', chunks=1)
+        @example(body=b'{"services":["s"],"context":{"channel":[1],"region":{}}}', chunks=1)
+        @example(body=b'{"services":["s"],"context":{"channel":7,"url":"http://a/cart"}}', chunks=1)
+        @example(body=b'{"services":["s"],"context":{"region":"\\u0000","country":"DE"}}', chunks=1)
         def case(body, chunks):
             calls.append(1)
             headers = [(b"content-type", b"application/json")]

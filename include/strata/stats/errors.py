@@ -3,7 +3,13 @@
 from strata.errors import DataError
 from strata.metrics import ExpressionError
 
-__all__ = ["AggregateError", "DataError", "DesignError", "ExpressionError"]
+__all__ = [
+    "AggregateError",
+    "DataError",
+    "DesignError",
+    "ExpressionError",
+    "SnapshotExpiredError",
+]
 
 
 class AggregateError(DataError):
@@ -12,3 +18,8 @@ class AggregateError(DataError):
 
 class DesignError(DataError):
     """An experiment design (variants, weights, metrics) is inconsistent."""
+
+
+class SnapshotExpiredError(DataError):
+    """A pinned input snapshot is gone: table maintenance expired it (past the retention of
+    ``STRATA_MAINTENANCE_SNAPSHOT_DAYS``), so the result it produced cannot be reproduced."""

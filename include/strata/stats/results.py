@@ -5,9 +5,12 @@ One row per experiment × analysis date × window × metric × variant × statis
 agree with the decision), ``abs_diff_unadjusted``, ``rel_diff_unadjusted`` (level alpha, agree
 with ``p_value``) and ``mde``; for
 metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw of each variant;
-for treatments the Bayesian view, see :data:`BAYES_STATISTICS`). Segment rows (from
-``goal_segment_aggregates``, :mod:`strata.stats.segments`) carry ``dimension`` and ``segment``
-and statistics of their own (:data:`SEGMENT_STATISTICS`); the overall rows have both null.
+for treatments the Bayesian view, see :data:`BAYES_STATISTICS`; per treatment × guardrail metric
+``guardrail`` (ok / violated / inconclusive) and per experiment one ``__recommendation__`` row
+(ship / dont_ship / keep_running / invalid), both with their one-sentence ``reason``, see
+:func:`recommendation_rows`). Segment rows (from ``goal_segment_aggregates``,
+:mod:`strata.stats.segments`) carry ``dimension`` and ``segment`` and statistics of their own
+(:data:`SEGMENT_STATISTICS`); the overall rows have both null.
 Each run fully replaces the rows of its (experiment, analysis_date, window) keys with one
 overwrite commit, so re-runs are idempotent. Every row records the run id and the Iceberg
 snapshot ids of the input tables it read (``input_snapshots``, JSON ``{"table": snapshot_id}``),
@@ -44,8 +47,9 @@ from strata.stats.engine import (
     evaluate,
     verdicts,
 )
-from strata.stats.errors import AggregateError, DesignError
+from strata.stats.errors import AggregateError, DesignError, SnapshotExpiredError
 from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
+from strata.stats.recommend import recommend
 from strata.stats.segments import SegmentEvaluation, evaluate_segments
 
 if TYPE_CHECKING:
@@ -60,9 +64,12 @@ EXPERIMENTS_TABLE = contracts.EXPERIMENTS
 #: Column of the aggregate tables that selects the analysis date (cumulative window).
 AS_OF_COLUMN = DATE_COLUMN
 CUMULATIVE_WINDOW = "cumulative"
-SCHEMA_VERSION = "2"  # 2: dimension and segment columns (segment rows)
+#: "2": the ``reason`` column (recommendation and guardrail rows) was added; "3": the
+#: ``dimension`` and ``segment`` columns (segment rows).
+SCHEMA_VERSION = "3"
 SRM_METRIC_ID = "__srm__"
 VERDICT_METRIC_ID = "__verdict__"
+RECOMMENDATION_METRIC_ID = "__recommendation__"
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -85,6 +92,8 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("input_snapshots", pa.string(), nullable=False),
         pa.field("evaluated_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("schema_version", pa.string(), nullable=False),
+        # why: the one-sentence reason of recommendation and guardrail rows; null on the others
+        pa.field("reason", pa.string()),
         # segment rows: the dimension and its segment (null on the overall rows); added in place
         # to a table written before segments (strata.stack.evolve_schema)
         pa.field("dimension", pa.string()),
@@ -194,6 +203,7 @@ def results_frame(
             }
         )
     )
+    parts.extend(recommendation_rows(evaluation))
     srm = evaluation.srm
     parts.append(
         pd.DataFrame(
@@ -215,6 +225,9 @@ def results_frame(
         )
     )
     out = pd.concat(parts, ignore_index=True)
+    if "reason" not in out:
+        out["reason"] = None
+    out["reason"] = out["reason"].astype(object).where(out["reason"].notna(), None)
     out.insert(1, "analysis_date", evaluation.analysis_date)
     out.insert(2, "window", window)
     out["run_id"] = run_id
@@ -282,10 +295,61 @@ def segment_results_frame(
     out["input_snapshots"] = json.dumps(dict(sorted(input_snapshots.items())))
     out["evaluated_at"] = pd.Timestamp(evaluated_at or datetime.now(UTC))
     out["schema_version"] = SCHEMA_VERSION
+    out["reason"] = None
     return out[RESULTS_SCHEMA.names].sort_values(
         ["experiment_id", "metric_id", "variant", "statistic", "dimension", "segment"],
         kind="stable", ignore_index=True,
     )  # fmt: skip
+
+
+def recommendation_rows(evaluation: Evaluation) -> list[pd.DataFrame]:
+    """The guardrail rows (``statistic='guardrail'``, per treatment × guardrail metric: the
+    adjusted relative interval and ``decision`` ok / violated / inconclusive) and one
+    ``__recommendation__`` row per experiment (``decision`` ship / dont_ship / keep_running /
+    invalid, ``point`` the units per variant still needed when keeping it running), each with its
+    ``reason`` (:mod:`strata.stats.recommend`)."""
+    m, config = evaluation.metrics, evaluation.config
+    if m.empty:
+        return []
+    rec = recommend(m, evaluation.srm, evaluation.days_run, config.power, config.srm_alpha)
+    g, r = rec.guardrails, rec.recommendations
+    guard = pd.DataFrame(
+        {
+            "experiment_id": g["exp_id"],
+            "metric_id": g["metric_id"],
+            "metric_name": g["metric_name"],
+            "role": "guardrail",
+            "variant": g["variant"],
+            "comparison": g["variant"] + " vs " + g["control"],
+            "statistic": "guardrail",
+            "point": g["effect"].astype(float),
+            "lower": g["lower"].astype(float),
+            "upper": g["upper"].astype(float),
+            "p_value": g["p_value"].astype(float),
+            "p_value_adjusted": g["p_value_adjusted"].astype(float),
+            "decision": g["outcome"],
+            "reason": g["reason"],
+        }
+    )
+    top = pd.DataFrame(
+        {
+            "experiment_id": r["exp_id"],
+            "metric_id": RECOMMENDATION_METRIC_ID,
+            "metric_name": "recommendation",
+            "role": "recommendation",
+            "variant": r["variant"],
+            "comparison": np.where(r["variant"] != "", r["variant"] + " vs " + r["control"], ""),
+            "statistic": "recommendation",
+            "point": r["units_needed"].astype(float),
+            "lower": np.nan,
+            "upper": np.nan,
+            "p_value": np.nan,
+            "p_value_adjusted": np.nan,
+            "decision": r["recommendation"],
+            "reason": r["reason"],
+        }
+    )
+    return [guard, top]
 
 
 def bayes_rows(metrics: pd.DataFrame, scale: str = "relative") -> pd.DataFrame:
@@ -414,6 +478,13 @@ def _scan(
     if snapshot_id is None:
         snap = tbl.current_snapshot()
         snapshot_id = snap.snapshot_id if snap else None
+    elif tbl.snapshot_by_id(snapshot_id) is None:
+        # pyiceberg would scan an unknown snapshot as an empty table: refuse instead
+        raise SnapshotExpiredError(
+            f"{ident} no longer has snapshot {snapshot_id}: table maintenance expired it "
+            "(snapshots older than STRATA_MAINTENANCE_SNAPSHOT_DAYS are dropped, except the last "
+            "STRATA_MAINTENANCE_KEEP_SNAPSHOTS); a result is reproducible within that window only"
+        )
     if snapshot_id is None:
         return tbl.schema().as_arrow().empty_table().to_pandas(), None
     return tbl.scan(row_filter=row_filter, snapshot_id=snapshot_id).to_pandas(), snapshot_id
@@ -465,6 +536,7 @@ def read_inputs(
     missing = sorted(set(ids) - {str(r["experiment_id"]) for r in records})
     if missing:
         raise AggregateError(f"experiments not found in {e_ident}: {missing}")
+    refuse_per_request(records)
     _require(goals, g_ident)
     seg_frames: list[pd.DataFrame | None] = []
     for name in (segment_goals_table, segment_cross_table):
@@ -479,6 +551,26 @@ def read_inputs(
                     raise
         seg_frames.append(frame if frame is not None and len(frame) else None)
     return Inputs(goals, cross, [experiment_from_record(r) for r in records], got, *seg_frames)
+
+
+def refuse_per_request(records: Sequence[Mapping[str, Any]]) -> None:
+    """A :class:`DesignError` naming the experiments randomised per request (seed 003's
+    ``random``): they have no unit, so no per-unit metric, variance or SRM test exists for them.
+
+    Usage:
+        >>> refuse_per_request([{"experiment_id": "e1", "unit_type": "user_id"}])
+        >>> refuse_per_request([{"experiment_id": "banner", "unit_type": "random"}])
+        Traceback (most recent call last):
+        ...
+        strata.stats.errors.DesignError: banner: a random (per-request) experiment is not ...
+    """
+    for r in records:
+        if r.get("unit_type") in contracts.PER_REQUEST_UNIT_TYPES:
+            raise DesignError(
+                f"{r['experiment_id']}: a {r['unit_type']} (per-request) experiment is not "
+                "analysable per unit: each request draws its variant afresh, so no unit carries "
+                "one variant (count its exposures instead)"
+            )
 
 
 def _require(goals: pd.DataFrame, ident: str) -> None:

@@ -164,6 +164,33 @@ def test_evaluable_by_date_lists_every_evaluable_day_oldest_first(catalog):
     assert evaluable_experiments(catalog, None, namespace) == (["exp_d"], max(days))
 
 
+def test_reproduce_refuses_an_expired_input_snapshot(catalog):
+    """Table maintenance expires old snapshots: reproducing a result whose inputs are gone is
+    a clear error naming the table and snapshot, never an evaluation of an empty table."""
+    from strata.stats.errors import SnapshotExpiredError
+
+    names = {
+        "goals_table": "expiry_goals",
+        "cross_table": "expiry_cross",
+        "experiments_table": "expiry_experiments",
+        "results_table": "expiry_results",
+    }
+    goals, cross = aggregates(5, ["exp_e"])
+    old = put(catalog, names["goals_table"], goals)
+    put(catalog, names["cross_table"], cross)
+    put(catalog, names["experiments_table"], pd.DataFrame([experiment_record("exp_e")]))
+    run_evaluation(catalog, ["exp_e"], DAY, namespace=NAMESPACE, **names)
+    stored, again = reproduce(catalog, "exp_e", DAY, namespace=NAMESPACE, **names)
+    assert len(stored) == len(again) > 0  # within the retention window
+
+    new_goals, _ = aggregates(6, ["exp_e"])
+    put(catalog, names["goals_table"], new_goals)  # a later run of dbt
+    table = catalog.load_table(f"{NAMESPACE}.{names['goals_table']}")
+    table.maintenance.expire_snapshots().by_id(old).commit()  # what maintenance does, later
+    with pytest.raises(SnapshotExpiredError, match=rf"expiry_goals no longer has snapshot {old}"):
+        reproduce(catalog, "exp_e", DAY, namespace=NAMESPACE, **names)
+
+
 SEG_NAMESPACE = "stats_results_segments_test"
 
 
