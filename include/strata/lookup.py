@@ -332,14 +332,20 @@ class LookupClient:
                 continue
             for index, variant in sorted(decode_tokens(raw)):
                 exp = catalog[index]
-                if exp["id"] in taken_experiments or exp["layer"] in taken_layers:
+                # a shipped experiment (served through the launch layer) is no experiment of its
+                # layer: it neither takes the layer nor loses it to an experiment there
+                shipped = bool(exp.get("shipped"))
+                if exp["id"] in taken_experiments or (not shipped and exp["layer"] in taken_layers):
                     continue
                 taken_experiments.add(exp["id"])
-                taken_layers.add(exp["layer"])
+                if not shipped:
+                    taken_layers.add(exp["layer"])
                 chosen.append((exp, variant))
         chosen.sort(key=lambda c: (-(c[0]["priority"] or 0), c[0]["layer"], c[0]["id"]))
         actions: list[dict[str, Any]] = []
         for exp, variant in chosen:
+            if exp.get("shipped"):  # params only (below): no experiment action, no exposure
+                continue
             v = exp["variants"][str(variant)]
             actions.append(
                 {
@@ -357,8 +363,11 @@ class LookupClient:
                 }
             )
         # seed 002 merge order (as strata.assignment.merge_order): ascending layer priority, then
-        # layer id, later wins; a layer without a service applies to every service.
-        in_order = sorted(chosen, key=lambda c: (c[0]["priority"] or 0, c[0]["layer"]))
+        # layer id, later wins; a layer without a service applies to every service; in one layer
+        # a shipped experiment's params come first (an experiment there overrides them).
+        in_order = sorted(
+            chosen, key=lambda c: (c[0]["priority"] or 0, c[0]["layer"], not c[0].get("shipped"))
+        )
         services = sorted({exp["service"] for exp, _ in chosen}, key=lambda s: (s is not None, s))
         for service in services:
             merged: dict[str, Any] = {}
