@@ -154,7 +154,9 @@ def test_a_stopped_experiment_is_evaluated_a_last_time_then_no_more(ended_catalo
     nxt = DAY + timedelta(days=1)
     extra = goals.scan().to_arrow().to_pandas()
     extra = extra[extra["as_of_date"] == DAY].assign(as_of_date=nxt)
-    goals.append(pa.Table.from_pandas(extra, schema=goals.schema().as_arrow(), preserve_index=False))
+    goals.append(
+        pa.Table.from_pandas(extra, schema=goals.schema().as_arrow(), preserve_index=False)
+    )
     cross = cat.load_table(f"{ns}.goal_cross_aggregates")
     more = cross.scan().to_arrow().to_pandas()
     more = more[more["as_of_date"] == DAY].assign(as_of_date=nxt)
