@@ -239,3 +239,50 @@ def test_a_running_launch_experiment_overrides_shipped_params(tmp_path):
     assert merged["parameters"] == {"search": {"engine": "v2"}}
     assert merged["vids"] == [4001, 9002]
     assert defs.experiment("price_display").shipped_vid == 4001
+
+
+def test_serving_rows_stay_out_of_the_analysis():
+    """dbt's staging drops ids with ':' (it cannot import the prefix); no experiment id has one."""
+    from strata.definitions import ExperimentModel
+
+    root = Path(__file__).resolve().parents[2]
+    sql = (root / "dbt_project/models/staging/strata/stg_strata__assignments.sql").read_text()
+    assert "where instr(experiment_id, ':') = 0" in sql
+    assert ":" in contracts.SHIPPED_ROW_PREFIX
+    assert ":" not in ExperimentModel.model_fields["id"].metadata[0].pattern
+
+
+def test_post_experiment_serves_shipped_params_online_and_from_the_lookup(tmp_path):
+    """The online evaluation route follows the served rule: shipped params, no experiment."""
+    from strata.bucketing import slot
+    from strata_apps.endpoint import evaluate_services
+
+    defs = load(
+        _defs_with(tmp_path, CHECKOUT_RUNNING, _status("shipped", "    shipped_variant: 1002\n"))
+    )
+    main = defs.domain("main")
+    uid = next(
+        f"u{i:08d}" for i in range(100) if main.start <= slot(main.salt, f"u{i:08d}") < main.end
+    )
+    online, sources = evaluate_services([("user_id", uid)], [None], defs, CTX, ["checkout"], DAY)
+    assert sources == {"user_id": "online"}
+    assert online["checkout"]["parameters"]["button"]["color"] == "green"
+    assert 1002 in online["checkout"]["vids"] and "launch" in online["checkout"]["matched_layers"]
+    assert 1001 not in online["checkout"]["vids"]  # not the experiment's own assignment
+
+    shipped = {
+        "id": "shipped:checkout_button",
+        "layer": "launch",
+        "priority": 100,
+        "service": "checkout",
+        "shipped": True,
+        "variants": {"1002": {"params": {"button": {"color": "green", "text": "Buy"}}}},
+    }
+    launch = {"id": "search_v2_launch", "layer": "launch", "priority": 100, "service": None,
+              "variants": {"9002": {"params": {"button": {"color": "blue"}}}}}  # fmt: skip
+    held, _ = evaluate_services(
+        [("user_id", uid)], [[(shipped, 1002), (launch, 9002)]], defs, CTX, ["checkout"], DAY
+    )
+    # both served (the shipped entry does not take the launch layer); the experiment overrides
+    assert held["checkout"]["parameters"]["button"] == {"color": "blue", "text": "Buy"}
+    assert held["checkout"]["vids"] == [1002, 9002]
