@@ -42,6 +42,7 @@ from strata import safe_yaml
 from strata.bucketing import SLOTS
 from strata.contracts import (  # noqa: F401  (re-exported: their home is strata.contracts)
     ASSIGNED_STATUSES,
+    ENDED_STATUSES,
     FROZEN_STATUSES,
     METRIC_ROLES,
     SHIPPED,
@@ -624,12 +625,15 @@ def _cross_check(
                     f"{_where(e, '.status')}: a shipped experiment is served through the launch "
                     "layer, and the definitions declare none (a layer with launch: true)"
                 )
-    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%.
+    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%. Stopped and
+    # shipped experiments never get units again: their slots are free for new experiments.
     per_layer: dict[str, list[tuple[int, int, str, _Located]]] = defaultdict(list)
     for e in experiments:
         m = e.model
         if m.layer not in layer_by_id:
             problems.append(f"{_where(e, '.layer')}: unknown layer {m.layer!r}")
+            continue
+        if m.status in ENDED_STATUSES:
             continue
         for i, (start, end) in enumerate(_variant_ranges(m)):
             per_layer[m.layer].append(

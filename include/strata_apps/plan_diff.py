@@ -92,6 +92,7 @@ def planned_assignments(
     ``defs`` and the current input snapshots, computed by the job's own transform, not written."""
     from spark_jobs.assign_experiments import (
         input_snapshots,
+        kept_rows,
         run_identity,
         transform,
         unit_contexts,
@@ -103,8 +104,10 @@ def planned_assignments(
         for name, (sid, _) in snapshots.items()
     }
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
-    run_id, assigned_at = run_identity(defs.version, snapshots)
-    return transform(units, defs, run_id, assigned_at, as_of)
+    frozen = [e.id for e in defs.experiments if e.frozen]
+    run_id, assigned_at = run_identity(defs.version, snapshots, kept=frozen)
+    # paused / stopped / shipped experiments keep their current rows, as the job does
+    return transform(units, defs, run_id, assigned_at, as_of, kept_rows(spark, settings, defs))
 
 
 def live_publication(

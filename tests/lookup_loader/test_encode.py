@@ -257,7 +257,7 @@ class TestExcluded:
 
     def test_a_shipped_experiment_is_served_by_its_launch_rows_only(self):
         kept = [row("dev_b", "d1", 1), row("dev_b", "d2", 0)]  # its own rows: the analysis's
-        launch = dict(layer_id="launch", layer_priority=1, params=json.dumps({"v": 1}))
+        launch = {"layer_id": "launch", "layer_priority": 1, "params": json.dumps({"v": 1})}
         serving = [row("shipped:dev_b", d, 1, **launch) for d in ("d1", "d2", "d3")]
         exp = experiments(EXPS, status={"dev_b": "shipped"}, end={"dev_b": AS_OF})
         late = AS_OF + dt.timedelta(days=30)  # a launch has no window

@@ -92,7 +92,8 @@ def test_shipped_names_its_variant_by_vid_or_name(tmp_path, shipped):
     )
     e = load(folder).experiment("checkout_button")
     assert (e.status, e.shipped_vid, e.shipped_variant.name) == ("shipped", 1002, "treatment")
-    assert not e.assigned and e.frozen
+    assert not e.assigned
+    assert e.frozen
 
 
 @pytest.mark.parametrize(
@@ -214,7 +215,8 @@ def test_a_shipped_variant_is_served_to_every_unit_in_the_layer(tmp_path):
             assert shipped == []
         young = assign_unit(defs, "user_id", uid, {**CTX, "age": 16}, as_of=DAY)
         minors += any(r.experiment_id.startswith("shipped:") for r in young)
-    assert in_main > 300 and outside > 10  # main holds 90% of the traffic
+    assert in_main > 300
+    assert outside > 10
     assert minors == 0  # the experiment's targeting still applies
     # ... and on any day: a launch has no window
     later = assign_unit(defs, "user_id", "u00000042", CTX, as_of=dt.date(2027, 6, 1))
@@ -267,7 +269,8 @@ def test_post_experiment_serves_shipped_params_online_and_from_the_lookup(tmp_pa
     online, sources = evaluate_services([("user_id", uid)], [None], defs, CTX, ["checkout"], DAY)
     assert sources == {"user_id": "online"}
     assert online["checkout"]["parameters"]["button"]["color"] == "green"
-    assert 1002 in online["checkout"]["vids"] and "launch" in online["checkout"]["matched_layers"]
+    assert 1002 in online["checkout"]["vids"]
+    assert "launch" in online["checkout"]["matched_layers"]
     assert 1001 not in online["checkout"]["vids"]  # not the experiment's own assignment
 
     shipped = {
@@ -286,3 +289,22 @@ def test_post_experiment_serves_shipped_params_online_and_from_the_lookup(tmp_pa
     # both served (the shipped entry does not take the launch layer); the experiment overrides
     assert held["checkout"]["parameters"]["button"] == {"color": "blue", "text": "Buy"}
     assert held["checkout"]["vids"] == [1002, 9002]
+
+
+@pytest.mark.parametrize(("status", "free"), [("stopped", True), ("shipped", True),
+                                              ("paused", False), ("running", False)])  # fmt: skip
+def test_stopped_and_shipped_free_their_slots(tmp_path, status, free):
+    extra = "    shipped_variant: 1002\n" if status == "shipped" else ""
+    folder = _defs_with(tmp_path, CHECKOUT_RUNNING, _status(status, extra))
+    (folder / "next.yaml").write_text(
+        "experiments:\n"
+        "  - {id: checkout_next, name: Next, owner: t@strata.dev, layer: checkout,\n"
+        "     status: running, start_date: 2026-11-15, end_date: 2026-11-30,\n"
+        "     variants: [{vid: 1101, name: control, is_control: true, start: 0, end: 100},\n"
+        "                {vid: 1102, name: t, start: 100, end: 200}]}\n"
+    )
+    if free:
+        assert load(folder).experiment("checkout_next").status == "running"
+    else:
+        with pytest.raises(DefinitionError, match="overlaps checkout_button/control"):
+            load(folder)
