@@ -89,10 +89,13 @@ def planned_assignments(
     spark: SparkSession, settings: Settings, defs: Definitions, as_of: dt.date | None = None
 ) -> DataFrame:
     """The rows the assignment job would write on the day ``as_of`` (default today UTC) for
-    ``defs`` and the current input snapshots, computed by the job's own transform, not written."""
+    ``defs`` and the current input snapshots, computed by the job's own transform, not written.
+
+    The rows paused, stopped and shipped experiments keep (the job carries them over for their
+    analysis; they are not served) are left out, so such an experiment shows as ``removed``: the
+    diff is about what would be served. A shipped one's serving rows show as ``shipped:<id>``."""
     from spark_jobs.assign_experiments import (
         input_snapshots,
-        kept_rows,
         run_identity,
         transform,
         unit_contexts,
@@ -104,10 +107,8 @@ def planned_assignments(
         for name, (sid, _) in snapshots.items()
     }
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
-    frozen = [e.id for e in defs.experiments if e.frozen]
-    run_id, assigned_at = run_identity(defs.version, snapshots, kept=frozen)
-    # paused / stopped / shipped experiments keep their current rows, as the job does
-    return transform(units, defs, run_id, assigned_at, as_of, kept_rows(spark, settings, defs))
+    run_id, assigned_at = run_identity(defs.version, snapshots)
+    return transform(units, defs, run_id, assigned_at, as_of)
 
 
 def live_publication(
