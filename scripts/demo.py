@@ -147,7 +147,8 @@ def print_aggregates(catalog, settings) -> None:
 
 def print_results(catalog, settings) -> None:
     """The evaluation's verdicts: relative effect, its interval at the decision's (adjusted) level,
-    the adjusted p-value and the decision, per metric; then CUPED's variance reduction."""
+    the adjusted p-value and the decision, per metric; then CUPED's variance reduction and the
+    recommendation per experiment."""
     from strata.stats import read_results
 
     res = read_results(catalog, namespace=settings.namespace)
@@ -181,6 +182,7 @@ def print_results(catalog, settings) -> None:
             f"  CUPED {r.experiment_id} {r.metric_id} variant {r.variant}: "
             f"variance reduced by {r.point:.1%}"
         )
+    print_recommendations(res)
     from strata.synthetic import PLANTED_EFFECTS
 
     print(
@@ -188,6 +190,19 @@ def print_results(catalog, settings) -> None:
         + "; ".join(f"{e.experiment_id} {e.goal} x{e.multiplier}" for e in PLANTED_EFFECTS)
         + "; price_display is A/A (no effect)"
     )
+
+
+def print_recommendations(res) -> None:
+    """One line per experiment, from its latest ``__recommendation__`` row: the decision (ship,
+    dont_ship, keep_running, invalid) and its one-sentence reason."""
+    from strata.stats.results import RECOMMENDATION_METRIC_ID
+
+    top = res[res["metric_id"] == RECOMMENDATION_METRIC_ID]
+    top = top[
+        top["analysis_date"] == top.groupby("experiment_id")["analysis_date"].transform("max")
+    ]
+    for r in top.sort_values("experiment_id").itertuples():
+        print(f"  recommend {r.experiment_id}: {r.decision} — {r.reason}")
 
 
 def main() -> int:

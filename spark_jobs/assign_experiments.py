@@ -139,6 +139,14 @@ def slot_column(salt: str, unit_id: Column) -> Column:
     return F.pmod(F.xxhash64(F.concat(F.lit(f"{salt}:"), unit_id)), F.lit(SLOTS)).cast("int")
 
 
+def int_array(values: list[int]) -> Column:
+    """A constant ``array<int>`` built from one string literal: Spark folds it into a single
+    literal (a Column per element would cost one JVM call each, 10,000 per layer)."""
+    from pyspark.sql import functions as F
+
+    return F.split(F.lit(",".join(map(str, values))), ",").cast("array<int>")
+
+
 def assign_units(
     units: DataFrame, unit_type: str, defs: Definitions, as_of: dt.date | None = None
 ) -> DataFrame:
@@ -181,18 +189,28 @@ def assign_units(
     )
     semver_keys = {f: F.col(n) for f, n in key_names.items()}
     schema = units.schema
-    # Each layer yields one int per unit: variant index * SLOTS + slot (null: not assigned). Ints
-    # keep the per-layer CASE WHEN cheap; each output field is then looked up once per output
-    # row by index in a constant array of that field's values.
+    # Each layer yields one int per unit: variant index * SLOTS + slot (null: not assigned). The
+    # variant whose range holds the slot comes from a constant array indexed by slot, and only
+    # that experiment's rule is evaluated (a CASE over the layer's distinct rules), so the code
+    # per layer grows with its distinct rules, not with its experiments: a CASE WHEN per variant
+    # stopped compiling (64 KB method limit) at 20 experiments per layer. Ranges in a layer are
+    # disjoint (validated), so a slot has at most one candidate. Each output field is then looked
+    # up once per output row by index in a constant array of that field's values.
     meta: list[tuple[Any, ...]] = []
     codes = []
     for lay in layers:
         s = F.col(slot_names[lay.salt])
-        code: Any = None
+        by_slot = [-1] * SLOTS  # the variant (index in meta) whose range holds the slot
+        rule_by_slot = [-1] * SLOTS  # and its experiment's rule (index in rules)
+        rule_ids: dict[str, int] = {}
+        rules: list[Column] = []
         for e in defs.layer_experiments(lay.id):
             if not e.assigned_on(day):
                 continue
-            rule = to_column(e.targeting, schema, semver_keys=semver_keys)
+            key = canonical_json(e.targeting_json)
+            if key not in rule_ids:
+                rule_ids[key] = len(rules)
+                rules.append(to_column(e.targeting, schema, semver_keys=semver_keys))
             for v in e.variants:
                 meta.append(
                     (
@@ -207,14 +225,23 @@ def assign_units(
                         v.params_json,
                     )
                 )
-                value = F.lit((len(meta) - 1) * SLOTS) + s
-                hit = (s >= v.start) & (s < v.end) & rule
-                code = F.when(hit, value) if code is None else code.when(hit, value)
+                by_slot[v.start : v.end] = [len(meta) - 1] * (v.end - v.start)
+                rule_by_slot[v.start : v.end] = [rule_ids[key]] * (v.end - v.start)
+        candidate = F.element_at(int_array(by_slot), s + 1)
+        rule_index = F.element_at(int_array(rule_by_slot), s + 1)
+        passes: Any = None
+        for i, rule in enumerate(rules):
+            passes = (
+                F.when(rule_index == i, rule)
+                if passes is None
+                else passes.when(rule_index == i, rule)
+            )
         in_domain = F.lit(True)
         for d in defs.domain_chain(lay.domain):
             ds = F.col(slot_names[d.salt])
             in_domain = in_domain & (ds >= d.start) & (ds < d.end)
-        codes.append(F.when(in_domain, code))
+        hit = in_domain & (candidate >= 0) & passes
+        codes.append(F.when(hit, candidate * SLOTS + s))
     if not codes:
         return units.sparkSession.createDataFrame([], ASSIGNMENTS_SCHEMA).select(
             "unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]

@@ -416,10 +416,12 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
         iceberg_catalog(settings), [experiment_id], day, history, settings.namespace
     )
     verdict = {str(r.variant): r.verdict for r in night.verdicts().itertuples()}
-    log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s",
-             experiment_id, day, night.rows, night.dates, verdict)  # fmt: skip
+    recs = night.recommendations()
+    rec = (recs["recommendation"].iloc[0], recs["reason"].iloc[0]) if len(recs) else (None, None)
+    log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s; recommend %s: %s",
+             experiment_id, day, night.rows, night.dates, verdict, *rec)  # fmt: skip
     return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": night.rows,
-            "dates": night.dates, "verdicts": verdict}  # fmt: skip
+            "dates": night.dates, "verdicts": verdict, "recommendation": rec[0]}  # fmt: skip
 
 
 @reported_task(trigger_rule="all_done_min_one_success", outlets=[RESULTS])

@@ -121,6 +121,12 @@ class MetricModel(_Strict):
     minimum_effect: float | None = Field(
         None, gt=0, description="Relative effect to power for (power and sample size)."
     )
+    margin: float | None = Field(
+        None,
+        gt=0,
+        description="Guardrails only: relative non-inferiority margin, e.g. 0.01 = a harm of up "
+        "to 1% is acceptable (the recommendation's guardrail outcome).",
+    )
 
     @field_validator("nominator", "denominator", "covariate")
     @classmethod
@@ -150,6 +156,7 @@ class MetricModel(_Strict):
             self.direction,
             self.covariate,
             self.minimum_effect,
+            self.margin,
         )
 
 
@@ -227,6 +234,12 @@ class ExperimentModel(_Strict):
             raise ValueError("slots is only for weighted variants; explicit ranges give their own")
         if self.slots is not None:
             _check_range(*self.slots)
+        for m in self.metrics:
+            if m.margin is not None and m.role != "guardrail":
+                raise ValueError(
+                    f"experiment {self.id!r}, metric {m.id!r}: margin is only for guardrail "
+                    f"metrics (role is {m.role!r})"
+                )
         return self
 
     def shipped(self) -> VariantModel | None:

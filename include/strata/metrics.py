@@ -345,6 +345,7 @@ METRIC_OPTIONS: dict[str, Any] = {
     "direction": "increase",
     "covariate": None,
     "minimum_effect": None,
+    "margin": None,
 }
 
 
@@ -353,8 +354,9 @@ class Metric:
     """One metric of an experiment, in the definitions file and in the engine alike.
 
     ``nominator / denominator`` over goals (ep-stats names), its ``role``, the ``direction`` that
-    is a win, an optional CUPED ``covariate`` (a pre-period expression) and the relative
-    ``minimum_effect`` to power for.
+    is a win, an optional CUPED ``covariate`` (a pre-period expression), the relative
+    ``minimum_effect`` to power for and, for a guardrail, its relative non-inferiority ``margin``
+    (e.g. ``0.01``: a harm of up to 1% is acceptable; :mod:`strata.stats.recommend`).
 
     Usage:
         >>> m = Metric("ctr", "CTR", "count(user.unit.click)", "count(user.global.exposure)",
@@ -371,6 +373,7 @@ class Metric:
     direction: Direction = "increase"
     covariate: str | None = None
     minimum_effect: float | None = None
+    margin: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The stored form: ep-stats keys, plus each option that differs from its default."""

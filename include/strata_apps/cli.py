@@ -315,6 +315,7 @@ def _evaluate(argv: list[str]) -> int:
         nights.append(night)
     for night in nights:
         print(night.verdicts().to_string(index=False))
+        print("\n".join(night.recommendation_lines()))
     return 0
 
 

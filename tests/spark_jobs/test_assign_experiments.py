@@ -64,6 +64,56 @@ def test_spark_matches_the_python_reference_on_every_unit(inputs, defs):
     assert experiments == {e.id for e in defs.experiments if e.assigned}
 
 
+def many_experiments_yaml(layers: int, per_layer: int) -> str:
+    """``per_layer`` experiments in each of ``layers`` user layers, every one with its own rule
+    (a threshold on the user's age): more than a CASE WHEN per variant could compile."""
+    out = ["layers:"]
+    out += [
+        f"  - {{id: l{i}, salt: many-{i}, unit_type: user_id, priority: {i}}}"
+        for i in range(layers)
+    ]
+    out.append("experiments:")
+    width, vid = 9000 // per_layer, 1
+    for i in range(layers):
+        for j in range(per_layer):
+            start, mid, end = j * width, j * width + width // 2, (j + 1) * width
+            rule = (
+                f"{{type: field, field: age, op: gte, values: [{18 + (i * per_layer + j) % 40}]}}"
+            )
+            out += [
+                f"  - {{id: e{i}_{j}, name: e{i}_{j}, owner: t, layer: l{i}, status: running,",
+                "     start_date: 2026-11-08, end_date: 2026-11-14,",
+                f"     targeting: {rule},",
+                "     variants: [",
+                f"       {{vid: {vid}, name: control, is_control: true, start: {start}, "
+                f"end: {mid}, params: {{k: {{v: {vid}}}}}}},",
+                f"       {{vid: {vid + 1}, name: treatment, start: {mid}, end: {end}, "
+                f"params: {{k: {{v: {vid + 1}}}}}}}]}}",
+            ]
+            vid += 2
+    return "\n".join(out) + "\n"
+
+
+def test_hundreds_of_experiments_per_layer_match_the_reference(inputs, tmp_path):
+    (tmp_path / "many.yaml").write_text(many_experiments_yaml(layers=3, per_layer=150))
+    many = load(tmp_path)
+    users = unit_contexts(inputs["users"], inputs["orgs"], inputs["devices"])["user_id"]
+    users = users.limit(3000).cache()
+    got = {
+        tuple(r)
+        for r in transform({"user_id": users}, many, "run", dt.datetime(2026, 11, 8), DAY)
+        .select(*KEY)
+        .collect()
+    }
+    want = {
+        a.key()
+        for row in users.collect()
+        for a in assign_unit(many, "user_id", row["user_id"], row.asDict(), as_of=DAY)
+    }
+    assert len(want) > 3000  # most users get a variant in most of the 3 layers
+    assert got == want
+
+
 def test_targeting_really_narrows(inputs, defs):
     units = unit_contexts(inputs["users"], inputs["orgs"], inputs["devices"])
     out = transform(units, defs, "run", dt.datetime(2026, 11, 8), DAY)

@@ -270,6 +270,38 @@ class TestMetricOptions:
         assert f"metrics[0]{'.' + where if where else ''}: " in problem
         assert message in problem
 
+    def test_margin_on_a_guardrail_is_stored(self):
+        m = load_metric(role="guardrail", margin=0.01)
+        assert (m.role, m.margin) == ("guardrail", 0.01)
+        assert m.as_json()["margin"] == 0.01
+        assert "margin" not in load_metric(role="guardrail").as_json()
+
+    @pytest.mark.parametrize("role", ["primary", "secondary"])
+    def test_margin_only_on_guardrails(self, role):
+        with pytest.raises(DefinitionError) as exc:
+            load_metric(role=role, margin=0.01)
+        (problem,) = exc.value.problems
+        assert "experiments[0]: " in problem
+        assert "metric 'm': margin is only for guardrail metrics" in problem
+        assert f"(role is {role!r})" in problem
+
+    @pytest.mark.parametrize("margin", [0, -0.01])
+    def test_margin_must_be_positive(self, margin):
+        with pytest.raises(DefinitionError, match=r"metrics\[0\]\.margin: .*greater than 0"):
+            load_metric(role="guardrail", margin=margin)
+
+    def test_margin_survives_the_experiments_table(self):
+        """The stored metrics JSON carries the margin back to the engine's design."""
+        from strata.stats.models import experiment_from_record
+
+        e = load(bundled_path()).experiment("checkout_button")
+        stored = json.dumps(metrics_json(e))
+        design = experiment_from_record({"experiment_id": e.id, "variants": variants_json(e),
+                                         "metrics": stored})  # fmt: skip
+        assert {m.id: m.margin for m in design.metrics} == {
+            "conversion": None, "revenue": 0.01, "sessions": None}  # fmt: skip
+        assert design.metrics == e.metrics
+
     def test_engine_reads_the_stored_metric(self):
         from strata.stats.models import experiment_from_record
 

@@ -8,6 +8,8 @@ Public API (see docs/statistics.md):
   :class:`ExperimentDesign` (metrics are :class:`strata.metrics.Metric`, the one metric model);
 - :func:`run_evaluation` (``strata evaluate EXP --date D``), :func:`read_results`,
   :func:`reproduce` — the Iceberg ``results`` table through pyiceberg;
+- :func:`recommend` — guardrail outcomes and one recommendation per experiment with its reason
+  (:mod:`strata.stats.recommend`);
 - :func:`build_reports` (``strata report [EXP]``), :func:`write_reports` — static HTML;
 - :mod:`strata.stats.power`, :mod:`strata.stats.sequential`, :mod:`strata.stats.multiple`,
   :mod:`strata.stats.srm`, :mod:`strata.stats.inputs`.
@@ -36,6 +38,7 @@ from strata.stats.models import (
     experiment_from_record,
     experiments_from_records,
 )
+from strata.stats.recommend import recommend
 from strata.stats.report import build_reports, write_reports
 from strata.stats.results import (
     evaluable_by_date,
@@ -64,6 +67,7 @@ __all__ = [
     "experiment_from_record",
     "experiments_from_records",
     "read_results",
+    "recommend",
     "reproduce",
     "required_cross_terms",
     "run_evaluation",

@@ -41,7 +41,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -120,6 +120,9 @@ class Evaluation:
     srm: pd.DataFrame
     config: EvaluationConfig
     analysis_date: date | None = None
+    #: Days of data per experiment at ``analysis_date`` (from its start, at most its planned
+    #: days): the rate the recommendation's "days still needed" extrapolates.
+    days_run: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,8 +224,9 @@ def evaluate(
     n_var = max(len(e.variants) for e in exps)
     check_counts(goals, exps, config.exposure_goal)
     srm = sample_ratio_mismatch(goals, exps, config)
+    days = _days_run(exps, analysis_date)
     if not len(rows.metrics):
-        return Evaluation(pd.DataFrame(), srm, config, analysis_date)
+        return Evaluation(pd.DataFrame(), srm, config, analysis_date, days)
     sums = goal_sums(goals, exps, rows, n_var)
     q = quadratic_sums(rows, sums, cross_lookup(cross, exps, rows, n_var), n_var)
     mom = _moments(rows, sums, q, exps, n_var)
@@ -287,7 +291,22 @@ def evaluate(
     )
     for col in INTERVAL_COLUMNS:
         out.loc[~out["p_value"].notna(), col] = np.nan
-    return Evaluation(out, srm, config, analysis_date)
+    return Evaluation(out, srm, config, analysis_date, days)
+
+
+def _days_run(exps: list[ExperimentDesign], analysis_date: date | None) -> dict[str, int]:
+    """Days from each experiment's start to ``analysis_date`` (inclusive), capped at its planned
+    days (no units arrive after the end); experiments without a start date are left out."""
+    out = {}
+    for e in exps:  # design-sized
+        if analysis_date is None or e.start_date is None:
+            continue
+        days = (analysis_date - e.start_date).days + 1
+        if e.planned_days is not None:
+            days = min(days, e.planned_days)
+        if days >= 1:
+            out[e.experiment_id] = days
+    return out
 
 
 def _designs(experiments: Sequence[ExperimentDesign | Mapping[str, Any]]) -> list[ExperimentDesign]:
@@ -682,6 +701,12 @@ def _frame(rows, exps, valid_variant, n_var, floats, others, look, planned) -> p
         "metric_name": np.array([mt.name for mt in rows.metrics], dtype=object)[r_idx],
         "role": np.array([mt.role for mt in rows.metrics], dtype=object)[r_idx],
         "direction": np.array([mt.direction for mt in rows.metrics], dtype=object)[r_idx],
+        "minimum_effect": np.array(
+            [np.nan if mt.minimum_effect is None else mt.minimum_effect for mt in rows.metrics]
+        )[r_idx],
+        "margin": np.array([np.nan if mt.margin is None else mt.margin for mt in rows.metrics])[
+            r_idx
+        ],
         "kind": np.where(rows.is_ratio, "ratio", "mean")[r_idx],
         "cuped": rows.has_cov[r_idx],
         "variant": vid[exp_of, v_idx],

@@ -4,7 +4,8 @@ The shared contract (experiments dimension table): an experiment has ``experimen
 ``variants`` (list of ``{vid, name, is_control, weight, ...}``) and ``metrics`` (list of
 ``{id, name, nominator, denominator, role}``, ep-stats field names). Strata reads three optional
 metric keys on top: ``covariate`` (a CUPED pre-period expression), ``direction`` (``increase`` |
-``decrease``: which sign is a win) and ``minimum_effect`` (relative MDE of interest for power).
+``decrease``: which sign is a win), ``minimum_effect`` (relative MDE of interest for power) and,
+on guardrails only, ``margin`` (relative non-inferiority margin, :mod:`strata.stats.recommend`).
 Variants and metrics may arrive as JSON strings, as they are stored in Iceberg.
 
 Usage:
@@ -166,6 +167,7 @@ class _MetricIn(BaseModel):
     direction: Direction = "increase"
     covariate: str | None = None
     minimum_effect: float | None = Field(default=None, gt=0.0)
+    margin: float | None = Field(default=None, gt=0.0)
 
     @field_validator("id", mode="before")
     @classmethod
@@ -221,10 +223,17 @@ def experiment_from_record(record: Mapping[str, Any]) -> ExperimentDesign:
             m.direction,
             m.covariate,
             m.minimum_effect,
+            m.margin,
         )
         for m in spec.metrics
     )
     _unique(name, "metric id", [m.id for m in metrics])
+    for m in metrics:
+        if m.margin is not None and m.role != "guardrail":
+            raise DesignError(
+                f"experiment {name!r}, metric {m.id!r}: margin is only for guardrail metrics "
+                f"(role is {m.role!r})"
+            )
     for m in metrics:
         for side in ("nominator", "denominator", "covariate"):
             text = getattr(m, side)

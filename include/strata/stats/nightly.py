@@ -1,4 +1,5 @@
-"""The nightly evaluation: which experiments at which date, then their results and verdicts.
+"""The nightly evaluation: which experiments at which date, then their results, verdicts and
+recommendations.
 
 One home for what ``strata evaluate`` and the Airflow ``evaluate_experiments`` DAG both do:
 :func:`plan_night` picks the analysis date (the newest with aggregates unless given) and the
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from strata import contracts
 from strata.errors import DataError
 from strata.stats.engine import Evaluation, verdicts
+from strata.stats.recommend import recommend
 from strata.stats.results import evaluable_by_date, evaluable_experiments, run_evaluation
 
 if TYPE_CHECKING:
@@ -80,6 +82,21 @@ class NightResult:
     def verdicts(self) -> pd.DataFrame:
         """One verdict per experiment × treatment variant at ``analysis_date``."""
         return verdicts(self.evaluation.metrics)
+
+    def recommendations(self) -> pd.DataFrame:
+        """One recommendation per experiment at ``analysis_date`` with its reason (the
+        ``__recommendation__`` rows of the results, :mod:`strata.stats.recommend`)."""
+        ev = self.evaluation
+        return recommend(
+            ev.metrics, ev.srm, ev.days_run, ev.config.power, ev.config.srm_alpha
+        ).recommendations
+
+    def recommendation_lines(self) -> list[str]:
+        """``recommend <experiment>: <decision> — <reason>``, one line per experiment."""
+        return [
+            f"recommend {r.exp_id}: {r.recommendation} — {r.reason}"
+            for r in self.recommendations().itertuples(index=False)
+        ]
 
 
 def known_experiments(catalog: Catalog, namespace: str = "strata") -> set[str]:

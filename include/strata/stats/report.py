@@ -1,6 +1,8 @@
 """Static HTML reports from the results table: one page per experiment and an index.
 
-Pages are self-contained (inline CSS and SVG, no JavaScript, no CDN): a forest plot of relative
+Pages are self-contained (inline CSS and SVG, no JavaScript, no CDN): first the recommendation
+(ship / don't ship / keep running / invalid) with its reason and the guardrail outcomes
+(:mod:`strata.stats.recommend`), then a forest plot of relative
 effects with confidence intervals at the latest analysis date, the cumulative relative effect over
 time per metric, SRM status, the metric table, the Bayesian view beside it (posterior effect with
 its credible interval, probability to beat control, expected losses) and, for metrics with a CUPED
@@ -25,7 +27,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from strata.stats.results import RESULTS_TABLE, SRM_METRIC_ID, VERDICT_METRIC_ID, read_results
+from strata.stats.results import (
+    RECOMMENDATION_METRIC_ID,
+    RESULTS_TABLE,
+    SRM_METRIC_ID,
+    VERDICT_METRIC_ID,
+    read_results,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -35,12 +43,22 @@ ROW_HEIGHT = 26
 LABEL_WIDTH = 240
 TREND_HEIGHT = 160
 COLORS = {"win": "#1a7f37", "loss": "#cf222e", "invalid_srm": "#9a6700"}
+#: How each recommendation reads, and its CSS class.
+RECOMMENDATION_LABELS = {
+    "ship": ("ship", "win"),
+    "dont_ship": ("don't ship", "loss"),
+    "keep_running": ("keep running", "pending"),
+    "invalid": ("invalid (SRM)", "bad"),
+}
+GUARDRAIL_CLASSES = {"ok": "ok", "violated": "bad", "inconclusive": "pending"}
 DEFAULT_COLOR = "#57606a"
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#1f2328;max-width:1000px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #d0d7de;padding:3px 8px}
 th{background:#f6f8fa}.ok{color:#1a7f37}.bad{color:#cf222e;font-weight:bold}
 .win{color:#1a7f37;font-weight:bold}.loss{color:#cf222e;font-weight:bold}
+.pending{color:#9a6700;font-weight:bold}
+.rec{font-size:16px;border-left:4px solid #d0d7de;padding:4px 12px}
 svg text{font-size:11px;font-family:system-ui,sans-serif}
 """
 
@@ -231,6 +249,43 @@ def bayes_table(now: pd.DataFrame) -> str:
     )
 
 
+def _reason(row) -> str:
+    """The row's reason; results written before the ``reason`` column have none."""
+    reason = getattr(row, "reason", None)
+    return "" if reason is None or reason != reason else str(reason)
+
+
+def recommendation_html(now: pd.DataFrame) -> str:
+    """The recommendation first: its decision and one-sentence reason, then the guardrails.
+
+    Usage:
+        >>> now = pd.DataFrame({"metric_id": ["__recommendation__", "rev"],
+        ...     "metric_name": ["recommendation", "revenue"], "comparison": ["2 vs 1"] * 2,
+        ...     "statistic": ["recommendation", "guardrail"], "decision": ["ship", "ok"],
+        ...     "reason": ["ship B: conversion +4.1% (CI +2.0% to +6.2%); guardrails ok (revenue)",
+        ...                "revenue +0.3% (CI -0.5% to +1.0%) is within its 1% margin"]})
+        >>> html = recommendation_html(now)
+        >>> "<span class='win'>ship</span> — ship B: conversion +4.1%" in html
+        True
+    """
+    top = now[now["metric_id"] == RECOMMENDATION_METRIC_ID]
+    if top.empty:
+        return "<h2>Recommendation</h2><p>No recommendation stored for this analysis.</p>"
+    r = top.iloc[0]
+    label, css = RECOMMENDATION_LABELS.get(r["decision"], (r["decision"], ""))
+    guards = now[now["statistic"] == "guardrail"].sort_values(["comparison", "metric_name"])
+    items = "".join(
+        f"<li>{_e(g.metric_name)} · {_e(g.comparison)}: <span "
+        f"class='{GUARDRAIL_CLASSES.get(g.decision, '')}'>{_e(g.decision)}</span> — "
+        f"{_e(_reason(g))}</li>"
+        for g in guards.itertuples(index=False)
+    )
+    return (
+        f"<h2>Recommendation</h2><p class='rec'><span class='{css}'>{_e(label)}</span> — "
+        f"{_e(_reason(r))}</p>" + (f"<h3>Guardrails</h3><ul>{items}</ul>" if items else "")
+    )
+
+
 def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
     """HTML page of one experiment from its results rows (all dates)."""
     res = results[results["experiment_id"] == experiment_id]
@@ -286,7 +341,8 @@ def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
     body = (
         f"<p><a href='index.html'>all experiments</a></p><h1>{_e(experiment_id)}</h1>"
         f"<p>Analysis date {_e(latest)} · window {_e(now['window'].iloc[0])} · run "
-        f"{_e(now['run_id'].iloc[0])}</p><h2>Verdict</h2><ul>{verdict_html}</ul>"
+        f"{_e(now['run_id'].iloc[0])}</p>{recommendation_html(now)}"
+        f"<h2>Verdict per treatment</h2><ul>{verdict_html}</ul>"
         f"<h2>Data quality</h2>{srm_html}"
         f"<p>Inputs (Iceberg snapshots): <code>{_e(now['input_snapshots'].iloc[0])}</code></p>"
         f"<h2>Effects (relative, with adjusted confidence intervals)</h2>{forest_plot(rel)}"
@@ -305,13 +361,21 @@ def render_index(results: pd.DataFrame) -> str:
         srm_ok = (srm["decision"] == "passed").all()
         verdict = now[now["metric_id"] == VERDICT_METRIC_ID]
         decisions = ", ".join(f"{r.comparison}: {r.decision}" for r in verdict.itertuples())
+        top = now[now["metric_id"] == RECOMMENDATION_METRIC_ID]
+        if top.empty:
+            rec = "<td>–</td><td>–</td>"
+        else:
+            r = next(top.itertuples(index=False))
+            label, css = RECOMMENDATION_LABELS.get(r.decision, (r.decision, ""))
+            rec = f"<td class='{css}'>{_e(label)}</td><td>{_e(_reason(r))}</td>"
         rows.append(
-            f"<tr><td><a href='{_e(exp_id)}.html'>{_e(exp_id)}</a></td><td>{_e(latest)}</td>"
+            f"<tr><td><a href='{_e(exp_id)}.html'>{_e(exp_id)}</a></td>{rec}<td>{_e(latest)}</td>"
             f"<td class='{'ok' if srm_ok else 'bad'}'>{'ok' if srm_ok else 'SRM'}</td>"
             f"<td>{_e(decisions) or '–'}</td></tr>"
         )
     body = (
-        "<h1>Strata experiments</h1><table><tr><th>experiment</th><th>latest analysis</th>"
+        "<h1>Strata experiments</h1><table><tr><th>experiment</th><th>recommendation</th>"
+        "<th>reason</th><th>latest analysis</th>"
         f"<th>SRM</th><th>verdict per treatment</th></tr>{''.join(rows)}</table>"
     )
     return _page("Strata experiments", body)

@@ -5,7 +5,10 @@ One row per experiment × analysis date × window × metric × variant × statis
 agree with the decision), ``abs_diff_unadjusted``, ``rel_diff_unadjusted`` (level alpha, agree
 with ``p_value``) and ``mde``; for
 metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw of each variant;
-for treatments the Bayesian view, see :data:`BAYES_STATISTICS`).
+for treatments the Bayesian view, see :data:`BAYES_STATISTICS`; per treatment × guardrail metric
+``guardrail`` (ok / violated / inconclusive) and per experiment one ``__recommendation__`` row
+(ship / dont_ship / keep_running / invalid), both with their one-sentence ``reason``, see
+:func:`recommendation_rows`).
 Each run fully replaces the rows of its (experiment, analysis_date, window) keys with one
 overwrite commit, so re-runs are idempotent. Every row records the run id and the Iceberg
 snapshot ids of the input tables it read (``input_snapshots``, JSON ``{"table": snapshot_id}``),
@@ -44,6 +47,7 @@ from strata.stats.engine import (
 )
 from strata.stats.errors import AggregateError, DesignError
 from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
+from strata.stats.recommend import recommend
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -55,9 +59,11 @@ EXPERIMENTS_TABLE = contracts.EXPERIMENTS
 #: Column of the aggregate tables that selects the analysis date (cumulative window).
 AS_OF_COLUMN = DATE_COLUMN
 CUMULATIVE_WINDOW = "cumulative"
-SCHEMA_VERSION = "1"
+#: "2": the ``reason`` column (recommendation and guardrail rows) was added.
+SCHEMA_VERSION = "2"
 SRM_METRIC_ID = "__srm__"
 VERDICT_METRIC_ID = "__verdict__"
+RECOMMENDATION_METRIC_ID = "__recommendation__"
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -80,6 +86,8 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("input_snapshots", pa.string(), nullable=False),
         pa.field("evaluated_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("schema_version", pa.string(), nullable=False),
+        # why: the one-sentence reason of recommendation and guardrail rows; null on the others
+        pa.field("reason", pa.string()),
     ]
 )
 
@@ -177,6 +185,7 @@ def results_frame(
             }
         )
     )
+    parts.extend(recommendation_rows(evaluation))
     srm = evaluation.srm
     parts.append(
         pd.DataFrame(
@@ -198,6 +207,9 @@ def results_frame(
         )
     )
     out = pd.concat(parts, ignore_index=True)
+    if "reason" not in out:
+        out["reason"] = None
+    out["reason"] = out["reason"].astype(object).where(out["reason"].notna(), None)
     out.insert(1, "analysis_date", evaluation.analysis_date)
     out.insert(2, "window", window)
     out["run_id"] = run_id
@@ -207,6 +219,56 @@ def results_frame(
     return out[RESULTS_SCHEMA.names].sort_values(
         ["experiment_id", "metric_id", "variant", "statistic"], kind="stable", ignore_index=True
     )
+
+
+def recommendation_rows(evaluation: Evaluation) -> list[pd.DataFrame]:
+    """The guardrail rows (``statistic='guardrail'``, per treatment × guardrail metric: the
+    adjusted relative interval and ``decision`` ok / violated / inconclusive) and one
+    ``__recommendation__`` row per experiment (``decision`` ship / dont_ship / keep_running /
+    invalid, ``point`` the units per variant still needed when keeping it running), each with its
+    ``reason`` (:mod:`strata.stats.recommend`)."""
+    m, config = evaluation.metrics, evaluation.config
+    if m.empty:
+        return []
+    rec = recommend(m, evaluation.srm, evaluation.days_run, config.power, config.srm_alpha)
+    g, r = rec.guardrails, rec.recommendations
+    guard = pd.DataFrame(
+        {
+            "experiment_id": g["exp_id"],
+            "metric_id": g["metric_id"],
+            "metric_name": g["metric_name"],
+            "role": "guardrail",
+            "variant": g["variant"],
+            "comparison": g["variant"] + " vs " + g["control"],
+            "statistic": "guardrail",
+            "point": g["effect"].astype(float),
+            "lower": g["lower"].astype(float),
+            "upper": g["upper"].astype(float),
+            "p_value": g["p_value"].astype(float),
+            "p_value_adjusted": g["p_value_adjusted"].astype(float),
+            "decision": g["outcome"],
+            "reason": g["reason"],
+        }
+    )
+    top = pd.DataFrame(
+        {
+            "experiment_id": r["exp_id"],
+            "metric_id": RECOMMENDATION_METRIC_ID,
+            "metric_name": "recommendation",
+            "role": "recommendation",
+            "variant": r["variant"],
+            "comparison": np.where(r["variant"] != "", r["variant"] + " vs " + r["control"], ""),
+            "statistic": "recommendation",
+            "point": r["units_needed"].astype(float),
+            "lower": np.nan,
+            "upper": np.nan,
+            "p_value": np.nan,
+            "p_value_adjusted": np.nan,
+            "decision": r["recommendation"],
+            "reason": r["reason"],
+        }
+    )
+    return [guard, top]
 
 
 def bayes_rows(metrics: pd.DataFrame, scale: str = "relative") -> pd.DataFrame:

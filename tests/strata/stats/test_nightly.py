@@ -70,6 +70,13 @@ def test_evaluate_one_date_or_the_whole_history(catalog):
     assert set(map(tuple, night.verdicts()[["exp_id", "variant"]].to_numpy())) == {
         ("exp_a", "1002"), ("exp_b", "1002")
     }  # fmt: skip
+    recs = night.recommendations()
+    assert recs["exp_id"].tolist() == ["exp_a", "exp_b"]
+    assert set(recs["recommendation"]) <= {"ship", "dont_ship", "keep_running", "invalid"}
+    top = stored[stored["metric_id"] == "__recommendation__"].set_index("experiment_id")
+    assert top.loc[recs["exp_id"], "decision"].tolist() == recs["recommendation"].tolist()
+    assert top.loc[recs["exp_id"], "reason"].tolist() == recs["reason"].tolist()
+    assert night.recommendation_lines()[0].startswith("recommend exp_a: ")
 
     again = evaluate_night(catalog, ["exp_a"], DAY, history=True, namespace=NAMESPACE)
     assert (again.analysis_date, again.dates) == (DAY, 3)
@@ -92,6 +99,7 @@ def test_the_cli_runs_the_same_plan_and_evaluation(catalog, monkeypatch, capsys)
         assert out.startswith(f"evaluated 1 experiments as of {DAY}: ")
         assert "over 3 dates" in out
         assert "exp_b" in out
+        assert "\nrecommend exp_b: " in out
         assert main(["evaluate", "exp_zz"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("nothing to evaluate: unknown experiment(s) ['exp_zz']")

@@ -145,3 +145,36 @@ def test_bayesian_view_is_shown_beside_the_frequentist_table(tmp_path):
     assert (p_win > 0.975).all()  # the planted +50% effect on b
     b_row = next(r for r in body if "2 vs 1" in r and "clicks" in r)
     assert f"<td>{p_win.iloc[0]:.1%}</td>" in b_row
+
+
+def test_recommendation_comes_first_in_page_and_index(tmp_path):
+    write_reports(history(lost_units=150), tmp_path)
+    good = (tmp_path / "good.html").read_text()
+    body = good.split("<body>")[1]
+    headings = re.findall(r"<h2>([^<]*)</h2>", body)
+    assert headings[0] == "Recommendation"  # before the verdicts, SRM, effects and tables
+    rec = body.split("<h2>Recommendation</h2>")[1].split("<h2>")[0]
+    assert "<span class='win'>ship</span> — ship 2: clicks &lt;script&gt;" in rec
+    # the guardrail (revenue, no margin) of each treatment, with its outcome and reason
+    guards = rec.split("<h3>Guardrails</h3>")[1]
+    assert guards.count("<li>") == 2
+    assert "revenue · 2 vs 1: <span class='ok'>ok</span> — revenue +" in guards
+    assert "is significantly better" in guards
+    lossy = (tmp_path / "lossy.html").read_text()
+    assert "<span class='bad'>invalid (SRM)</span> — sample ratio mismatch (user p = " in lossy
+    index = (tmp_path / "index.html").read_text()
+    header = index.split("<tr>")[1]
+    assert header.index("recommendation") < header.index("latest analysis")
+    rows = {r.split("</a>")[0].split(">")[-1]: r for r in index.split("<tr>")[2:]}
+    assert "<td class='win'>ship</td><td>ship 2: clicks" in rows["good"]
+    assert "<td class='bad'>invalid (SRM)</td>" in rows["lossy"]
+
+
+def test_results_without_recommendation_rows_still_render(tmp_path):
+    """Rows written before the recommendation (no reason column, no such rows) still render."""
+    old = history()
+    old = old[~old["statistic"].isin(["recommendation", "guardrail"])].drop(columns="reason")
+    write_reports(old, tmp_path)
+    good = (tmp_path / "good.html").read_text()
+    assert "No recommendation stored for this analysis." in good
+    assert "<td>–</td><td>–</td>" in (tmp_path / "index.html").read_text()

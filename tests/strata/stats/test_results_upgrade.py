@@ -25,8 +25,9 @@ NAMESPACE = "stats_results_upgrade_test"
 OLD_DAY = date(2026, 3, 9)
 NEW_DAY = OLD_DAY + timedelta(days=1)
 
-#: The results schema of the previous version (commit 8b79d0b, before the Bayesian rows), copied
-#: here so the test keeps meaning "a table that version wrote" when RESULTS_SCHEMA moves on.
+#: The results schema of the previous version (commit 8fb0729, before the ``reason`` column of the
+#: recommendation; the same as before the Bayesian rows, 8b79d0b), copied here so the test keeps
+#: meaning "a table that version wrote" when RESULTS_SCHEMA moves on.
 PREVIOUS_RESULTS_SCHEMA = pa.schema(
     [
         pa.field("experiment_id", pa.string(), nullable=False),
@@ -55,6 +56,8 @@ OLDER_RESULTS_SCHEMA = pa.schema(
     [f for f in PREVIOUS_RESULTS_SCHEMA if f.name not in ("p_value_adjusted", "schema_version")]
 )
 BAYES = {"bayes_rel_diff", "prob_beat_control", "expected_loss_treatment", "expected_loss_control"}
+#: Rows added with the ``reason`` column (issue #15 item 3).
+RECOMMENDATION = {"recommendation", "guardrail"}
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +97,9 @@ def test_absolute_scale_names_its_effect_row():
 
 
 def previous_version_rows(exp_id: str, schema: pa.Schema) -> pa.Table:
-    """What the previous version wrote: no Bayesian statistics, only its columns."""
+    """What a previous version wrote: no Bayesian or recommendation rows, only its columns."""
     old = frame(exp_id, OLD_DAY, "old-run")
-    old = old[~old["statistic"].isin(BAYES)]
+    old = old[~old["statistic"].isin(BAYES | RECOMMENDATION)]
     return pa.Table.from_pandas(old[schema.names], schema=schema, preserve_index=False)
 
 
@@ -126,14 +129,28 @@ def test_table_of_the_previous_version_is_appended_to_in_place(catalog):
     write_results(catalog, frame("exp_up", NEW_DAY, "new-run"), "results_prev", NAMESPACE)
     table = catalog.load_table(ident)
     assert table.metadata.table_uuid == uuid  # the same table, not dropped and recreated
-    assert field_ids(table) == ids  # schema unchanged (rows only)
+    after = field_ids(table)
+    assert {k: after[k] for k in ids} == ids  # existing columns keep their field ids
+    assert set(after) - set(ids) == {"reason"}  # the one new column, evolved in place
+    assert not table.schema().find_field("reason").required
     stored = read_results(catalog, table="results_prev", namespace=NAMESPACE)
     old = stored[stored["run_id"] == "old-run"]
     new = stored[stored["run_id"] == "new-run"]
     assert len(old) == n_old > 0  # old rows kept
     assert set(old["analysis_date"]) == {OLD_DAY}
-    assert not BAYES & set(old["statistic"])
-    assert set(new["statistic"]) >= BAYES  # new rows present
+    assert old["reason"].isna().all()  # rows written before the column read it as null
+    assert not (BAYES | RECOMMENDATION) & set(old["statistic"])
+    assert set(new["statistic"]) >= BAYES | RECOMMENDATION  # new rows present
+    top = new[new["metric_id"] == "__recommendation__"]
+    assert len(top) == 1
+    assert top["decision"].iloc[0] in {"ship", "dont_ship", "keep_running", "invalid"}
+    assert top["reason"].notna().all()
+    assert new.loc[new["statistic"] == "rel_diff", "reason"].isna().all()
+    # a second run of the new version: nothing left to add, the table reads back whole
+    write_results(catalog, frame("exp_up", NEW_DAY, "new-run-2"), "results_prev", NAMESPACE)
+    assert field_ids(catalog.load_table(ident)) == after
+    again = read_results(catalog, table="results_prev", namespace=NAMESPACE)
+    assert len(again[again["run_id"] == "old-run"]) == n_old
 
 
 def test_table_missing_columns_is_evolved_in_place(catalog):
@@ -155,7 +172,7 @@ def test_table_missing_columns_is_evolved_in_place(catalog):
     assert len(old) > 0
     assert old["schema_version"].isna().all()
     assert old["p_value_adjusted"].isna().all()
-    assert (new["schema_version"] == "1").all()
+    assert (new["schema_version"] == "2").all()
     assert new.loc[new["statistic"] == "rel_diff", "p_value_adjusted"].notna().all()
     assert set(new["statistic"]) >= BAYES
 

@@ -273,3 +273,57 @@ def test_report_says_not_estimable_instead_of_an_interval():
     html = render_experiment_report(res, rel["experiment_id"].iloc[0])
     assert "not estimable" in html
     assert "CI (adjusted)" in html
+
+
+@pytest.mark.parametrize(("correction", "scope", "sequential"), [CONFIGS[0], CONFIGS[5]])
+def test_every_guardrail_and_recommendation_row_agrees_with_the_rows_shown(
+    correction, scope, sequential
+):
+    """Metric 2 as a guardrail (a margin on every other experiment): each guardrail row shows the
+    adjusted relative interval of its rel_diff row and its outcome is the rule on it (without a
+    margin: the decision); each recommendation follows the rows it summarises."""
+    goals, cross, exps = mixed_inputs(seed=len(correction) * 5 + sequential, n_exp=120)
+    for i, e in enumerate(exps):
+        e["metrics"][1]["role"] = "guardrail"
+        if i % 2:
+            e["metrics"][1]["margin"] = 0.1
+    config = EvaluationConfig(correction=correction, correction_scope=scope, sequential=sequential)
+    ev = evaluate(goals, exps, cross=cross, analysis_date=START + timedelta(days=4), config=config)
+    res = results_frame(ev, "run", {})
+    key = ["experiment_id", "metric_id", "variant"]
+    guard = res[res["statistic"] == "guardrail"].set_index(key)
+    rel = res[res["statistic"] == "rel_diff"].set_index(key).loc[guard.index]
+    assert len(guard) == 120 * 3
+    cols = ["point", "lower", "upper", "p_value", "p_value_adjusted"]
+    assert np.allclose(guard[cols], rel[cols], equal_nan=True)
+    margin = np.where(guard.index.get_level_values(0).str[1:].astype(int) % 2, 0.1, np.nan)
+    harm_lo, harm_hi = guard["lower"], guard["upper"]  # metric 2 decreases: a rise is harm
+    expected = np.where(
+        np.isnan(margin),
+        rel["decision"].map({"loss": "violated", "win": "ok"}).fillna("inconclusive"),
+        np.where(harm_lo > margin, "violated", np.where(harm_hi < margin, "ok", "inconclusive")),
+    )
+    assert (guard["decision"].to_numpy() == expected).all()
+    assert set(guard["decision"]) == {"ok", "violated", "inconclusive"}
+    top = res[res["statistic"] == "recommendation"].set_index("experiment_id")["decision"]
+    assert len(top) == 120
+    primary = res[(res["statistic"] == "rel_diff") & (res["metric_id"] == "1")]
+    srm_failed = (
+        res[res["statistic"] == "srm_chi2"]
+        .groupby("experiment_id")["decision"]
+        .apply(lambda d: (d == "failed").any())
+    )
+    for exp_id, decision in top.items():
+        p = primary[primary["experiment_id"] == exp_id].set_index("variant")["decision"]
+        g = guard.loc[exp_id]["decision"].droplevel(0)
+        shippable = (p == "win") & (g.reindex(p.index) != "violated")
+        blocked = (p == "loss") | (g.reindex(p.index) == "violated")
+        if srm_failed[exp_id]:
+            assert decision == "invalid"
+        elif shippable.any():
+            assert decision == "ship"
+        elif blocked.any():
+            assert decision == "dont_ship"
+        else:
+            assert decision == "keep_running"
+    assert set(top) == {"invalid", "ship", "dont_ship", "keep_running"}
