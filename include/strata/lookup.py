@@ -13,6 +13,10 @@ order, the same as ``strata.assignment.merge_order``: ascending layer priority, 
 later one winning; a layer without a service applies to every service (``service: null`` carries
 the unscoped layers alone).
 
+A shipped experiment's entry (``"shipped": true``: its ``shipped:<id>`` rows, served through the
+launch layer) gives no experiment action (so no LOG event), only its params, merged at the launch
+layer's priority before that layer's experiments; it neither takes nor loses the layer.
+
 Seed 004's open question 2, the priority order when device id, user id and url all match: an
 experiment, and a layer (whose experiments are mutually exclusive), is taken from the first unit
 type in ``UNIT_PRIORITY`` = user_id, device_id, url; matches of the same experiment or layer
