@@ -11,6 +11,13 @@ Only experiments inside their window on the run's day get units: ``--as-of`` (de
 the Airflow task passes its run's day, the demo the synthetic data's first day) must lie in
 ``[start_date, end_date]``, both inclusive. Experiments outside it are reported, not assigned.
 
+States (README "Experiment states"): each declared status is first checked against the one the
+current ``experiments`` table records (:mod:`strata.lifecycle`); an illegal change raises
+:class:`strata.lifecycle.IllegalTransition` before anything is written. Paused, stopped and shipped
+experiments get no new unit: their rows are carried over from the current ``assignments``
+snapshot (:func:`kept_rows`), for the analysis; a shipped one also gets its serving rows
+(:func:`shipped_units`). ``experiments`` records ``status_since`` and ``status_version``.
+
 Writes ``assignments`` (one row per unit and experiment, partitioned by unit_type) and
 ``experiments`` (one row per experiment), each replaced in one atomic Iceberg commit.
 Re-runs are reproducible: ``run_id`` hashes the definitions version and the input snapshot ids,
