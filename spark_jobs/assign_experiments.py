@@ -17,6 +17,13 @@ Online-only experiments (:func:`strata.assignment.online_only`) are skipped clea
 targeting reads a request-only field (``channel``, ``url``). Unit contexts carry ``region``,
 derived from ``country`` (``strata.contracts.REGION_OF_COUNTRY``) unless a table has its own.
 
+States (README "Experiment states"): each declared status is first checked against the one the
+current ``experiments`` table records (:mod:`strata.lifecycle`); an illegal change raises
+:class:`strata.lifecycle.IllegalTransition` before anything is written. Paused, stopped and shipped
+experiments get no new unit: their rows are carried over from the current ``assignments``
+snapshot (:func:`kept_rows`), for the analysis; a shipped one also gets its serving rows
+(:func:`shipped_units`). ``experiments`` records ``status_since`` and ``status_version``.
+
 Writes ``assignments`` (one row per unit and experiment, partitioned by unit_type) and
 ``experiments`` (one row per experiment), each replaced in one atomic Iceberg commit.
 Re-runs are reproducible: ``run_id`` hashes the definitions version and the input snapshot ids,
@@ -45,8 +52,10 @@ from strata.contracts import (
     ORGS,
     PER_REQUEST_UNIT_TYPES,
     REGION_OF_COUNTRY,
+    SHIPPED,
     UNIT_TABLES,
     USERS,
+    shipped_row_id,
     utc_today,
 )
 from strata.definitions import (
@@ -58,6 +67,7 @@ from strata.definitions import (
     metrics_json,
     variants_json,
 )
+from strata.lifecycle import RecordedState, check_transitions, next_states, states_from_rows
 from strata.rules import (
     SEMVER_KEY_IDS,
     predicates,
@@ -98,7 +108,7 @@ EXPERIMENTS_SCHEMA = (
     "experiment_id string, name string, owner string, description string, layer_id string, "
     "domain_id string, unit_type string, status string, start_date date, end_date date, "
     "deployment_key string, platforms array<string>, variants string, metrics string, "
-    "definitions_version string"
+    "definitions_version string, status_since date, status_version string"
 )
 
 
@@ -295,15 +305,65 @@ def assign_units(
     )
 
 
+def shipped_units(units: DataFrame, unit_type: str, defs: Definitions) -> list[DataFrame]:
+    """Rows serving each shipped experiment (of layers hashing ``unit_type``) to every unit in its
+    layer's scope: in the layer's domains and matching its targeting, whatever the slot. They
+    carry ``shipped:<id>`` as experiment id (kept out of the experiment's analysis) and the launch
+    layer's id and priority (so experiments of higher-priority layers override them), the
+    experiment layer's service and the shipped variant. Windows do not apply (a launch lasts
+    until the definitions remove it). As :func:`strata.assignment.shipped_assignments`."""
+    from pyspark.sql import functions as F
+
+    launch = next((lay for lay in defs.layers if lay.launch), None)
+    uid = F.col(unit_type)
+    out = []
+    for e in defs.experiments:
+        layer = defs.layer(e.layer)
+        v = e.shipped_variant
+        if e.status != SHIPPED or layer.unit_type != unit_type or launch is None or v is None:
+            continue
+        cond = to_column(e.targeting, units.schema)
+        for d in defs.domain_chain(layer.domain):
+            ds = slot_column(d.salt, uid)
+            cond = cond & (ds >= d.start) & (ds < d.end)
+        values = {
+            "experiment_id": shipped_row_id(e.id),
+            "variant_id": v.vid,
+            "variant_name": v.name,
+            "is_control": v.is_control,
+            "layer_id": launch.id,
+            "domain_id": layer.domain,
+            "layer_priority": launch.priority,
+            "service": layer.service,
+            "params": v.params_json,
+        }
+        out.append(
+            units.where(cond).select(
+                F.lit(unit_type).alias("unit_type"),
+                uid.alias("unit_id"),
+                *[
+                    slot_column(layer.salt, uid).alias(n)
+                    if n == "slot"
+                    else F.lit(values[n]).cast(t).alias(n)
+                    for n, t in ASSIGNMENT_FIELDS
+                ],
+            )
+        )
+    return out
+
+
 def transform(
     units: dict[str, DataFrame],
     defs: Definitions,
     run_id: str,
     assigned_at: dt.datetime,
     as_of: dt.date | None = None,
+    kept: DataFrame | None = None,
 ) -> DataFrame:
     """All assignment rows on the day ``as_of`` (default today UTC), with the run columns: the
-    pure core of the job (nothing written)."""
+    pure core of the job (nothing written). Running experiments are assigned; shipped ones get
+    their serving rows (:func:`shipped_units`); ``kept`` (the previous snapshot's rows of paused,
+    stopped and shipped experiments: :func:`kept_rows`) is carried over unchanged."""
     from pyspark.sql import functions as F
 
     frames = [
@@ -311,6 +371,11 @@ def transform(
         for unit_type, df in sorted(units.items())
         if any(lay.unit_type == unit_type for lay in defs.layers)
     ]
+    frames += [
+        f for unit_type, df in sorted(units.items()) for f in shipped_units(df, unit_type, defs)
+    ]
+    if kept is not None:
+        frames.append(kept.select("unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]))
     if not frames:  # no layer (so no experiment) for any unit type: an empty snapshot
         spark = next(iter(units.values())).sparkSession
         return spark.createDataFrame([], ASSIGNMENTS_SCHEMA)
@@ -325,11 +390,19 @@ def transform(
     )
 
 
-def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
-    """The ``experiments`` table: one row per experiment in the definitions."""
+def experiments_frame(
+    spark: SparkSession,
+    defs: Definitions,
+    states: dict[str, RecordedState] | None = None,
+    as_of: dt.date | None = None,
+) -> DataFrame:
+    """The ``experiments`` table: one row per experiment in the definitions, with the day it took
+    its status and the definitions version that set it (``states``: :func:`next_states`)."""
+    states = states if states is not None else next_states(defs, None, as_of or utc_today())
     rows = []
     for e in defs.experiments:
         layer = defs.layer(e.layer)
+        state = states[e.id]
         rows.append(
             (
                 e.id,
@@ -347,9 +420,45 @@ def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
                 canonical_json(variants_json(e)),
                 canonical_json(metrics_json(e)),
                 defs.version,
+                state.since,
+                state.version,
             )
         )
     return spark.createDataFrame(rows, EXPERIMENTS_SCHEMA)
+
+
+def _current_snapshot(spark: SparkSession, table: str) -> int | None:
+    """The current snapshot id of ``table``, or None when it does not exist or is empty."""
+    if not spark.catalog.tableExists(table):
+        return None
+    row = spark.sql(
+        f"SELECT snapshot_id FROM {table}.history WHERE is_current_ancestor "
+        "ORDER BY made_current_at DESC LIMIT 1"
+    ).first()
+    return int(row.snapshot_id) if row is not None else None
+
+
+def recorded(spark: SparkSession, settings: Settings) -> dict[str, RecordedState] | None:
+    """The states the current ``experiments`` table records; None before the first run."""
+    table = settings.table(EXPERIMENTS_TABLE)
+    if _current_snapshot(spark, table) is None:
+        return None
+    return states_from_rows(r.asDict() for r in spark.table(table).collect())
+
+
+def kept_rows(spark: SparkSession, settings: Settings, defs: Definitions) -> DataFrame | None:
+    """The current ``assignments`` rows of paused, stopped and shipped experiments (their serving
+    ``shipped:`` rows excluded: those are recomputed), read at the table's current snapshot; None
+    when there is nothing to keep."""
+    from pyspark.sql import functions as F
+
+    frozen = sorted(e.id for e in defs.experiments if e.frozen)
+    table = settings.table(ASSIGNMENTS_TABLE)
+    sid = _current_snapshot(spark, table) if frozen else None
+    if sid is None:
+        return None
+    rows = spark.read.option("snapshot-id", sid).table(table)
+    return rows.where(F.col("experiment_id").isin(frozen))
 
 
 def outside_window(defs: Definitions, day: dt.date) -> dict[str, str]:
@@ -402,13 +511,17 @@ def run_identity(
     version: str,
     snapshots: dict[str, tuple[int, dt.datetime]],
     left_out: dict[str, str] | None = None,
+    kept: list[str] | None = None,
 ) -> tuple[str, Any]:
-    """(run_id, assigned_at): functions of the definitions, the input snapshots and the running
+    """(run_id, assigned_at): functions of the definitions, the input snapshots, the running
     experiments the day leaves out of their window (none: the key is the one from before dates
-    were honoured, so such runs keep their ids)."""
+    were honoured, so such runs keep their ids) and the paused/stopped/shipped experiments whose
+    rows are kept from the previous snapshot (none: the key from before states)."""
     key = version + "|" + "|".join(f"{n}@{sid}" for n, (sid, _) in sorted(snapshots.items()))
     if left_out:
         key += "|outside:" + ",".join(f"{e}={w}" for e, w in sorted(left_out.items()))
+    if kept:
+        key += "|kept:" + ",".join(sorted(kept))
     run_id = hashlib.sha256(key.encode()).hexdigest()[:16]
     return run_id, max(at for _, at in snapshots.values())
 
@@ -421,6 +534,10 @@ def run(
     from pyspark.sql import functions as F
 
     day = as_of or utc_today()
+    was = recorded(spark, settings)
+    # an illegal change of status is a validation error: raised before anything is written
+    check_transitions(defs, was, settings.table(EXPERIMENTS_TABLE))
+    states = next_states(defs, was, day)
     left_out = outside_window(defs, day)
     snapshots = input_snapshots(spark, settings)
     read = {
@@ -435,14 +552,16 @@ def run(
     if bad:
         raise ValueError(f"input units with a null id (cannot be hashed): {bad}")
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
-    run_id, assigned_at = run_identity(defs.version, snapshots, left_out)
+    kept = kept_rows(spark, settings, defs)
+    frozen = [e.id for e in defs.experiments if e.frozen]
+    run_id, assigned_at = run_identity(defs.version, snapshots, left_out, frozen)
     warnings = unassignable(units, defs, day)
     props = {
         "strata.definitions-version": defs.version,
         "strata.run-id": run_id,
         "strata.inputs": json.dumps({n: sid for n, (sid, _) in sorted(snapshots.items())}),
     }
-    assignments = transform(units, defs, run_id, assigned_at, day)
+    assignments = transform(units, defs, run_id, assigned_at, day, kept)
     writer = (
         assignments.sortWithinPartitions("unit_id")
         .writeTo(settings.table(ASSIGNMENTS_TABLE))
@@ -454,7 +573,9 @@ def run(
         writer = writer.tableProperty(k, v)
     writer.createOrReplace()  # one atomic commit (REPLACE TABLE ... AS SELECT)
     ex_writer = (
-        experiments_frame(spark, defs).coalesce(1).writeTo(settings.table(EXPERIMENTS_TABLE))
+        experiments_frame(spark, defs, states)
+        .coalesce(1)
+        .writeTo(settings.table(EXPERIMENTS_TABLE))
     )
     ex_writer = ex_writer.using("iceberg").tableProperty("format-version", "2")
     for k, v in props.items():

@@ -389,10 +389,11 @@ def plan_evaluation() -> list[dict]:
     except NothingToEvaluate as exc:
         raise RunConfError(str(exc)) from None
     log.info(
-        "evaluating %d experiments as of %s (history %s)",
+        "evaluating %d experiments as of %s (history %s); last evaluation of %s",
         len(plan.experiment_ids),
         plan.analysis_date,
         history,
+        ", ".join(f"{e} as of {d}" for e, d in plan.finals) or "none",
     )
     # One set of arguments per experiment: the mapped evaluation's task instances.
     return plan.task_kwargs()

@@ -22,8 +22,10 @@ Usage:
     (['purchase'], ['device_id', 'user_id', 'url'])
     >>> UNIT_TYPES, REGION_OF_COUNTRY["CZ"]
     (('device_id', 'user_id', 'url', 'random'), 'eu')
-    >>> is_served("running"), is_served("stopped"), is_served("archived")
+    >>> is_served("running"), is_served("paused"), is_served("archived")
     (True, False, False)
+    >>> TRANSITIONS["running"]
+    ('paused', 'stopped', 'shipped')
 """
 
 from __future__ import annotations
@@ -145,21 +147,70 @@ REGION_OF_COUNTRY: dict[str, str] = {
     "PL": "eu", "IE": "eu", "IN": "apac", "JP": "apac", "AU": "apac", "SG": "apac", "KR": "apac",
 }  # fmt: skip
 
-# --- experiment statuses ---------------------------------------------------------------------
+# --- experiment statuses and their state machine ---------------------------------------------
 
-#: Lifecycle order. A later status may be added here (paused, shipped): everything else follows.
-Status = Literal["draft", "running", "stopped"]
+#: Lifecycle order: draft -> running <-> paused -> stopped, and shipped from running, paused or
+#: stopped. The definitions declare the status; the ``experiments`` table records it.
+Status = Literal["draft", "running", "paused", "stopped", "shipped"]
 STATUSES: tuple[Status, ...] = get_args(Status)
-#: Experiments in these statuses get units assigned.
+#: Experiments in these statuses get new units assigned.
 ASSIGNED_STATUSES: tuple[Status, ...] = ("running",)
-#: Experiments in these statuses are published to the lookup table. Any other status, including
-#: one Strata does not know (a hand-edited experiments table), is not served.
+#: Experiments in these statuses are published to the lookup table as experiments. Any other
+#: status, including one Strata does not know (a hand-edited experiments table), is not served.
 SERVED_STATUSES: tuple[Status, ...] = ("running",)
+#: Experiments in these statuses keep the assignments they had (no new unit joins them), so
+#: their analysis goes on over the units that were served; they are not served.
+FROZEN_STATUSES: tuple[Status, ...] = ("paused", "stopped", "shipped")
+#: A shipped experiment serves its ``shipped_variant``'s params to every unit in its layer's
+#: scope, through the launch layer (not as an experiment: no experiment action, no exposure).
+SHIPPED: Status = "shipped"
+#: Terminal for the analysis: evaluated a last time as of the day the status was recorded.
+ENDED_STATUSES: tuple[Status, ...] = ("stopped", "shipped")
+#: The legal changes of status between the state recorded in the ``experiments`` table and the
+#: one the definitions declare (staying in a status is always legal). draft -> stopped is legal
+#: (a draft that never ran is withdrawn); nothing leaves ``shipped``, nothing returns to
+#: ``draft``, and a stopped experiment does not run again (its analysis has ended: copy it
+#: under a new id to run it again).
+TRANSITIONS: dict[Status, tuple[Status, ...]] = {
+    "draft": ("running", "stopped"),
+    "running": ("paused", "stopped", "shipped"),
+    "paused": ("running", "stopped", "shipped"),
+    "stopped": ("shipped",),
+    "shipped": (),
+}
+#: The assignment rows through which a shipped experiment is served carry this experiment
+#: id: the prefix (not allowed in experiment ids) keeps them out of the experiment's analysis.
+SHIPPED_ROW_PREFIX = "shipped:"
 
 
 def is_served(status: str | None) -> bool:
     """Whether an experiment in ``status`` (case-insensitive) is published to the lookup table."""
     return (status or "").lower() in SERVED_STATUSES
+
+
+def is_legal_transition(recorded: str | None, declared: str) -> bool:
+    """May an experiment recorded in ``recorded`` (None: never recorded) be declared ``declared``?
+
+    A new experiment may start in any status but ``paused`` (it never ran); a status Strata does
+    not know (a hand-edited table) may only be kept.
+
+    Usage:
+        >>> is_legal_transition("running", "paused"), is_legal_transition("shipped", "running")
+        (True, False)
+        >>> is_legal_transition(None, "running"), is_legal_transition(None, "paused")
+        (True, False)
+    """
+    if recorded is None:
+        return declared != "paused"
+    recorded = recorded.lower()
+    if recorded == declared:
+        return True
+    return declared in TRANSITIONS.get(recorded, ())  # type: ignore[call-overload]
+
+
+def shipped_row_id(experiment_id: str) -> str:
+    """The ``experiment_id`` of the assignment rows serving a shipped experiment's variant."""
+    return SHIPPED_ROW_PREFIX + experiment_id
 
 
 #: Why an experiment in an assigned/served status is outside its window on a day.

@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +42,10 @@ from strata import safe_yaml
 from strata.bucketing import SLOTS
 from strata.contracts import (  # noqa: F401  (re-exported: their home is strata.contracts)
     ASSIGNED_STATUSES,
+    ENDED_STATUSES,
+    FROZEN_STATUSES,
     METRIC_ROLES,
+    SHIPPED,
     STATUSES,
     UNIT_TYPES,
     MetricRole,
@@ -200,9 +203,24 @@ class ExperimentModel(_Strict):
     targeting: RuleNode | None = None
     variants: list[VariantModel] = Field(min_length=2)
     metrics: list[MetricModel] = Field(default_factory=list)
+    shipped_variant: int | str | None = Field(
+        None,
+        description="status shipped: the variant (vid or name) whose params every unit in the "
+        "layer's scope gets, through the launch layer.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentModel:
+        if self.status == SHIPPED and self.shipped_variant is None:
+            raise ValueError("a shipped experiment names its shipped_variant (vid or name)")
+        if self.status != SHIPPED and self.shipped_variant is not None:
+            raise ValueError(f"shipped_variant is only for status {SHIPPED!r}, not {self.status!r}")
+        if self.shipped_variant is not None and self.shipped() is None:
+            known = [f"{v.vid} ({v.name})" for v in self.variants]
+            raise ValueError(
+                f"shipped_variant {self.shipped_variant!r} is not a variant of the experiment; "
+                f"its variants: {', '.join(known)}"
+            )
         if self.end_date < self.start_date:
             raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
         controls = [v.name for v in self.variants if v.is_control]
@@ -226,6 +244,16 @@ class ExperimentModel(_Strict):
                     f"metrics (role is {m.role!r})"
                 )
         return self
+
+    def shipped(self) -> VariantModel | None:
+        """The variant ``shipped_variant`` names (by vid, else by name), or None."""
+        wanted = self.shipped_variant
+        if wanted is None:
+            return None
+        for v in self.variants:
+            if (isinstance(wanted, int) and v.vid == wanted) or v.name == str(wanted):
+                return v
+        return None
 
 
 class DefinitionFile(_Strict):
@@ -319,6 +347,10 @@ class ExperimentDefinition:
     targeting_json: dict[str, Any] | None
     variants: tuple[VariantDefinition, ...]
     metrics: tuple[Metric, ...]
+    #: status shipped: the vid of the variant every unit in the layer's scope is served.
+    shipped_vid: int | None = None
+    #: The definitions file that declares it (as shown in validation messages); not content.
+    source: str = field(default="", compare=False)
 
     @property
     def assigned(self) -> bool:
@@ -332,6 +364,16 @@ class ExperimentDefinition:
     def assigned_on(self, day: dt.date) -> bool:
         """Gets units on ``day``: an assigned status and ``day`` inside its window."""
         return self.assigned and self.window(day) is None
+
+    @property
+    def frozen(self) -> bool:
+        """paused, stopped or shipped: keeps the assignments it had, gets no new unit."""
+        return self.status in FROZEN_STATUSES
+
+    @property
+    def shipped_variant(self) -> VariantDefinition | None:
+        """The variant a shipped experiment serves to every unit in its layer's scope."""
+        return next((v for v in self.variants if v.vid == self.shipped_vid), None)
 
 
 @dataclass(frozen=True)
@@ -592,12 +634,22 @@ def _cross_check(
     launch = [lay for lay in layers if lay.model.launch]
     if len(launch) > 1:
         problems.append(f"{_where(launch[1], '.launch')}: more than one launch layer")
-    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%.
+    if not launch:
+        for e in experiments:
+            if e.model.status == SHIPPED:
+                problems.append(
+                    f"{_where(e, '.status')}: a shipped experiment is served through the launch "
+                    "layer, and the definitions declare none (a layer with launch: true)"
+                )
+    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%. Stopped and
+    # shipped experiments never get units again: their slots are free for new experiments.
     per_layer: dict[str, list[tuple[int, int, str, _Located]]] = defaultdict(list)
     for e in experiments:
         m = e.model
         if m.layer not in layer_by_id:
             problems.append(f"{_where(e, '.layer')}: unknown layer {m.layer!r}")
+            continue
+        if m.status in ENDED_STATUSES:
             continue
         for i, (start, end) in enumerate(_variant_ranges(m)):
             per_layer[m.layer].append(
@@ -627,7 +679,8 @@ def _resolve(
         for m in sorted((lay.model for lay in layers), key=lambda m: (m.priority, m.id))
     )
     es = []
-    for m in sorted((e.model for e in experiments), key=lambda m: m.id):
+    for located in sorted(experiments, key=lambda x: x.model.id):
+        m = located.model
         ranges = _variant_ranges(m)
         variants = tuple(
             VariantDefinition(
@@ -657,6 +710,8 @@ def _resolve(
                 m.targeting.model_dump(exclude_none=True) if m.targeting else None,
                 variants,
                 tuple(x.metric() for x in m.metrics),
+                shipped.vid if (shipped := m.shipped()) is not None else None,
+                located.file,
             )
         )
     content = {
@@ -669,7 +724,8 @@ def _resolve(
 
 
 def _experiment_json(e: ExperimentDefinition) -> dict[str, Any]:
-    return {
+    shipped = {} if e.shipped_vid is None else {"shipped_vid": e.shipped_vid}
+    return shipped | {
         "id": e.id,
         "name": e.name,
         "owner": e.owner,

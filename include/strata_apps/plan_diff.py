@@ -89,7 +89,11 @@ def planned_assignments(
     spark: SparkSession, settings: Settings, defs: Definitions, as_of: dt.date | None = None
 ) -> DataFrame:
     """The rows the assignment job would write on the day ``as_of`` (default today UTC) for
-    ``defs`` and the current input snapshots, computed by the job's own transform, not written."""
+    ``defs`` and the current input snapshots, computed by the job's own transform, not written.
+
+    The rows paused, stopped and shipped experiments keep (the job carries them over for their
+    analysis; they are not served) are left out, so such an experiment shows as ``removed``: the
+    diff is about what would be served. A shipped one's serving rows show as ``shipped:<id>``."""
     from spark_jobs.assign_experiments import (
         input_snapshots,
         run_identity,

@@ -118,6 +118,28 @@ def fixture_tables(spark, settings, tmp_path_factory):
                 ts(1, 0),
             )
             for u, vid, ctl in ASSIGNMENTS
+        ]
+        # rows serving a shipped experiment (strata.contracts.shipped_row_id): never analysed,
+        # so the hand-computed aggregates below do not change, and dbt's tests pass
+        + [
+            (
+                "user_id",
+                u,
+                "shipped:e1",
+                2,
+                "treatment",
+                False,
+                "launch",
+                "global",
+                10,
+                None,
+                0,
+                "{}",
+                "v1",
+                "r1",
+                ts(1, 0),
+            )
+            for u in sorted({u for u, _, _ in ASSIGNMENTS} | {"u-launched-only"})
         ],
         "unit_type string, unit_id string, experiment_id string, variant_id int, "
         "variant_name string, is_control boolean, layer_id string, domain_id string, "

@@ -94,7 +94,7 @@ def test_funnel_is_only_for_the_funnel_goals(tmp_path):
 def test_statuses_assigned_and_served():
     from strata.definitions import ExperimentModel
 
-    assert contracts.STATUSES == ("draft", "running", "stopped")
+    assert contracts.STATUSES == ("draft", "running", "paused", "stopped", "shipped")
     assert typing.get_args(ExperimentModel.model_fields["status"].annotation) == contracts.STATUSES
     assert [s for s in contracts.STATUSES if contracts.is_served(s)] == ["running"]
     assert contracts.ASSIGNED_STATUSES == contracts.SERVED_STATUSES == ("running",)
