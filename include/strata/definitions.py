@@ -51,7 +51,15 @@ from strata.contracts import (  # noqa: F401  (re-exported: their home is strata
     outside_window,
 )
 from strata.errors import StrataError
-from strata.metrics import Direction, ExpressionError, Metric, metric_forms, parse_linear
+from strata.metrics import (
+    Cap,
+    Direction,
+    ExpressionError,
+    Metric,
+    capped_term,
+    metric_forms,
+    parse_linear,
+)
 from strata.rules import Rule, RuleNode, from_node
 
 #: The implicit root domain: all traffic. The launch layer and top-level domains live in it.
@@ -101,6 +109,15 @@ class LayerModel(_Strict):
     launch: bool = Field(False, description="The launch layer: overlaps all traffic.")
 
 
+class CapModel(_Strict):
+    """Winsorize the per-unit value: a fixed ``value`` or a pooled ``percentile`` (one of them)."""
+
+    value: float | None = Field(None, description="Fixed cap, > 0, in the goal's units.")
+    percentile: float | None = Field(
+        None, description="Cap at this percentile (0 < p < 1) of the units' values, pooled."
+    )
+
+
 class MetricModel(_Strict):
     """A metric: ``nominator / denominator`` over goals (ep-stats expressions, parsed by
     :mod:`strata.metrics`, the engine's grammar), its role and how the engine tests it."""
@@ -117,6 +134,9 @@ class MetricModel(_Strict):
     )
     minimum_effect: float | None = Field(
         None, gt=0, description="Relative effect to power for (power and sample size)."
+    )
+    cap: CapModel | None = Field(
+        None, description="Winsorize the nominator's per-unit value (docs/statistics.md)."
     )
 
     @field_validator("nominator", "denominator", "covariate")
@@ -147,6 +167,7 @@ class MetricModel(_Strict):
             self.direction,
             self.covariate,
             self.minimum_effect,
+            Cap.from_json(self.cap.model_dump()) if self.cap else None,
         )
 
 
@@ -209,7 +230,29 @@ class ExperimentModel(_Strict):
             raise ValueError("slots is only for weighted variants; explicit ranges give their own")
         if self.slots is not None:
             _check_range(*self.slots)
+        _check_caps(self)
         return self
+
+
+def _check_caps(e: ExperimentModel) -> None:
+    """Each cap is valid, on a metric shape that allows one, and one goal has one cap."""
+    by_goal: dict[str, tuple[str, Cap]] = {}
+    for m in e.metrics:
+        if m.cap is None:
+            continue
+        where = f"experiment {e.id!r}, metric {m.id!r}"
+        try:
+            cap = Cap.from_json(m.cap.model_dump())
+            term = capped_term(metric_forms(m.nominator, m.denominator, m.covariate))
+        except ExpressionError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        first = by_goal.setdefault(term.goal, (m.id, cap))
+        if first[1] != cap:
+            raise ValueError(
+                f"{where}: cap {cap.as_json()} differs from metric {first[0]!r}'s cap "
+                f"{first[1].as_json()} on goal {term.goal!r}; goal_aggregates carries one cap "
+                "per experiment and goal"
+            )
 
 
 class DefinitionFile(_Strict):
