@@ -258,7 +258,7 @@ dates AS (
         least(end_date, (SELECT max(CAST(event_at AS DATE)) FROM events)), INTERVAL 1 DAY))
         AS as_of_date
     FROM experiments
-)
+),
 agg AS (
     SELECT CAST(d.as_of_date AS DATE) AS as_of_date, i.experiment_id AS exp_id,
            i.variant_id AS exp_variant_id, i.unit_type, i.agg_type, i.goal, i.platform,
