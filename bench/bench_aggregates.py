@@ -3,15 +3,16 @@
 Both engines start from the same Iceberg data files (synthetic raw events, assignments and
 experiments) and compute the same thing: dedupe by event id, drop malformed rows, first exposure
 per unit (app start), attribute goals after exposure inside the window, pre-period covariates,
-per-unit daily sums,
-cumulative ep-stats aggregates per analysis date. dbt runs the real project (`dbt run
---full-refresh --select +goal_aggregates`); DuckDB runs an equivalent SQL port on 2 threads over
-the Parquet files. The run checks both produce the same totals, then prints times and ratios.
-Then the segments: dbt builds int_unit_segments, int_segment_unit_goals and
+per-unit daily sums, cumulative ep-stats aggregates per analysis date, and the capped (winsorized)
+sums of the metrics with a cap (CAPS: a fixed cap, an exact pooled percentile). dbt runs the real
+project (`dbt run --full-refresh --select +goal_aggregates`); DuckDB runs an equivalent SQL port
+on 2 threads over the Parquet files. The run checks both produce the same totals, then prints
+times and ratios. Then the segments: dbt builds int_unit_segments, int_segment_unit_goals and
 goal_segment_aggregates, DuckDB the same rows from its steps above and the users / devices / orgs
 files (DUCKDB_SEGMENT_SQL); same totals checked, times printed.
 
     .venv/bin/python bench/bench_aggregates.py [--sizes 1,10,100]     # millions of events
+    .venv/bin/python bench/bench_aggregates.py --no-caps    # no capped metric (what caps cost)
 Target: dbt-spark <= 2x DuckDB; growth from 1M to 10M events printed.
 """
 
@@ -35,9 +36,28 @@ EXPERIMENTS = [  # (experiment_id, unit_type, salt): two arms split at slot 5000
     ("feed_ranking", "device_id", "ranking-2026"),
     ("upsell_banner", "user_id", "upsell-2026"),
 ]
+#: Capped metrics (experiment -> cap of value(<unit>.unit.purchase)): both kinds of cap.
+CAPS = {"checkout_button": {"value": 100.0}, "upsell_banner": {"percentile": 0.99}}
 
 
-def _setup_inputs(spark, settings, n_events: int) -> int:
+def _metrics_json(exp: str, unit_type: str, caps: bool) -> str:
+    if not caps or exp not in CAPS:
+        return "[]"
+    unit = unit_type.removesuffix("_id")
+    return json.dumps(
+        [
+            {
+                "id": "revenue_capped",
+                "name": "Revenue per unit, capped",
+                "nominator": f"value({unit}.unit.purchase)",
+                "denominator": f"count({unit}.global.exposure)",
+                "cap": CAPS[exp],
+            }
+        ]
+    )
+
+
+def _setup_inputs(spark, settings, n_events: int, caps: bool = True) -> int:
     from spark_jobs.generate_synthetic import write_tables
     from strata.synthetic import GeneratorConfig
 
@@ -61,12 +81,13 @@ def _setup_inputs(spark, settings, n_events: int) -> int:
         + " UNION ALL ".join(selects)
     )
     rows = ", ".join(
-        f"('{exp}', '{unit_type}', DATE '2026-11-08', DATE '2026-11-14')"
+        f"('{exp}', '{unit_type}', DATE '2026-11-08', DATE '2026-11-14', "
+        f"'{_metrics_json(exp, unit_type, caps)}')"
         for exp, unit_type, _ in EXPERIMENTS
     )
     spark.sql(
         f"CREATE OR REPLACE TABLE {settings.table('experiments')} USING iceberg AS "
-        f"SELECT * FROM VALUES {rows} AS t(experiment_id, unit_type, start_date, end_date)"
+        f"SELECT * FROM VALUES {rows} AS t(experiment_id, unit_type, start_date, end_date, metrics)"
     )
     from spark_jobs.ingest_exposure_logs import ensure_tables
 
@@ -123,15 +144,41 @@ def _duckdb_segment_sql() -> str:
     return DUCKDB_SEGMENT_SQL.replace("__DIMENSIONS__", ", ".join(SEGMENT_NAMES))
 
 
-def _duckdb_sql() -> str:
-    """DUCKDB_SQL with the goals catalogue's goals and value checks (as dbt gets them)."""
+def _duckdb_sql(caps: bool = True) -> str:
+    """DUCKDB_SQL with the goals catalogue's goals and value checks (as dbt gets them), and one
+    cap per capped metric (DuckDB's quantile_cont: exact, linear between order statistics)."""
     from strata.contracts import goal_names, value_goals
 
     checks = "\n      ".join(
         f"AND NOT (event_name = '{g}' AND (value IS NULL OR value < 0))" for g in value_goals()
     )
     goals = ", ".join(f"'{g}'" for g in goal_names())
-    return DUCKDB_SQL.replace("__GOALS__", goals).replace("__VALUE_CHECKS__", checks)
+    cap_selects = [
+        "SELECT as_of_date, experiment_id, unit_type, goal, platform, "
+        + (
+            f"CAST({cap['value']} AS DOUBLE)"
+            if "value" in cap
+            else f"quantile_cont(v, {cap['percentile']})"
+        )
+        + f""" AS value_cap FROM capped_values
+            WHERE experiment_id = '{exp}' AND goal = 'purchase' GROUP BY ALL"""
+        for exp, cap in (CAPS.items() if caps else [])
+    ]
+    cap_sql = " UNION ALL ".join(cap_selects) or (
+        "SELECT NULL::DATE AS as_of_date, NULL AS experiment_id, NULL AS unit_type, NULL AS goal, "
+        "NULL AS platform, NULL::DOUBLE AS value_cap WHERE false"
+    )
+    capped_goals = (
+        " UNION ALL ".join(f"SELECT '{exp}' AS experiment_id, 'purchase' AS goal" for exp in CAPS)
+        if caps
+        else "SELECT NULL AS experiment_id, NULL AS goal WHERE false"
+    )
+    return (
+        DUCKDB_SQL.replace("__GOALS__", goals)
+        .replace("__VALUE_CHECKS__", checks)
+        .replace("__CAPPED_GOALS__", capped_goals)
+        .replace("__CAPS__", cap_sql)
+    )
 
 
 def _files(settings, name: str) -> list[str]:
@@ -224,13 +271,36 @@ dates AS (
         least(end_date, (SELECT max(CAST(event_at AS DATE)) FROM events)), INTERVAL 1 DAY))
         AS as_of_date
     FROM experiments
+),
+agg AS (
+    SELECT CAST(d.as_of_date AS DATE) AS as_of_date, i.experiment_id AS exp_id,
+           i.variant_id AS exp_variant_id, i.unit_type, i.agg_type, i.goal, i.platform,
+           sum(d_count) AS count, sum(d_sqr_count) AS sum_sqr_count, sum(d_value) AS sum_value,
+           sum(d_sqr_value) AS sum_sqr_value, sum(d_unique) AS count_unique
+    FROM dates d JOIN inc i ON d.experiment_id = i.experiment_id AND i.event_date <= d.as_of_date
+    GROUP BY ALL
+),
+capped_goals AS (__CAPPED_GOALS__),
+capped_values AS (  -- each unit's cumulative value of a capped goal as of every analysis date
+    SELECT CAST(d.as_of_date AS DATE) AS as_of_date, u.experiment_id, u.variant_id, u.unit_type,
+           u.unit_id, u.goal, u.platform, sum(u.goal_value) AS v
+    FROM dims u JOIN capped_goals c ON u.experiment_id = c.experiment_id AND u.goal = c.goal
+    JOIN dates d ON d.experiment_id = u.experiment_id AND u.event_date <= d.as_of_date
+    GROUP BY ALL
+),
+caps AS (__CAPS__),
+capped AS (
+    SELECT v.as_of_date, v.experiment_id, v.variant_id, v.unit_type, v.goal, v.platform,
+           max(c.value_cap) AS value_cap, sum(least(v.v, c.value_cap)) AS sum_value_capped,
+           sum(least(v.v, c.value_cap) ^ 2) AS sum_sqr_value_capped
+    FROM capped_values v JOIN caps c USING (as_of_date, experiment_id, unit_type, goal, platform)
+    GROUP BY ALL
 )
-SELECT CAST(d.as_of_date AS DATE) AS as_of_date, i.experiment_id AS exp_id,
-       i.variant_id AS exp_variant_id, i.unit_type, i.agg_type, i.goal, i.platform,
-       sum(d_count) AS count, sum(d_sqr_count) AS sum_sqr_count, sum(d_value) AS sum_value,
-       sum(d_sqr_value) AS sum_sqr_value, sum(d_unique) AS count_unique
-FROM dates d JOIN inc i ON d.experiment_id = i.experiment_id AND i.event_date <= d.as_of_date
-GROUP BY ALL
+SELECT a.*, c.value_cap, c.sum_value_capped, c.sum_sqr_value_capped
+FROM agg a LEFT JOIN capped c
+  ON a.agg_type = 'unit' AND a.as_of_date = c.as_of_date AND a.exp_id = c.experiment_id
+ AND a.exp_variant_id = c.variant_id AND a.unit_type = c.unit_type AND a.goal = c.goal
+ AND a.platform = c.platform
 """
 
 
@@ -307,11 +377,12 @@ GROUP BY ALL
 # What both engines' goal_aggregates must agree on (floats to 1e-9: summation order differs).
 TOTALS = (
     "count(*), sum(count), sum(sum_sqr_count), sum(sum_value), sum(sum_sqr_value), "
-    "sum(count_unique)"
+    "sum(count_unique), count(value_cap), coalesce(sum(value_cap), 0), "
+    "coalesce(sum(sum_value_capped), 0), coalesce(sum(sum_sqr_value_capped), 0)"
 )
 
 
-def _run_duckdb(settings) -> tuple[float, tuple, float, tuple]:
+def _run_duckdb(settings, caps: bool = True) -> tuple[float, tuple, float, tuple]:
     """Seconds and totals of goal_aggregates, then of goal_segment_aggregates."""
     import duckdb
 
@@ -331,7 +402,7 @@ def _run_duckdb(settings) -> tuple[float, tuple, float, tuple]:
         files = ", ".join(f"'{f}'" for f in _files(settings, name))
         con.execute(f"CREATE VIEW {alias} AS SELECT * FROM read_parquet([{files}])")
     started = time.perf_counter()
-    con.execute(_duckdb_sql())
+    con.execute(_duckdb_sql(caps))
     elapsed = time.perf_counter() - started
     totals = con.execute(f"SELECT {TOTALS} FROM goal_aggregates").fetchone()
     started = time.perf_counter()
@@ -345,6 +416,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10", help="millions of events, comma-separated")
     parser.add_argument("--keep", action="store_true", help="keep the data folder afterwards")
+    parser.add_argument(
+        "--no-caps", action="store_true", help="no capped metric (what capping costs)"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="strata-bench-aggregates-"))
     os.environ.update(
@@ -361,7 +435,8 @@ def main() -> int:
     settings = get_settings()
     spark = spark_session(settings, "bench-aggregates")
     try:
-        return _compare(spark, settings, [float(m) for m in args.sizes.split(",")])
+        sizes = [float(m) for m in args.sizes.split(",")]
+        return _compare(spark, settings, sizes, caps=not args.no_caps)
     finally:
         spark.stop()
         if args.keep:
@@ -370,16 +445,19 @@ def main() -> int:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _compare(spark, settings, sizes: list[float]) -> int:
+def _compare(spark, settings, sizes: list[float], caps: bool = True) -> int:
     """Run both engines per size and print the table; 1 if any result differs."""
     from strata.stack import write_dbt_profile
 
     profiles = write_dbt_profile(settings)
-    print(f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {settings.home}\n")
+    print(
+        f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {settings.home}; "
+        f"capped metrics: {CAPS if caps else 'none'}\n"
+    )
     print(f"{'events':>12} {'dbt-spark s':>12} {'duckdb s':>9} {'ratio':>7}  same result")
     results, all_same, segment_rows = [], True, []
     for millions in sizes:
-        n = _setup_inputs(spark, settings, int(millions * 1_000_000))
+        n = _setup_inputs(spark, settings, int(millions * 1_000_000), caps)
         t_spark = _run_dbt(settings, profiles)
         spark_totals = tuple(
             spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_aggregates')}").first()
@@ -388,9 +466,9 @@ def _compare(spark, settings, sizes: list[float]) -> int:
         seg_totals = tuple(
             spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_segment_aggregates')}").first()
         )
-        t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(settings)
+        t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(settings, caps)
         same = all(
-            math.isclose(float(a), float(b), rel_tol=1e-9)
+            math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
             for a, b in zip(spark_totals, duck_totals, strict=True)
         )
         seg_same = all(

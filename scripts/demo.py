@@ -183,6 +183,7 @@ def print_results(catalog, settings) -> None:
             f"variance reduced by {r.point:.1%}"
         )
     print_recommendations(res)
+    print_capping(catalog, settings)
     from strata.synthetic import PLANTED_EFFECTS
 
     print(
@@ -247,6 +248,41 @@ def print_recommendations(res) -> None:
     ]
     for r in top.sort_values("experiment_id").itertuples():
         print(f"  recommend {r.experiment_id}: {r.decision} — {r.reason}")
+
+
+def print_capping(catalog, settings) -> None:
+    """Each capped metric's variance change from capping (winsorization), pooled over variants,
+    from goal_aggregates at the experiment's newest analysis date."""
+    import json
+
+    from strata.metrics import Cap, capped_term, metric_forms
+    from strata.stats.inputs import capped_variances
+
+    goals = catalog.load_table(f"{settings.namespace}.goal_aggregates").scan().to_pandas()
+    experiments = catalog.load_table(f"{settings.namespace}.experiments").scan().to_pandas()
+    if "value_cap" not in goals.columns:
+        return
+    for exp in experiments.sort_values("experiment_id").itertuples():
+        for m in json.loads(exp.metrics or "[]"):
+            if not m.get("cap"):
+                continue
+            term = capped_term(metric_forms(m["nominator"], m["denominator"]))
+            rows = goals[goals["exp_id"] == exp.experiment_id]
+            if rows.empty:
+                continue
+            day = rows["as_of_date"].max()
+            v = capped_variances(rows[rows["as_of_date"] == day].drop(columns="as_of_date"))
+            platform = dict(term.dimensions).get("platform", "")
+            v = v[(v["goal"] == term.goal) & (v["platform"] == platform)]
+            if v.empty:
+                continue
+            cap = Cap.from_json(m["cap"])
+            how = f"p{cap.percentile * 100:g}" if cap.percentile is not None else "fixed"
+            print(
+                f"  capping {exp.experiment_id}/{m['id']}: variance "
+                f"{v['var_capped'].sum() / v['var'].sum() - 1:+.1%} "
+                f"(cap {v['value_cap'].iloc[0]:,.2f}, {how}, as of {day})"
+            )
 
 
 def main() -> int:

@@ -23,6 +23,8 @@ from strata.synthetic import (
     COUNTRIES,
     ORG_PLANS,
     PLATFORMS,
+    PURCHASE_VALUE_MU,
+    PURCHASE_VALUE_SIGMA,
     GeneratorConfig,
 )
 
@@ -213,7 +215,11 @@ def build_clean_events(devices: DataFrame, users: DataFrame, cfg: GeneratorConfi
             < F.lit(cfg.purchase_rate) * _effect_multiplier(cfg, "purchase")
         ).alias("buys"),
         (
-            F.exp(3.5 + 0.8 * _normal(_uniform(seed, "ev.v1", skey), _uniform(seed, "ev.v2", skey)))
+            F.exp(
+                PURCHASE_VALUE_MU
+                + PURCHASE_VALUE_SIGMA
+                * _normal(_uniform(seed, "ev.v1", skey), _uniform(seed, "ev.v2", skey))
+            )
             * _effect_multiplier(cfg, "purchase_value")
         ).alias("purchase_value"),
         *(

@@ -54,7 +54,15 @@ from strata.contracts import (  # noqa: F401  (re-exported: their home is strata
     outside_window,
 )
 from strata.errors import StrataError
-from strata.metrics import Direction, ExpressionError, Metric, metric_forms, parse_linear
+from strata.metrics import (
+    Cap,
+    Direction,
+    ExpressionError,
+    Metric,
+    capped_term,
+    metric_forms,
+    parse_linear,
+)
 from strata.rules import Rule, RuleNode, from_node
 
 #: The implicit root domain: all traffic. The launch layer and top-level domains live in it.
@@ -107,6 +115,15 @@ class LayerModel(_Strict):
     launch: bool = Field(False, description="The launch layer: overlaps all traffic.")
 
 
+class CapModel(_Strict):
+    """Winsorize the per-unit value: a fixed ``value`` or a pooled ``percentile`` (one of them)."""
+
+    value: float | None = Field(None, description="Fixed cap, > 0, in the goal's units.")
+    percentile: float | None = Field(
+        None, description="Cap at this percentile (0 < p < 1) of the units' values, pooled."
+    )
+
+
 class MetricModel(_Strict):
     """A metric: ``nominator / denominator`` over goals (ep-stats expressions, parsed by
     :mod:`strata.metrics`, the engine's grammar), its role and how the engine tests it."""
@@ -129,6 +146,9 @@ class MetricModel(_Strict):
         gt=0,
         description="Guardrails only: relative non-inferiority margin, e.g. 0.01 = a harm of up "
         "to 1% is acceptable (the recommendation's guardrail outcome).",
+    )
+    cap: CapModel | None = Field(
+        None, description="Winsorize the nominator's per-unit value (docs/statistics.md)."
     )
 
     @field_validator("nominator", "denominator", "covariate")
@@ -160,6 +180,7 @@ class MetricModel(_Strict):
             self.covariate,
             self.minimum_effect,
             self.margin,
+            Cap.from_json(self.cap.model_dump()) if self.cap else None,
         )
 
 
@@ -243,6 +264,7 @@ class ExperimentModel(_Strict):
                     f"experiment {self.id!r}, metric {m.id!r}: margin is only for guardrail "
                     f"metrics (role is {m.role!r})"
                 )
+        _check_caps(self)
         return self
 
     def shipped(self) -> VariantModel | None:
@@ -254,6 +276,27 @@ class ExperimentModel(_Strict):
             if (isinstance(wanted, int) and v.vid == wanted) or v.name == str(wanted):
                 return v
         return None
+
+
+def _check_caps(e: ExperimentModel) -> None:
+    """Each cap is valid, on a metric shape that allows one, and one goal has one cap."""
+    by_goal: dict[str, tuple[str, Cap]] = {}
+    for m in e.metrics:
+        if m.cap is None:
+            continue
+        where = f"experiment {e.id!r}, metric {m.id!r}"
+        try:
+            cap = Cap.from_json(m.cap.model_dump())
+            term = capped_term(metric_forms(m.nominator, m.denominator, m.covariate))
+        except ExpressionError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        first = by_goal.setdefault(term.goal, (m.id, cap))
+        if first[1] != cap:
+            raise ValueError(
+                f"{where}: cap {cap.as_json()} differs from metric {first[0]!r}'s cap "
+                f"{first[1].as_json()} on goal {term.goal!r}; goal_aggregates carries one cap "
+                "per experiment and goal"
+            )
 
 
 class DefinitionFile(_Strict):

@@ -11,10 +11,17 @@ slot_end)``, from ``from_day`` (days after the start date) on, so the days befor
 pre-period for CUPED. An effect with a ``segment`` acts only on the units of that segment (the
 segment effect the heterogeneity test must find: :data:`PLANTED_SEGMENT_EFFECT`).
 
+The heavy-tail case (:data:`HEAVY_TAIL`) is what capping is checked on: purchase amounts are
+lognormal, so a few users' revenue is far above the rest; the A/A experiment ``price_display``
+evaluates revenue per user raw and capped at the buyers' 99th percentile, and capping must lower
+the variance and still find nothing.
+
 Usage:
     >>> effect = PLANTED_EFFECTS[0]
     >>> effect.experiment_id, effect.goal, effect.multiplier
     ('checkout_button', 'purchase', 1.15)
+    >>> HEAVY_TAIL.experiment_id, HEAVY_TAIL.capped_metric, HEAVY_TAIL.goal
+    ('price_display', 'revenue_capped', 'purchase')
 """
 
 from __future__ import annotations
@@ -76,6 +83,27 @@ PLANTED_SEGMENT_EFFECT = PlantedEffect(
 ALL_PLANTED_EFFECTS: tuple[PlantedEffect, ...] = (*PLANTED_EFFECTS, PLANTED_SEGMENT_EFFECT)
 #: What the generator can condition a segment effect on (columns of its device-day rows).
 GENERATOR_SEGMENTS = ("country", "platform")
+
+
+#: A purchase's amount: exp(mu + sigma * N(0, 1)), drawn per session (mean ~ 45.6; per user, the
+#: sum over the purchases of a week has a long right tail).
+PURCHASE_VALUE_MU = 3.5
+PURCHASE_VALUE_SIGMA = 0.8
+
+
+@dataclass(frozen=True)
+class HeavyTailCase:
+    """A heavy-tailed per-unit value evaluated raw and capped (winsorized) in an A/A experiment:
+    the capped metric's variance must be lower and its decision still inconclusive."""
+
+    experiment_id: str
+    goal: str
+    raw_metric: str
+    capped_metric: str
+
+
+#: The bundled definitions' price_display carries both metrics (include/definitions/more.yaml).
+HEAVY_TAIL = HeavyTailCase("price_display", "purchase", "revenue", "revenue_capped")
 
 
 @dataclass(frozen=True)
