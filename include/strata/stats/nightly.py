@@ -34,7 +34,13 @@ from strata import contracts
 from strata.errors import DataError
 from strata.stats.engine import Evaluation, verdicts
 from strata.stats.recommend import recommend
-from strata.stats.results import evaluable_by_date, evaluable_experiments, run_evaluation
+from strata.stats.results import (
+    NightSettlement,
+    evaluable_by_date,
+    evaluable_experiments,
+    run_evaluation,
+    settle_night,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,6 +84,11 @@ class NightResult:
     rows: int
     dates: int
     evaluation: Evaluation
+    #: The segment flags settled across each evaluated date's night (:func:`settle_night`),
+    #: oldest first; empty when the caller settles later (``settle=False``).
+    settlements: tuple[NightSettlement, ...] = ()
+    #: Every analysis date evaluated, oldest first (``dates`` of them).
+    evaluated_dates: tuple[date, ...] = ()
 
     def verdicts(self) -> pd.DataFrame:
         """One verdict per experiment × treatment variant at ``analysis_date``."""
@@ -212,10 +223,16 @@ def evaluate_night(
     analysis_date: date,
     history: bool = False,
     namespace: str = "strata",
+    settle: bool = True,
 ) -> NightResult:
     """Evaluate ``experiment_ids`` at ``analysis_date`` into the ``results`` table (one commit
     replacing their rows for that date); with ``history``, at every earlier date with
     aggregates too, oldest first, each date with the experiments evaluable at it.
+
+    Then (``settle``) each evaluated date's segment flags are settled across the night
+    (:func:`settle_night`: BH over the heterogeneity tests of every experiment with results that
+    day, not only these). The DAG's mapped tasks, one experiment each, pass ``settle=False``
+    and settle once after all of them (``write_reports``): concurrent settlements would race.
     """
     ids = list(experiment_ids)
     per_date = {analysis_date: ids}
@@ -235,4 +252,7 @@ def evaluate_night(
         evaluation, frame = run_evaluation(catalog, at, d, namespace=namespace)
         rows += len(frame)
     assert evaluation is not None
-    return NightResult(max(per_date), tuple(ids), rows, len(per_date), evaluation)
+    settled = tuple(settle_night(catalog, d, namespace) for d in per_date) if settle else ()
+    return NightResult(
+        max(per_date), tuple(ids), rows, len(per_date), evaluation, settled, tuple(per_date)
+    )

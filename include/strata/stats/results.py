@@ -50,7 +50,13 @@ from strata.stats.engine import (
 from strata.stats.errors import AggregateError, DesignError, SnapshotExpiredError
 from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
 from strata.stats.recommend import recommend
-from strata.stats.segments import SegmentEvaluation, evaluate_segments
+from strata.stats.segments import (
+    CANDIDATE,
+    FLAGGED,
+    SegmentEvaluation,
+    evaluate_segments,
+    settle_families,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -104,9 +110,11 @@ RESULTS_SCHEMA = pa.schema(
 #: ``segment_count`` units per variant; ``segment_rel_diff`` the segment's relative effect, its
 #: Fieller interval at the level of its adjusted decision, p-value and Holm-adjusted p-value across
 #: the dimension's segments; ``segment_deviation`` its log-ratio difference from the other
-#: segments' pooled effect, decision ``flagged`` for a flagged segment; ``heterogeneity`` (segment
-#: '') Cochran's Q of the dimension, its p-value and BH-adjusted p-value across the experiment's
-#: heterogeneity tests, decision ``heterogeneous`` / ``homogeneous`` / ``not_testable``.
+#: segments' pooled effect, decision ``flagged`` for a flagged segment (``candidate``: would be
+#: flagged if its family's test survived); ``heterogeneity`` (segment '') Cochran's Q of the
+#: dimension, its p-value and BH-adjusted p-value across the experiment's heterogeneity tests
+#: (across the night's, once :func:`settle_night` ran), decision ``heterogeneous`` /
+#: ``homogeneous`` / ``not_testable``.
 SEGMENT_STATISTICS = ("segment_count", "segment_rel_diff", "segment_deviation", "heterogeneity")
 
 #: (statistic, point column, lower column, upper column, treatment rows only, with p-values)
@@ -241,6 +249,15 @@ def results_frame(
     )
 
 
+def _deviation_decision(t: pd.DataFrame) -> np.ndarray:
+    flagged = t["flagged"].astype(bool).to_numpy()
+    cand = t["candidate"].astype(bool).to_numpy() if "candidate" in t else np.zeros_like(flagged)
+    out = np.full(len(flagged), None, dtype=object)
+    out[cand] = CANDIDATE
+    out[flagged] = FLAGGED
+    return out
+
+
 def segment_results_frame(
     seg: SegmentEvaluation,
     run_id: str,
@@ -283,7 +300,7 @@ def segment_results_frame(
              t["segment"]),
         rows(t, comparison, "segment_deviation", t["deviation"].astype(float), nan, nan,
              t["deviation_p"].astype(float), nan,
-             t["flagged"].astype(bool).map({True: "flagged", False: None}), t["segment"]),
+             _deviation_decision(t), t["segment"]),
         rows(h, h["variant"] + " vs " + h["control"], "heterogeneity", h["q_stat"].astype(float),
              nan, nan, h["p_value"].astype(float), h["p_value_adjusted"].astype(float),
              het_decision, ""),
@@ -442,6 +459,79 @@ def write_results(
     tbl.overwrite(arrow, overwrite_filter=overwrite_filter)
     snap = tbl.current_snapshot()
     return snap.snapshot_id if snap else None
+
+
+@dataclass(frozen=True)
+class NightSettlement:
+    """What :func:`settle_night` did for one analysis date: ``tests`` heterogeneity tests of
+    ``experiments`` experiments in the family, ``heterogeneous`` of them survive, ``flagged``
+    segments; ``changed`` rows rewritten (0: nothing to change, no commit)."""
+
+    analysis_date: date
+    experiments: int
+    tests: int
+    heterogeneous: int
+    flagged: int
+    changed: int
+
+
+def settle_night(
+    catalog: Catalog,
+    analysis_date: date,
+    namespace: str = "strata",
+    alpha: float | None = None,
+    table: str = RESULTS_TABLE,
+    window: str = CUMULATIVE_WINDOW,
+) -> NightSettlement:
+    """Control the false discovery rate of the segment flags across the whole night: BH over the
+    heterogeneity tests of *every* experiment evaluated at ``analysis_date``
+    (:func:`strata.stats.segments.settle_families`), rewriting only those experiments'
+    ``heterogeneity`` and ``segment_deviation`` rows of that date, in one overwrite commit, and
+    only when something changed (running it twice gives the same rows, one commit at most).
+
+    Run it after every evaluation of the date has been written (the DAG's ``write_reports``,
+    the end of :func:`strata.stats.nightly.evaluate_night`), never beside a running one: its
+    overwrite replaces the rows it read. Without a results table, or segment rows that day,
+    it does nothing.
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.expressions import And, EqualTo, In
+
+    alpha = EvaluationConfig().alpha if alpha is None else alpha
+    statistics = ["heterogeneity", "segment_deviation"]
+    try:
+        tbl = catalog.load_table(_identifier(catalog, table, namespace))
+    except NoSuchTableError:
+        return NightSettlement(analysis_date, 0, 0, 0, 0, 0)
+    row_filter = And(
+        EqualTo("analysis_date", analysis_date.isoformat()),
+        And(EqualTo("window", window), In("statistic", statistics)),
+    )
+    arrow = tbl.scan(row_filter=row_filter).to_arrow()
+    rows = arrow.to_pandas()
+    if rows.empty or "dimension" not in rows:
+        return NightSettlement(analysis_date, 0, 0, 0, 0, 0)
+    settled = settle_families(rows, alpha)
+    het = settled["statistic"] == "heterogeneity"
+    cols = ["p_value_adjusted", "decision"]
+    before, after = rows[cols], settled[cols]
+    same = (before.isna() & after.isna()) | (before == after)
+    changed = int((~same.all(axis=1)).sum())
+    ids = sorted(set(settled["experiment_id"]))
+    if changed:
+        schema = tbl.schema().as_arrow()
+        frame = settled[schema.names]
+        tbl.overwrite(
+            pa.Table.from_pandas(frame, schema=schema, preserve_index=False),
+            overwrite_filter=And(row_filter, In("experiment_id", ids)),
+        )
+    return NightSettlement(
+        analysis_date, len(ids), int(het.sum()),
+        int((settled.loc[het, "decision"] == "heterogeneous").sum()),
+        int(((settled["statistic"] == "segment_deviation")
+             & (settled["decision"] == FLAGGED)).sum()),
+        changed,
+    )  # fmt: skip
 
 
 def read_results(

@@ -14,13 +14,17 @@ all in one call; then, per family of one experiment × dimension × metric × tr
   ``w_s = 1 / se_s²``: ``Q = Σ w_s (l_s - l̄)²``, ``l̄ = Σ w_s l_s / Σ w_s``, chi-square with
   ``k - 1`` degrees of freedom. Relative (log) scale: a lift that is the same in every segment is
   not heterogeneity, however different the segments' baselines. Benjamini–Hochberg across all
-  heterogeneity tests of an experiment (false discovery rate);
+  heterogeneity tests of an experiment (false discovery rate); the night widens the family to
+  every experiment's tests of the date (:func:`settle_families`, run by
+  :func:`strata.stats.results.settle_night`);
 * **flagged segments**: only in a family whose heterogeneity test survives BH, the fewest
   segments whose removal leaves the others homogeneous (:func:`flag_segments`): the segment whose
   log ratio differs most from the pooled log ratio of the *other* segments,
   ``z_s = (l_s - l_rest) / sqrt(se_s² + 1 / Σ_{j≠s} w_j)``, is flagged and set aside, and Q is
   tested again on the rest (level alpha), until the rest is homogeneous. A segment that merely
-  sits on the other side of an outlier is not flagged.
+  sits on the other side of an outlier is not flagged. The same segments of a family whose raw
+  p <= alpha but whose test does not survive are ``candidate`` (flagged if a wider family lets
+  the test survive).
 
 Segment analysis is fixed-horizon (an exploratory read of the cumulative data: it never changes
 an experiment's verdict). Segments with fewer than ``min_units`` units in either arm, or a
@@ -189,6 +193,62 @@ def family_matrix(codes: np.ndarray, values: np.ndarray, fill: float = np.nan):
     return mat, pos
 
 
+#: ``decision`` of a ``segment_deviation`` results row: flagged (its family's heterogeneity test
+#: survives the false-discovery control), or a candidate (the segment :func:`flag_segments` sets
+#: aside in a family whose raw heterogeneity p-value is at most alpha, but whose test does not
+#: survive: flagged if a wider family, the night's, lets it survive).
+FLAGGED, CANDIDATE = "flagged", "candidate"
+#: ``decision`` of a ``heterogeneity`` results row.
+HETEROGENEOUS, HOMOGENEOUS, NOT_TESTABLE = "heterogeneous", "homogeneous", "not_testable"
+#: The columns naming one heterogeneity family in the results rows.
+FAMILY_KEY = ("experiment_id", "analysis_date", "window", "metric_id", "variant", "dimension")
+
+
+def settle_families(rows: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Benjamini–Hochberg across *every* heterogeneity test in ``rows`` (the results rows of one
+    night: all experiments' ``heterogeneity`` and ``segment_deviation`` rows of an analysis
+    date), instead of per experiment. Returns a copy with the ``heterogeneity`` rows'
+    ``p_value_adjusted`` and decision recomputed, and the ``segment_deviation`` rows' decision
+    settled: ``flagged`` in a family whose test survives, ``candidate`` in one that does not
+    (the flags themselves come from :func:`flag_segments`, which only the raw data determine).
+    Other rows are returned unchanged. Idempotent: settling settled rows changes nothing.
+
+    Usage:
+        >>> rows = pd.DataFrame({
+        ...     "experiment_id": ["a", "a", "b", "b"], "analysis_date": "d", "window": "w",
+        ...     "metric_id": "m", "variant": "2", "dimension": "country",
+        ...     "statistic": ["heterogeneity", "segment_deviation"] * 2,
+        ...     "segment": ["", "DE", "", "GB"], "p_value": [0.001, 0.0, 0.04, 0.01],
+        ...     "p_value_adjusted": [0.001, None, 0.04, None],
+        ...     "decision": ["heterogeneous", "flagged", "heterogeneous", "flagged"]})
+        >>> out = settle_families(rows, 0.05)
+        >>> out["decision"].tolist(), out["p_value_adjusted"].tolist()[::2]
+        (['heterogeneous', 'flagged', 'heterogeneous', 'flagged'], [0.002, 0.04])
+        >>> settle_families(rows, 0.03)["decision"].tolist()
+        ['heterogeneous', 'flagged', 'homogeneous', 'candidate']
+    """
+    missing = [c for c in (*FAMILY_KEY, "statistic", "p_value", "decision") if c not in rows]
+    if missing:
+        raise AggregateError(f"results rows to settle lack columns {missing}")
+    out = rows.copy()
+    het = out["statistic"] == "heterogeneity"
+    p = out.loc[het, "p_value"].to_numpy(float)
+    adj = benjamini_hochberg(p[None, :])[0] if len(p) else p
+    survives = np.isfinite(adj) & (adj <= alpha)
+    out.loc[het, "p_value_adjusted"] = np.where(np.isfinite(p), adj, np.nan)
+    out.loc[het, "decision"] = np.where(
+        ~np.isfinite(p), NOT_TESTABLE, np.where(survives, HETEROGENEOUS, HOMOGENEOUS)
+    )
+    key = list(FAMILY_KEY)
+    fam = out.loc[het, key].astype(str).assign(_survives=survives)
+    dev = (out["statistic"] == "segment_deviation") & out["decision"].isin([FLAGGED, CANDIDATE])
+    if dev.any():
+        hit = out.loc[dev, key].astype(str).merge(fam, on=key, how="left")["_survives"]
+        ok = hit.fillna(False).astype(bool).to_numpy()
+        out.loc[dev, "decision"] = np.where(ok, FLAGGED, CANDIDATE)
+    return out
+
+
 # --- the evaluation -------------------------------------------------------------------------------
 
 
@@ -259,7 +319,7 @@ def evaluate_segments(
 
 def _empty(config: EvaluationConfig, analysis_date: date | None) -> SegmentEvaluation:
     return SegmentEvaluation(
-        pd.DataFrame(columns=[*_SEGMENT_OUT, "flagged"]),
+        pd.DataFrame(columns=[*_SEGMENT_OUT, "flagged", "candidate"]),
         pd.DataFrame(columns=_HET_OUT), config, analysis_date,
     )  # fmt: skip
 
@@ -329,7 +389,11 @@ def _tests(
 
     dev, _, dev_p = deviation_from_rest(e_mat, s_mat)
     seg_dev, seg_dev_p = dev[fam, pos], dev_p[fam, pos]
-    flagged = flag_segments(e_mat, s_mat, heterogeneous, alpha)[fam, pos]
+    # candidates: the flags of every family that could survive a BH family (raw p <= alpha);
+    # flagged where it survives this one (the night's family settles them: settle_families)
+    cand_mat = flag_segments(e_mat, s_mat, np.isfinite(q_p) & (q_p <= alpha), alpha)
+    flagged_mat = cand_mat & heterogeneous[:, None]
+    flagged, candidate = flagged_mat[fam, pos], (cand_mat & ~flagged_mat)[fam, pos]
 
     decision = np.where(
         significant,
@@ -340,14 +404,14 @@ def _tests(
     t = t.assign(
         p_value_adjusted=p_adj, rel_lower=lo, rel_upper=hi, significant=significant,
         decision=decision, log_ratio=lr, log_ratio_se=se, deviation=seg_dev,
-        deviation_p=seg_dev_p, flagged=flagged,
+        deviation_p=seg_dev_p, flagged=flagged, candidate=candidate,
     )  # fmt: skip
     c = m[m["is_control"].astype(bool)].assign(
         p_value_adjusted=np.nan, rel_lower=np.nan, rel_upper=np.nan, significant=False,
         decision=None, log_ratio=np.nan, log_ratio_se=np.nan, deviation=np.nan,
-        deviation_p=np.nan, flagged=False,
+        deviation_p=np.nan, flagged=False, candidate=False,
     )  # fmt: skip
-    segments = pd.concat([t, c], ignore_index=True)[[*_SEGMENT_OUT, "flagged"]]
+    segments = pd.concat([t, c], ignore_index=True)[[*_SEGMENT_OUT, "flagged", "candidate"]]
     segments = segments.sort_values(
         ["exp_id", "dimension", "metric_id", "segment", "variant"], kind="stable", ignore_index=True
     )

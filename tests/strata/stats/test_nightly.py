@@ -64,6 +64,9 @@ def test_plan_refuses_with_one_line(catalog, kwargs, reason):
 def test_evaluate_one_date_or_the_whole_history(catalog):
     night = evaluate_night(catalog, ["exp_a", "exp_b"], DAY, namespace=NAMESPACE)
     assert (night.analysis_date, night.dates) == (DAY, 1)
+    assert night.evaluated_dates == (DAY,)
+    assert [s.analysis_date for s in night.settlements] == [DAY]  # no segment rows: 0 tests
+    assert night.settlements[0].tests == night.settlements[0].changed == 0
     stored = read_results(catalog, namespace=NAMESPACE)
     assert len(stored) == night.rows > 0
     assert set(stored["analysis_date"]) == {DAY}
@@ -80,6 +83,8 @@ def test_evaluate_one_date_or_the_whole_history(catalog):
 
     again = evaluate_night(catalog, ["exp_a"], DAY, history=True, namespace=NAMESPACE)
     assert (again.analysis_date, again.dates) == (DAY, 3)
+    assert again.evaluated_dates == tuple(DAYS)
+    assert [s.analysis_date for s in again.settlements] == DAYS
     stored = read_results(catalog, namespace=NAMESPACE)
     by_exp = stored.groupby("experiment_id")["analysis_date"].unique()
     assert sorted(by_exp["exp_a"]) == DAYS

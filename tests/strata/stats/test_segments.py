@@ -24,6 +24,7 @@ from strata.stats.segments import (
     evaluate_segments,
     flag_segments,
     log_ratio,
+    settle_families,
 )
 
 ALPHA = 0.05
@@ -150,6 +151,99 @@ def test_a_uniform_lift_over_different_baselines_is_not_heterogeneity():
     assert abs_diff.max() > 2.5 * abs_diff.min()
     assert not ev.heterogeneity["heterogeneous"].any()
     assert not ev.segments["flagged"].any()
+
+
+# --- the night's family: BH across every experiment's heterogeneity tests ------------------------
+
+
+def night_rows(p_values: dict[str, list[float]], flags: dict[tuple[str, int], str]):
+    """Results rows of one night: per experiment, one heterogeneity test per metric with raw
+    ``p_values[exp][i]`` (NaN: not testable), adjusted per experiment (what the evaluation
+    writes), and one ``segment_deviation`` row (segment DE) with the decision ``flags`` gives."""
+    from strata.stats.multiple import benjamini_hochberg
+
+    rows = []
+    for exp, ps in p_values.items():
+        adj = benjamini_hochberg(np.array([ps], float))[0]
+        for i, (p, a) in enumerate(zip(ps, adj, strict=True)):
+            key = {"experiment_id": exp, "analysis_date": "2026-11-14", "window": "cumulative",
+                   "metric_id": f"m{i}", "variant": "2", "dimension": "country"}  # fmt: skip
+            het = "heterogeneous" if a <= ALPHA else "homogeneous"
+            het = "not_testable" if np.isnan(p) else het
+            rows.append(key | {"statistic": "heterogeneity", "segment": "", "p_value": p,
+                               "p_value_adjusted": a, "decision": het})  # fmt: skip
+            rows.append(key | {"statistic": "segment_deviation", "segment": "DE", "p_value": 0.001,
+                               "p_value_adjusted": np.nan,
+                               "decision": flags.get((exp, i))})  # fmt: skip
+            rows.append(key | {"statistic": "segment_rel_diff", "segment": "DE", "p_value": 0.2,
+                               "p_value_adjusted": 0.4, "decision": "inconclusive"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_settle_families_adjusts_across_the_night_not_per_experiment():
+    """Experiment a: one test, p 0.03, heterogeneous on its own (BH over 1 test) and its DE
+    flagged. Across the night (a's test among b's four testable ones) BH gives 0.03 * 5 / 2 =
+    0.075: homogeneous, the flag becomes a candidate. b's p 0.004: 0.004 * 5 = 0.02, still
+    heterogeneous; b's untestable fifth takes no part."""
+    rows = night_rows(
+        {"a": [0.03], "b": [0.004, 0.2, 0.5, 0.9, np.nan]},
+        {("a", 0): "flagged", ("b", 0): "flagged"},
+    )
+    out = settle_families(rows, ALPHA)
+    het = out[out["statistic"] == "heterogeneity"].set_index(["experiment_id", "metric_id"])
+    assert het.loc[("a", "m0"), "p_value_adjusted"] == pytest.approx(0.075)  # 0.03 * 5 / 2
+    assert het.loc[("b", "m0"), "p_value_adjusted"] == pytest.approx(0.02)  # 0.004 * 5 / 1
+    assert np.isnan(het.loc[("b", "m4"), "p_value_adjusted"])  # not testable: not in the family
+    assert het["decision"].tolist() == [
+        "homogeneous", "heterogeneous", "homogeneous", "homogeneous", "homogeneous",
+        "not_testable",
+    ]  # fmt: skip
+    dev = out[out["statistic"] == "segment_deviation"].set_index(["experiment_id", "metric_id"])
+    assert dev.loc[("a", "m0"), "decision"] == "candidate"
+    assert dev.loc[("b", "m0"), "decision"] == "flagged"
+    assert dev["decision"].isna().sum() == 4
+    # the other rows are untouched, and settling again changes nothing
+    other = out["statistic"] == "segment_rel_diff"
+    pd.testing.assert_frame_equal(out[other], rows[other])
+    pd.testing.assert_frame_equal(settle_families(out, ALPHA), out)
+
+
+def test_settle_families_can_flag_a_candidate_the_wider_family_lets_survive():
+    """BH is not monotone in the family: a's p 0.03 among 2 tests is 0.06 on its own, but among
+    b's small p-values the night adjusts it to 0.03 * 5 / 5 = 0.03: its candidate is flagged."""
+    rows = night_rows({"a": [0.03, 0.9], "b": [0.001, 0.002, 0.003]}, {("a", 0): "candidate"})
+    before = rows[rows["statistic"] == "heterogeneity"].set_index(["experiment_id", "metric_id"])
+    assert before.loc[("a", "m0"), "decision"] == "homogeneous"
+    out = settle_families(rows, ALPHA)
+    het = out[out["statistic"] == "heterogeneity"].set_index(["experiment_id", "metric_id"])
+    assert het.loc[("a", "m0"), "p_value_adjusted"] == pytest.approx(0.0375)  # 0.03 * 5 / 4
+    assert het.loc[("a", "m0"), "decision"] == "heterogeneous"
+    dev = out[out["statistic"] == "segment_deviation"].set_index(["experiment_id", "metric_id"])
+    assert dev.loc[("a", "m0"), "decision"] == "flagged"
+
+
+def test_settle_families_names_missing_columns():
+    with pytest.raises(AggregateError, match="dimension"):
+        settle_families(night_rows({"a": [0.01]}, {}).drop(columns=["dimension"]), ALPHA)
+
+
+def test_one_experiments_night_is_its_own_evaluation():
+    """Settling the rows of a single experiment reproduces its evaluation exactly: the candidates
+    are the flags the evaluation would give at any family size, and one experiment's night is
+    its own family. A second experiment with many p-values near zero widens the family."""
+    from datetime import date
+
+    from strata.stats.results import segment_results_frame
+
+    rng = np.random.default_rng(3)
+    countries = ["US", "GB", "DE", "FR"]
+    goals = segment_goals(rng, ["e"], countries, [3000] * 4, [0.25] * 4, [1, 1, 1.5, 1])
+    ev = evaluate_segments(goals, [design()], analysis_date=date(2026, 11, 14))
+    rows = segment_results_frame(ev, "run", {})
+    dev = rows[rows["statistic"] == "segment_deviation"]
+    assert dev["decision"].tolist().count("flagged") == 1
+    settled = settle_families(rows, ALPHA)
+    pd.testing.assert_frame_equal(settled, rows)
 
 
 def test_small_segments_stay_out_of_the_heterogeneity_test():
