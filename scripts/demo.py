@@ -214,7 +214,7 @@ def print_segments(res) -> None:
     print(
         f"\nSegments ({', '.join(dims)}; one dimension at a time): {tested} heterogeneity tests "
         f"(treatment × segment, Cochran's Q), {int((het['decision'] == 'heterogeneous').sum())} "
-        "survive BH per experiment; flagged segments:"
+        "survive BH across the night; flagged segments:"
     )
     key = ["experiment_id", "metric_id", "variant", "dimension", "segment"]
     flagged = seg[(seg["statistic"] == "segment_deviation") & (seg["decision"] == "flagged")]

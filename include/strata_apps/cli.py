@@ -314,6 +314,12 @@ def _evaluate(argv: list[str]) -> int:
         )
         nights.append(night)
     for night in nights:
+        for s in night.settlements[-1:]:
+            print(
+                f"segments as of {s.analysis_date}: {s.tests} heterogeneity tests of "
+                f"{s.experiments} experiments, BH across the night: {s.heterogeneous} "
+                f"heterogeneous, {s.flagged} flagged segments"
+            )
         print(night.verdicts().to_string(index=False))
         print("\n".join(night.recommendation_lines()))
     return 0
