@@ -37,14 +37,24 @@ def dag_conf(dag_id: str, demo: dict[str, int]) -> dict | None:
 def run_dag(dag_id: str, conf: dict | None) -> int:
     """Run the DAG in-process (called in a child so its logs can go to a file)."""
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.utils.state import DagRunState
+    from airflow.utils.state import DagRunState, TaskInstanceState
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     if bag.import_errors:
         print(f"DAG import errors: {bag.import_errors}", file=sys.stderr)
         return 1
     run = bag.get_dag(dag_id).test(run_conf=conf)
-    return 0 if run.state == DagRunState.SUCCESS else 1
+    # A run whose last task ran "all done" succeeds although a task before it failed (one
+    # experiment's evaluation, say): the demo fails on any failed task, named.
+    failed = sorted(
+        ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
+        for ti in run.get_task_instances(
+            state=[TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED]
+        )
+    )
+    if failed:
+        print(f"DAG {dag_id}: failed tasks {failed}", file=sys.stderr)
+    return 0 if run.state == DagRunState.SUCCESS and not failed else 1
 
 
 def summary() -> None:

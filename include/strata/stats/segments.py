@@ -29,7 +29,8 @@ all in one call; then, per family of one experiment × dimension × metric × tr
 Segment analysis is fixed-horizon (an exploratory read of the cumulative data: it never changes
 an experiment's verdict). Segments with fewer than ``min_units`` units in either arm, or a
 non-positive mean, take no part in the heterogeneity test (still evaluated, if estimable).
-Metrics whose terms carry dimension filters (``goal(platform=ios)``) are not segmented.
+Metrics whose terms carry dimension filters (``goal(platform=ios)``) are not segmented, nor are
+capped metrics (the segment aggregates carry no capped sums: a per-segment cap is not defined yet).
 
 Usage:
     >>> import numpy as np
@@ -298,8 +299,9 @@ def evaluate_segments(
         pc = _pseudo(c, CROSS_COLUMNS, "segment cross aggregates")
     keys = g[["exp_id", *SEGMENT_COLUMNS]].astype(str).drop_duplicates()
     pseudo: list[ExperimentDesign] = []
-    segmentable = {  # per experiment, once: metrics without dimension filters
-        e.experiment_id: tuple(m for m in e.metrics if not _has_dimensions(m)) for e in exps
+    segmentable = {  # per experiment, once: metrics without dimension filters, uncapped
+        e.experiment_id: tuple(m for m in e.metrics if not _has_dimensions(m) and m.cap is None)
+        for e in exps
     }
     for exp_id, dim, seg in keys.itertuples(index=False):  # design-sized: segments, not rows
         base = by_id[exp_id]
