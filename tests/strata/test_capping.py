@@ -167,7 +167,7 @@ def test_engine_refuses_a_stored_cap_it_cannot_apply():
 
 
 def test_reference_aggregation_caps_like_the_dbt_model():
-    """strata.stats.aggregate with caps: the dbt test's numbers (tests/dbt/test_capped_aggregates.py)."""
+    """strata.stats.aggregate with caps: the numbers of tests/dbt/test_capped_aggregates.py."""
     import numpy as np
 
     from strata.stats.aggregate import aggregate_arrays
