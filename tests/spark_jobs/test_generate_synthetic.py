@@ -117,7 +117,8 @@ def test_planted_effect_moves_the_treated_units(spark):
 def test_a_rate_goal_of_the_catalogue_adds_its_events_and_changes_no_other_row(spark, tables):
     """A goal declared `synthetic: {rate: p}` comes once per session with probability p; its
     draws have tags of their own, so every row of the catalogue without it is still there."""
-    ev = build_all(spark, replace(CFG, extra_goals=(("share", 0.2),)))["raw_events"].cache()
+    goals = (*CFG.extra_goals, ("share", 0.2))  # the catalogue's rate goals (invite), and share
+    ev = build_all(spark, replace(CFG, extra_goals=goals))["raw_events"].cache()
     base = tables["raw_events"]
     assert base.exceptAll(ev).count() == 0
     added = ev.exceptAll(base)
