@@ -59,7 +59,12 @@ from strata.rules import evaluate, fields
 SlotOf = Callable[[str, str], int]
 
 if TYPE_CHECKING:
-    from strata.definitions import Definitions, Layer
+    from strata.definitions import (
+        Definitions,
+        ExperimentDefinition,
+        Layer,
+        VariantDefinition,
+    )
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,24 @@ class Assignment:
     service: str | None
     slot: int
     params: str  # canonical JSON
+    #: The day the unit got this variant (kept across runs while it keeps it), and the ramp
+    #: period in effect that day (its cohort: :meth:`ExperimentDefinition.period`).
+    first_assigned_date: dt.date | None = None
+    ramp_period: int = 0
 
     def key(self) -> tuple[Any, ...]:
         return tuple(self.__dict__.values())
+
+
+@dataclass(frozen=True)
+class Previous:
+    """A unit's row for one experiment in the previous ``assignments`` snapshot (what sticky
+    assignment and ``first_assigned_date`` read). ``first_assigned_date`` is None for rows
+    written before the column existed (read as the experiment's ``start_date``)."""
+
+    variant_id: int
+    slot: int
+    first_assigned_date: dt.date | None = None
 
 
 def in_domain(defs: Definitions, domain_id: str, unit_id: str, slot_of: SlotOf = slot) -> bool:
@@ -97,37 +117,64 @@ def assign_layer(
     as_of: dt.date | None = None,
     only: Collection[str] | None = None,
     slot_of: SlotOf = slot,
+    previous: Mapping[str, Previous] | None = None,
 ) -> Assignment | None:
     """The unit's variant in one layer on the day ``as_of`` (default today UTC), or None.
 
     ``only`` restricts the experiments considered (the others' slots then give None);
     ``slot_of`` replaces the slot formula (:func:`assign_random` draws instead).
+    ``previous``: the unit's rows of the previous snapshot by experiment id. A unit keeps
+    its previous variant (and slot) of a *sticky* experiment that is assigned on the day, still
+    has that variant and whose targeting still matches (re-checked; the domain too), whatever
+    today's ranges say; it is then in no other experiment of the layer. Otherwise the slot
+    picks the variant in the ranges of the day (:meth:`ExperimentDefinition.variants_on`).
     """
     if not in_domain(defs, layer.domain, unit_id, slot_of):
         return None
     day = as_of or utc_today()
-    s = slot_of(layer.salt, unit_id)
-    for e in defs.layer_experiments(layer.id):
-        if not e.assigned_on(day) or (only is not None and e.id not in only):
+    previous = previous or {}
+    experiments = [
+        e
+        for e in defs.layer_experiments(layer.id)
+        if e.assigned_on(day) and (only is None or e.id in only)
+    ]
+
+    def row(e: ExperimentDefinition, v: VariantDefinition, s: int, first: dt.date) -> Assignment:
+        return Assignment(
+            layer.unit_type,
+            unit_id,
+            e.id,
+            v.vid,
+            v.name,
+            v.is_control,
+            layer.id,
+            layer.domain,
+            layer.priority,
+            layer.service,
+            s,
+            v.params_json,
+            first,
+            e.period(first),
+        )
+
+    for e in experiments:  # sticky: the previous variant wins over today's ranges
+        prev = previous.get(e.id)
+        if not e.sticky or prev is None:
             continue
-        for v in e.variants:
+        kept = next((v for v in e.variants_on(day) if v.vid == prev.variant_id), None)
+        if kept is not None and evaluate(e.targeting, context):
+            return row(e, kept, prev.slot, prev.first_assigned_date or e.start_date)
+    s = slot_of(layer.salt, unit_id)
+    for e in experiments:
+        for v in e.variants_on(day):
             if v.start <= s < v.end:
                 if not evaluate(e.targeting, context):
                     return None
-                return Assignment(
-                    layer.unit_type,
-                    unit_id,
-                    e.id,
-                    v.vid,
-                    v.name,
-                    v.is_control,
-                    layer.id,
-                    layer.domain,
-                    layer.priority,
-                    layer.service,
-                    s,
-                    v.params_json,
-                )
+                prev = previous.get(e.id)
+                first = day
+                if prev is not None and prev.variant_id == v.vid:
+                    first = prev.first_assigned_date or e.start_date
+                return row(e, v, s, first)
     return None
 
 
@@ -139,10 +186,13 @@ def assign_unit(
     *,
     as_of: dt.date | None = None,
     only: Collection[str] | None = None,
+    previous: Mapping[str, Previous] | None = None,
 ) -> list[Assignment]:
     """Every experiment the unit is in on the day ``as_of`` (default today UTC), by id
-    (``only``: among these experiments). A url unit is hashed in its normal form
-    (:func:`strata.keyspace.normalize_url`), which is also the context's ``url``."""
+    (``only``: among these experiments; ``previous``: the unit's rows of the previous snapshot
+    by experiment id, for sticky experiments, see :func:`assign_layer`). A url unit is hashed in
+    its normal form (:func:`strata.keyspace.normalize_url`), which is also the context's
+    ``url``."""
     if unit_id is None:
         raise ValueError(f"unit_id is None for unit type {unit_type!r}")
     if unit_type in PER_REQUEST_UNIT_TYPES:
@@ -155,7 +205,12 @@ def assign_unit(
         a
         for layer in defs.layers
         if layer.unit_type == unit_type
-        and (a := assign_layer(defs, layer, unit_id, context, as_of=day, only=only)) is not None
+        and (
+            a := assign_layer(
+                defs, layer, unit_id, context, as_of=day, only=only, previous=previous
+            )
+        )
+        is not None
     ]
     return sorted(rows, key=lambda a: a.experiment_id)
 

@@ -183,6 +183,24 @@ class VariantModel(_Strict):
         return self
 
 
+class RampStepModel(_Strict):
+    """One step of a ramp: from ``date`` on (UTC, inclusive), new units split by ``weights``
+    (variant name -> weight) over ``slots`` (default: the experiment's ``slots``)."""
+
+    date: dt.date
+    weights: dict[str, float] = Field(description="Every variant's weight (> 0), by name.")
+    slots: tuple[int, int] | None = Field(None, description="[start, end) split from this date.")
+
+    @model_validator(mode="after")
+    def _step(self) -> RampStepModel:
+        bad = sorted(n for n, w in self.weights.items() if not w > 0)
+        if bad:
+            raise ValueError(f"ramp weights must be > 0, not for {bad}")
+        if self.slots is not None:
+            _check_range(*self.slots)
+        return self
+
+
 class ExperimentModel(_Strict):
     """One experiment: where it runs, who it targets, its variants and its metrics."""
 
@@ -200,6 +218,16 @@ class ExperimentModel(_Strict):
     targeting: RuleNode | None = None
     variants: list[VariantModel] = Field(min_length=2)
     metrics: list[MetricModel] = Field(default_factory=list)
+    sticky: bool | None = Field(
+        None,
+        description="Units keep the variant of the previous assignments snapshot (default: true "
+        "when the experiment has a ramp, else false).",
+    )
+    ramp: list[RampStepModel] = Field(
+        default_factory=list,
+        description="Traffic changes over time: from each step's date, new units split by its "
+        "weights (weighted variants only).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentModel:
@@ -219,6 +247,7 @@ class ExperimentModel(_Strict):
             raise ValueError("slots is only for weighted variants; explicit ranges give their own")
         if self.slots is not None:
             _check_range(*self.slots)
+        self._check_ramp()
         for m in self.metrics:
             if m.margin is not None and m.role != "guardrail":
                 raise ValueError(
@@ -226,6 +255,30 @@ class ExperimentModel(_Strict):
                     f"metrics (role is {m.role!r})"
                 )
         return self
+
+    def _check_ramp(self) -> None:
+        if not self.ramp:
+            return
+        if self.slots is None:
+            raise ValueError("a ramp needs weighted variants and the experiment's slots")
+        names = [v.name for v in self.variants]
+        previous = self.start_date
+        for i, step in enumerate(self.ramp):
+            if not self.start_date < step.date <= self.end_date:
+                raise ValueError(
+                    f"ramp[{i}].date {step.date} is not inside ({self.start_date}, "
+                    f"{self.end_date}] (after start_date, up to end_date)"
+                )
+            if step.date <= previous and i > 0:
+                raise ValueError(
+                    f"ramp[{i}].date {step.date} is not after ramp[{i - 1}].date {previous}"
+                )
+            previous = step.date
+            if sorted(step.weights) != sorted(names):
+                raise ValueError(
+                    f"ramp[{i}].weights must name every variant {sorted(names)}, "
+                    f"got {sorted(step.weights)}"
+                )
 
 
 class DefinitionFile(_Strict):
@@ -300,6 +353,14 @@ class VariantDefinition:
 
 
 @dataclass(frozen=True)
+class RampStep:
+    """From ``date`` on, new units split by these ranges (the period's ``variants``)."""
+
+    date: dt.date
+    variants: tuple[VariantDefinition, ...]
+
+
+@dataclass(frozen=True)
 class ExperimentDefinition:
     """An experiment as reviewed in a definitions file, resolved: what assignment serves and what
     the ``experiments`` table stores. The engine evaluates its
@@ -319,6 +380,24 @@ class ExperimentDefinition:
     targeting_json: dict[str, Any] | None
     variants: tuple[VariantDefinition, ...]
     metrics: tuple[Metric, ...]
+    #: Units keep their previous variant (see :mod:`strata.assignment`, sticky assignment).
+    sticky: bool = False
+    #: Ramp steps, dates increasing; before the first, ``variants`` hold (period 0).
+    ramp: tuple[RampStep, ...] = ()
+
+    def period(self, day: dt.date) -> int:
+        """The ramp period in effect on ``day``: 0 before the first step, ``i + 1`` from
+        ``ramp[i].date`` on."""
+        return sum(1 for step in self.ramp if step.date <= day)
+
+    def variants_on(self, day: dt.date) -> tuple[VariantDefinition, ...]:
+        """The variants with the slot ranges that split new units on ``day``."""
+        p = self.period(day)
+        return self.variants if p == 0 else self.ramp[p - 1].variants
+
+    def periods(self) -> list[tuple[dt.date, tuple[VariantDefinition, ...]]]:
+        """Every period's first day and variants: ``[(start_date, variants), *ramp]``."""
+        return [(self.start_date, self.variants)] + [(s.date, s.variants) for s in self.ramp]
 
     @property
     def assigned(self) -> bool:
@@ -592,22 +671,51 @@ def _cross_check(
     launch = [lay for lay in layers if lay.model.launch]
     if len(launch) > 1:
         problems.append(f"{_where(launch[1], '.launch')}: more than one launch layer")
-    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%.
-    per_layer: dict[str, list[tuple[int, int, str, _Located]]] = defaultdict(list)
+    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%, on every
+    # day of a ramp schedule (each step's ranges against every experiment's ranges that day).
+    per_layer: dict[str, list[_Located]] = defaultdict(list)
     for e in experiments:
-        m = e.model
-        if m.layer not in layer_by_id:
-            problems.append(f"{_where(e, '.layer')}: unknown layer {m.layer!r}")
+        if e.model.layer not in layer_by_id:
+            problems.append(f"{_where(e, '.layer')}: unknown layer {e.model.layer!r}")
             continue
-        for i, (start, end) in enumerate(_variant_ranges(m)):
-            per_layer[m.layer].append(
-                (start, end, f"{m.id}/{m.variants[i].name}", _Located(e.file, e.path, m))
-            )
-    for lid, ranges in per_layer.items():
-        _overlaps(ranges, f"layer {lid!r}", problems)
+        per_layer[e.model.layer].append(e)
+    for lid, located in per_layer.items():
+        days: list[dt.date | None] = [None]
+        days += sorted({s.date for e in located for s in e.model.ramp})
+        for day in days:
+            ranges = []
+            for e in located:
+                m = e.model
+                step = _step_on(m, day)
+                for i, (start, end) in enumerate(_variant_ranges(m, step)):
+                    path = e.path if step is None else f"{e.path}.ramp[{m.ramp.index(step)}]"
+                    ranges.append(
+                        (start, end, f"{m.id}/{m.variants[i].name}", _Located(e.file, path, m))
+                    )
+            container = f"layer {lid!r}" + ("" if day is None else f" from {day}")
+            before = len(problems)
+            _overlaps(ranges, container, problems)
+            if day is not None and len(problems) > before:
+                # report a ramp day only for what it adds (a base overlap persists every day)
+                base = {p.split(" in layer ")[0] for p in problems[:before]}
+                problems[before:] = [
+                    p for p in problems[before:] if p.split(" in layer ")[0] not in base
+                ]
 
 
-def _variant_ranges(m: ExperimentModel) -> list[tuple[int, int]]:
+def _step_on(m: ExperimentModel, day: dt.date | None) -> RampStepModel | None:
+    """The ramp step in effect on ``day`` (None: the base ranges)."""
+    if day is None:
+        return None
+    steps = [s for s in m.ramp if s.date <= day]
+    return steps[-1] if steps else None
+
+
+def _variant_ranges(m: ExperimentModel, step: RampStepModel | None = None) -> list[tuple[int, int]]:
+    if step is not None:
+        slots = step.slots or m.slots
+        assert slots is not None  # validated: a ramp needs weighted variants
+        return _weighted_ranges(*slots, [step.weights[v.name] for v in m.variants])
     if m.slots is not None:
         return _weighted_ranges(*m.slots, [v.weight or 0.0 for v in m.variants])
     return [(v.start, v.end) for v in m.variants]  # type: ignore[misc]
@@ -657,6 +765,8 @@ def _resolve(
                 m.targeting.model_dump(exclude_none=True) if m.targeting else None,
                 variants,
                 tuple(x.metric() for x in m.metrics),
+                m.sticky if m.sticky is not None else bool(m.ramp),
+                tuple(_ramp_step(m, step) for step in m.ramp),
             )
         )
     content = {
@@ -668,8 +778,42 @@ def _resolve(
     return Definitions(ds, ls, tuple(es), version)
 
 
+def _ramp_step(m: ExperimentModel, step: RampStepModel) -> RampStep:
+    slots = step.slots or m.slots
+    assert slots is not None  # validated: a ramp needs weighted variants
+    weights = [step.weights[v.name] for v in m.variants]
+    ranges = _weighted_ranges(*slots, weights)
+    return RampStep(
+        step.date,
+        tuple(
+            VariantDefinition(v.vid, v.name, v.is_control, w, start, end, v.params)
+            for v, w, (start, end) in zip(m.variants, weights, ranges, strict=True)
+        ),
+    )
+
+
+def ramp_json(e: ExperimentDefinition) -> list[dict[str, Any]]:
+    """The ``experiments.ramp`` column content: per step its date and ``{vid, weight, start,
+    end}`` per variant (empty without a ramp)."""
+    return [
+        {
+            "date": step.date.isoformat(),
+            "variants": [
+                {"vid": v.vid, "weight": v.weight, "start": v.start, "end": v.end}
+                for v in step.variants
+            ],
+        }
+        for step in e.ramp
+    ]
+
+
 def _experiment_json(e: ExperimentDefinition) -> dict[str, Any]:
-    return {
+    extra: dict[str, Any] = {}  # only when set: definitions without them keep their version
+    if e.sticky:
+        extra["sticky"] = True
+    if e.ramp:
+        extra["ramp"] = ramp_json(e)
+    return extra | {
         "id": e.id,
         "name": e.name,
         "owner": e.owner,
