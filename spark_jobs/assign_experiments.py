@@ -56,6 +56,7 @@ from strata.definitions import (
     canonical_json,
     load,
     metrics_json,
+    ramp_json,
     variants_json,
 )
 from strata.rules import (
@@ -88,6 +89,8 @@ ASSIGNMENT_FIELDS = (
     ("service", "string"),
     ("slot", "int"),
     ("params", "string"),
+    ("first_assigned_date", "date"),
+    ("ramp_period", "int"),
 )
 ASSIGNMENTS_SCHEMA = (
     "unit_type string, unit_id string, "
@@ -98,7 +101,7 @@ EXPERIMENTS_SCHEMA = (
     "experiment_id string, name string, owner string, description string, layer_id string, "
     "domain_id string, unit_type string, status string, start_date date, end_date date, "
     "deployment_key string, platforms array<string>, variants string, metrics string, "
-    "definitions_version string"
+    "definitions_version string, sticky boolean, ramp string"
 )
 
 
@@ -236,7 +239,7 @@ def assign_units(
             if key not in rule_ids:
                 rule_ids[key] = len(rules)
                 rules.append(to_column(e.targeting, schema, semver_keys=semver_keys))
-            for v in e.variants:
+            for v in e.variants_on(day):
                 meta.append(
                     (
                         e.id,
@@ -248,6 +251,8 @@ def assign_units(
                         lay.priority,
                         lay.service,
                         v.params_json,
+                        None,  # first_assigned_date: the day (see field below)
+                        e.period(day),
                     )
                 )
                 by_slot[v.start : v.end] = [len(meta) - 1] * (v.end - v.start)
@@ -277,6 +282,8 @@ def assign_units(
     def field(i: int, name: str, dtype: str) -> Column:
         if name == "slot":
             return (code_col % F.lit(SLOTS)).cast("int")
+        if name == "first_assigned_date":
+            return F.lit(day).cast("date")
         values = F.array(*[F.lit(row[i]).cast(dtype) for row in meta])
         return F.element_at(values, index)
 
@@ -295,15 +302,179 @@ def assign_units(
     )
 
 
+# --- sticky assignment: the previous snapshot ------------------------------------------------
+
+
+def sticky_experiments(defs: Definitions, day: dt.date) -> list[ExperimentDefinition]:
+    """Sticky experiments the batch job assigns on ``day``."""
+    online = online_experiments(defs)
+    return [e for e in defs.experiments if e.sticky and e.assigned_on(day) and e.id not in online]
+
+
+def sticky_eligible(units: DataFrame, unit_type: str, defs: Definitions, day: dt.date) -> DataFrame:
+    """``(unit_type, unit_id, experiment_id)`` of the units that may keep a previous variant of a
+    sticky experiment on ``day``: in the layer's domains and matched by its targeting today."""
+    from pyspark.sql import functions as F
+
+    uid = F.col(unit_type)
+    tags = []
+    for e in sticky_experiments(defs, day):
+        lay = defs.layer(e.layer)
+        if lay.unit_type != unit_type:
+            continue
+        ok = to_column(e.targeting, units.schema)
+        for d in defs.domain_chain(lay.domain):
+            ds = slot_column(d.salt, uid)
+            ok = ok & (ds >= d.start) & (ds < d.end)
+        tags.append(F.when(ok, F.lit(e.id)))
+    if not tags:
+        return units.sparkSession.createDataFrame(
+            [], "unit_type string, unit_id string, experiment_id string"
+        )
+    return (
+        units.select(uid.alias("unit_id"), F.explode(F.array(*tags)).alias("experiment_id"))
+        .where(F.col("experiment_id").isNotNull())
+        .select(F.lit(unit_type).alias("unit_type"), "unit_id", "experiment_id")
+    )
+
+
+def period_column(defs: Definitions, experiment_id: Column, day: Column) -> Column:
+    """The ramp period of ``experiment_id`` on ``day`` (0 without a ramp): Spark's
+    :meth:`ExperimentDefinition.period`."""
+    from pyspark.sql import functions as F
+
+    out: Any = None
+    for e in defs.experiments:
+        if not e.ramp:
+            continue
+        p = sum((day >= F.lit(step.date)).cast("int") for step in e.ramp)
+        hit = experiment_id == F.lit(e.id)
+        out = F.when(hit, p) if out is None else out.when(hit, p)
+    return F.lit(0) if out is None else out.otherwise(F.lit(0))
+
+
+def with_previous(
+    fresh: DataFrame,
+    previous: DataFrame,
+    units: dict[str, DataFrame],
+    defs: Definitions,
+    day: dt.date,
+) -> DataFrame:
+    """Today's rows given the previous ``assignments`` snapshot (the reference's semantics,
+    :func:`strata.assignment.assign_layer`): a unit keeps its previous variant and slot of a
+    sticky experiment assigned today that still has that variant and still targets it (then the
+    unit is in no other experiment of that layer); every other row is today's ``fresh`` one.
+    ``first_assigned_date`` carries over while a unit keeps its variant (rows written before the
+    column existed read as the experiment's ``start_date``); ``ramp_period`` is its period."""
+    from pyspark.sql import functions as F
+
+    spark = fresh.sparkSession
+    first = (
+        F.col("first_assigned_date")
+        if "first_assigned_date" in previous.columns
+        else F.lit(None).cast("date")
+    )
+    prev = previous.select(
+        "unit_type",
+        "unit_id",
+        "experiment_id",
+        "variant_id",
+        F.col("slot").alias("prev_slot"),
+        first.alias("prev_first"),
+    )
+    starts = spark.createDataFrame(
+        [(e.id, e.start_date) for e in defs.experiments], "experiment_id string, start date"
+    )
+    prev = prev.join(F.broadcast(starts), "experiment_id", "left").select(
+        "unit_type",
+        "unit_id",
+        "experiment_id",
+        "variant_id",
+        "prev_slot",
+        F.coalesce("prev_first", "start").alias("prev_first"),
+    )
+    fields = [n for n, _ in ASSIGNMENT_FIELDS]
+    sticky = sticky_experiments(defs, day)
+    if sticky:
+        eligible = None
+        for unit_type, df in sorted(units.items()):
+            part = sticky_eligible(df, unit_type, defs, day)
+            eligible = part if eligible is None else eligible.unionByName(part)
+        meta = []
+        for e in sticky:
+            lay = defs.layer(e.layer)
+            for v in e.variants_on(day):
+                meta.append(
+                    (
+                        e.id,
+                        v.vid,
+                        v.name,
+                        v.is_control,
+                        lay.id,
+                        lay.domain,
+                        lay.priority,
+                        lay.service,
+                        v.params_json,
+                    )
+                )
+        variants = spark.createDataFrame(
+            meta,
+            "experiment_id string, variant_id int, variant_name string, is_control boolean, "
+            "layer_id string, domain_id string, layer_priority int, service string, "
+            "params string",
+        )
+        assert eligible is not None
+        kept = (
+            prev.join(eligible, ["unit_type", "unit_id", "experiment_id"])
+            .join(F.broadcast(variants), ["experiment_id", "variant_id"])
+            .withColumnRenamed("prev_slot", "slot")
+            .withColumnRenamed("prev_first", "first_assigned_date")
+        )
+        kept = kept.select(
+            "unit_type",
+            "unit_id",
+            *[
+                period_column(defs, F.col("experiment_id"), F.col("first_assigned_date")).alias(n)
+                if n == "ramp_period"
+                else F.col(n)
+                for n in fields
+            ],
+        )
+        fresh = fresh.join(
+            kept.select("unit_type", "unit_id", "layer_id"),
+            ["unit_type", "unit_id", "layer_id"],
+            "left_anti",
+        )
+    else:
+        kept = None
+    carried = fresh.join(
+        prev.drop("prev_slot"), ["unit_type", "unit_id", "experiment_id", "variant_id"], "left"
+    ).withColumn("first_assigned_date", F.coalesce("prev_first", "first_assigned_date"))
+    carried = carried.select(
+        "unit_type",
+        "unit_id",
+        *[
+            period_column(defs, F.col("experiment_id"), F.col("first_assigned_date")).alias(n)
+            if n == "ramp_period"
+            else F.col(n)
+            for n in fields
+        ],
+    )
+    return carried if kept is None else carried.unionByName(kept)
+
+
 def transform(
     units: dict[str, DataFrame],
     defs: Definitions,
     run_id: str,
     assigned_at: dt.datetime,
     as_of: dt.date | None = None,
+    previous: DataFrame | None = None,
 ) -> DataFrame:
     """All assignment rows on the day ``as_of`` (default today UTC), with the run columns: the
-    pure core of the job (nothing written)."""
+    pure core of the job (nothing written). ``previous``: the current ``assignments`` snapshot
+    (None on a first run), for sticky experiments and ``first_assigned_date``
+    (:func:`with_previous`)."""
     from pyspark.sql import functions as F
 
     frames = [
@@ -317,6 +488,8 @@ def transform(
     out = frames[0]
     for f in frames[1:]:
         out = out.unionByName(f)
+    if previous is not None:
+        out = with_previous(out, previous, units, defs, as_of or utc_today())
     return out.select(
         "*",
         F.lit(defs.version).alias("definitions_version"),
@@ -347,6 +520,8 @@ def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
                 canonical_json(variants_json(e)),
                 canonical_json(metrics_json(e)),
                 defs.version,
+                e.sticky,
+                canonical_json(ramp_json(e)),
             )
         )
     return spark.createDataFrame(rows, EXPERIMENTS_SCHEMA)
@@ -398,10 +573,30 @@ def input_snapshots(spark: SparkSession, settings: Settings) -> dict[str, tuple[
     return out
 
 
+def previous_snapshot(spark: SparkSession, settings: Settings) -> DataFrame | None:
+    """The current ``assignments`` snapshot (None on a first run), read before the job replaces
+    it and materialized (the write replaces the table it reads). Its schema may predate
+    ``first_assigned_date``/``ramp_period``: :func:`with_previous` reads such rows."""
+    name = settings.table(ASSIGNMENTS_TABLE)
+    if not spark.catalog.tableExists(name):
+        return None
+    row = spark.sql(
+        f"SELECT snapshot_id FROM {name}.history WHERE is_current_ancestor "
+        "ORDER BY made_current_at DESC LIMIT 1"
+    ).first()
+    if row is None:
+        return None
+    cols = ["unit_type", "unit_id", "experiment_id", "variant_id", "slot"]
+    df = spark.read.option("snapshot-id", int(row.snapshot_id)).table(name)
+    cols += [c for c in ("first_assigned_date",) if c in df.columns]
+    return df.select(*cols).localCheckpoint()
+
+
 def run_identity(
     version: str,
     snapshots: dict[str, tuple[int, dt.datetime]],
     left_out: dict[str, str] | None = None,
+    periods: dict[str, int] | None = None,
 ) -> tuple[str, Any]:
     """(run_id, assigned_at): functions of the definitions, the input snapshots and the running
     experiments the day leaves out of their window (none: the key is the one from before dates
@@ -409,6 +604,8 @@ def run_identity(
     key = version + "|" + "|".join(f"{n}@{sid}" for n, (sid, _) in sorted(snapshots.items()))
     if left_out:
         key += "|outside:" + ",".join(f"{e}={w}" for e, w in sorted(left_out.items()))
+    if periods:  # ramped experiments past their first step: the day changes their ranges
+        key += "|periods:" + ",".join(f"{e}={p}" for e, p in sorted(periods.items()))
     run_id = hashlib.sha256(key.encode()).hexdigest()[:16]
     return run_id, max(at for _, at in snapshots.values())
 
@@ -435,14 +632,16 @@ def run(
     if bad:
         raise ValueError(f"input units with a null id (cannot be hashed): {bad}")
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
-    run_id, assigned_at = run_identity(defs.version, snapshots, left_out)
+    periods = {e.id: p for e in defs.experiments if e.assigned and (p := e.period(day))}
+    run_id, assigned_at = run_identity(defs.version, snapshots, left_out, periods)
+    previous = previous_snapshot(spark, settings)
     warnings = unassignable(units, defs, day)
     props = {
         "strata.definitions-version": defs.version,
         "strata.run-id": run_id,
         "strata.inputs": json.dumps({n: sid for n, (sid, _) in sorted(snapshots.items())}),
     }
-    assignments = transform(units, defs, run_id, assigned_at, day)
+    assignments = transform(units, defs, run_id, assigned_at, day, previous)
     writer = (
         assignments.sortWithinPartitions("unit_id")
         .writeTo(settings.table(ASSIGNMENTS_TABLE))

@@ -89,9 +89,11 @@ def planned_assignments(
     spark: SparkSession, settings: Settings, defs: Definitions, as_of: dt.date | None = None
 ) -> DataFrame:
     """The rows the assignment job would write on the day ``as_of`` (default today UTC) for
-    ``defs`` and the current input snapshots, computed by the job's own transform, not written."""
+    ``defs``, the current input snapshots and the current ``assignments`` snapshot (sticky
+    experiments), computed by the job's own transform, not written."""
     from spark_jobs.assign_experiments import (
         input_snapshots,
+        previous_snapshot,
         run_identity,
         transform,
         unit_contexts,
@@ -104,7 +106,8 @@ def planned_assignments(
     }
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
     run_id, assigned_at = run_identity(defs.version, snapshots)
-    return transform(units, defs, run_id, assigned_at, as_of)
+    # sticky experiments keep the units of the current snapshot, as the job would
+    return transform(units, defs, run_id, assigned_at, as_of, previous_snapshot(spark, settings))
 
 
 def live_publication(

@@ -30,12 +30,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
+
+from strata import contracts
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
 
 
 def cohort_srm(
@@ -156,3 +161,38 @@ def ramp_srm(counts: pd.DataFrame, experiments: pd.DataFrame, alpha: float) -> p
             "passed",
         ],
     )
+
+
+def read_ramp_srm(
+    catalog: Catalog,
+    experiment_ids: Iterable[str] | None = None,
+    alpha: float = 0.001,
+    namespace: str = "strata",
+) -> pd.DataFrame:
+    """:func:`ramp_srm` of the ramped experiments (a non-empty ``ramp`` in the ``experiments``
+    table; ``experiment_ids``: among these) from the current ``assignments`` snapshot, read with
+    pyiceberg (only those experiments' rows, three columns). Empty when none is ramped or the
+    tables predate ramps."""
+    from pyiceberg.expressions import In
+
+    exps = catalog.load_table(f"{namespace}.{contracts.EXPERIMENTS}").scan().to_arrow().to_pandas()
+    if "ramp" not in exps.columns:
+        return ramp_srm(pd.DataFrame(), exps.iloc[0:0], alpha)
+    exps = exps[exps["ramp"].fillna("[]") != "[]"]
+    if experiment_ids is not None:
+        exps = exps[exps["experiment_id"].isin(list(experiment_ids))]
+    if exps.empty:
+        return ramp_srm(pd.DataFrame(), exps, alpha)
+    rows = (
+        catalog.load_table(f"{namespace}.{contracts.ASSIGNMENTS}")
+        .scan(
+            row_filter=In("experiment_id", set(exps["experiment_id"])),
+            selected_fields=("experiment_id", "ramp_period", "variant_id"),
+        )
+        .to_arrow()
+        .to_pandas()
+    )
+    counts = (
+        rows.groupby(["experiment_id", "ramp_period", "variant_id"]).size().rename("units")
+    ).reset_index()
+    return ramp_srm(counts, exps, alpha)
