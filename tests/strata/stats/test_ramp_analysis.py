@@ -89,3 +89,27 @@ def test_ramp_srm_reads_the_tables():
     bad = counts.assign(ramp_period=[0, 0, 2, 2, 0, 0])
     with pytest.raises(ValueError, match="'ramped': period 2 / variant 1 is not in"):
         ramp_srm(bad, experiments, ALPHA)
+
+
+def test_the_nightly_result_prints_one_ramp_srm_line_per_ramped_experiment():
+    import datetime as dt
+
+    from strata.stats.nightly import NightResult
+
+    srm = pd.DataFrame(
+        {
+            "exp_id": ["ramped"],
+            "units": [20_000.0],
+            "observed": [[[9000, 1000], [5050, 4950]]],
+            "expected_share": [[[0.9, 0.1], [0.5, 0.5]]],
+            "chi2": [0.5],
+            "dof": [2],
+            "p_value": [0.7788],
+            "passed": [True],
+        }
+    )
+    night = NightResult(dt.date(2026, 11, 14), ("ramped",), 0, 1, None, srm)
+    assert night.ramp_srm_lines() == [
+        "ramp SRM ramped: passed (chi2 0.50, dof 2, p 0.7788, 20,000 units in 2 cohorts)"
+    ]
+    assert NightResult(dt.date(2026, 11, 14), (), 0, 1, None).ramp_srm_lines() == []
