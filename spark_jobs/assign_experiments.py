@@ -196,6 +196,12 @@ def assign_units(
     salts = sorted(
         {lay.salt for lay in layers}
         | {d.salt for lay in layers for d in defs.domain_chain(lay.domain)}
+        | {
+            d.holdout_salt
+            for lay in layers
+            for d in defs.domain_chain(lay.domain)
+            if d.holdout_salt is not None
+        }
     )
     slot_names = {salt: f"__slot_{i}" for i, salt in enumerate(salts)}
     # Slots and semver sort keys first, in their own projections, so each is computed once per
@@ -270,6 +276,8 @@ def assign_units(
         for d in defs.domain_chain(lay.domain):
             ds = F.col(slot_names[d.salt])
             in_domain = in_domain & (ds >= d.start) & (ds < d.end)
+            if d.holdout_salt is not None:  # the domain's holdout is in none of its experiments
+                in_domain = in_domain & (F.col(slot_names[d.holdout_salt]) >= d.holdout_slots)
         hit = in_domain & (candidate >= 0) & passes
         codes.append(F.when(hit, candidate * SLOTS + s))
     if not codes:
@@ -326,6 +334,8 @@ def sticky_eligible(units: DataFrame, unit_type: str, defs: Definitions, day: dt
         for d in defs.domain_chain(lay.domain):
             ds = slot_column(d.salt, uid)
             ok = ok & (ds >= d.start) & (ds < d.end)
+            if d.holdout_salt is not None:
+                ok = ok & (slot_column(d.holdout_salt, uid) >= d.holdout_slots)
         tags.append(F.when(ok, F.lit(e.id)))
     if not tags:
         return units.sparkSession.createDataFrame(

@@ -108,6 +108,15 @@ def in_domain(defs: Definitions, domain_id: str, unit_id: str, slot_of: SlotOf =
     return all(d.start <= slot_of(d.salt, unit_id) < d.end for d in defs.domain_chain(domain_id))
 
 
+def held_out(defs: Definitions, domain_id: str, unit_id: str, slot_of: SlotOf = slot) -> bool:
+    """Is the unit in the holdout of ``domain_id`` or of a domain enclosing it? Then it is in no
+    experiment of the domain: ``slot(holdout salt, unit_id) < holdout slots`` (percent x 100)."""
+    return any(
+        d.holdout_salt is not None and slot_of(d.holdout_salt, unit_id) < d.holdout_slots
+        for d in defs.domain_chain(domain_id)
+    )
+
+
 def assign_layer(
     defs: Definitions,
     layer: Layer,
@@ -129,7 +138,9 @@ def assign_layer(
     today's ranges say; it is then in no other experiment of the layer. Otherwise the slot
     picks the variant in the ranges of the day (:meth:`ExperimentDefinition.variants_on`).
     """
-    if not in_domain(defs, layer.domain, unit_id, slot_of):
+    if not in_domain(defs, layer.domain, unit_id, slot_of) or held_out(
+        defs, layer.domain, unit_id, slot_of
+    ):
         return None
     day = as_of or utc_today()
     previous = previous or {}

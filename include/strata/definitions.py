@@ -76,6 +76,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+class HoldoutModel(_Strict):
+    """A domain's holdout: the units with ``slot(salt, unit_id) < percent * 100`` are in no
+    experiment of the domain (nested domains included)."""
+
+    percent: float = Field(gt=0, lt=100, description="Share of the domain's units held out, %.")
+    salt: str = Field(min_length=1, description="Salt of the holdout split (its own hash).")
+
+
 class DomainModel(_Strict):
     """A share of traffic (seed 003). Siblings share ``salt`` and own disjoint ``slots``."""
 
@@ -86,6 +94,9 @@ class DomainModel(_Strict):
     salt: str = Field(min_length=1, description="Salt of the split among sibling domains.")
     slots: tuple[int, int] = Field(description="[start, end) of the parent's split, in 0..10000.")
     kind: Literal["overlapping", "non_overlapping"] = "overlapping"
+    holdout: HoldoutModel | None = Field(
+        None, description="Units excluded from every experiment in the domain (and its nested)."
+    )
 
 
 class LayerModel(_Strict):
@@ -321,6 +332,9 @@ class Domain:
     start: int
     end: int
     kind: str
+    #: Holdout: (salt, slots held out: ``slot(salt, unit) < holdout_slots``); None: no holdout.
+    holdout_salt: str | None = None
+    holdout_slots: int = 0
 
 
 @dataclass(frozen=True)
@@ -649,6 +663,24 @@ def _cross_check(
             f"domain {parent!r}",
             problems,
         )
+    # Holdouts hash on their own salt: not a domain split's or a layer's (else not independent).
+    split_salts = {d.model.salt for d in domains} | {lay.model.salt for lay in layers}
+    holdout_salts: dict[str, _Located] = {}
+    for d in domains:
+        h = d.model.holdout
+        if h is None:
+            continue
+        if h.salt in split_salts:
+            problems.append(
+                f"{_where(d, '.holdout.salt')}: {h.salt!r} is also a domain or layer salt; a "
+                "holdout needs its own salt"
+            )
+        elif h.salt in holdout_salts:
+            problems.append(
+                f"{_where(d, '.holdout.salt')}: duplicate holdout salt {h.salt!r} (first at "
+                f"{_where(holdout_salts[h.salt])})"
+            )
+        holdout_salts.setdefault(h.salt, d)
     # Layers: known domain, launch layer rules, non-overlapping domains hold one layer.
     layer_by_id = {lay.model.id: lay for lay in layers}
     per_domain: dict[str, list[_Located]] = defaultdict(list)
@@ -726,7 +758,15 @@ def _resolve(
 ) -> Definitions:
     ds = tuple(
         Domain(
-            m.id, m.name or m.id, m.description, m.parent, m.salt, m.slots[0], m.slots[1], m.kind
+            m.id,
+            m.name or m.id,
+            m.description,
+            m.parent,
+            m.salt,
+            m.slots[0],
+            m.slots[1],
+            m.kind,
+            *((m.holdout.salt, round(m.holdout.percent * SLOTS / 100)) if m.holdout else ()),
         )
         for m in sorted((d.model for d in domains), key=lambda m: m.id)
     )
@@ -769,8 +809,11 @@ def _resolve(
                 tuple(_ramp_step(m, step) for step in m.ramp),
             )
         )
-    content = {
-        "domains": [d.__dict__ for d in ds],
+    content = {  # a domain without a holdout hashes as before (definitions keep their version)
+        "domains": [
+            {k: v for k, v in d.__dict__.items() if d.holdout_salt or not k.startswith("holdout")}
+            for d in ds
+        ],
         "layers": [lay.__dict__ for lay in ls],
         "experiments": [_experiment_json(e) for e in es],
     }
