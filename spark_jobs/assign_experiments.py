@@ -52,8 +52,10 @@ from strata.contracts import (
 from strata.definitions import (
     Definitions,
     ExperimentDefinition,
+    Holdout,
     bundled_path,
     canonical_json,
+    holdout_record,
     load,
     metrics_json,
     ramp_json,
@@ -310,6 +312,38 @@ def assign_units(
     )
 
 
+def holdout_rows(units: DataFrame, h: Holdout, defs: Definitions, day: dt.date) -> DataFrame:
+    """The rows of holdout ``h``'s comparison (:func:`strata.assignment.holdout_assignments`):
+    every unit in its domain (not held out by an enclosing domain), ``holdout`` or ``rest``."""
+    from pyspark.sql import functions as F
+
+    uid = F.col(h.unit_type)
+    inside = F.lit(True)
+    for d in defs.domain_chain(h.domain):
+        ds = slot_column(d.salt, uid)
+        inside = inside & (ds >= d.start) & (ds < d.end)
+        if d.id != h.domain and d.holdout_salt is not None:
+            inside = inside & (slot_column(d.holdout_salt, uid) >= d.holdout_slots)
+    s = slot_column(h.salt, uid)
+    held = s < F.lit(h.slots)
+    return units.where(inside).select(
+        F.lit(h.unit_type).alias("unit_type"),
+        uid.alias("unit_id"),
+        F.lit(h.experiment_id).alias("experiment_id"),
+        F.when(held, F.lit(h.holdout_vid)).otherwise(F.lit(h.rest_vid)).alias("variant_id"),
+        F.when(held, F.lit("holdout")).otherwise(F.lit("rest")).alias("variant_name"),
+        held.alias("is_control"),
+        F.lit("").alias("layer_id"),
+        F.lit(h.domain).alias("domain_id"),
+        F.lit(0).alias("layer_priority"),
+        F.lit(None).cast("string").alias("service"),
+        s.alias("slot"),
+        F.lit("{}").alias("params"),
+        F.lit(day).cast("date").alias("first_assigned_date"),
+        F.lit(0).alias("ramp_period"),
+    )
+
+
 # --- sticky assignment: the previous snapshot ------------------------------------------------
 
 
@@ -495,6 +529,12 @@ def transform(
     if not frames:  # no layer (so no experiment) for any unit type: an empty snapshot
         spark = next(iter(units.values())).sparkSession
         return spark.createDataFrame([], ASSIGNMENTS_SCHEMA)
+    day = as_of or utc_today()
+    frames += [
+        holdout_rows(units[h.unit_type], h, defs, day)
+        for h in defs.holdouts
+        if h.unit_type in units and h.window(day) is None
+    ]
     out = frames[0]
     for f in frames[1:]:
         out = out.unionByName(f)
@@ -532,6 +572,29 @@ def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
                 defs.version,
                 e.sticky,
                 canonical_json(ramp_json(e)),
+            )
+        )
+    for h in defs.holdouts:  # the long-term comparisons: status holdout, never published
+        r = holdout_record(h)
+        rows.append(
+            (
+                r["experiment_id"],
+                r["name"],
+                r["owner"],
+                r["description"],
+                r["layer_id"],
+                r["domain_id"],
+                r["unit_type"],
+                r["status"],
+                h.start_date,
+                h.end_date,
+                None,
+                [],
+                canonical_json(r["variants"]),
+                canonical_json(r["metrics"]),
+                defs.version,
+                False,
+                "[]",
             )
         )
     return spark.createDataFrame(rows, EXPERIMENTS_SCHEMA)

@@ -117,6 +117,46 @@ def held_out(defs: Definitions, domain_id: str, unit_id: str, slot_of: SlotOf = 
     )
 
 
+def holdout_assignments(
+    defs: Definitions, unit_type: str, unit_id: str, *, as_of: dt.date | None = None
+) -> list[Assignment]:
+    """The unit's rows of the domain holdouts' comparisons on ``as_of`` (default today UTC):
+    for each holdout with a comparison window holding the day, of the unit's type, whose domain
+    the unit is in (and not held out by an enclosing domain), a row of the pseudo-experiment
+    ``holdout_<domain>``: variant ``holdout`` (the control) or ``rest``. Batch only: these rows
+    are written to ``assignments``, never served (status ``holdout``)."""
+    day = as_of or utc_today()
+    out = []
+    for h in defs.holdouts:
+        if h.unit_type != unit_type or h.window(day) is not None:
+            continue
+        if not in_domain(defs, h.domain, unit_id) or held_out(
+            defs, defs.domain(h.domain).parent, unit_id
+        ):
+            continue
+        s = slot(h.salt, unit_id)
+        held = s < h.slots
+        out.append(
+            Assignment(
+                unit_type,
+                unit_id,
+                h.experiment_id,
+                h.holdout_vid if held else h.rest_vid,
+                "holdout" if held else "rest",
+                held,
+                "",
+                h.domain,
+                0,
+                None,
+                s,
+                "{}",
+                day,
+                0,
+            )
+        )
+    return out
+
+
 def assign_layer(
     defs: Definitions,
     layer: Layer,

@@ -82,6 +82,28 @@ class HoldoutModel(_Strict):
 
     percent: float = Field(gt=0, lt=100, description="Share of the domain's units held out, %.")
     salt: str = Field(min_length=1, description="Salt of the holdout split (its own hash).")
+    unit_type: Literal["user_id", "device_id"] = Field(
+        "user_id", description="Unit of the long-term comparison rows (holdout vs the rest)."
+    )
+    start_date: dt.date | None = Field(None, description="Comparison window (with end_date).")
+    end_date: dt.date | None = None
+    holdout_vid: int | None = Field(None, ge=1, description="vid of the holdout (control).")
+    rest_vid: int | None = Field(None, ge=1, description="vid of everyone else in the domain.")
+
+    @model_validator(mode="after")
+    def _comparison(self) -> HoldoutModel:
+        given = [
+            x is not None for x in (self.start_date, self.end_date, self.holdout_vid, self.rest_vid)
+        ]
+        if any(given) and not all(given):
+            raise ValueError(
+                "a holdout comparison needs start_date, end_date, holdout_vid and rest_vid"
+            )
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        if self.holdout_vid is not None and self.holdout_vid == self.rest_vid:
+            raise ValueError("holdout_vid and rest_vid must differ")
+        return self
 
 
 class DomainModel(_Strict):
@@ -428,6 +450,27 @@ class ExperimentDefinition:
 
 
 @dataclass(frozen=True)
+class Holdout:
+    """A domain holdout's long-term comparison: a pseudo-experiment ``experiment_id``
+    (``holdout_<domain>``) whose control is the holdout and whose other variant is everyone else
+    in the domain, on the primary metrics of the domain's experiments."""
+
+    domain: str
+    experiment_id: str
+    salt: str
+    slots: int
+    unit_type: str
+    start_date: dt.date
+    end_date: dt.date
+    holdout_vid: int
+    rest_vid: int
+    metrics: tuple[Metric, ...]
+
+    def window(self, day: dt.date) -> str | None:
+        return outside_window(self.start_date, self.end_date, day)
+
+
+@dataclass(frozen=True)
 class Definitions:
     """A validated definitions set; ``version`` hashes its canonical content."""
 
@@ -435,6 +478,8 @@ class Definitions:
     layers: tuple[Layer, ...]
     experiments: tuple[ExperimentDefinition, ...]
     version: str
+    #: Domain holdouts with a comparison window (see :class:`Holdout`).
+    holdouts: tuple[Holdout, ...] = ()
 
     def domain(self, domain_id: str) -> Domain:
         return next(d for d in self.domains if d.id == domain_id)
@@ -663,6 +708,23 @@ def _cross_check(
             f"domain {parent!r}",
             problems,
         )
+    # Holdout comparisons: their vids and pseudo-experiment ids are unique too.
+    vids = {v.vid for e in experiments for v in e.model.variants}
+    exp_ids = {e.model.id for e in experiments}
+    for d in domains:
+        h = d.model.holdout
+        if h is None or h.holdout_vid is None:
+            continue
+        for field in ("holdout_vid", "rest_vid"):
+            vid = getattr(h, field)
+            if vid in vids:
+                problems.append(f"{_where(d, '.holdout.' + field)}: vid {vid} is already used")
+            vids.add(vid)
+        if f"holdout_{d.model.id}" in exp_ids:
+            problems.append(
+                f"{_where(d, '.holdout')}: an experiment is named holdout_{d.model.id}, the id of "
+                "this holdout's comparison"
+            )
     # Holdouts hash on their own salt: not a domain split's or a layer's (else not independent).
     split_salts = {d.model.salt for d in domains} | {lay.model.salt for lay in layers}
     holdout_salts: dict[str, _Located] = {}
@@ -809,7 +871,10 @@ def _resolve(
                 tuple(_ramp_step(m, step) for step in m.ramp),
             )
         )
-    content = {  # a domain without a holdout hashes as before (definitions keep their version)
+    scratch = Definitions(ds, ls, tuple(es), "")
+    found = [_holdout(m, scratch) for m in sorted((d.model for d in domains), key=lambda m: m.id)]
+    holdouts = tuple(h for h in found if h is not None)
+    content: dict[str, Any] = {  # no holdout: the content (so the version) is as before
         "domains": [
             {k: v for k, v in d.__dict__.items() if d.holdout_salt or not k.startswith("holdout")}
             for d in ds
@@ -817,8 +882,83 @@ def _resolve(
         "layers": [lay.__dict__ for lay in ls],
         "experiments": [_experiment_json(e) for e in es],
     }
+    if holdouts:
+        content["holdouts"] = [holdout_record(h) for h in holdouts]
     version = hashlib.sha256(canonical_json(content).encode()).hexdigest()[:16]
-    return Definitions(ds, ls, tuple(es), version)
+    return Definitions(ds, ls, tuple(es), version, holdouts)
+
+
+def _holdout(m: DomainModel, defs: Definitions) -> Holdout | None:
+    """The comparison of domain ``m``'s holdout (None: no window given, exclusion only), on the
+    primary metrics of every experiment in the domain or its nested domains (first by id)."""
+    h = m.holdout
+    if h is None or h.start_date is None or h.end_date is None:
+        return None
+    assert h.holdout_vid is not None  # validated: all four given together
+    assert h.rest_vid is not None
+    metrics: dict[str, Metric] = {}
+    for e in defs.experiments:
+        if m.id in [d.id for d in defs.domain_chain(defs.layer(e.layer).domain)]:
+            for x in e.metrics:
+                if x.role == "primary":
+                    metrics.setdefault(x.id, x)
+    return Holdout(
+        m.id,
+        f"holdout_{m.id}",
+        h.salt,
+        round(h.percent * SLOTS / 100),
+        h.unit_type,
+        h.start_date,
+        h.end_date,
+        h.holdout_vid,
+        h.rest_vid,
+        tuple(metrics.values()),
+    )
+
+
+def holdout_variants(h: Holdout) -> list[dict[str, Any]]:
+    """The comparison's ``variants`` (as :func:`variants_json`): the holdout (control, its
+    slots of the holdout split) and the rest of the domain."""
+    return [
+        {
+            "vid": h.holdout_vid,
+            "name": "holdout",
+            "is_control": True,
+            "weight": float(h.slots),
+            "start": 0,
+            "end": h.slots,
+            "params": {},
+        },
+        {
+            "vid": h.rest_vid,
+            "name": "rest",
+            "is_control": False,
+            "weight": float(SLOTS - h.slots),
+            "start": h.slots,
+            "end": SLOTS,
+            "params": {},
+        },
+    ]
+
+
+def holdout_record(h: Holdout) -> dict[str, Any]:
+    """What the ``experiments`` table stores of a holdout comparison (status ``holdout``: never
+    published to the lookup table) besides the definitions version."""
+    return {
+        "experiment_id": h.experiment_id,
+        "name": f"Holdout of domain {h.domain}",
+        "owner": "strata",
+        "description": f"{h.slots / SLOTS:.2%} of domain {h.domain!r} in none of its experiments "
+        "(control) vs everyone else in the domain, on its experiments' primary metrics",
+        "layer_id": "",
+        "domain_id": h.domain,
+        "unit_type": h.unit_type,
+        "status": "holdout",
+        "start_date": h.start_date.isoformat(),
+        "end_date": h.end_date.isoformat(),
+        "variants": holdout_variants(h),
+        "metrics": [x.as_json() for x in h.metrics],
+    }
 
 
 def _ramp_step(m: ExperimentModel, step: RampStepModel) -> RampStep:
