@@ -647,8 +647,9 @@ def input_snapshots(spark: SparkSession, settings: Settings) -> dict[str, tuple[
 
 
 def previous_snapshot(spark: SparkSession, settings: Settings) -> DataFrame | None:
-    """The current ``assignments`` snapshot (None on a first run), read before the job replaces
-    it and materialized (the write replaces the table it reads). Its schema may predate
+    """The current ``assignments`` snapshot (None on a first run), pinned by snapshot id before
+    the job replaces the table (a replace commit deletes no data file, so the write can stream
+    from the snapshot it replaces). Its schema may predate
     ``first_assigned_date``/``ramp_period``: :func:`with_previous` reads such rows."""
     name = settings.table(ASSIGNMENTS_TABLE)
     if not spark.catalog.tableExists(name):
@@ -662,7 +663,7 @@ def previous_snapshot(spark: SparkSession, settings: Settings) -> DataFrame | No
     cols = ["unit_type", "unit_id", "experiment_id", "variant_id", "slot"]
     df = spark.read.option("snapshot-id", int(row.snapshot_id)).table(name)
     cols += [c for c in ("first_assigned_date",) if c in df.columns]
-    return df.select(*cols).localCheckpoint()
+    return df.select(*cols)  # pinned: the replace commit leaves that snapshot's files in place
 
 
 def run_identity(
