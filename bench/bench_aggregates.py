@@ -3,12 +3,16 @@
 Both engines start from the same Iceberg data files (synthetic raw events, assignments and
 experiments) and compute the same thing: dedupe by event id, drop malformed rows, first exposure
 per unit (app start), attribute goals after exposure inside the window, pre-period covariates,
-per-unit daily sums,
-cumulative ep-stats aggregates per analysis date. dbt runs the real project (`dbt run
---full-refresh --select +goal_aggregates`); DuckDB runs an equivalent SQL port on 2 threads over
-the Parquet files. The run checks both produce the same totals, then prints times and ratios.
+per-unit daily sums, cumulative ep-stats aggregates per analysis date, and the capped (winsorized)
+sums of the metrics with a cap (CAPS: a fixed cap, an exact pooled percentile). dbt runs the real
+project (`dbt run --full-refresh --select +goal_aggregates`); DuckDB runs an equivalent SQL port
+on 2 threads over the Parquet files. The run checks both produce the same totals, then prints
+times and ratios. Then the segments: dbt builds int_unit_segments, int_segment_unit_goals and
+goal_segment_aggregates, DuckDB the same rows from its steps above and the users / devices / orgs
+files (DUCKDB_SEGMENT_SQL); same totals checked, times printed.
 
     .venv/bin/python bench/bench_aggregates.py [--sizes 1,10,100]     # millions of events
+    .venv/bin/python bench/bench_aggregates.py --no-caps    # no capped metric (what caps cost)
 Target: dbt-spark <= 2x DuckDB; growth from 1M to 10M events printed.
 """
 
@@ -32,9 +36,28 @@ EXPERIMENTS = [  # (experiment_id, unit_type, salt): two arms split at slot 5000
     ("feed_ranking", "device_id", "ranking-2026"),
     ("upsell_banner", "user_id", "upsell-2026"),
 ]
+#: Capped metrics (experiment -> cap of value(<unit>.unit.purchase)): both kinds of cap.
+CAPS = {"checkout_button": {"value": 100.0}, "upsell_banner": {"percentile": 0.99}}
 
 
-def _setup_inputs(spark, settings, n_events: int) -> int:
+def _metrics_json(exp: str, unit_type: str, caps: bool) -> str:
+    if not caps or exp not in CAPS:
+        return "[]"
+    unit = unit_type.removesuffix("_id")
+    return json.dumps(
+        [
+            {
+                "id": "revenue_capped",
+                "name": "Revenue per unit, capped",
+                "nominator": f"value({unit}.unit.purchase)",
+                "denominator": f"count({unit}.global.exposure)",
+                "cap": CAPS[exp],
+            }
+        ]
+    )
+
+
+def _setup_inputs(spark, settings, n_events: int, caps: bool = True) -> int:
     from spark_jobs.generate_synthetic import write_tables
     from strata.synthetic import GeneratorConfig
 
@@ -58,12 +81,13 @@ def _setup_inputs(spark, settings, n_events: int) -> int:
         + " UNION ALL ".join(selects)
     )
     rows = ", ".join(
-        f"('{exp}', '{unit_type}', DATE '2026-11-08', DATE '2026-11-14')"
+        f"('{exp}', '{unit_type}', DATE '2026-11-08', DATE '2026-11-14', "
+        f"'{_metrics_json(exp, unit_type, caps)}')"
         for exp, unit_type, _ in EXPERIMENTS
     )
     spark.sql(
         f"CREATE OR REPLACE TABLE {settings.table('experiments')} USING iceberg AS "
-        f"SELECT * FROM VALUES {rows} AS t(experiment_id, unit_type, start_date, end_date)"
+        f"SELECT * FROM VALUES {rows} AS t(experiment_id, unit_type, start_date, end_date, metrics)"
     )
     from spark_jobs.ingest_exposure_logs import ensure_tables
 
@@ -71,7 +95,11 @@ def _setup_inputs(spark, settings, n_events: int) -> int:
     return counts["raw_events"]
 
 
-def _run_dbt(settings, profiles: Path) -> float:
+#: The segment models timed after the goal_aggregates run (their inputs are built by then).
+SEGMENT_MODELS = ("int_unit_segments", "int_segment_unit_goals", "goal_segment_aggregates")
+
+
+def _run_dbt(settings, profiles: Path, select: tuple[str, ...] = ("+goal_aggregates",)) -> float:
     from dbt.cli.main import dbtRunner
 
     from strata.contracts import dbt_vars
@@ -82,7 +110,7 @@ def _run_dbt(settings, profiles: Path) -> float:
             "run",
             "--full-refresh",
             "--select",
-            "+goal_aggregates",
+            *select,
             "--project-dir",
             str(ROOT / "dbt_project"),
             "--profiles-dir",
@@ -109,15 +137,48 @@ def _run_dbt(settings, profiles: Path) -> float:
     return elapsed
 
 
-def _duckdb_sql() -> str:
-    """DUCKDB_SQL with the goals catalogue's goals and value checks (as dbt gets them)."""
+def _duckdb_segment_sql() -> str:
+    """DUCKDB_SEGMENT_SQL over the segment dimensions of strata.contracts."""
+    from strata.contracts import SEGMENT_NAMES
+
+    return DUCKDB_SEGMENT_SQL.replace("__DIMENSIONS__", ", ".join(SEGMENT_NAMES))
+
+
+def _duckdb_sql(caps: bool = True) -> str:
+    """DUCKDB_SQL with the goals catalogue's goals and value checks (as dbt gets them), and one
+    cap per capped metric (DuckDB's quantile_cont: exact, linear between order statistics)."""
     from strata.contracts import goal_names, value_goals
 
     checks = "\n      ".join(
         f"AND NOT (event_name = '{g}' AND (value IS NULL OR value < 0))" for g in value_goals()
     )
     goals = ", ".join(f"'{g}'" for g in goal_names())
-    return DUCKDB_SQL.replace("__GOALS__", goals).replace("__VALUE_CHECKS__", checks)
+    cap_selects = [
+        "SELECT as_of_date, experiment_id, unit_type, goal, platform, "
+        + (
+            f"CAST({cap['value']} AS DOUBLE)"
+            if "value" in cap
+            else f"quantile_cont(v, {cap['percentile']})"
+        )
+        + f""" AS value_cap FROM capped_values
+            WHERE experiment_id = '{exp}' AND goal = 'purchase' GROUP BY ALL"""
+        for exp, cap in (CAPS.items() if caps else [])
+    ]
+    cap_sql = " UNION ALL ".join(cap_selects) or (
+        "SELECT NULL::DATE AS as_of_date, NULL AS experiment_id, NULL AS unit_type, NULL AS goal, "
+        "NULL AS platform, NULL::DOUBLE AS value_cap WHERE false"
+    )
+    capped_goals = (
+        " UNION ALL ".join(f"SELECT '{exp}' AS experiment_id, 'purchase' AS goal" for exp in CAPS)
+        if caps
+        else "SELECT NULL AS experiment_id, NULL AS goal WHERE false"
+    )
+    return (
+        DUCKDB_SQL.replace("__GOALS__", goals)
+        .replace("__VALUE_CHECKS__", checks)
+        .replace("__CAPPED_GOALS__", capped_goals)
+        .replace("__CAPS__", cap_sql)
+    )
 
 
 def _files(settings, name: str) -> list[str]:
@@ -128,41 +189,40 @@ def _files(settings, name: str) -> list[str]:
 
 
 DUCKDB_SQL = """
-CREATE OR REPLACE TEMP TABLE goal_aggregates AS
+CREATE OR REPLACE TEMP TABLE events AS
 WITH valid AS (
     SELECT * FROM raw
     WHERE event_id IS NOT NULL AND device_id IS NOT NULL AND event_at IS NOT NULL
       AND event_name IN (__GOALS__)
       __VALUE_CHECKS__
       AND NOT (event_at > arrived_at + INTERVAL 24 HOUR)
-),
-events AS (
-    SELECT * EXCLUDE (rn) FROM (
-        SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY arrived_at, device_id) AS rn
-        FROM valid) WHERE rn = 1
-),
-by_unit AS (
+)
+SELECT * EXCLUDE (rn) FROM (
+    SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY arrived_at, device_id) AS rn
+    FROM valid) WHERE rn = 1;
+-- the steps the segment reference reads again are temp tables (dbt's are tables or views)
+CREATE OR REPLACE TEMP TABLE by_unit AS (
     SELECT event_name, event_at, CAST(event_at AS DATE) AS event_date,
            coalesce(platform, 'unknown') AS platform, value,
            'device_id' AS unit_type, device_id AS unit_id FROM events
     UNION ALL
     SELECT event_name, event_at, CAST(event_at AS DATE), coalesce(platform, 'unknown'), value,
            'user_id', user_id FROM events WHERE user_id IS NOT NULL
-),
-windows AS (
+);
+CREATE OR REPLACE TEMP VIEW windows AS (
     SELECT experiment_id, unit_type, start_date, end_date,
            CAST(start_date AS TIMESTAMP) AS starts_at,
            CAST(end_date + 1 AS TIMESTAMP) AS ends_at FROM experiments
-),
-exposed AS (
+);
+CREATE OR REPLACE TEMP TABLE exposed AS (
     SELECT a.experiment_id, a.variant_id, a.unit_type, a.unit_id, min(e.event_at) AS exposed_at
     FROM by_unit e
     JOIN assignments a ON e.unit_type = a.unit_type AND e.unit_id = a.unit_id
     JOIN windows w ON w.experiment_id = a.experiment_id
     WHERE e.event_name = 'session_start' AND e.event_at >= w.starts_at AND e.event_at < w.ends_at
     GROUP BY ALL
-),
-unit_days AS (
+);
+CREATE OR REPLACE TEMP TABLE unit_days AS (
     SELECT x.experiment_id, x.variant_id, x.unit_type, x.unit_id, e.event_name AS goal,
            e.platform, e.event_date, count(*) AS goal_count, coalesce(sum(e.value), 0) AS goal_value
     FROM by_unit e
@@ -178,8 +238,9 @@ unit_days AS (
     JOIN windows w ON w.experiment_id = x.experiment_id
     WHERE e.event_at >= w.starts_at - INTERVAL 7 DAY AND e.event_at < w.starts_at
     GROUP BY ALL
-),
-dims AS (
+);
+CREATE OR REPLACE TEMP TABLE goal_aggregates AS
+WITH dims AS (
     SELECT experiment_id, variant_id, unit_type, unit_id, goal, coalesce(platform, '') AS platform,
            event_date, sum(goal_count) AS goal_count, sum(goal_value) AS goal_value
     FROM unit_days
@@ -210,24 +271,119 @@ dates AS (
         least(end_date, (SELECT max(CAST(event_at AS DATE)) FROM events)), INTERVAL 1 DAY))
         AS as_of_date
     FROM experiments
+),
+agg AS (
+    SELECT CAST(d.as_of_date AS DATE) AS as_of_date, i.experiment_id AS exp_id,
+           i.variant_id AS exp_variant_id, i.unit_type, i.agg_type, i.goal, i.platform,
+           sum(d_count) AS count, sum(d_sqr_count) AS sum_sqr_count, sum(d_value) AS sum_value,
+           sum(d_sqr_value) AS sum_sqr_value, sum(d_unique) AS count_unique
+    FROM dates d JOIN inc i ON d.experiment_id = i.experiment_id AND i.event_date <= d.as_of_date
+    GROUP BY ALL
+),
+capped_goals AS (__CAPPED_GOALS__),
+capped_values AS (  -- each unit's cumulative value of a capped goal as of every analysis date
+    SELECT CAST(d.as_of_date AS DATE) AS as_of_date, u.experiment_id, u.variant_id, u.unit_type,
+           u.unit_id, u.goal, u.platform, sum(u.goal_value) AS v
+    FROM dims u JOIN capped_goals c ON u.experiment_id = c.experiment_id AND u.goal = c.goal
+    JOIN dates d ON d.experiment_id = u.experiment_id AND u.event_date <= d.as_of_date
+    GROUP BY ALL
+),
+caps AS (__CAPS__),
+capped AS (
+    SELECT v.as_of_date, v.experiment_id, v.variant_id, v.unit_type, v.goal, v.platform,
+           max(c.value_cap) AS value_cap, sum(least(v.v, c.value_cap)) AS sum_value_capped,
+           sum(least(v.v, c.value_cap) ^ 2) AS sum_sqr_value_capped
+    FROM capped_values v JOIN caps c USING (as_of_date, experiment_id, unit_type, goal, platform)
+    GROUP BY ALL
 )
-SELECT CAST(d.as_of_date AS DATE) AS as_of_date, i.experiment_id AS exp_id,
-       i.variant_id AS exp_variant_id, i.unit_type, i.agg_type, i.goal, i.platform,
-       sum(d_count) AS count, sum(d_sqr_count) AS sum_sqr_count, sum(d_value) AS sum_value,
-       sum(d_sqr_value) AS sum_sqr_value, sum(d_unique) AS count_unique
-FROM dates d JOIN inc i ON d.experiment_id = i.experiment_id AND i.event_date <= d.as_of_date
-GROUP BY ALL
+SELECT a.*, c.value_cap, c.sum_value_capped, c.sum_sqr_value_capped
+FROM agg a LEFT JOIN capped c
+  ON a.agg_type = 'unit' AND a.as_of_date = c.as_of_date AND a.exp_id = c.experiment_id
+ AND a.exp_variant_id = c.variant_id AND a.unit_type = c.unit_type AND a.goal = c.goal
+ AND a.platform = c.platform
 """
 
+
+#: goal_segment_aggregates (dbt: int_unit_segments -> int_segment_unit_goals ->
+#: goal_segment_aggregates) from the temp tables above and the users / devices / orgs files: each
+#: exposed unit's segments at first exposure, its goal totals up to the experiment's newest
+#: analysis date, unpivoted one dimension at a time.
+DUCKDB_SEGMENT_SQL = """
+CREATE OR REPLACE TEMP TABLE goal_segment_aggregates AS
+WITH targets AS (
+    SELECT experiment_id,
+           least(end_date, (SELECT max(CAST(event_at AS DATE)) FROM events)) AS as_of_date
+    FROM experiments WHERE start_date <= (SELECT max(CAST(event_at AS DATE)) FROM events)
+),
+exposing AS (  -- the device of a user's exposing app start
+    SELECT x.experiment_id, x.unit_id, min(e.device_id) AS device_id,
+           arg_min(coalesce(e.platform, 'unknown'), e.device_id) AS event_platform
+    FROM exposed x
+    JOIN events e ON x.unit_type = 'user_id' AND e.user_id = x.unit_id
+        AND e.event_at = x.exposed_at AND e.event_name = 'session_start'
+    GROUP BY ALL
+),
+first_seen AS (
+    SELECT unit_type, unit_id, min(event_at) AS first_event_at FROM by_unit GROUP BY ALL
+),
+segs AS (
+    SELECT x.experiment_id, x.variant_id, x.unit_type, x.unit_id,
+           CAST(x.exposed_at AS DATE) AS exposure_date,
+           coalesce(u.country, 'unknown') AS country,
+           coalesce(d.platform, p.event_platform, 'unknown') AS platform,
+           coalesce(nullif(split_part(d.app_version, '.', 1), ''), 'unknown')
+               AS app_version_major,
+           CASE WHEN f.first_event_at < w.starts_at THEN 'returning' ELSE 'new' END AS visitor,
+           coalesce(o.plan, 'unknown') AS plan
+    FROM exposed x
+    JOIN windows w ON w.experiment_id = x.experiment_id
+    LEFT JOIN exposing p ON p.experiment_id = x.experiment_id AND p.unit_id = x.unit_id
+    LEFT JOIN first_seen f ON f.unit_type = x.unit_type AND f.unit_id = x.unit_id
+    LEFT JOIN devices d
+        ON d.device_id = CASE WHEN x.unit_type = 'device_id' THEN x.unit_id ELSE p.device_id END
+    LEFT JOIN users u
+        ON u.user_id = CASE WHEN x.unit_type = 'user_id' THEN x.unit_id ELSE d.user_id END
+    LEFT JOIN orgs o ON o.org_id = u.org_id
+),
+units AS (
+    SELECT s.*, t.as_of_date FROM segs s JOIN targets t ON t.experiment_id = s.experiment_id
+    WHERE s.exposure_date <= t.as_of_date
+),
+totals AS (
+    SELECT d.experiment_id, d.unit_type, d.unit_id, d.goal, sum(d.goal_count) AS c,
+           sum(d.goal_value) AS v
+    FROM unit_days d JOIN targets t ON t.experiment_id = d.experiment_id
+    WHERE d.event_date <= t.as_of_date
+    GROUP BY ALL
+),
+long AS (
+    UNPIVOT units ON __DIMENSIONS__ INTO NAME dimension VALUE segment
+)
+SELECT l.as_of_date, l.experiment_id AS exp_id, l.variant_id AS exp_variant_id, l.unit_type,
+       'unit' AS agg_type, g.goal, l.dimension, l.segment, sum(g.c) AS count,
+       sum(g.c * g.c) AS sum_sqr_count, sum(g.v) AS sum_value, sum(g.v * g.v) AS sum_sqr_value,
+       count(*) AS count_unique
+FROM long l
+JOIN totals g ON g.experiment_id = l.experiment_id AND g.unit_type = l.unit_type
+    AND g.unit_id = l.unit_id
+GROUP BY ALL
+UNION ALL
+SELECT as_of_date, experiment_id, variant_id, unit_type, 'global', 'exposure', dimension, segment,
+       count(*), count(*), 0, 0, count(*)
+FROM long
+GROUP BY ALL
+"""
 
 # What both engines' goal_aggregates must agree on (floats to 1e-9: summation order differs).
 TOTALS = (
     "count(*), sum(count), sum(sum_sqr_count), sum(sum_value), sum(sum_sqr_value), "
-    "sum(count_unique)"
+    "sum(count_unique), count(value_cap), coalesce(sum(value_cap), 0), "
+    "coalesce(sum(sum_value_capped), 0), coalesce(sum(sum_sqr_value_capped), 0)"
 )
 
 
-def _run_duckdb(settings) -> tuple[float, tuple]:
+def _run_duckdb(settings, caps: bool = True) -> tuple[float, tuple, float, tuple]:
+    """Seconds and totals of goal_aggregates, then of goal_segment_aggregates."""
     import duckdb
 
     con = duckdb.connect()
@@ -239,20 +395,30 @@ def _run_duckdb(settings) -> tuple[float, tuple]:
         ("raw_events", "raw"),
         ("assignments", "assignments"),
         ("experiments", "experiments"),
+        ("users", "users"),
+        ("devices", "devices"),
+        ("orgs", "orgs"),
     ):
         files = ", ".join(f"'{f}'" for f in _files(settings, name))
         con.execute(f"CREATE VIEW {alias} AS SELECT * FROM read_parquet([{files}])")
     started = time.perf_counter()
-    con.execute(_duckdb_sql())
+    con.execute(_duckdb_sql(caps))
     elapsed = time.perf_counter() - started
     totals = con.execute(f"SELECT {TOTALS} FROM goal_aggregates").fetchone()
-    return elapsed, tuple(totals)
+    started = time.perf_counter()
+    con.execute(_duckdb_segment_sql())
+    seg_elapsed = time.perf_counter() - started
+    seg_totals = con.execute(f"SELECT {TOTALS} FROM goal_segment_aggregates").fetchone()
+    return elapsed, tuple(totals), seg_elapsed, tuple(seg_totals)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10", help="millions of events, comma-separated")
     parser.add_argument("--keep", action="store_true", help="keep the data folder afterwards")
+    parser.add_argument(
+        "--no-caps", action="store_true", help="no capped metric (what capping costs)"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="strata-bench-aggregates-"))
     os.environ.update(
@@ -269,7 +435,8 @@ def main() -> int:
     settings = get_settings()
     spark = spark_session(settings, "bench-aggregates")
     try:
-        return _compare(spark, settings, [float(m) for m in args.sizes.split(",")])
+        sizes = [float(m) for m in args.sizes.split(",")]
+        return _compare(spark, settings, sizes, caps=not args.no_caps)
     finally:
         spark.stop()
         if args.keep:
@@ -278,26 +445,41 @@ def main() -> int:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _compare(spark, settings, sizes: list[float]) -> int:
+def _compare(spark, settings, sizes: list[float], caps: bool = True) -> int:
     """Run both engines per size and print the table; 1 if any result differs."""
     from strata.stack import write_dbt_profile
 
     profiles = write_dbt_profile(settings)
-    print(f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {settings.home}\n")
+    print(
+        f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {settings.home}; "
+        f"capped metrics: {CAPS if caps else 'none'}\n"
+    )
     print(f"{'events':>12} {'dbt-spark s':>12} {'duckdb s':>9} {'ratio':>7}  same result")
-    results, all_same = [], True
+    results, all_same, segment_rows = [], True, []
     for millions in sizes:
-        n = _setup_inputs(spark, settings, int(millions * 1_000_000))
+        n = _setup_inputs(spark, settings, int(millions * 1_000_000), caps)
         t_spark = _run_dbt(settings, profiles)
         spark_totals = tuple(
             spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_aggregates')}").first()
         )
-        t_duck, duck_totals = _run_duckdb(settings)
+        t_seg = _run_dbt(settings, profiles, SEGMENT_MODELS)
+        seg_totals = tuple(
+            spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_segment_aggregates')}").first()
+        )
+        t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(settings, caps)
         same = all(
-            math.isclose(float(a), float(b), rel_tol=1e-9)
+            math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
             for a, b in zip(spark_totals, duck_totals, strict=True)
         )
-        all_same &= same
+        seg_same = all(
+            math.isclose(float(a), float(b), rel_tol=1e-9)
+            for a, b in zip(seg_totals, duck_seg_totals, strict=True)
+        )
+        all_same &= same and seg_same
+        segment_rows.append(
+            f"{n:>12,} {t_seg:>12.1f} {t_duck_seg:>9.1f} {t_seg / t_duck_seg:>6.2f}x  "
+            + ("yes" if seg_same else f"NO: {seg_totals} vs {duck_seg_totals}")
+        )
         results.append((n, t_spark, t_duck))
         print(
             f"{n:>12,} {t_spark:>12.1f} {t_duck:>9.1f} {t_spark / t_duck:>6.2f}x  "
@@ -311,6 +493,13 @@ def _compare(spark, settings, sizes: list[float]) -> int:
             f"duckdb {d1 / d0:.1f}x"
         )
     print("target: dbt-spark <= 2x DuckDB")
+    print(
+        "\nsegments (goal_segment_aggregates: 5 dimensions one at a time, each experiment's "
+        "newest date; inputs already built)"
+    )
+    print(f"{'events':>12} {'dbt-spark s':>12} {'duckdb s':>9} {'ratio':>7}  same result")
+    for line in segment_rows:
+        print(line)
     return 0 if all_same else 1
 
 

@@ -8,9 +8,11 @@ an unknown experiment or a date without aggregates fails it with one line, befor
 Then one mapped `evaluate_experiment` task per experiment (named by its id) — Welch /
 delta-method tests, CUPED, Holm/BH, SRM against the design weights, sequential boundaries —
 replaces that experiment's rows in the Iceberg `results` table; an experiment with broken
-inputs fails alone. `write_reports` writes the HTML reports (each evaluation task links to its
-experiment's page) and emits the `results` asset event. `{"history": true}` re-evaluates every
-earlier date too (after a backfill or a full refresh: the effect-over-time curves).
+inputs fails alone. `write_reports` first settles the segment flags across the night (BH over
+every experiment's heterogeneity tests of the date), then writes the HTML reports (each
+evaluation task links to its experiment's page) and emits the `results` asset event.
+`{"history": true}` re-evaluates every earlier date too (after a backfill or a full refresh: the
+effect-over-time curves).
 """
 
 from __future__ import annotations

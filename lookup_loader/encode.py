@@ -58,6 +58,10 @@ def _served_experiments(source: Source, as_of: dt.date) -> tuple[dict[str, dict]
         if exp_id in served or exp_id in excluded:
             raise DataError(f"experiments table: experiment_id {exp_id!r} appears twice")
         status = (row["status"] or "").lower()
+        if status == contracts.SHIPPED:
+            # served through the launch layer by its `shipped:<id>` rows (whatever the window);
+            # its own rows (kept for the analysis) are not
+            served[contracts.shipped_row_id(exp_id)] = {**row, "shipped": True}
         # only strata.contracts.SERVED_STATUSES are served; any other status, known or not, is not
         if not contracts.is_served(status):
             excluded[exp_id] = f"status_{status}"
@@ -151,6 +155,8 @@ def _entries_from_distinct(distinct: pa.Table, served: dict[str, dict]) -> dict[
                 "variants": {},
             },
         )
+        if meta.get("shipped"):
+            entry["shipped"] = True
         where = f"assignments: experiment {exp_id!r}"
         for attr, col in (("layer", "layer_id"), ("priority", "layer_priority")):
             if entry[attr] != r[col]:

@@ -37,14 +37,24 @@ def dag_conf(dag_id: str, demo: dict[str, int]) -> dict | None:
 def run_dag(dag_id: str, conf: dict | None) -> int:
     """Run the DAG in-process (called in a child so its logs can go to a file)."""
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.utils.state import DagRunState
+    from airflow.utils.state import DagRunState, TaskInstanceState
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     if bag.import_errors:
         print(f"DAG import errors: {bag.import_errors}", file=sys.stderr)
         return 1
     run = bag.get_dag(dag_id).test(run_conf=conf)
-    return 0 if run.state == DagRunState.SUCCESS else 1
+    # A run whose last task ran "all done" succeeds although a task before it failed (one
+    # experiment's evaluation, say): the demo fails on any failed task, named.
+    failed = sorted(
+        ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
+        for ti in run.get_task_instances(
+            state=[TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED]
+        )
+    )
+    if failed:
+        print(f"DAG {dag_id}: failed tasks {failed}", file=sys.stderr)
+    return 0 if run.state == DagRunState.SUCCESS and not failed else 1
 
 
 def summary() -> None:
@@ -183,12 +193,57 @@ def print_results(catalog, settings) -> None:
             f"variance reduced by {r.point:.1%}"
         )
     print_recommendations(res)
+    print_capping(catalog, settings)
     from strata.synthetic import PLANTED_EFFECTS
 
     print(
         "  planted: "
         + "; ".join(f"{e.experiment_id} {e.goal} x{e.multiplier}" for e in PLANTED_EFFECTS)
         + "; price_display is A/A (no effect)"
+    )
+    print_segments(res)
+
+
+def print_segments(res) -> None:
+    """The segment analysis at each experiment's latest look: how many heterogeneity tests
+    (dimension × metric × comparison) ran and survived BH, and every flagged segment."""
+    from strata.synthetic import PLANTED_SEGMENT_EFFECT as planted
+
+    if "dimension" not in res.columns:
+        return
+    seg = res[res["dimension"].notna()]
+    seg = seg[
+        seg["analysis_date"] == seg.groupby("experiment_id")["analysis_date"].transform("max")
+    ]
+    het = seg[seg["statistic"] == "heterogeneity"]
+    if het.empty:
+        print("\nSegments: no segment aggregates for the latest looks")
+        return
+    dims = sorted(set(seg["dimension"]))
+    tested = het["p_value"].notna().sum()
+    print(
+        f"\nSegments ({', '.join(dims)}; one dimension at a time): {tested} heterogeneity tests "
+        f"(treatment × segment, Cochran's Q), {int((het['decision'] == 'heterogeneous').sum())} "
+        "survive BH across the night; flagged segments:"
+    )
+    key = ["experiment_id", "metric_id", "variant", "dimension", "segment"]
+    flagged = seg[(seg["statistic"] == "segment_deviation") & (seg["decision"] == "flagged")]
+    effects = seg[seg["statistic"] == "segment_rel_diff"].merge(flagged[key], on=key)
+    het_q = het.set_index(["experiment_id", "metric_id", "variant", "dimension"])
+    for r in effects.sort_values(key).itertuples():
+        q = het_q.loc[(r.experiment_id, r.metric_id, r.variant, r.dimension)]
+        label = f"{r.dimension}={r.segment}"
+        print(
+            f"  {r.experiment_id:<18} {r.metric_id:<16} {r.variant:<6} {label:<18} "
+            f"{r.point:>+8.1%} [{r.lower:>+7.1%}, {r.upper:>+7.1%}] p adj {r.p_value_adjusted:.4f}"
+            f"  (Q {q['point']:.1f}, BH p {q['p_value_adjusted']:.4f})"
+        )
+    if effects.empty:
+        print("  (none)")
+    dim, value = planted.segment or ("", "")
+    print(
+        f"  planted segment effect: {planted.experiment_id} {planted.goal} x{planted.multiplier} "
+        f"in {dim}={value} only (variant {planted.variant}); no other segment effect planted"
     )
 
 
@@ -203,6 +258,41 @@ def print_recommendations(res) -> None:
     ]
     for r in top.sort_values("experiment_id").itertuples():
         print(f"  recommend {r.experiment_id}: {r.decision} — {r.reason}")
+
+
+def print_capping(catalog, settings) -> None:
+    """Each capped metric's variance change from capping (winsorization), pooled over variants,
+    from goal_aggregates at the experiment's newest analysis date."""
+    import json
+
+    from strata.metrics import Cap, capped_term, metric_forms
+    from strata.stats.inputs import capped_variances
+
+    goals = catalog.load_table(f"{settings.namespace}.goal_aggregates").scan().to_pandas()
+    experiments = catalog.load_table(f"{settings.namespace}.experiments").scan().to_pandas()
+    if "value_cap" not in goals.columns:
+        return
+    for exp in experiments.sort_values("experiment_id").itertuples():
+        for m in json.loads(exp.metrics or "[]"):
+            if not m.get("cap"):
+                continue
+            term = capped_term(metric_forms(m["nominator"], m["denominator"]))
+            rows = goals[goals["exp_id"] == exp.experiment_id]
+            if rows.empty:
+                continue
+            day = rows["as_of_date"].max()
+            v = capped_variances(rows[rows["as_of_date"] == day].drop(columns="as_of_date"))
+            platform = dict(term.dimensions).get("platform", "")
+            v = v[(v["goal"] == term.goal) & (v["platform"] == platform)]
+            if v.empty:
+                continue
+            cap = Cap.from_json(m["cap"])
+            how = f"p{cap.percentile * 100:g}" if cap.percentile is not None else "fixed"
+            print(
+                f"  capping {exp.experiment_id}/{m['id']}: variance "
+                f"{v['var_capped'].sum() / v['var'].sum() - 1:+.1%} "
+                f"(cap {v['value_cap'].iloc[0]:,.2f}, {how}, as of {day})"
+            )
 
 
 def main() -> int:

@@ -17,6 +17,13 @@ Online-only experiments (:func:`strata.assignment.online_only`) are skipped clea
 targeting reads a request-only field (``channel``, ``url``). Unit contexts carry ``region``,
 derived from ``country`` (``strata.contracts.REGION_OF_COUNTRY``) unless a table has its own.
 
+States (README "Experiment states"): each declared status is first checked against the one the
+current ``experiments`` table records (:mod:`strata.lifecycle`); an illegal change raises
+:class:`strata.lifecycle.IllegalTransition` before anything is written. Paused, stopped and shipped
+experiments get no new unit: their rows are carried over from the current ``assignments``
+snapshot (:func:`kept_rows`), for the analysis; a shipped one also gets its serving rows
+(:func:`shipped_units`). ``experiments`` records ``status_since`` and ``status_version``.
+
 Writes ``assignments`` (one row per unit and experiment, partitioned by unit_type) and
 ``experiments`` (one row per experiment), each replaced in one atomic Iceberg commit.
 Re-runs are reproducible: ``run_id`` hashes the definitions version and the input snapshot ids,
@@ -45,8 +52,10 @@ from strata.contracts import (
     ORGS,
     PER_REQUEST_UNIT_TYPES,
     REGION_OF_COUNTRY,
+    SHIPPED,
     UNIT_TABLES,
     USERS,
+    shipped_row_id,
     utc_today,
 )
 from strata.definitions import (
@@ -61,6 +70,7 @@ from strata.definitions import (
     ramp_json,
     variants_json,
 )
+from strata.lifecycle import RecordedState, check_transitions, next_states, states_from_rows
 from strata.rules import (
     SEMVER_KEY_IDS,
     predicates,
@@ -103,7 +113,8 @@ EXPERIMENTS_SCHEMA = (
     "experiment_id string, name string, owner string, description string, layer_id string, "
     "domain_id string, unit_type string, status string, start_date date, end_date date, "
     "deployment_key string, platforms array<string>, variants string, metrics string, "
-    "definitions_version string, sticky boolean, ramp string"
+    "definitions_version string, status_since date, status_version string, sticky boolean, "
+    "ramp string"
 )
 
 
@@ -507,6 +518,58 @@ def with_previous(
     return carried if kept is None else carried.unionByName(kept)
 
 
+def shipped_units(
+    units: DataFrame, unit_type: str, defs: Definitions, day: dt.date | None = None
+) -> list[DataFrame]:
+    """Rows serving each shipped experiment (of layers hashing ``unit_type``) to every unit in its
+    layer's scope: in the layer's domains and matching its targeting, whatever the slot. They
+    carry ``shipped:<id>`` as experiment id (kept out of the experiment's analysis) and the launch
+    layer's id and priority (so experiments of higher-priority layers override them), the
+    experiment layer's service and the shipped variant. Windows do not apply (a launch lasts
+    until the definitions remove it). ``first_assigned_date`` is the run day ``day`` (default
+    today UTC), ``ramp_period`` 0. As :func:`strata.assignment.shipped_assignments`."""
+    from pyspark.sql import functions as F
+
+    launch = next((lay for lay in defs.layers if lay.launch), None)
+    uid = F.col(unit_type)
+    out = []
+    for e in defs.experiments:
+        layer = defs.layer(e.layer)
+        v = e.shipped_variant
+        if e.status != SHIPPED or layer.unit_type != unit_type or launch is None or v is None:
+            continue
+        cond = to_column(e.targeting, units.schema)
+        for d in defs.domain_chain(layer.domain):
+            ds = slot_column(d.salt, uid)
+            cond = cond & (ds >= d.start) & (ds < d.end)
+        values = {
+            "experiment_id": shipped_row_id(e.id),
+            "variant_id": v.vid,
+            "variant_name": v.name,
+            "is_control": v.is_control,
+            "layer_id": launch.id,
+            "domain_id": layer.domain,
+            "layer_priority": launch.priority,
+            "service": layer.service,
+            "params": v.params_json,
+            "first_assigned_date": day or utc_today(),
+            "ramp_period": 0,
+        }
+        out.append(
+            units.where(cond).select(
+                F.lit(unit_type).alias("unit_type"),
+                uid.alias("unit_id"),
+                *[
+                    slot_column(layer.salt, uid).alias(n)
+                    if n == "slot"
+                    else F.lit(values[n]).cast(t).alias(n)
+                    for n, t in ASSIGNMENT_FIELDS
+                ],
+            )
+        )
+    return out
+
+
 def transform(
     units: dict[str, DataFrame],
     defs: Definitions,
@@ -514,11 +577,14 @@ def transform(
     assigned_at: dt.datetime,
     as_of: dt.date | None = None,
     previous: DataFrame | None = None,
+    kept: DataFrame | None = None,
 ) -> DataFrame:
     """All assignment rows on the day ``as_of`` (default today UTC), with the run columns: the
-    pure core of the job (nothing written). ``previous``: the current ``assignments`` snapshot
-    (None on a first run), for sticky experiments and ``first_assigned_date``
-    (:func:`with_previous`)."""
+    pure core of the job (nothing written). Running experiments are assigned; ``previous``: the
+    current ``assignments`` snapshot (None on a first run), for sticky experiments and
+    ``first_assigned_date`` (:func:`with_previous`). Shipped ones get their serving rows
+    (:func:`shipped_units`); ``kept`` (the previous snapshot's rows of paused, stopped and
+    shipped experiments: :func:`kept_rows`) is carried over unchanged."""
     from pyspark.sql import functions as F
 
     frames = [
@@ -526,20 +592,34 @@ def transform(
         for unit_type, df in sorted(units.items())
         if any(lay.unit_type == unit_type for lay in defs.layers)
     ]
-    if not frames:  # no layer (so no experiment) for any unit type: an empty snapshot
-        spark = next(iter(units.values())).sparkSession
-        return spark.createDataFrame([], ASSIGNMENTS_SCHEMA)
     day = as_of or utc_today()
     frames += [
         holdout_rows(units[h.unit_type], h, defs, day)
         for h in defs.holdouts
         if h.unit_type in units and h.window(day) is None
     ]
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f)
-    if previous is not None:
-        out = with_previous(out, previous, units, defs, as_of or utc_today())
+    # rows of no sticky/ramp concern: shipped serving rows (first assigned the run day, period
+    # 0) and frozen experiments' kept rows (unchanged), joined after with_previous
+    other = [
+        f
+        for unit_type, df in sorted(units.items())
+        for f in shipped_units(df, unit_type, defs, day)
+    ]
+    if kept is not None:
+        other.append(kept.select("unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]))
+    if not frames and not other:  # no layer (so no experiment) for any unit type: empty
+        spark = next(iter(units.values())).sparkSession
+        return spark.createDataFrame([], ASSIGNMENTS_SCHEMA)
+    out: DataFrame | None = None
+    if frames:
+        out = frames[0]
+        for f in frames[1:]:
+            out = out.unionByName(f)
+        if previous is not None:
+            out = with_previous(out, previous, units, defs, day)
+    for f in other:
+        out = f if out is None else out.unionByName(f)
+    assert out is not None
     return out.select(
         "*",
         F.lit(defs.version).alias("definitions_version"),
@@ -548,11 +628,19 @@ def transform(
     )
 
 
-def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
-    """The ``experiments`` table: one row per experiment in the definitions."""
+def experiments_frame(
+    spark: SparkSession,
+    defs: Definitions,
+    states: dict[str, RecordedState] | None = None,
+    as_of: dt.date | None = None,
+) -> DataFrame:
+    """The ``experiments`` table: one row per experiment in the definitions, with the day it took
+    its status and the definitions version that set it (``states``: :func:`next_states`)."""
+    states = states if states is not None else next_states(defs, None, as_of or utc_today())
     rows = []
     for e in defs.experiments:
         layer = defs.layer(e.layer)
+        state = states[e.id]
         rows.append(
             (
                 e.id,
@@ -570,6 +658,8 @@ def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
                 canonical_json(variants_json(e)),
                 canonical_json(metrics_json(e)),
                 defs.version,
+                state.since,
+                state.version,
                 e.sticky,
                 canonical_json(ramp_json(e)),
             )
@@ -593,11 +683,77 @@ def experiments_frame(spark: SparkSession, defs: Definitions) -> DataFrame:
                 canonical_json(r["variants"]),
                 canonical_json(r["metrics"]),
                 defs.version,
+                h.start_date,
+                defs.version,
                 False,
                 "[]",
             )
         )
     return spark.createDataFrame(rows, EXPERIMENTS_SCHEMA)
+
+
+def _current_snapshot(spark: SparkSession, table: str) -> int | None:
+    """The current snapshot id of ``table``, or None when it does not exist or is empty."""
+    if not spark.catalog.tableExists(table):
+        return None
+    row = spark.sql(
+        f"SELECT snapshot_id FROM {table}.history WHERE is_current_ancestor "
+        "ORDER BY made_current_at DESC LIMIT 1"
+    ).first()
+    return int(row.snapshot_id) if row is not None else None
+
+
+def recorded(spark: SparkSession, settings: Settings) -> dict[str, RecordedState] | None:
+    """The states the current ``experiments`` table records; None before the first run."""
+    table = settings.table(EXPERIMENTS_TABLE)
+    if _current_snapshot(spark, table) is None:
+        return None
+    return states_from_rows(r.asDict() for r in spark.table(table).collect())
+
+
+def assignments_snapshot(spark: SparkSession, settings: Settings) -> DataFrame | None:
+    """The current ``assignments`` snapshot, pinned by snapshot id (None when the table does not
+    exist or is empty): read once per run, for sticky experiments (:func:`previous_snapshot`)
+    and the rows frozen experiments keep (:func:`kept_rows`). A replace commit deletes no data
+    file, so the write can stream from the snapshot it replaces."""
+    table = settings.table(ASSIGNMENTS_TABLE)
+    sid = _current_snapshot(spark, table)
+    return None if sid is None else spark.read.option("snapshot-id", sid).table(table)
+
+
+def kept_rows(
+    spark: SparkSession,
+    settings: Settings,
+    defs: Definitions,
+    current: DataFrame | None = None,
+) -> DataFrame | None:
+    """The current ``assignments`` rows of paused, stopped and shipped experiments (their serving
+    ``shipped:`` rows excluded: those are recomputed), read at the table's current snapshot
+    (``current``: that snapshot, already read); None when there is nothing to keep. Rows written
+    before ``first_assigned_date``/``ramp_period`` existed get the experiment's ``start_date``
+    and period 0."""
+    from pyspark.sql import functions as F
+
+    frozen = sorted(e.id for e in defs.experiments if e.frozen)
+    if not frozen:
+        return None
+    rows = current if current is not None else assignments_snapshot(spark, settings)
+    if rows is None:
+        return None
+    rows = rows.where(F.col("experiment_id").isin(frozen))
+    if "first_assigned_date" not in rows.columns:
+        starts: Any = None
+        for e in defs.experiments:
+            if e.id in frozen:
+                hit = F.col("experiment_id") == F.lit(e.id)
+                start = F.lit(e.start_date).cast("date")
+                starts = F.when(hit, start) if starts is None else starts.when(hit, start)
+        rows = rows.withColumn("first_assigned_date", starts)
+    if "ramp_period" not in rows.columns:
+        rows = rows.withColumn("ramp_period", F.lit(0))
+    return rows.select(
+        "unit_type", "unit_id", *[F.col(n).cast(t).alias(n) for n, t in ASSIGNMENT_FIELDS]
+    )
 
 
 def outside_window(defs: Definitions, day: dt.date) -> dict[str, str]:
@@ -646,22 +802,17 @@ def input_snapshots(spark: SparkSession, settings: Settings) -> dict[str, tuple[
     return out
 
 
-def previous_snapshot(spark: SparkSession, settings: Settings) -> DataFrame | None:
+def previous_snapshot(
+    spark: SparkSession, settings: Settings, current: DataFrame | None = None
+) -> DataFrame | None:
     """The current ``assignments`` snapshot (None on a first run), pinned by snapshot id before
-    the job replaces the table (a replace commit deletes no data file, so the write can stream
-    from the snapshot it replaces). Its schema may predate
-    ``first_assigned_date``/``ramp_period``: :func:`with_previous` reads such rows."""
-    name = settings.table(ASSIGNMENTS_TABLE)
-    if not spark.catalog.tableExists(name):
-        return None
-    row = spark.sql(
-        f"SELECT snapshot_id FROM {name}.history WHERE is_current_ancestor "
-        "ORDER BY made_current_at DESC LIMIT 1"
-    ).first()
-    if row is None:
+    the job replaces the table (``current``: that snapshot, already read by
+    :func:`assignments_snapshot`). Its schema may predate ``first_assigned_date``/
+    ``ramp_period``: :func:`with_previous` reads such rows."""
+    df = current if current is not None else assignments_snapshot(spark, settings)
+    if df is None:
         return None
     cols = ["unit_type", "unit_id", "experiment_id", "variant_id", "slot"]
-    df = spark.read.option("snapshot-id", int(row.snapshot_id)).table(name)
     cols += [c for c in ("first_assigned_date",) if c in df.columns]
     return df.select(*cols)  # pinned: the replace commit leaves that snapshot's files in place
 
@@ -670,14 +821,19 @@ def run_identity(
     version: str,
     snapshots: dict[str, tuple[int, dt.datetime]],
     left_out: dict[str, str] | None = None,
+    kept: list[str] | None = None,
     periods: dict[str, int] | None = None,
 ) -> tuple[str, Any]:
-    """(run_id, assigned_at): functions of the definitions, the input snapshots and the running
+    """(run_id, assigned_at): functions of the definitions, the input snapshots, the running
     experiments the day leaves out of their window (none: the key is the one from before dates
-    were honoured, so such runs keep their ids)."""
+    were honoured, so such runs keep their ids) and the paused/stopped/shipped experiments whose
+    rows are kept from the previous snapshot (none: the key from before states) and the ramp
+    periods past the first step (none: the key from before ramps)."""
     key = version + "|" + "|".join(f"{n}@{sid}" for n, (sid, _) in sorted(snapshots.items()))
     if left_out:
         key += "|outside:" + ",".join(f"{e}={w}" for e, w in sorted(left_out.items()))
+    if kept:
+        key += "|kept:" + ",".join(sorted(kept))
     if periods:  # ramped experiments past their first step: the day changes their ranges
         key += "|periods:" + ",".join(f"{e}={p}" for e, p in sorted(periods.items()))
     run_id = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -692,6 +848,10 @@ def run(
     from pyspark.sql import functions as F
 
     day = as_of or utc_today()
+    was = recorded(spark, settings)
+    # an illegal change of status is a validation error: raised before anything is written
+    check_transitions(defs, was, settings.table(EXPERIMENTS_TABLE))
+    states = next_states(defs, was, day)
     left_out = outside_window(defs, day)
     snapshots = input_snapshots(spark, settings)
     read = {
@@ -707,15 +867,18 @@ def run(
         raise ValueError(f"input units with a null id (cannot be hashed): {bad}")
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
     periods = {e.id: p for e in defs.experiments if e.assigned and (p := e.period(day))}
-    run_id, assigned_at = run_identity(defs.version, snapshots, left_out, periods)
-    previous = previous_snapshot(spark, settings)
+    frozen = [e.id for e in defs.experiments if e.frozen]
+    run_id, assigned_at = run_identity(defs.version, snapshots, left_out, frozen, periods)
+    current = assignments_snapshot(spark, settings)  # read once: sticky and kept rows
+    previous = previous_snapshot(spark, settings, current)
+    kept = kept_rows(spark, settings, defs, current)
     warnings = unassignable(units, defs, day)
     props = {
         "strata.definitions-version": defs.version,
         "strata.run-id": run_id,
         "strata.inputs": json.dumps({n: sid for n, (sid, _) in sorted(snapshots.items())}),
     }
-    assignments = transform(units, defs, run_id, assigned_at, day, previous)
+    assignments = transform(units, defs, run_id, assigned_at, day, previous, kept)
     writer = (
         assignments.sortWithinPartitions("unit_id")
         .writeTo(settings.table(ASSIGNMENTS_TABLE))
@@ -727,7 +890,9 @@ def run(
         writer = writer.tableProperty(k, v)
     writer.createOrReplace()  # one atomic commit (REPLACE TABLE ... AS SELECT)
     ex_writer = (
-        experiments_frame(spark, defs).coalesce(1).writeTo(settings.table(EXPERIMENTS_TABLE))
+        experiments_frame(spark, defs, states)
+        .coalesce(1)
+        .writeTo(settings.table(EXPERIMENTS_TABLE))
     )
     ex_writer = ex_writer.using("iceberg").tableProperty("format-version", "2")
     for k, v in props.items():

@@ -23,6 +23,8 @@ from strata.synthetic import (
     COUNTRIES,
     ORG_PLANS,
     PLATFORMS,
+    PURCHASE_VALUE_MU,
+    PURCHASE_VALUE_SIGMA,
     GeneratorConfig,
 )
 
@@ -168,6 +170,8 @@ def _effect_multiplier(cfg: GeneratorConfig, goal: str) -> Column:
             continue
         s = slot(e.salt, F.col(e.unit_type))
         hit = (s >= e.slot_start) & (s < e.slot_end) & (F.col("day") >= e.from_day)
+        if e.segment is not None:  # a segment-only effect (columns of the device-day rows)
+            hit = hit & (F.col(e.segment[0]) == F.lit(e.segment[1]))
         mult = mult * F.when(hit, F.lit(e.multiplier)).otherwise(F.lit(1.0))
     return mult
 
@@ -211,11 +215,18 @@ def build_clean_events(devices: DataFrame, users: DataFrame, cfg: GeneratorConfi
             < F.lit(cfg.purchase_rate) * _effect_multiplier(cfg, "purchase")
         ).alias("buys"),
         (
-            F.exp(3.5 + 0.8 * _normal(_uniform(seed, "ev.v1", skey), _uniform(seed, "ev.v2", skey)))
+            F.exp(
+                PURCHASE_VALUE_MU
+                + PURCHASE_VALUE_SIGMA
+                * _normal(_uniform(seed, "ev.v1", skey), _uniform(seed, "ev.v2", skey))
+            )
             * _effect_multiplier(cfg, "purchase_value")
         ).alias("purchase_value"),
         *(
-            (_uniform(seed, f"ev.goal.{name}", skey) < F.lit(rate)).alias(f"has_goal_{name}")
+            (
+                _uniform(seed, f"ev.goal.{name}", skey)
+                < F.lit(rate) * _effect_multiplier(cfg, name)
+            ).alias(f"has_goal_{name}")
             for name, rate in cfg.extra_goals
         ),
     )

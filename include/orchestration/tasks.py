@@ -389,10 +389,11 @@ def plan_evaluation() -> list[dict]:
     except NothingToEvaluate as exc:
         raise RunConfError(str(exc)) from None
     log.info(
-        "evaluating %d experiments as of %s (history %s)",
+        "evaluating %d experiments as of %s (history %s); last evaluation of %s",
         len(plan.experiment_ids),
         plan.analysis_date,
         history,
+        ", ".join(f"{e} as of {d}" for e, d in plan.finals) or "none",
     )
     # One set of arguments per experiment: the mapped evaluation's task instances.
     return plan.task_kwargs()
@@ -403,7 +404,8 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
     """One experiment's verdict at ``analysis_date`` (every earlier date too with ``history``).
 
     Replaces this experiment's rows in the Iceberg ``results`` table; concurrent evaluations of
-    other experiments commit beside it (pyiceberg retries a conflicting commit).
+    other experiments commit beside it (pyiceberg retries a conflicting commit). Its segment
+    flags are per experiment until ``write_reports`` settles them across the night.
     """
     from strata.config import get_settings
     from strata.stack import iceberg_catalog
@@ -412,7 +414,7 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
     settings = get_settings()
     day = dt.date.fromisoformat(analysis_date)
     night = evaluate_night(
-        iceberg_catalog(settings), [experiment_id], day, history, settings.namespace
+        iceberg_catalog(settings), [experiment_id], day, history, settings.namespace, settle=False
     )
     verdict = {str(r.variant): r.verdict for r in night.verdicts().itertuples()}
     recs = night.recommendations()
@@ -422,7 +424,8 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
     for line in night.ramp_srm_lines():
         log.info("%s", line)
     return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": night.rows,
-            "dates": night.dates, "verdicts": verdict, "recommendation": rec[0]}  # fmt: skip
+            "dates": night.dates, "verdicts": verdict, "recommendation": rec[0],
+            "evaluated_dates": [d.isoformat() for d in night.evaluated_dates]}  # fmt: skip
 
 
 @reported_task(trigger_rule="all_done_min_one_success", outlets=[RESULTS])
@@ -430,16 +433,26 @@ def write_reports(evaluated: list[dict]) -> dict:
     """The HTML reports of every experiment with results; emits the ``results`` asset event.
 
     Runs when at least one experiment was evaluated, also when another one failed (its own task
-    is red; the others' reports are still written).
+    is red; the others' reports are still written). First settles the segment flags of every
+    evaluated date across the night (``settle_night``: BH over all experiments' heterogeneity
+    tests of that date), once every evaluation has committed.
     """
     from strata.config import get_settings
     from strata.stack import iceberg_catalog
     from strata.stats import build_reports
+    from strata.stats.results import settle_night
 
     done = [e for e in evaluated if e]
     settings = get_settings()
+    catalog = iceberg_catalog(settings)
+    days = sorted({d for e in done for d in e.get("evaluated_dates") or [e["analysis_date"]]})
+    for day in days:
+        s = settle_night(catalog, dt.date.fromisoformat(day), settings.namespace)
+        log.info("segments of %s settled across the night: %d heterogeneity tests of %d "
+                 "experiments, %d heterogeneous, %d flagged segments (%d rows rewritten)",
+                 day, s.tests, s.experiments, s.heterogeneous, s.flagged, s.changed)  # fmt: skip
     out = settings.home / "reports"
-    pages = build_reports(iceberg_catalog(settings), out, None, settings.namespace)
+    pages = build_reports(catalog, out, None, settings.namespace)
     get_current_context()["outlet_events"][RESULTS].extra = {
         "analysis_date": done[0]["analysis_date"] if done else None,
         "experiments": sorted(e["experiment_id"] for e in done),

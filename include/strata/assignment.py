@@ -50,6 +50,9 @@ from strata.contracts import (
     PER_REQUEST_UNIT_TYPES,
     REGION_OF_COUNTRY,
     REQUEST_FIELDS,
+    SHIPPED,
+    SHIPPED_ROW_PREFIX,
+    shipped_row_id,
     utc_today,
 )
 from strata.keyspace import normalize_url
@@ -229,6 +232,49 @@ def assign_layer(
     return None
 
 
+def shipped_assignments(
+    defs: Definitions,
+    unit_type: str,
+    unit_id: str,
+    context: Mapping[str, Any],
+    *,
+    as_of: dt.date | None = None,
+) -> list[Assignment]:
+    """The rows serving shipped experiments to this unit: one per shipped experiment of a layer
+    hashing ``unit_type`` whose domains hold the unit and whose targeting matches it, whatever
+    its slot and the day. Experiment id ``shipped:<id>`` (outside the experiment's analysis),
+    the shipped variant, the launch layer's id and priority, the experiment layer's service;
+    ``first_assigned_date`` the day ``as_of`` (default today UTC), ramp period 0."""
+    day = as_of or utc_today()
+    launch = next((lay for lay in defs.layers if lay.launch), None)
+    out = []
+    for e in defs.experiments:
+        layer = defs.layer(e.layer)
+        v = e.shipped_variant
+        if e.status != SHIPPED or launch is None or v is None or layer.unit_type != unit_type:
+            continue
+        if in_domain(defs, layer.domain, unit_id) and evaluate(e.targeting, context):
+            out.append(
+                Assignment(
+                    unit_type,
+                    unit_id,
+                    shipped_row_id(e.id),
+                    v.vid,
+                    v.name,
+                    v.is_control,
+                    launch.id,
+                    layer.domain,
+                    launch.priority,
+                    layer.service,
+                    slot(layer.salt, unit_id),
+                    v.params_json,
+                    day,
+                    0,
+                )
+            )
+    return out
+
+
 def assign_unit(
     defs: Definitions,
     unit_type: str,
@@ -239,11 +285,13 @@ def assign_unit(
     only: Collection[str] | None = None,
     previous: Mapping[str, Previous] | None = None,
 ) -> list[Assignment]:
-    """Every experiment the unit is in on the day ``as_of`` (default today UTC), by id
-    (``only``: among these experiments; ``previous``: the unit's rows of the previous snapshot
-    by experiment id, for sticky experiments, see :func:`assign_layer`). A url unit is hashed in
-    its normal form (:func:`strata.keyspace.normalize_url`), which is also the context's
-    ``url``."""
+    """Every experiment the unit is in on the day ``as_of`` (default today UTC), and the shipped
+    experiments it is served (:func:`shipped_assignments`), by id (``only``: among these
+    experiments; ``previous``: the unit's rows of the previous snapshot by experiment id, for
+    sticky experiments, see :func:`assign_layer`). A url unit is hashed in its normal form
+    (:func:`strata.keyspace.normalize_url`), which is also the context's ``url``. The rows a
+    paused, stopped or shipped experiment keeps from earlier runs are history, not a function of
+    the unit: the assignment job carries them over; they are never served."""
     if unit_id is None:
         raise ValueError(f"unit_id is None for unit type {unit_type!r}")
     if unit_type in PER_REQUEST_UNIT_TYPES:
@@ -263,6 +311,7 @@ def assign_unit(
         )
         is not None
     ]
+    rows += shipped_assignments(defs, unit_type, unit_id, context, as_of=day)
     return sorted(rows, key=lambda a: a.experiment_id)
 
 
@@ -347,8 +396,16 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def merge_order(assignments: Iterable[Assignment]) -> list[Assignment]:
-    """Seed 002's merge order: ascending layer priority, then layer id (later wins)."""
-    return sorted(assignments, key=lambda a: (a.layer_priority, a.layer_id))
+    """Seed 002's merge order: ascending layer priority, then layer id (later wins); in one layer
+    a shipped experiment's row comes before the experiment's (which overrides it)."""
+    return sorted(
+        assignments,
+        key=lambda a: (
+            a.layer_priority,
+            a.layer_id,
+            not a.experiment_id.startswith(SHIPPED_ROW_PREFIX),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -361,6 +418,9 @@ class Served:
     service: str | None
     variant_id: int
     params: Mapping[str, Any]
+    #: A shipped experiment's params (served through the launch layer): merged before the
+    #: experiments of the same layer, so a running launch-layer experiment overrides them.
+    shipped: bool = False
 
 
 def merged_services(served: Iterable[Served], services: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -377,7 +437,7 @@ def merged_services(served: Iterable[Served], services: Iterable[str]) -> dict[s
          'other': {'parameters': {'a': {'x': 1, 'y': 1}, 'b': 1}, 'vids': [1001],
                    'matched_layers': ['l1']}}
     """
-    rows = sorted(served, key=lambda r: (r.layer_priority, r.layer_id))
+    rows = sorted(served, key=lambda r: (r.layer_priority, r.layer_id, not r.shipped))
     out: dict[str, dict[str, Any]] = {}
     for svc in services:
         params: dict[str, Any] = {}
@@ -393,7 +453,9 @@ def merged_services(served: Iterable[Served], services: Iterable[str]) -> dict[s
 
 def served(a: Assignment) -> Served:
     """An assignment row as :func:`merged_services` takes it."""
-    return Served(a.layer_priority, a.layer_id, a.service, a.variant_id, json.loads(a.params))
+    shipped = a.experiment_id.startswith(SHIPPED_ROW_PREFIX)
+    params = json.loads(a.params)
+    return Served(a.layer_priority, a.layer_id, a.service, a.variant_id, params, shipped)
 
 
 def service_view(

@@ -13,15 +13,19 @@ Pure Python (plus PyYAML through :mod:`strata.safe_yaml`): importable by any sta
 
 Usage:
     >>> [g.name for g in goals()]
-    ['session_start', 'click', 'add_to_cart', 'purchase']
+    ['session_start', 'click', 'add_to_cart', 'purchase', 'invite']
     >>> sorted(dbt_vars())
-    ['goals', 'unit_types', 'value_goals']
+    ['goals', 'segment_dimensions', 'unit_types', 'value_goals']
+    >>> [d.name for d in SEGMENT_DIMENSIONS]
+    ['country', 'platform', 'app_version_major', 'visitor', 'plan']
     >>> dbt_vars()["value_goals"], dbt_vars()["unit_types"]
     (['purchase'], ['device_id', 'user_id', 'url'])
     >>> UNIT_TYPES, REGION_OF_COUNTRY["CZ"]
     (('device_id', 'user_id', 'url', 'random'), 'eu')
-    >>> is_served("running"), is_served("stopped"), is_served("archived")
+    >>> is_served("running"), is_served("paused"), is_served("archived")
     (True, False, False)
+    >>> TRANSITIONS["running"]
+    ('paused', 'stopped', 'shipped')
 """
 
 from __future__ import annotations
@@ -59,9 +63,18 @@ STG_EVENT_REJECTS = "stg_events__rejects"
 UNIT_GOALS_DAILY = "fct_unit_goals_daily"
 GOAL_AGGREGATES = "goal_aggregates"
 GOAL_CROSS_AGGREGATES = "goal_cross_aggregates"
+#: The same sums per segment of one dimension at a time (``dimension``, ``segment`` columns),
+#: for each experiment's newest analysis date (see :data:`SEGMENT_DIMENSIONS`).
+GOAL_SEGMENT_AGGREGATES = "goal_segment_aggregates"
+GOAL_SEGMENT_CROSS_AGGREGATES = "goal_segment_cross_aggregates"
+#: Per exposed unit: its segment in every dimension, fixed at its first exposure; and its goal
+#: totals beside its segments (both dbt tables, read by the segment marts).
+UNIT_SEGMENTS = "int_unit_segments"
+SEGMENT_UNIT_GOALS = "int_segment_unit_goals"
 #: The evaluation's output.
 RESULTS = "results"
-#: dbt's one intermediate model materialised as a table (rebuilt by each run; others are views).
+#: dbt's intermediate exposure table (rebuilt by each run; int_unit_segments and
+#: int_segment_unit_goals, above, are tables too; the other intermediate models are views).
 UNITS_EXPOSED = "int_units_exposed"
 
 #: Every Iceberg table Strata writes: what table maintenance (``strata.maintenance``) keeps tidy.
@@ -81,6 +94,10 @@ TABLES = (
     UNIT_GOALS_DAILY,
     GOAL_AGGREGATES,
     GOAL_CROSS_AGGREGATES,
+    UNIT_SEGMENTS,
+    SEGMENT_UNIT_GOALS,
+    GOAL_SEGMENT_AGGREGATES,
+    GOAL_SEGMENT_CROSS_AGGREGATES,
     RESULTS,
 )
 
@@ -95,6 +112,10 @@ DBT_TABLES = (
     UNIT_GOALS_DAILY,
     GOAL_AGGREGATES,
     GOAL_CROSS_AGGREGATES,
+    UNIT_SEGMENTS,
+    SEGMENT_UNIT_GOALS,
+    GOAL_SEGMENT_AGGREGATES,
+    GOAL_SEGMENT_CROSS_AGGREGATES,
 )
 
 # --- unit types ------------------------------------------------------------------------------
@@ -126,21 +147,70 @@ REGION_OF_COUNTRY: dict[str, str] = {
     "PL": "eu", "IE": "eu", "IN": "apac", "JP": "apac", "AU": "apac", "SG": "apac", "KR": "apac",
 }  # fmt: skip
 
-# --- experiment statuses ---------------------------------------------------------------------
+# --- experiment statuses and their state machine ---------------------------------------------
 
-#: Lifecycle order. A later status may be added here (paused, shipped): everything else follows.
-Status = Literal["draft", "running", "stopped"]
+#: Lifecycle order: draft -> running <-> paused -> stopped, and shipped from running, paused or
+#: stopped. The definitions declare the status; the ``experiments`` table records it.
+Status = Literal["draft", "running", "paused", "stopped", "shipped"]
 STATUSES: tuple[Status, ...] = get_args(Status)
-#: Experiments in these statuses get units assigned.
+#: Experiments in these statuses get new units assigned.
 ASSIGNED_STATUSES: tuple[Status, ...] = ("running",)
-#: Experiments in these statuses are published to the lookup table. Any other status, including
-#: one Strata does not know (a hand-edited experiments table), is not served.
+#: Experiments in these statuses are published to the lookup table as experiments. Any other
+#: status, including one Strata does not know (a hand-edited experiments table), is not served.
 SERVED_STATUSES: tuple[Status, ...] = ("running",)
+#: Experiments in these statuses keep the assignments they had (no new unit joins them), so
+#: their analysis goes on over the units that were served; they are not served.
+FROZEN_STATUSES: tuple[Status, ...] = ("paused", "stopped", "shipped")
+#: A shipped experiment serves its ``shipped_variant``'s params to every unit in its layer's
+#: scope, through the launch layer (not as an experiment: no experiment action, no exposure).
+SHIPPED: Status = "shipped"
+#: Terminal for the analysis: evaluated a last time as of the day the status was recorded.
+ENDED_STATUSES: tuple[Status, ...] = ("stopped", "shipped")
+#: The legal changes of status between the state recorded in the ``experiments`` table and the
+#: one the definitions declare (staying in a status is always legal). draft -> stopped is legal
+#: (a draft that never ran is withdrawn); nothing leaves ``shipped``, nothing returns to
+#: ``draft``, and a stopped experiment does not run again (its analysis has ended: copy it
+#: under a new id to run it again).
+TRANSITIONS: dict[Status, tuple[Status, ...]] = {
+    "draft": ("running", "stopped"),
+    "running": ("paused", "stopped", "shipped"),
+    "paused": ("running", "stopped", "shipped"),
+    "stopped": ("shipped",),
+    "shipped": (),
+}
+#: The assignment rows through which a shipped experiment is served carry this experiment
+#: id: the prefix (not allowed in experiment ids) keeps them out of the experiment's analysis.
+SHIPPED_ROW_PREFIX = "shipped:"
 
 
 def is_served(status: str | None) -> bool:
     """Whether an experiment in ``status`` (case-insensitive) is published to the lookup table."""
     return (status or "").lower() in SERVED_STATUSES
+
+
+def is_legal_transition(recorded: str | None, declared: str) -> bool:
+    """May an experiment recorded in ``recorded`` (None: never recorded) be declared ``declared``?
+
+    A new experiment may start in any status but ``paused`` (it never ran); a status Strata does
+    not know (a hand-edited table) may only be kept.
+
+    Usage:
+        >>> is_legal_transition("running", "paused"), is_legal_transition("shipped", "running")
+        (True, False)
+        >>> is_legal_transition(None, "running"), is_legal_transition(None, "paused")
+        (True, False)
+    """
+    if recorded is None:
+        return declared != "paused"
+    recorded = recorded.lower()
+    if recorded == declared:
+        return True
+    return declared in TRANSITIONS.get(recorded, ())  # type: ignore[call-overload]
+
+
+def shipped_row_id(experiment_id: str) -> str:
+    """The ``experiment_id`` of the assignment rows serving a shipped experiment's variant."""
+    return SHIPPED_ROW_PREFIX + experiment_id
 
 
 #: Why an experiment in an assigned/served status is outside its window on a day.
@@ -177,6 +247,36 @@ METRIC_ROLES: tuple[MetricRole, ...] = get_args(MetricRole)
 #: Dimension columns of ``goal_aggregates`` (``goal(platform=ios)`` in a metric expression);
 #: the empty string is the all-values row.
 DIMENSIONS = ("platform",)
+
+
+@dataclass(frozen=True)
+class SegmentDimension:
+    """A dimension results are broken down by: one segment per unit, taken at (or before) the
+    unit's first exposure, so treatment cannot move a unit between segments."""
+
+    name: str
+    #: Where the value comes from (the dbt model ``int_unit_segments`` computes it so).
+    source: str
+
+
+#: The segment dimensions, declared once: dbt gets their names as the ``segment_dimensions`` var
+#: and builds ``goal_segment_aggregates`` one dimension at a time (never their cross product);
+#: the evaluation tests every metric per segment and the heterogeneity across segments.
+SEGMENT_DIMENSIONS: tuple[SegmentDimension, ...] = (
+    SegmentDimension("country", "users.country of the unit's user (a device unit: its owner)"),
+    SegmentDimension("platform", "devices.platform of the device of the unit's first exposure"),
+    SegmentDimension(
+        "app_version_major", "major part of devices.app_version of that device ('2' of '2.4.1')"
+    ),
+    SegmentDimension(
+        "visitor",
+        "'returning' when the unit has a usable event before the experiment start, else 'new'",
+    ),
+    SegmentDimension("plan", "orgs.plan of the org of the unit's user (free, pro, enterprise)"),
+)
+SEGMENT_NAMES: tuple[str, ...] = tuple(d.name for d in SEGMENT_DIMENSIONS)
+#: The segment of a unit whose attribute is missing (an unknown device, a logged-out user).
+UNKNOWN_SEGMENT = "unknown"
 #: The goal of the exposure rows (``agg_type = 'global'``) ep-stats expects.
 EXPOSURE_GOAL = "exposure"
 #: Pre-period goals (CUPED covariates) are named ``pre_<goal>``.
@@ -236,12 +336,13 @@ def value_goals(path: Path | str | None = None) -> tuple[str, ...]:
 
 def dbt_vars(path: Path | str | None = None) -> dict[str, Any]:
     """The vars every dbt invocation needs (``--vars``, Cosmos ``operator_args['vars']``): the
-    goals and value goals of the catalogue, and the unit types with an id (the id columns of LOG
-    events; ``random`` has none)."""
+    goals and value goals of the catalogue, the unit types with an id (the id columns of LOG
+    events; ``random`` has none) and the segment dimensions."""
     return {
         "goals": list(goal_names(path)),
         "value_goals": list(value_goals(path)),
         "unit_types": list(UNIT_ID_TYPES),
+        "segment_dimensions": list(SEGMENT_NAMES),
     }
 
 

@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +42,10 @@ from strata import safe_yaml
 from strata.bucketing import SLOTS
 from strata.contracts import (  # noqa: F401  (re-exported: their home is strata.contracts)
     ASSIGNED_STATUSES,
+    ENDED_STATUSES,
+    FROZEN_STATUSES,
     METRIC_ROLES,
+    SHIPPED,
     STATUSES,
     UNIT_TYPES,
     MetricRole,
@@ -51,7 +54,15 @@ from strata.contracts import (  # noqa: F401  (re-exported: their home is strata
     outside_window,
 )
 from strata.errors import StrataError
-from strata.metrics import Direction, ExpressionError, Metric, metric_forms, parse_linear
+from strata.metrics import (
+    Cap,
+    Direction,
+    ExpressionError,
+    Metric,
+    capped_term,
+    metric_forms,
+    parse_linear,
+)
 from strata.rules import Rule, RuleNode, from_node
 
 #: The implicit root domain: all traffic. The launch layer and top-level domains live in it.
@@ -137,6 +148,15 @@ class LayerModel(_Strict):
     launch: bool = Field(False, description="The launch layer: overlaps all traffic.")
 
 
+class CapModel(_Strict):
+    """Winsorize the per-unit value: a fixed ``value`` or a pooled ``percentile`` (one of them)."""
+
+    value: float | None = Field(None, description="Fixed cap, > 0, in the goal's units.")
+    percentile: float | None = Field(
+        None, description="Cap at this percentile (0 < p < 1) of the units' values, pooled."
+    )
+
+
 class MetricModel(_Strict):
     """A metric: ``nominator / denominator`` over goals (ep-stats expressions, parsed by
     :mod:`strata.metrics`, the engine's grammar), its role and how the engine tests it."""
@@ -159,6 +179,9 @@ class MetricModel(_Strict):
         gt=0,
         description="Guardrails only: relative non-inferiority margin, e.g. 0.01 = a harm of up "
         "to 1% is acceptable (the recommendation's guardrail outcome).",
+    )
+    cap: CapModel | None = Field(
+        None, description="Winsorize the nominator's per-unit value (docs/statistics.md)."
     )
 
     @field_validator("nominator", "denominator", "covariate")
@@ -190,6 +213,7 @@ class MetricModel(_Strict):
             self.covariate,
             self.minimum_effect,
             self.margin,
+            Cap.from_json(self.cap.model_dump()) if self.cap else None,
         )
 
 
@@ -261,9 +285,24 @@ class ExperimentModel(_Strict):
         description="Traffic changes over time: from each step's date, new units split by its "
         "weights (weighted variants only).",
     )
+    shipped_variant: int | str | None = Field(
+        None,
+        description="status shipped: the variant (vid or name) whose params every unit in the "
+        "layer's scope gets, through the launch layer.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentModel:
+        if self.status == SHIPPED and self.shipped_variant is None:
+            raise ValueError("a shipped experiment names its shipped_variant (vid or name)")
+        if self.status != SHIPPED and self.shipped_variant is not None:
+            raise ValueError(f"shipped_variant is only for status {SHIPPED!r}, not {self.status!r}")
+        if self.shipped_variant is not None and self.shipped() is None:
+            known = [f"{v.vid} ({v.name})" for v in self.variants]
+            raise ValueError(
+                f"shipped_variant {self.shipped_variant!r} is not a variant of the experiment; "
+                f"its variants: {', '.join(known)}"
+            )
         if self.end_date < self.start_date:
             raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
         controls = [v.name for v in self.variants if v.is_control]
@@ -287,6 +326,7 @@ class ExperimentModel(_Strict):
                     f"experiment {self.id!r}, metric {m.id!r}: margin is only for guardrail "
                     f"metrics (role is {m.role!r})"
                 )
+        _check_caps(self)
         return self
 
     def _check_ramp(self) -> None:
@@ -312,6 +352,37 @@ class ExperimentModel(_Strict):
                     f"ramp[{i}].weights must name every variant {sorted(names)}, "
                     f"got {sorted(step.weights)}"
                 )
+
+    def shipped(self) -> VariantModel | None:
+        """The variant ``shipped_variant`` names (by vid, else by name), or None."""
+        wanted = self.shipped_variant
+        if wanted is None:
+            return None
+        for v in self.variants:
+            if (isinstance(wanted, int) and v.vid == wanted) or v.name == str(wanted):
+                return v
+        return None
+
+
+def _check_caps(e: ExperimentModel) -> None:
+    """Each cap is valid, on a metric shape that allows one, and one goal has one cap."""
+    by_goal: dict[str, tuple[str, Cap]] = {}
+    for m in e.metrics:
+        if m.cap is None:
+            continue
+        where = f"experiment {e.id!r}, metric {m.id!r}"
+        try:
+            cap = Cap.from_json(m.cap.model_dump())
+            term = capped_term(metric_forms(m.nominator, m.denominator, m.covariate))
+        except ExpressionError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        first = by_goal.setdefault(term.goal, (m.id, cap))
+        if first[1] != cap:
+            raise ValueError(
+                f"{where}: cap {cap.as_json()} differs from metric {first[0]!r}'s cap "
+                f"{first[1].as_json()} on goal {term.goal!r}; goal_aggregates carries one cap "
+                "per experiment and goal"
+            )
 
 
 class DefinitionFile(_Strict):
@@ -420,6 +491,10 @@ class ExperimentDefinition:
     sticky: bool = False
     #: Ramp steps, dates increasing; before the first, ``variants`` hold (period 0).
     ramp: tuple[RampStep, ...] = ()
+    #: status shipped: the vid of the variant every unit in the layer's scope is served.
+    shipped_vid: int | None = None
+    #: The definitions file that declares it (as shown in validation messages); not content.
+    source: str = field(default="", compare=False)
 
     def period(self, day: dt.date) -> int:
         """The ramp period in effect on ``day``: 0 before the first step, ``i + 1`` from
@@ -447,6 +522,16 @@ class ExperimentDefinition:
     def assigned_on(self, day: dt.date) -> bool:
         """Gets units on ``day``: an assigned status and ``day`` inside its window."""
         return self.assigned and self.window(day) is None
+
+    @property
+    def frozen(self) -> bool:
+        """paused, stopped or shipped: keeps the assignments it had, gets no new unit."""
+        return self.status in FROZEN_STATUSES
+
+    @property
+    def shipped_variant(self) -> VariantDefinition | None:
+        """The variant a shipped experiment serves to every unit in its layer's scope."""
+        return next((v for v in self.variants if v.vid == self.shipped_vid), None)
 
 
 @dataclass(frozen=True)
@@ -715,10 +800,10 @@ def _cross_check(
         h = d.model.holdout
         if h is None or h.holdout_vid is None:
             continue
-        for field in ("holdout_vid", "rest_vid"):
-            vid = getattr(h, field)
+        for name in ("holdout_vid", "rest_vid"):
+            vid = getattr(h, name)
             if vid in vids:
-                problems.append(f"{_where(d, '.holdout.' + field)}: vid {vid} is already used")
+                problems.append(f"{_where(d, '.holdout.' + name)}: vid {vid} is already used")
             vids.add(vid)
         if f"holdout_{d.model.id}" in exp_ids:
             problems.append(
@@ -765,12 +850,23 @@ def _cross_check(
     launch = [lay for lay in layers if lay.model.launch]
     if len(launch) > 1:
         problems.append(f"{_where(launch[1], '.launch')}: more than one launch layer")
+    if not launch:
+        for e in experiments:
+            if e.model.status == SHIPPED:
+                problems.append(
+                    f"{_where(e, '.status')}: a shipped experiment is served through the launch "
+                    "layer, and the definitions declare none (a layer with launch: true)"
+                )
     # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%, on every
     # day of a ramp schedule (each step's ranges against every experiment's ranges that day).
+    # Stopped and shipped experiments never get units again: their slots are free for new
+    # experiments.
     per_layer: dict[str, list[_Located]] = defaultdict(list)
     for e in experiments:
         if e.model.layer not in layer_by_id:
             problems.append(f"{_where(e, '.layer')}: unknown layer {e.model.layer!r}")
+            continue
+        if e.model.status in ENDED_STATUSES:
             continue
         per_layer[e.model.layer].append(e)
     for lid, located in per_layer.items():
@@ -837,7 +933,8 @@ def _resolve(
         for m in sorted((lay.model for lay in layers), key=lambda m: (m.priority, m.id))
     )
     es = []
-    for m in sorted((e.model for e in experiments), key=lambda m: m.id):
+    for located in sorted(experiments, key=lambda x: x.model.id):
+        m = located.model
         ranges = _variant_ranges(m)
         variants = tuple(
             VariantDefinition(
@@ -869,6 +966,8 @@ def _resolve(
                 tuple(x.metric() for x in m.metrics),
                 m.sticky if m.sticky is not None else bool(m.ramp),
                 tuple(_ramp_step(m, step) for step in m.ramp),
+                shipped.vid if (shipped := m.shipped()) is not None else None,
+                located.file,
             )
         )
     scratch = Definitions(ds, ls, tuple(es), "")
@@ -996,6 +1095,8 @@ def _experiment_json(e: ExperimentDefinition) -> dict[str, Any]:
         extra["sticky"] = True
     if e.ramp:
         extra["ramp"] = ramp_json(e)
+    if e.shipped_vid is not None:
+        extra["shipped_vid"] = e.shipped_vid
     return extra | {
         "id": e.id,
         "name": e.name,

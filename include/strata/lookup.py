@@ -13,6 +13,10 @@ order, the same as ``strata.assignment.merge_order``: ascending layer priority, 
 later one winning; a layer without a service applies to every service (``service: null`` carries
 the unscoped layers alone).
 
+A shipped experiment's entry (``"shipped": true``: its ``shipped:<id>`` rows, served through the
+launch layer) gives no experiment action (so no LOG event), only its params, merged at the launch
+layer's priority before that layer's experiments; it neither takes nor loses the layer.
+
 Seed 004's open question 2, the priority order when device id, user id and url all match: an
 experiment, and a layer (whose experiments are mutually exclusive), is taken from the first unit
 type in ``UNIT_PRIORITY`` = user_id, device_id, url; matches of the same experiment or layer
@@ -365,10 +369,14 @@ class LookupClient:
                 continue
             for index, variant in sorted(decode_tokens(raw)):
                 exp = catalog[index]
-                if exp["id"] in taken_experiments or exp["layer"] in taken_layers:
+                # a shipped experiment (served through the launch layer) is no experiment of its
+                # layer: it neither takes the layer nor loses it to an experiment there
+                shipped = bool(exp.get("shipped"))
+                if exp["id"] in taken_experiments or (not shipped and exp["layer"] in taken_layers):
                     continue
                 taken_experiments.add(exp["id"])
-                taken_layers.add(exp["layer"])
+                if not shipped:
+                    taken_layers.add(exp["layer"])
                 chosen.append((exp, variant))
         return build_actions(chosen)
 
@@ -618,6 +626,8 @@ def build_actions(chosen: list[tuple[dict[str, Any], int]]) -> list[dict[str, An
     chosen.sort(key=lambda c: (-(c[0]["priority"] or 0), c[0]["layer"], c[0]["id"]))
     actions: list[dict[str, Any]] = []
     for exp, variant in chosen:
+        if exp.get("shipped"):  # params only (below): no experiment action, no exposure
+            continue
         v = exp["variants"][str(variant)]
         actions.append(
             {
@@ -635,8 +645,11 @@ def build_actions(chosen: list[tuple[dict[str, Any], int]]) -> list[dict[str, An
             }
         )
     # seed 002 merge order (as strata.assignment.merge_order): ascending layer priority, then
-    # layer id, later wins; a layer without a service applies to every service.
-    in_order = sorted(chosen, key=lambda c: (c[0]["priority"] or 0, c[0]["layer"]))
+    # layer id, later wins; a layer without a service applies to every service; in one layer
+    # a shipped experiment's params come first (an experiment there overrides them).
+    in_order = sorted(
+        chosen, key=lambda c: (c[0]["priority"] or 0, c[0]["layer"], not c[0].get("shipped"))
+    )
     services = sorted({exp["service"] for exp, _ in chosen}, key=lambda s: (s is not None, s))
     for service in services:
         merged: dict[str, Any] = {}

@@ -26,6 +26,7 @@ Usage:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ FUNCTION_COLUMNS: dict[str, tuple[str, str]] = {
     "value": ("sum_value", "sum_sqr_value"),
     "unique": ("count_unique", "count_unique"),
 }
+#: The engine's term for the winsorized value of a capped metric (not writable in an expression):
+#: it reads the capped sums of ``goal_aggregates`` (see :class:`Cap`).
+CAPPED_FUNCTION = "value_capped"
+CAPPED_COLUMNS = ("sum_value_capped", "sum_sqr_value_capped")
 AGG_TYPES = ("unit", "global")
 
 _TOKEN = re.compile(
@@ -78,7 +83,7 @@ class Term:
     @property
     def columns(self) -> tuple[str, str]:
         """The aggregate columns holding this term's per-unit sum and sum of squares."""
-        return FUNCTION_COLUMNS[self.func]
+        return CAPPED_COLUMNS if self.func == CAPPED_FUNCTION else FUNCTION_COLUMNS[self.func]
 
     def __str__(self) -> str:
         return f"{self.func}({self.goal_key})"
@@ -337,6 +342,100 @@ def metric_forms(nominator: str, denominator: str, covariate: str | None = None)
     return MetricForms(num, den, cov, den_aggs == {"unit"}, unit_type)
 
 
+@dataclass(frozen=True)
+class Cap:
+    """Winsorization of a metric's per-unit value: ``min(V_u, cap)`` before the sums.
+
+    Exactly one of ``value`` (a fixed cap, > 0, in the goal's units) or ``percentile`` (in
+    (0, 1): the cap is that percentile of the per-unit cumulative values of the goal's units, both
+    variants pooled, per experiment and analysis date; exact, linear interpolation between order
+    statistics). Stored in the metric's JSON as ``{"value": 500.0}`` or ``{"percentile": 0.99}``.
+
+    Usage:
+        >>> Cap.from_json({"percentile": 0.99}).as_json()
+        {'percentile': 0.99}
+        >>> Cap.from_json({"value": 0})
+        Traceback (most recent call last):
+        ...
+        strata.metrics.ExpressionError: cap value must be a number > 0, got 0.0
+    """
+
+    value: float | None = None
+    percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.value is None) == (self.percentile is None):
+            raise ExpressionError("cap needs exactly one of `value` (> 0) or `percentile` (0..1)")
+        v, p = self.value, self.percentile
+        if v is not None and not (_finite(v) and v > 0):
+            raise ExpressionError(f"cap value must be a number > 0, got {v!r}")
+        if p is not None and not (_finite(p) and 0 < p < 1):
+            raise ExpressionError(f"cap percentile must be in (0, 1) exclusive, got {p!r}")
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Cap:
+        if isinstance(obj, Cap):
+            return obj
+        if not isinstance(obj, dict) or set(obj) - {"value", "percentile"}:
+            raise ExpressionError(f"cap must be {{value: x}} or {{percentile: p}}, got {obj!r}")
+        for key, v in obj.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise ExpressionError(f"cap {key} must be a number, got {v!r}")
+        value, pct = obj.get("value"), obj.get("percentile")
+        return cls(
+            float(value) if value is not None else None, float(pct) if pct is not None else None
+        )
+
+    def as_json(self) -> dict[str, float]:
+        if self.value is not None:
+            return {"value": self.value}
+        return {"percentile": cast(float, self.percentile)}
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def capped_term(forms: MetricForms) -> Term:
+    """The one ``value(<unit>.unit.<goal>)`` term a cap applies to; raise if the metric's shape
+    does not allow a cap.
+
+    A cap winsorizes the per-unit value of the nominator's goal. Strata caps a mean per unit of a
+    single value term (any constant factor): a ratio metric or a CUPED covariate would need
+    capped cross-products (goal_cross_aggregates has none), and several terms would need capped
+    cross-products between them, so those are refused.
+
+    Usage:
+        >>> str(capped_term(metric_forms("value(user.unit.purchase) / 100",
+        ...                              "count(user.global.exposure)")))
+        'value(user.unit.purchase)'
+        >>> capped_term(metric_forms("count(user.unit.click)", "count(user.global.exposure)"))
+        Traceback (most recent call last):
+        ...
+        strata.metrics.ExpressionError: cap applies to a value(...) term, not count(...) ...
+    """
+    if forms.is_ratio:
+        raise ExpressionError(
+            "cap is not supported on a ratio metric (unit terms in the denominator): its "
+            "variance needs capped cross-products, which goal_cross_aggregates does not carry"
+        )
+    if forms.covariate:
+        raise ExpressionError(
+            "cap is not supported with a CUPED covariate: the adjustment needs capped "
+            "cross-products, which goal_cross_aggregates does not carry"
+        )
+    if len(forms.nominator) != 1:
+        raise ExpressionError(
+            f"cap needs a nominator of one value(...) term, got {len(forms.nominator)} terms"
+        )
+    (term,) = forms.nominator
+    if term.func != "value" or term.agg_type != "unit":
+        raise ExpressionError(
+            f"cap applies to a value(...) term, not {term.func}(...) (nominator {term})"
+        )
+    return term
+
+
 Role = MetricRole  # the contract (strata.contracts), named as the engine reads it
 Direction = Literal["increase", "decrease"]
 #: Metric keys Strata reads on top of ep-stats' and their defaults; a stored metric (the
@@ -346,6 +445,7 @@ METRIC_OPTIONS: dict[str, Any] = {
     "covariate": None,
     "minimum_effect": None,
     "margin": None,
+    "cap": None,
 }
 
 
@@ -355,8 +455,9 @@ class Metric:
 
     ``nominator / denominator`` over goals (ep-stats names), its ``role``, the ``direction`` that
     is a win, an optional CUPED ``covariate`` (a pre-period expression), the relative
-    ``minimum_effect`` to power for and, for a guardrail, its relative non-inferiority ``margin``
-    (e.g. ``0.01``: a harm of up to 1% is acceptable; :mod:`strata.stats.recommend`).
+    ``minimum_effect`` to power for, for a guardrail its relative non-inferiority ``margin``
+    (e.g. ``0.01``: a harm of up to 1% is acceptable; :mod:`strata.stats.recommend`), and an
+    optional winsorization ``cap`` (:class:`Cap`).
 
     Usage:
         >>> m = Metric("ctr", "CTR", "count(user.unit.click)", "count(user.global.exposure)",
@@ -374,6 +475,7 @@ class Metric:
     covariate: str | None = None
     minimum_effect: float | None = None
     margin: float | None = None
+    cap: Cap | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The stored form: ep-stats keys, plus each option that differs from its default."""
@@ -385,6 +487,7 @@ class Metric:
             "role": self.role,
         }
         for key, default in METRIC_OPTIONS.items():
-            if getattr(self, key) != default:
-                out[key] = getattr(self, key)
+            value = getattr(self, key)
+            if value != default:
+                out[key] = value.as_json() if isinstance(value, Cap) else value
         return out

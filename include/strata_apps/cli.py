@@ -36,15 +36,55 @@ def _load_definitions(path: str) -> Definitions | None:
         return None
 
 
+def _states_checked(defs: Definitions, path: str, offline: bool) -> bool:
+    """Check the declared statuses against the ones the ``experiments`` table records, when the
+    catalog is reachable (a local catalog that does not exist yet records nothing). Prints one
+    line per illegal change and returns False, or a note and True."""
+    from strata.config import get_settings
+    from strata.contracts import EXPERIMENTS
+    from strata.lifecycle import recorded_states, transition_problems
+
+    if offline:
+        print("states: not checked (--offline)")
+        return True
+    settings = get_settings()
+    if settings.catalog_type == "jdbc" and not settings.catalog_db_path.exists():
+        print(f"states: no catalog at {settings.catalog_db_path} yet (nothing recorded)")
+        return True
+    try:
+        from strata.stack import iceberg_catalog
+
+        recorded = recorded_states(iceberg_catalog(settings), settings.namespace)
+    except Exception as exc:  # any catalog failure: report it, the definitions stay valid
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"states: not checked, catalog unreachable ({first})", file=sys.stderr)
+        return True
+    table = f"{settings.namespace}.{EXPERIMENTS}"
+    problems = transition_problems(defs, recorded, table)
+    if problems:
+        _print_problems(problems, path)
+        return False
+    known = len(recorded or {})
+    print(f"states: legal against {table} ({known} experiment(s) recorded)")
+    return True
+
+
 def _validate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="strata validate",
-        description="Validate experiment definitions; one line per problem (file: path: message).",
+        description="Validate experiment definitions; one line per problem (file: path: message). "
+        "When the catalog is reachable, each status change is checked against the state the "
+        "experiments table records (draft -> running -> paused -> stopped -> shipped).",
     )
     parser.add_argument("path", help="definitions file or folder (YAML)")
+    parser.add_argument(
+        "--offline", action="store_true", help="do not check statuses against the catalog"
+    )
     args = parser.parse_args(argv)
     defs = _load_definitions(args.path)
     if defs is None:
+        return 1
+    if not _states_checked(defs, args.path, args.offline):
         return 1
     running = sum(e.assigned for e in defs.experiments)
     print(
@@ -78,11 +118,17 @@ def _plan(argv: list[str]) -> int:
         help="with --diff: the day to assign on, YYYY-MM-DD (default today, UTC): only "
         "experiments inside their window that day get units",
     )
+    parser.add_argument(
+        "--offline", action="store_true", help="do not check statuses against the catalog"
+    )
     args = parser.parse_args(argv)
     defs = _load_definitions(args.path)
     if defs is None:
         return 1
     print(format_plan(defs))
+    print()
+    if not _states_checked(defs, args.path, args.offline):
+        return 1
     if args.diff:
         return _plan_diff(defs, args.prefix, args.publications, args.as_of)
     return 0
@@ -250,17 +296,34 @@ def _evaluate(argv: list[str]) -> int:
     except NothingToEvaluate as exc:
         print(f"nothing to evaluate: {exc}", file=sys.stderr)
         return 1
-    night = evaluate_night(
-        catalog, plan.experiment_ids, plan.analysis_date, plan.history, settings.namespace
-    )
-    print(
-        f"evaluated {len(night.experiment_ids)} experiments as of {night.analysis_date}: "
-        f"{night.rows:,} result rows" + (f" over {night.dates} dates" if plan.history else "")
-    )
-    print(night.verdicts().to_string(index=False))
-    print("\n".join(night.recommendation_lines()))
-    for line in night.ramp_srm_lines():
-        print(line)
+    nights = []
+    if plan.experiment_ids:
+        night = evaluate_night(
+            catalog, plan.experiment_ids, plan.analysis_date, plan.history, settings.namespace
+        )
+        print(
+            f"evaluated {len(night.experiment_ids)} experiments as of {night.analysis_date}: "
+            f"{night.rows:,} result rows" + (f" over {night.dates} dates" if plan.history else "")
+        )
+        nights.append(night)
+    for experiment_id, final in plan.finals:  # stopped / shipped: the last evaluation
+        night = evaluate_night(catalog, [experiment_id], final, plan.history, settings.namespace)
+        print(
+            f"evaluated {experiment_id} a last time as of {final} (its analysis has ended): "
+            f"{night.rows:,} result rows"
+        )
+        nights.append(night)
+    for night in nights:
+        for s in night.settlements[-1:]:
+            print(
+                f"segments as of {s.analysis_date}: {s.tests} heterogeneity tests of "
+                f"{s.experiments} experiments, BH across the night: {s.heterogeneous} "
+                f"heterogeneous, {s.flagged} flagged segments"
+            )
+        print(night.verdicts().to_string(index=False))
+        print("\n".join(night.recommendation_lines()))
+        for line in night.ramp_srm_lines():
+            print(line)
     return 0
 
 

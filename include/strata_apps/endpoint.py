@@ -528,7 +528,8 @@ def evaluate_services(
             sources[unit_type] = "lookup"
             found = [
                 (e["id"], e["layer"], Served(e["priority"] or 0, e["layer"], e["service"], vid,
-                                             e["variants"][str(vid)]["params"]))
+                                             e["variants"][str(vid)]["params"],
+                                             bool(e.get("shipped"))))
                 for e, vid in held
             ]  # fmt: skip
             found += online_only_rows(defs, unit_type, unit_id, context, day)
@@ -539,10 +540,13 @@ def evaluate_services(
                 for a in assign_unit(defs, unit_type, unit_id, context, as_of=day)
             ]
         for exp_id, layer_id, row in found:
-            if exp_id in taken_experiments or layer_id in taken_layers:
+            # a shipped experiment's params are launch-layer defaults, not one of the layer's
+            # mutually exclusive experiments: they never take (or lose) the layer
+            if exp_id in taken_experiments or (not row.shipped and layer_id in taken_layers):
                 continue
             taken_experiments.add(exp_id)
-            taken_layers.add(layer_id)
+            if not row.shipped:
+                taken_layers.add(layer_id)
             rows.append(row)
     rows += random_rows(defs, context, day, sources, draw)
     return merged_services(rows, services), sources

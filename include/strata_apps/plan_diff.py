@@ -90,7 +90,11 @@ def planned_assignments(
 ) -> DataFrame:
     """The rows the assignment job would write on the day ``as_of`` (default today UTC) for
     ``defs``, the current input snapshots and the current ``assignments`` snapshot (sticky
-    experiments), computed by the job's own transform, not written."""
+    experiments), computed by the job's own transform, not written.
+
+    The rows paused, stopped and shipped experiments keep (the job carries them over for their
+    analysis; they are not served) are left out, so such an experiment shows as ``removed``: the
+    diff is about what would be served. A shipped one's serving rows show as ``shipped:<id>``."""
     from spark_jobs.assign_experiments import (
         input_snapshots,
         previous_snapshot,

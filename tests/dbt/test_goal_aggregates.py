@@ -52,6 +52,11 @@ EVENTS = [
     ("zz-click", "click", ts(3, 9), ts(3, 9, 1), "zz-unknown", None, "web", "FR", None),
 ]
 ASSIGNMENTS = [("u1", 0, True), ("u2", 1, False), ("u3", 1, False), ("u4", 0, True)]
+# The dimension tables the segments come from: u1 and u4 in org o1 (pro), u2 in o2 (free).
+USERS = [("u1", "o1", "US"), ("u2", "o2", "DE"), ("u3", "o2", "DE"), ("u4", "o1", "FR")]
+DEVICES = [("d1", "u1", "ios", "2.1.0"), ("d2", "u2", "android", "1.9.3"),
+           ("d4", "u4", "web", "3.0.0-beta.1")]  # fmt: skip
+ORGS = [("o1", "pro"), ("o2", "free")]
 
 
 def _log_event(mid: str, at: dt.datetime, user: str, device: str) -> str:
@@ -83,6 +88,16 @@ def fixture_tables(spark, settings, tmp_path_factory):
         "event_id string, event_name string, event_at timestamp, arrived_at timestamp, "
         "device_id string, user_id string, platform string, country string, value double",
     ).writeTo(table("raw_events")).using("iceberg").createOrReplace()
+    for name, rows, schema in (
+        ("users", USERS, "user_id string, org_id string, country string"),
+        (
+            "devices",
+            DEVICES,
+            "device_id string, user_id string, platform string, app_version string",
+        ),
+        ("orgs", ORGS, "org_id string, plan string"),
+    ):
+        spark.createDataFrame(rows, schema).writeTo(table(name)).using("iceberg").createOrReplace()
     spark.createDataFrame(
         [
             (
@@ -103,6 +118,28 @@ def fixture_tables(spark, settings, tmp_path_factory):
                 ts(1, 0),
             )
             for u, vid, ctl in ASSIGNMENTS
+        ]
+        # rows serving a shipped experiment (strata.contracts.shipped_row_id): never analysed,
+        # so the hand-computed aggregates below do not change, and dbt's tests pass
+        + [
+            (
+                "user_id",
+                u,
+                "shipped:e1",
+                2,
+                "treatment",
+                False,
+                "launch",
+                "global",
+                10,
+                None,
+                0,
+                "{}",
+                "v1",
+                "r1",
+                ts(1, 0),
+            )
+            for u in sorted({u for u, _, _ in ASSIGNMENTS} | {"u-launched-only"})
         ],
         "unit_type string, unit_id string, experiment_id string, variant_id int, "
         "variant_name string, is_control boolean, layer_id string, domain_id string, "
@@ -236,6 +273,63 @@ def test_hand_computed_aggregates(spark, settings, fixture_tables, tmp_path):
             WHERE as_of_date = DATE '2026-11-04' AND goal = 'click' AND exp_variant_id = 0"""
     ).collect()
     assert sorted(map(tuple, by_platform)) == [("", 3), ("ios", 2), ("web", 1)]
+
+
+def _segment_rows(spark, settings) -> dict[tuple, tuple]:
+    rows = spark.sql(
+        f"""SELECT exp_variant_id, dimension, segment, goal, count, sum_sqr_count, sum_value,
+                   sum_sqr_value, count_unique, as_of_date
+            FROM {settings.table("goal_segment_aggregates")} WHERE exp_id = 'e1'"""
+    ).collect()
+    assert {r.as_of_date for r in rows} == {dt.date(2026, 11, 4)}  # the newest analysis date
+    return {tuple(r[:4]): tuple(r[4:9]) for r in rows}
+
+
+def test_segment_aggregates_one_dimension_at_a_time(spark, settings, fixture_tables, tmp_path):
+    """Segments fixed at exposure: u1 (control; US, pro, exposed on its iOS 2.x device d1, seen
+    on 11-01 before the start: returning), u4 (control; FR, pro, exposed by a LOG event for
+    its web device d4 at 3.0.0-beta.1: new), u2 (treatment; DE, free, android 1.x, first seen
+    at 09:00 on the start day: new). Each dimension's segments add up to goal_aggregates."""
+    _build(settings, tmp_path, "--full-refresh")
+    seg = _segment_rows(spark, settings)
+    segments = {(v, d): set() for v, d, _, _ in seg}
+    for v, d, s, _ in seg:
+        segments[(v, d)].add(s)
+    assert segments == {
+        (0, "country"): {"US", "FR"}, (1, "country"): {"DE"},
+        (0, "platform"): {"ios", "web"}, (1, "platform"): {"android"},
+        (0, "app_version_major"): {"2", "3"}, (1, "app_version_major"): {"1"},
+        (0, "visitor"): {"returning", "new"}, (1, "visitor"): {"new"},
+        (0, "plan"): {"pro"}, (1, "plan"): {"free"},
+    }  # fmt: skip
+    #                                    count  sum_sqr_count  sum_value  sum_sqr_value  unique
+    assert seg[(0, "country", "US", "click")] == (2, 4, 0.0, 0.0, 1)
+    assert seg[(0, "country", "FR", "click")] == (1, 1, 0.0, 0.0, 1)
+    assert seg[(0, "visitor", "returning", "pre_click")] == (1, 1, 0.0, 0.0, 1)
+    assert seg[(0, "plan", "pro", "click")] == (3, 5, 0.0, 0.0, 2)  # u1 and u4 together
+    assert seg[(0, "plan", "pro", "exposure")] == (2, 2, 0.0, 0.0, 2)
+    assert seg[(1, "country", "DE", "purchase")] == (2, 4, 25.0, 625.0, 1)
+    assert (0, "platform", "web", "purchase") not in seg  # u4's negative purchase: quarantined
+    # one dimension at a time: each dimension's segments sum to the all-platform aggregates
+    total = _aggregates(spark, settings, "2026-11-04")
+    for dim in ("country", "platform", "app_version_major", "visitor", "plan"):
+        summed: dict[tuple, list] = {}
+        for (v, d, _, goal), values in seg.items():
+            if d == dim:
+                acc = summed.setdefault((v, goal), [0, 0, 0.0, 0.0, 0])
+                for i, x in enumerate(values):
+                    acc[i] += x
+        assert {k: tuple(v) for k, v in summed.items()} == total, dim
+    cross = {
+        (r.exp_variant_id, r.dimension, r.segment, r.term_x, r.term_y): r.sum_product
+        for r in spark.table(settings.table("goal_segment_cross_aggregates"))
+        .where("exp_id = 'e1' AND sum_product != 0")
+        .collect()
+    }
+    assert cross[(0, "plan", "pro", "count(user.unit.click)", "count(user.unit.purchase)")] == 2.0
+    purchases = ("count(user.unit.purchase)", "value(user.unit.purchase)")
+    assert cross[(1, "country", "DE", *purchases)] == 50.0
+    assert (0, "country", "FR", "count(user.unit.click)", "count(user.unit.purchase)") not in cross
 
 
 def test_a_goal_added_to_the_catalogue_reaches_goal_aggregates(

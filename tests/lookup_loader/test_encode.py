@@ -257,6 +257,21 @@ class TestExcluded:
         assert enc.excluded_rows == {"not_started": 1}
         assert set(enc.experiment_index) == {"dev_a", "usr"}
 
+    def test_a_shipped_experiment_is_served_by_its_launch_rows_only(self):
+        kept = [row("dev_b", "d1", 1), row("dev_b", "d2", 0)]  # its own rows: the analysis's
+        launch = {"layer_id": "launch", "layer_priority": 1, "params": json.dumps({"v": 1})}
+        serving = [row("shipped:dev_b", d, 1, **launch) for d in ("d1", "d2", "d3")]
+        exp = experiments(EXPS, status={"dev_b": "shipped"}, end={"dev_b": AS_OF})
+        late = AS_OF + dt.timedelta(days=30)  # a launch has no window
+        enc = encode(source([row("dev_a", "d1", 1), *kept, *serving], exp), "p", late)
+        assert enc.excluded_rows == {"status_shipped": 2}
+        assert set(enc.experiment_index) == {"dev_a", "shipped:dev_b"}
+        assert enc.units["device_id"] == 3
+        entry = json.loads(enc.catalog[enc.experiment_index["shipped:dev_b"]])
+        assert (entry["shipped"], entry["name"], entry["layer"]) == (True, "DEV_B", "launch")
+        assert entry["variants"] == {"1": {"name": "v1", "control": False, "params": {"v": 1}}}
+        assert "shipped" not in json.loads(encode(source(kept), "p", AS_OF).catalog[0])
+
 
 class TestCatalog:
     def test_entries(self):

@@ -22,14 +22,15 @@ def catalogue(tmp_path, monkeypatch):
 
 
 def test_bundled_catalogue():
-    assert contracts.goal_names() == ("session_start", "click", "add_to_cart", "purchase")
+    assert contracts.goal_names() == ("session_start", "click", "add_to_cart", "purchase", "invite")
     assert contracts.value_goals() == ("purchase",)
-    purchase = contracts.goals()[-1]
+    purchase = contracts.goals()[3]
     assert (purchase.has_value, purchase.reject_reason) == (True, "invalid_purchase_value")
     assert contracts.dbt_vars() == {
-        "goals": ["session_start", "click", "add_to_cart", "purchase"],
+        "goals": ["session_start", "click", "add_to_cart", "purchase", "invite"],
         "value_goals": ["purchase"],
         "unit_types": ["device_id", "user_id", "url"],
+        "segment_dimensions": ["country", "platform", "app_version_major", "visitor", "plan"],
     }
 
 
@@ -38,12 +39,12 @@ def test_one_edit_adds_a_goal_everywhere(catalogue):
     from strata.synthetic import GeneratorConfig, rate_goals
 
     assert contracts.dbt_vars()["goals"][-1] == "share"
-    assert rate_goals() == (("share", 0.05),)
-    assert GeneratorConfig().extra_goals == (("share", 0.05),)
+    assert rate_goals() == (("invite", 0.1), ("share", 0.05))
+    assert GeneratorConfig().extra_goals == (("invite", 0.1), ("share", 0.05))
     names = [
         e.value_set for e in raw_events().expectations if e.expectation_type.endswith("in_set")
     ]
-    assert names == [["session_start", "click", "add_to_cart", "purchase", "share"]]
+    assert names == [["session_start", "click", "add_to_cart", "purchase", "invite", "share"]]
 
 
 def test_value_goals_each_get_their_checks(tmp_path, monkeypatch):
@@ -93,7 +94,7 @@ def test_funnel_is_only_for_the_funnel_goals(tmp_path):
 def test_statuses_assigned_and_served():
     from strata.definitions import ExperimentModel
 
-    assert contracts.STATUSES == ("draft", "running", "stopped")
+    assert contracts.STATUSES == ("draft", "running", "paused", "stopped", "shipped")
     assert typing.get_args(ExperimentModel.model_fields["status"].annotation) == contracts.STATUSES
     assert [s for s in contracts.STATUSES if contracts.is_served(s)] == ["running"]
     assert contracts.ASSIGNED_STATUSES == contracts.SERVED_STATUSES == ("running",)
@@ -129,6 +130,9 @@ def test_dbt_names_the_tables_of_the_contracts():
     }
     assert sources == {
         contracts.RAW_EVENTS,
+        contracts.USERS,
+        contracts.DEVICES,
+        contracts.ORGS,
         contracts.ASSIGNMENTS,
         contracts.EXPERIMENTS,
         contracts.EXPOSURE_LOGS,

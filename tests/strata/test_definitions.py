@@ -131,6 +131,29 @@ class TestBundled:
         assert e.end_date.isoformat() >= "2026-11-14"
         assert e.status == "running"
 
+    def test_planted_segment_effect_matches_the_definitions(self, defs):
+        """The segment-only effect sits on one treatment variant of onboarding_tour, on a goal
+        only its `invites` metric reads, in a country the experiment targets."""
+        from strata.synthetic import PLANTED_SEGMENT_EFFECT as effect
+
+        e = defs.experiment(effect.experiment_id)
+        assert (defs.layer(e.layer).salt, defs.layer(e.layer).unit_type) == (
+            effect.salt,
+            effect.unit_type,
+        )
+        (variant,) = [v for v in e.variants if v.vid == effect.variant]
+        assert not variant.is_control
+        assert (variant.start, variant.end) == (effect.slot_start, effect.slot_end)
+        readers = [
+            (x.id, m.id)
+            for x in defs.experiments
+            for m in x.metrics
+            if f".{effect.goal})" in m.nominator + m.denominator + (m.covariate or "")
+        ]
+        assert readers == [("onboarding_tour", "invites")]
+        assert effect.segment == ("country", "DE")
+        assert "DE" in e.targeting_json["children"][0]["values"]
+
     def test_aa_experiment(self, defs):
         e = defs.experiment("price_display")
         assert defs.layer(e.layer).salt == "pricing-2026"

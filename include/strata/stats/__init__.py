@@ -3,6 +3,8 @@
 Public API (see docs/statistics.md):
 
 - :func:`evaluate` — every metric × variant of many experiments in one vectorised pass;
+- :func:`evaluate_segments` — every metric per segment (Holm across a dimension's segments) and
+  the heterogeneity test (Cochran's Q, BH) that flags segments whose effect differs;
 - :func:`required_cross_terms` — the cross-product sums the aggregates must carry;
 - :func:`experiment_from_record` — validate an experiments-table row into an
   :class:`ExperimentDesign` (metrics are :class:`strata.metrics.Metric`, the one metric model);
@@ -47,6 +49,7 @@ from strata.stats.results import (
     reproduce,
     run_evaluation,
 )
+from strata.stats.segments import SegmentEvaluation, evaluate_segments
 
 __all__ = [
     "CROSS_COLUMNS",
@@ -59,11 +62,13 @@ __all__ = [
     "ExperimentDesign",
     "ExpressionError",
     "Metric",
+    "SegmentEvaluation",
     "VariantDesign",
     "build_reports",
     "evaluable_by_date",
     "evaluable_experiments",
     "evaluate",
+    "evaluate_segments",
     "experiment_from_record",
     "experiments_from_records",
     "read_results",

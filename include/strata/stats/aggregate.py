@@ -22,11 +22,12 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
-from strata.metrics import parse_linear
+from strata.metrics import Cap, parse_linear
 
 #: Per-unit arrays of a term, by function.
 _FUNCS = ("count", "value", "unique")
@@ -48,11 +49,15 @@ def aggregate_arrays(
     goals: Mapping[str, tuple[np.ndarray, np.ndarray]],
     cross_terms: Sequence[tuple[str, str]] = (),
     exposure_goal: str = "exposure",
+    caps: Mapping[str, Cap] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Aggregate per-unit ``{goal: (count, value)}`` arrays (E, V, U) into goals and cross frames.
 
     ``cross_terms``: pairs of term texts (``count(user.unit.click)``) whose per-unit product sums
     go into the cross frame. Every variant listed gets rows, also when it has no units.
+    ``caps``: ``{goal: Cap}``; adds the capping columns (``value_cap``, ``sum_value_capped``,
+    ``sum_sqr_value_capped``; NaN on other goals) as goal_aggregates has them: a percentile cap
+    is over the values of the experiment's units with the goal (count > 0), variants pooled.
     """
     first = next(iter(goals.values()))[0]
     present = ~np.isnan(first)
@@ -79,6 +84,9 @@ def aggregate_arrays(
     for name, (count, value) in goals.items():
         c = np.where(present, np.nan_to_num(count), 0.0)
         v = np.where(present, np.nan_to_num(value), 0.0)
+        capped = {}
+        if caps is not None:
+            capped = _capped_columns(c, v, caps.get(name))
         frames.append(
             pd.DataFrame(
                 {
@@ -92,8 +100,13 @@ def aggregate_arrays(
                     "sum_value": v.sum(axis=2).ravel(),
                     "sum_sqr_value": (v * v).sum(axis=2).ravel(),
                     "count_unique": (c > 0).sum(axis=2).ravel().astype(float),
+                    **capped,
                 }
             )
+        )
+    if caps is not None:
+        frames[0] = frames[0].assign(
+            value_cap=np.nan, sum_value_capped=np.nan, sum_sqr_value_capped=np.nan
         )
     order = np.argsort(np.tile(np.arange(n_exp * n_var), len(frames)), kind="stable")
     goals_df = pd.concat(frames, ignore_index=True).iloc[order].reset_index(drop=True)
@@ -118,3 +131,37 @@ def aggregate_arrays(
         pd.concat(cross_frames, ignore_index=True) if cross_frames else pd.DataFrame(columns=cols)
     )
     return goals_df, cross_df
+
+
+def _capped_columns(c: np.ndarray, v: np.ndarray, cap: Cap | None) -> dict[str, np.ndarray]:
+    """The capping columns of one goal, (E, V) raveled; NaN when the goal has no cap."""
+    n_exp, n_var, _ = c.shape
+    if cap is None:
+        nan = np.full(n_exp * n_var, np.nan)
+        return {"value_cap": nan, "sum_value_capped": nan, "sum_sqr_value_capped": nan}
+    has_goal = c > 0
+    if cap.value is not None:
+        limit = np.full(n_exp, cap.value)
+    else:
+        pooled = np.where(has_goal, v, np.nan).reshape(n_exp, -1)
+        limit = _nanquantile(pooled, cast(float, cap.percentile))
+    w = np.where(has_goal, np.minimum(v, limit[:, None, None]), 0.0)
+    return {
+        "value_cap": np.repeat(limit, n_var),
+        "sum_value_capped": w.sum(axis=2).ravel(),
+        "sum_sqr_value_capped": (w * w).sum(axis=2).ravel(),
+    }
+
+
+def _nanquantile(rows: np.ndarray, p: float) -> np.ndarray:
+    """Per row, the p-quantile of the non-NaN values (linear between the order statistics around
+    (n - 1) * p, as Spark's percentile and DuckDB's quantile_cont); NaN for an all-NaN row."""
+    ordered = np.sort(rows, axis=1)  # NaN last
+    n = (~np.isnan(rows)).sum(axis=1)
+    pos = (np.maximum(n, 1) - 1) * p
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.ceil(pos).astype(np.int64)
+    take = np.arange(len(rows))
+    with np.errstate(invalid="ignore"):  # all-NaN rows
+        out = ordered[take, lo] + (pos - lo) * (ordered[take, hi] - ordered[take, lo])
+    return np.where(n > 0, out, np.nan)

@@ -50,8 +50,10 @@ import pandas as pd
 from scipy import stats
 
 from strata.metrics import (
+    CAPPED_FUNCTION,
     LinearForm,
     Term,
+    capped_term,
     metric_forms,
 )
 from strata.stats.bayes import bayesian_view
@@ -159,6 +161,13 @@ def _metric_rows(experiments: list[ExperimentDesign], config: EvaluationConfig) 
                 f.is_ratio,
                 f.unit_type,
             )
+            if m.cap is not None:  # winsorized: read the capped sums of the goal's rows
+                try:
+                    t = capped_term(f)
+                except ExpressionError as exc:
+                    raise ExpressionError(f"{where}: {exc}") from exc
+                capped = Term(CAPPED_FUNCTION, t.unit_type, t.agg_type, t.goal, t.dimensions)
+                num = LinearForm({capped: num[t]})
             n_form = (
                 LinearForm({Term("count", unit_type, "global", config.exposure_goal): 1.0})
                 if ratio

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from strata.metrics import FUNCTION_COLUMNS, goal_key, parse_linear
+from strata.metrics import CAPPED_COLUMNS, CAPPED_FUNCTION, goal_key, parse_linear
 from strata.stats.errors import AggregateError, ExpressionError
 
 if TYPE_CHECKING:
@@ -29,10 +29,19 @@ if TYPE_CHECKING:
 #: Columns every aggregate row must carry (the ep-stats layout).
 KEY_COLUMNS = ("exp_id", "exp_variant_id", "unit_type", "agg_type", "goal")
 VALUE_COLUMNS = ("count", "sum_sqr_count", "sum_value", "sum_sqr_value", "count_unique")
+#: Capping (optional columns, null on goals no metric caps): the cap used and the sum and sum of
+#: squares over units of min(value, cap), for metrics with a ``cap`` (docs/statistics.md).
+CAP_COLUMNS = ("value_cap", *CAPPED_COLUMNS)
 #: Date column of the cumulative aggregate tables; must be selected and dropped before evaluate.
 DATE_COLUMN = "as_of_date"
 #: Columns of the cross-product input: per-unit sum of term_x × term_y, terms in canonical text.
 CROSS_COLUMNS = ("exp_id", "exp_variant_id", "term_x", "term_y", "sum_product")
+
+
+def dimension_columns(frame: pd.DataFrame) -> list[str]:
+    """The dimension columns of an aggregates frame: every column but the ep-stats key and value
+    columns and the capping columns."""
+    return sorted(set(frame.columns) - set(KEY_COLUMNS) - set(VALUE_COLUMNS) - set(CAP_COLUMNS))
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -114,7 +123,7 @@ def check_counts(
     is_exp = (g["agg_type"].astype(str) == "global").to_numpy() & (
         g["goal"].astype(str) == exposure_goal
     ).to_numpy()
-    dims = sorted(set(g.columns) - set(KEY_COLUMNS) - set(VALUE_COLUMNS))
+    dims = dimension_columns(g)
     if dims:
         is_exp &= (g[dims].fillna("").astype(str) == "").all(axis=1).to_numpy()
     key = (
@@ -164,7 +173,10 @@ def goal_sums(
         )
     wanted = {e.experiment_id for e in experiments}
     g = goals[goals["exp_id"].astype(str).isin(wanted)]
-    dims = sorted(set(g.columns) - set(KEY_COLUMNS) - set(VALUE_COLUMNS))
+    dims = dimension_columns(g)
+    capped_terms = [t for t in rows.terms if t.func == CAPPED_FUNCTION]
+    if capped_terms:
+        require_columns(g, CAPPED_COLUMNS, "goal aggregates (a metric has a cap)")
     key = (
         g["unit_type"].astype(str) + "." + g["agg_type"].astype(str) + "." + g["goal"].astype(str)
     ).to_numpy(dtype=object)
@@ -198,31 +210,48 @@ def goal_sums(
             "per unit over the whole window; sums of squares of partial rows do not add up)"
         )
     values = {}
-    for col in VALUE_COLUMNS:
+    for col in VALUE_COLUMNS + (CAPPED_COLUMNS if capped_terms else ()):
         arr = np.zeros(n_exp * n_var * n_keys)
         col_values = pd.to_numeric(g[col], errors="coerce").to_numpy(dtype=float)
-        if not np.isfinite(col_values).all():
+        if col in VALUE_COLUMNS and not np.isfinite(col_values).all():
             raise AggregateError(f"goal aggregates: non-numeric or missing values in {col!r}")
-        arr[flat] = col_values
+        arr[flat] = col_values  # capped columns: NaN (null) on goals without a cap, checked below
         values[col] = arr.reshape(n_exp, n_var, n_keys)
     term_key = np.array(
         [key_pos[goal_key(t.unit_type, t.agg_type, t.goal, t.dimensions)] for t in rows.terms]
     )
     s1 = np.stack(
-        [
-            values[FUNCTION_COLUMNS[t.func][0]][:, :, k]
-            for t, k in zip(rows.terms, term_key, strict=True)
-        ],
+        [values[t.columns[0]][:, :, k] for t, k in zip(rows.terms, term_key, strict=True)],
         axis=-1,
     )
     s2 = np.stack(
-        [
-            values[FUNCTION_COLUMNS[t.func][1]][:, :, k]
-            for t, k in zip(rows.terms, term_key, strict=True)
-        ],
+        [values[t.columns[1]][:, :, k] for t, k in zip(rows.terms, term_key, strict=True)],
         axis=-1,
     )
+    _check_capped(s1, s2, rows, experiments)
     return {"s1": s1, "s2": s2, "term_key": term_key}
+
+
+def _check_capped(
+    s1: np.ndarray, s2: np.ndarray, rows: MetricRows, experiments: list[ExperimentDesign]
+) -> None:
+    """A capped metric needs its goal's capped sums: null there means dbt capped nothing."""
+    for r, m in enumerate(rows.metrics):  # design-sized loop (metrics), not data rows
+        if m.cap is None:
+            continue
+        e = int(rows.exp_index[r])
+        for t in rows.slot_term[r]:
+            if t < 0 or rows.terms[t].func != CAPPED_FUNCTION:
+                continue
+            bad = ~(np.isfinite(s1[e, :, t]) & np.isfinite(s2[e, :, t]))
+            if bad.any():
+                exp = experiments[e]
+                raise AggregateError(
+                    f"goal aggregates: experiment {exp.experiment_id!r}, metric {m.id!r} has cap "
+                    f"{m.cap.as_json()} but the rows of goal "
+                    f"{rows.terms[t].goal_key!r} carry no capped sums (sum_value_capped is null): "
+                    "rebuild goal_aggregates after the experiments table has the cap"
+                )
 
 
 def cross_lookup(
@@ -337,3 +366,38 @@ def quadratic_sums(
                 )
             q[:, :, i, j] = q[:, :, j, i] = np.where(need[:, None], value, 0.0)
     return q
+
+
+def capped_variances(goals: pd.DataFrame, exposure_goal: str = "exposure") -> pd.DataFrame:
+    """Per capped goal row (``value_cap`` set) of one analysis date: the per-unit sample variance
+    of the value before and after capping, over the variant's exposed units (units without the
+    goal count as 0), and ``change`` = var_capped / var - 1.
+
+    Usage (4 units with values 10, 200, 30 and 0, capped at 50):
+        >>> g = pd.DataFrame({"exp_id": "e", "exp_variant_id": 1, "unit_type": "user",
+        ...     "agg_type": ["global", "unit"], "goal": ["exposure", "buy"], "platform": "",
+        ...     "count": [4, 3], "sum_value": [0.0, 240.0], "sum_sqr_value": [0.0, 41000.0],
+        ...     "value_cap": [None, 50.0], "sum_value_capped": [None, 90.0],
+        ...     "sum_sqr_value_capped": [None, 3500.0]})
+        >>> round(float(capped_variances(g)["change"].iloc[0]), 4)
+        -0.9445
+    """
+    require_columns(goals, (*KEY_COLUMNS, "count", "sum_value", "sum_sqr_value", *CAP_COLUMNS),
+                    "goal aggregates")  # fmt: skip
+    dims = dimension_columns(goals)
+    keys = ["exp_id", "exp_variant_id", "unit_type"]
+    exposed = goals[(goals["agg_type"] == "global") & (goals["goal"] == exposure_goal)]
+    if dims:
+        exposed = exposed[(exposed[dims].fillna("").astype(str) == "").all(axis=1)]
+    units = exposed[[*keys, "count"]].rename(columns={"count": "units"})
+    capped = goals[goals["value_cap"].notna()].merge(units, on=keys, how="left")
+    n = capped["units"].astype(float)
+
+    def variance(s1: pd.Series, s2: pd.Series) -> pd.Series:
+        return (s2.astype(float) - s1.astype(float) ** 2 / n) / (n - 1)
+
+    out = capped[[*keys, "goal", *dims, "value_cap", "units"]].copy()
+    out["var"] = variance(capped["sum_value"], capped["sum_sqr_value"])
+    out["var_capped"] = variance(capped["sum_value_capped"], capped["sum_sqr_value_capped"])
+    out["change"] = out["var_capped"] / out["var"] - 1
+    return out.reset_index(drop=True)

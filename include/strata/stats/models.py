@@ -38,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from strata.metrics import Direction, ExpressionError, Metric, Role, parse_linear
+from strata.metrics import Cap, Direction, ExpressionError, Metric, Role, parse_linear
 from strata.stats.errors import DesignError
 
 DEFAULT_ALPHA = 0.05
@@ -168,6 +168,7 @@ class _MetricIn(BaseModel):
     covariate: str | None = None
     minimum_effect: float | None = Field(default=None, gt=0.0)
     margin: float | None = Field(default=None, gt=0.0)
+    cap: dict[str, Any] | None = None
 
     @field_validator("id", mode="before")
     @classmethod
@@ -224,6 +225,7 @@ def experiment_from_record(record: Mapping[str, Any]) -> ExperimentDesign:
             m.covariate,
             m.minimum_effect,
             m.margin,
+            _cap(name, m),
         )
         for m in spec.metrics
     )
@@ -244,6 +246,15 @@ def experiment_from_record(record: Mapping[str, Any]) -> ExperimentDesign:
             except ExpressionError as exc:
                 raise DesignError(f"experiment {name!r}, metric {m.id!r} {side}: {exc}") from exc
     return ExperimentDesign(spec.experiment_id, variants, metrics, spec.start_date, spec.end_date)
+
+
+def _cap(experiment: str, m: _MetricIn) -> Cap | None:
+    if m.cap is None:
+        return None
+    try:
+        return Cap.from_json(m.cap)
+    except ExpressionError as exc:
+        raise DesignError(f"experiment {experiment!r}, metric {m.id!r}: {exc}") from exc
 
 
 def experiments_from_records(records: Sequence[Mapping[str, Any]]) -> list[ExperimentDesign]:

@@ -4,7 +4,11 @@ recommendations.
 One home for what ``strata evaluate`` and the Airflow ``evaluate_experiments`` DAG both do:
 :func:`plan_night` picks the analysis date (the newest with aggregates unless given) and the
 experiments (every one with aggregates that day unless named), failing with one line
-(:class:`NothingToEvaluate`) before any work; :func:`evaluate_night` evaluates them into the
+(:class:`NothingToEvaluate`) before any work. A stopped or shipped experiment's analysis ends
+at its final date (:func:`final_dates`: the day the ``experiments`` table recorded the stop or
+the ship, or its end date when earlier): it is evaluated a last time as of that date (a
+``final`` entry of the plan) and then no more; a paused one is analysed over its window as
+usual; :func:`evaluate_night` evaluates them into the
 Iceberg ``results`` table, at that date or, with ``history``, at every date with aggregates up to
 it (what a backfill or a full refresh of the aggregates needs). The CLI evaluates every planned
 experiment in one call; the DAG maps one task per experiment over :meth:`NightPlan.task_kwargs`.
@@ -14,6 +18,9 @@ Usage:
     >>> plan = NightPlan(date(2026, 11, 14), ("checkout_button",))
     >>> plan.task_kwargs()
     [{'experiment_id': 'checkout_button', 'analysis_date': '2026-11-14', 'history': False}]
+    >>> ended = NightPlan(date(2026, 11, 14), (), finals=(("dark_mode", date(2026, 11, 11)),))
+    >>> ended.task_kwargs()
+    [{'experiment_id': 'dark_mode', 'analysis_date': '2026-11-11', 'history': False}]
 """
 
 from __future__ import annotations
@@ -28,7 +35,13 @@ from strata.errors import DataError
 from strata.stats.engine import Evaluation, verdicts
 from strata.stats.ramps import read_ramp_srm
 from strata.stats.recommend import recommend
-from strata.stats.results import evaluable_by_date, evaluable_experiments, run_evaluation
+from strata.stats.results import (
+    NightSettlement,
+    evaluable_by_date,
+    evaluable_experiments,
+    run_evaluation,
+    settle_night,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,6 +60,8 @@ class NightPlan:
     analysis_date: date
     experiment_ids: tuple[str, ...]
     history: bool = False
+    #: Stopped or shipped experiments evaluated a last time, each as of its final date.
+    finals: tuple[tuple[str, date], ...] = ()
 
     def task_kwargs(self) -> list[dict[str, Any]]:
         """One set of arguments per experiment (the mapped evaluation tasks' ``op_kwargs``)."""
@@ -54,6 +69,9 @@ class NightPlan:
         return [
             {"experiment_id": e, "analysis_date": day, "history": self.history}
             for e in self.experiment_ids
+        ] + [
+            {"experiment_id": e, "analysis_date": d.isoformat(), "history": self.history}
+            for e, d in self.finals
         ]
 
 
@@ -70,6 +88,11 @@ class NightResult:
     #: SRM per ramp cohort of the ramped experiments among them (:mod:`strata.stats.ramps`;
     #: empty without ramps): the engine's pooled SRM row is not meaningful for those.
     ramp_srm: pd.DataFrame | None = None
+    #: The segment flags settled across each evaluated date's night (:func:`settle_night`),
+    #: oldest first; empty when the caller settles later (``settle=False``).
+    settlements: tuple[NightSettlement, ...] = ()
+    #: Every analysis date evaluated, oldest first (``dates`` of them).
+    evaluated_dates: tuple[date, ...] = ()
 
     def ramp_srm_lines(self) -> list[str]:
         """``ramp SRM <experiment>: passed|FAILED (chi2 .., dof .., p ..)``, per ramped one."""
@@ -109,6 +132,54 @@ def known_experiments(catalog: Catalog, namespace: str = "strata") -> set[str]:
     )
 
 
+def final_dates(catalog: Catalog, namespace: str = "strata") -> dict[str, date]:
+    """{experiment: final analysis date} of the stopped and shipped experiments the
+    ``experiments`` table records: the day the status was recorded (``status_since``), or the
+    end date when earlier (an older table without ``status_since``: the end date)."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        table = catalog.load_table(f"{namespace}.{contracts.EXPERIMENTS}")
+    except NoSuchTableError:
+        return {}
+    names = {f.name for f in table.schema().fields}
+    wanted = ("experiment_id", "status", "end_date", "status_since")
+    rows = table.scan(selected_fields=tuple(c for c in wanted if c in names)).to_arrow()
+    out = {}
+    for r in rows.to_pylist():
+        if (r.get("status") or "").lower() not in contracts.ENDED_STATUSES:
+            continue
+        days = [d for d in (r.get("end_date"), r.get("status_since")) if d is not None]
+        if days:
+            out[r["experiment_id"]] = min(days)
+    return out
+
+
+def _evaluated_on(
+    catalog: Catalog, experiment_ids: Sequence[str], namespace: str
+) -> dict[str, set[date]]:
+    """The analysis dates the ``results`` table holds per experiment (of ``experiment_ids``)."""
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.expressions import In
+
+    if not experiment_ids:
+        return {}
+    try:
+        table = catalog.load_table(f"{namespace}.{contracts.RESULTS}")
+    except NoSuchTableError:
+        return {}
+    rows = table.scan(
+        row_filter=In("experiment_id", list(experiment_ids)),
+        selected_fields=("experiment_id", "analysis_date"),
+    ).to_arrow()
+    out: dict[str, set[date]] = {}
+    for e, d in zip(
+        rows["experiment_id"].to_pylist(), rows["analysis_date"].to_pylist(), strict=True
+    ):
+        out.setdefault(e, set()).add(d)
+    return out
+
+
 def plan_night(
     catalog: Catalog,
     analysis_date: date | None = None,
@@ -120,7 +191,10 @@ def plan_night(
 
     ``analysis_date`` defaults to the newest ``as_of_date`` with aggregates; ``experiment_ids``
     (default: every experiment with aggregates that day) must be known experiments with
-    aggregates that day.
+    aggregates that day. A stopped or shipped experiment whose final date
+    (:func:`final_dates`) is before that day moves to ``finals``, evaluated as of its final
+    date (the newest date with aggregates up to it): by default only while the ``results``
+    table has no row at that date yet (once written, its analysis has ended), always when named.
     """
     available, day = evaluable_experiments(catalog, analysis_date, namespace)
     if day is None:
@@ -137,7 +211,24 @@ def plan_night(
         if missing:
             raise NothingToEvaluate(f"experiment(s) {missing}: no goal aggregates on {day}")
     selected = sorted(set(wanted)) if wanted else available
-    return NightPlan(day, tuple(selected), history)
+    final = {e: f for e, f in final_dates(catalog, namespace).items() if f < day and e in selected}
+    if not final:
+        return NightPlan(day, tuple(selected), history)
+    done = {} if wanted else _evaluated_on(catalog, sorted(final), namespace)
+    by_date = evaluable_by_date(catalog, max(final.values()), namespace)
+    finals = []
+    for e, f in sorted(final.items()):
+        dates = [d for d, at in by_date.items() if d <= f and e in at]
+        if dates and max(dates) not in done.get(e, set()):
+            finals.append((e, max(dates)))
+    kept = tuple(e for e in selected if e not in final)
+    if not kept and not finals:
+        ended = ", ".join(f"{e} (final {f})" for e, f in sorted(final.items()))
+        raise NothingToEvaluate(
+            f"analysis_date {day}: every experiment with aggregates has ended its analysis "
+            f"and has its final result: {ended}"
+        )
+    return NightPlan(day, kept, history, tuple(finals))
 
 
 def evaluate_night(
@@ -146,10 +237,16 @@ def evaluate_night(
     analysis_date: date,
     history: bool = False,
     namespace: str = "strata",
+    settle: bool = True,
 ) -> NightResult:
     """Evaluate ``experiment_ids`` at ``analysis_date`` into the ``results`` table (one commit
     replacing their rows for that date); with ``history``, at every earlier date with
     aggregates too, oldest first, each date with the experiments evaluable at it.
+
+    Then (``settle``) each evaluated date's segment flags are settled across the night
+    (:func:`settle_night`: BH over the heterogeneity tests of every experiment with results that
+    day, not only these). The DAG's mapped tasks, one experiment each, pass ``settle=False``
+    and settle once after all of them (``write_reports``): concurrent settlements would race.
     """
     ids = list(experiment_ids)
     per_date = {analysis_date: ids}
@@ -170,4 +267,14 @@ def evaluate_night(
         rows += len(frame)
     assert evaluation is not None
     ramps = read_ramp_srm(catalog, ids, evaluation.config.srm_alpha, namespace)
-    return NightResult(max(per_date), tuple(ids), rows, len(per_date), evaluation, ramps)
+    settled = tuple(settle_night(catalog, d, namespace) for d in per_date) if settle else ()
+    return NightResult(
+        max(per_date),
+        tuple(ids),
+        rows,
+        len(per_date),
+        evaluation,
+        ramps,
+        settled,
+        tuple(per_date),
+    )

@@ -6,7 +6,9 @@ Pages are self-contained (inline CSS and SVG, no JavaScript, no CDN): first the 
 effects with confidence intervals at the latest analysis date, the cumulative relative effect over
 time per metric, SRM status, the metric table, the Bayesian view beside it (posterior effect with
 its credible interval, probability to beat control, expected losses) and, for metrics with a CUPED
-covariate, the variance reduction achieved per variant (1 − Var_cuped / Var_raw).
+covariate, the variance reduction achieved per variant (1 − Var_cuped / Var_raw), and the
+segments: the heterogeneity test of every dimension × metric × comparison and the flagged
+segments with their effects (docs/statistics.md, "Segments").
 ``strata report EXP`` calls :func:`build_reports`.
 
 Usage:
@@ -249,6 +251,64 @@ def bayes_table(now: pd.DataFrame) -> str:
     )
 
 
+def flagged_segments(now: pd.DataFrame) -> pd.DataFrame:
+    """The flagged segments of results rows of one date: ``segment_rel_diff`` rows whose
+    ``segment_deviation`` row says ``flagged``, with ``label`` ``dimension=segment``."""
+    if "dimension" not in now.columns:
+        return now.iloc[0:0]
+    key = ["experiment_id", "metric_id", "variant", "dimension", "segment"]
+    dev = now[(now["statistic"] == "segment_deviation") & (now["decision"] == "flagged")]
+    eff = now[now["statistic"] == "segment_rel_diff"]
+    out = eff.merge(dev[key], on=key, how="inner")
+    out["label"] = out["dimension"].astype(str) + "=" + out["segment"].astype(str)
+    return out.sort_values(key, kind="stable", ignore_index=True)
+
+
+def segments_section(now: pd.DataFrame) -> str:
+    """Flagged segments (effect, adjusted interval) and every heterogeneity test of the date."""
+    if "dimension" not in now.columns:
+        return ""
+    het = now[now["statistic"] == "heterogeneity"]
+    if het.empty:
+        return ""
+    flagged = flagged_segments(now)
+    parts = ["<h2>Segments</h2>"]
+    if flagged.empty:
+        parts.append(
+            "<p>No segment flagged: no dimension's heterogeneity test survives the false "
+            "discovery rate control.</p>"
+        )
+    else:
+        parts.append(
+            "<p class='bad'>Flagged: these segments' effects differ from the rest of their "
+            "dimension (heterogeneity test survives BH, and the rest is homogeneous without "
+            "them).</p><table><tr><th>segment</th><th>metric</th><th>comparison</th>"
+            "<th>rel. effect in segment</th><th>CI (adjusted)</th><th>adj. p</th></tr>"
+        )
+        for r in flagged.itertuples(index=False):
+            parts.append(
+                f"<tr><td>{_e(r.label)}</td><td>{_e(r.metric_name)}</td>"
+                f"<td>{_e(r.comparison)}</td><td>{_fmt(r.point, True)}</td>"
+                f"<td>{_interval(r.lower, r.upper, r.p_value)}</td>"
+                f"<td>{_fmt(r.p_value_adjusted)}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append(
+        "<h3>Heterogeneity (treatment × segment), per dimension</h3><table><tr><th>dimension"
+        "</th><th>metric</th><th>comparison</th><th>Cochran's Q</th><th>p</th><th>BH adj. p"
+        "</th><th>result</th></tr>"
+    )
+    for r in het.sort_values(["dimension", "metric_id", "variant"]).itertuples(index=False):
+        cls = "bad" if r.decision == "heterogeneous" else ""
+        parts.append(
+            f"<tr><td>{_e(r.dimension)}</td><td>{_e(r.metric_name)}</td>"
+            f"<td>{_e(r.comparison)}</td><td>{_fmt(r.point)}</td><td>{_fmt(r.p_value)}</td>"
+            f"<td>{_fmt(r.p_value_adjusted)}</td><td class='{cls}'>{_e(r.decision)}</td></tr>"
+        )
+    parts.append("</table>")
+    return "".join(parts)
+
+
 def _reason(row) -> str:
     """The row's reason; results written before the ``reason`` column have none."""
     reason = getattr(row, "reason", None)
@@ -346,7 +406,8 @@ def render_experiment_report(results: pd.DataFrame, experiment_id: str) -> str:
         f"<h2>Data quality</h2>{srm_html}"
         f"<p>Inputs (Iceberg snapshots): <code>{_e(now['input_snapshots'].iloc[0])}</code></p>"
         f"<h2>Effects (relative, with adjusted confidence intervals)</h2>{forest_plot(rel)}"
-        f"<h2>Metrics</h2>{''.join(table)}<h2>Cumulative effect over time</h2>{trends}"
+        f"<h2>Metrics</h2>{''.join(table)}{segments_section(now)}"
+        f"<h2>Cumulative effect over time</h2>{trends}"
     )
     return _page(f"Strata · {experiment_id}", body)
 
@@ -368,15 +429,20 @@ def render_index(results: pd.DataFrame) -> str:
             r = next(top.itertuples(index=False))
             label, css = RECOMMENDATION_LABELS.get(r.decision, (r.decision, ""))
             rec = f"<td class='{css}'>{_e(label)}</td><td>{_e(_reason(r))}</td>"
+        flagged = flagged_segments(now)
+        segments = ", ".join(
+            f"{r.metric_id} {r.variant}: {r.label}" for r in flagged.itertuples(index=False)
+        )
         rows.append(
             f"<tr><td><a href='{_e(exp_id)}.html'>{_e(exp_id)}</a></td>{rec}<td>{_e(latest)}</td>"
             f"<td class='{'ok' if srm_ok else 'bad'}'>{'ok' if srm_ok else 'SRM'}</td>"
-            f"<td>{_e(decisions) or '–'}</td></tr>"
+            f"<td>{_e(decisions) or '–'}</td><td>{_e(segments) or '–'}</td></tr>"
         )
     body = (
         "<h1>Strata experiments</h1><table><tr><th>experiment</th><th>recommendation</th>"
         "<th>reason</th><th>latest analysis</th>"
-        f"<th>SRM</th><th>verdict per treatment</th></tr>{''.join(rows)}</table>"
+        "<th>SRM</th><th>verdict per treatment</th><th>flagged segments</th></tr>"
+        f"{''.join(rows)}</table>"
     )
     return _page("Strata experiments", body)
 

@@ -8,7 +8,9 @@ metrics with a CUPED covariate ``variance_reduction``, 1 − Var_cuped / Var_raw
 for treatments the Bayesian view, see :data:`BAYES_STATISTICS`; per treatment × guardrail metric
 ``guardrail`` (ok / violated / inconclusive) and per experiment one ``__recommendation__`` row
 (ship / dont_ship / keep_running / invalid), both with their one-sentence ``reason``, see
-:func:`recommendation_rows`).
+:func:`recommendation_rows`). Segment rows (from ``goal_segment_aggregates``,
+:mod:`strata.stats.segments`) carry ``dimension`` and ``segment`` and statistics of their own
+(:data:`SEGMENT_STATISTICS`); the overall rows have both null.
 Each run fully replaces the rows of its (experiment, analysis_date, window) keys with one
 overwrite commit, so re-runs are idempotent. Every row records the run id and the Iceberg
 snapshot ids of the input tables it read (``input_snapshots``, JSON ``{"table": snapshot_id}``),
@@ -48,6 +50,13 @@ from strata.stats.engine import (
 from strata.stats.errors import AggregateError, DesignError, SnapshotExpiredError
 from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
 from strata.stats.recommend import recommend
+from strata.stats.segments import (
+    CANDIDATE,
+    FLAGGED,
+    SegmentEvaluation,
+    evaluate_segments,
+    settle_families,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -55,12 +64,15 @@ if TYPE_CHECKING:
 RESULTS_TABLE = contracts.RESULTS
 GOALS_TABLE = contracts.GOAL_AGGREGATES
 CROSS_TABLE = contracts.GOAL_CROSS_AGGREGATES
+SEGMENT_GOALS_TABLE = contracts.GOAL_SEGMENT_AGGREGATES
+SEGMENT_CROSS_TABLE = contracts.GOAL_SEGMENT_CROSS_AGGREGATES
 EXPERIMENTS_TABLE = contracts.EXPERIMENTS
 #: Column of the aggregate tables that selects the analysis date (cumulative window).
 AS_OF_COLUMN = DATE_COLUMN
 CUMULATIVE_WINDOW = "cumulative"
-#: "2": the ``reason`` column (recommendation and guardrail rows) was added.
-SCHEMA_VERSION = "2"
+#: "2": the ``reason`` column (recommendation and guardrail rows) was added; "3": the
+#: ``dimension`` and ``segment`` columns (segment rows).
+SCHEMA_VERSION = "3"
 SRM_METRIC_ID = "__srm__"
 VERDICT_METRIC_ID = "__verdict__"
 RECOMMENDATION_METRIC_ID = "__recommendation__"
@@ -88,8 +100,22 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("schema_version", pa.string(), nullable=False),
         # why: the one-sentence reason of recommendation and guardrail rows; null on the others
         pa.field("reason", pa.string()),
+        # segment rows: the dimension and its segment (null on the overall rows); added in place
+        # to a table written before segments (strata.stack.evolve_schema)
+        pa.field("dimension", pa.string()),
+        pa.field("segment", pa.string()),
     ]
 )
+#: Statistics of the segment rows (docs/statistics.md, "Segments"):
+#: ``segment_count`` units per variant; ``segment_rel_diff`` the segment's relative effect, its
+#: Fieller interval at the level of its adjusted decision, p-value and Holm-adjusted p-value across
+#: the dimension's segments; ``segment_deviation`` its log-ratio difference from the other
+#: segments' pooled effect, decision ``flagged`` for a flagged segment (``candidate``: would be
+#: flagged if its family's test survived); ``heterogeneity`` (segment '') Cochran's Q of the
+#: dimension, its p-value and BH-adjusted p-value across the experiment's heterogeneity tests
+#: (across the night's, once :func:`settle_night` ran), decision ``heterogeneous`` /
+#: ``homogeneous`` / ``not_testable``.
+SEGMENT_STATISTICS = ("segment_count", "segment_rel_diff", "segment_deviation", "heterogeneity")
 
 #: (statistic, point column, lower column, upper column, treatment rows only, with p-values)
 _STATISTICS = (
@@ -216,9 +242,81 @@ def results_frame(
     out["input_snapshots"] = json.dumps(dict(sorted(input_snapshots.items())))
     out["evaluated_at"] = pd.Timestamp(evaluated_at or datetime.now(UTC))
     out["schema_version"] = SCHEMA_VERSION
+    out["dimension"] = None
+    out["segment"] = None
     return out[RESULTS_SCHEMA.names].sort_values(
         ["experiment_id", "metric_id", "variant", "statistic"], kind="stable", ignore_index=True
     )
+
+
+def _deviation_decision(t: pd.DataFrame) -> np.ndarray:
+    flagged = t["flagged"].astype(bool).to_numpy()
+    cand = t["candidate"].astype(bool).to_numpy() if "candidate" in t else np.zeros_like(flagged)
+    out = np.full(len(flagged), None, dtype=object)
+    out[cand] = CANDIDATE
+    out[flagged] = FLAGGED
+    return out
+
+
+def segment_results_frame(
+    seg: SegmentEvaluation,
+    run_id: str,
+    input_snapshots: Mapping[str, int | None],
+    window: str = CUMULATIVE_WINDOW,
+    evaluated_at: datetime | None = None,
+) -> pd.DataFrame:
+    """Long results rows of a segment evaluation (:data:`SEGMENT_STATISTICS`)."""
+    if seg.analysis_date is None:
+        raise DesignError("segment results need an analysis date")
+    s, h = seg.segments, seg.heterogeneity
+    if s.empty:
+        return pd.DataFrame(columns=RESULTS_SCHEMA.names)
+    t = s[~s["is_control"].astype(bool)]
+    comparison = t["variant"] + " vs " + t["control"]
+
+    def rows(frame, comparison, statistic, point, lower, upper, p, p_adj, decision, segment):
+        return pd.DataFrame(
+            {
+                "experiment_id": frame["exp_id"], "metric_id": frame["metric_id"].astype(str),
+                "metric_name": frame["metric_name"], "role": frame["role"],
+                "variant": frame["variant"], "comparison": comparison, "statistic": statistic,
+                "point": point, "lower": lower, "upper": upper, "p_value": p,
+                "p_value_adjusted": p_adj, "decision": decision,
+                "dimension": frame["dimension"], "segment": segment,
+            }
+        )  # fmt: skip
+
+    nan = np.nan
+    het_decision = np.where(
+        ~np.isfinite(h["p_value"].astype(float)), "not_testable",
+        np.where(h["heterogeneous"].astype(bool), "heterogeneous", "homogeneous"),
+    )  # fmt: skip
+    parts = [
+        rows(s, np.where(s["is_control"].astype(bool), "", s["variant"] + " vs " + s["control"]),
+             "segment_count", s["count"].astype(float), nan, nan, nan, nan, None, s["segment"]),
+        rows(t, comparison, "segment_rel_diff", t["rel_diff"].astype(float),
+             t["rel_lower"].astype(float), t["rel_upper"].astype(float),
+             t["p_value"].astype(float), t["p_value_adjusted"].astype(float), t["decision"],
+             t["segment"]),
+        rows(t, comparison, "segment_deviation", t["deviation"].astype(float), nan, nan,
+             t["deviation_p"].astype(float), nan,
+             _deviation_decision(t), t["segment"]),
+        rows(h, h["variant"] + " vs " + h["control"], "heterogeneity", h["q_stat"].astype(float),
+             nan, nan, h["p_value"].astype(float), h["p_value_adjusted"].astype(float),
+             het_decision, ""),
+    ]  # fmt: skip
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(1, "analysis_date", seg.analysis_date)
+    out.insert(2, "window", window)
+    out["run_id"] = run_id
+    out["input_snapshots"] = json.dumps(dict(sorted(input_snapshots.items())))
+    out["evaluated_at"] = pd.Timestamp(evaluated_at or datetime.now(UTC))
+    out["schema_version"] = SCHEMA_VERSION
+    out["reason"] = None
+    return out[RESULTS_SCHEMA.names].sort_values(
+        ["experiment_id", "metric_id", "variant", "statistic", "dimension", "segment"],
+        kind="stable", ignore_index=True,
+    )  # fmt: skip
 
 
 def recommendation_rows(evaluation: Evaluation) -> list[pd.DataFrame]:
@@ -363,6 +461,79 @@ def write_results(
     return snap.snapshot_id if snap else None
 
 
+@dataclass(frozen=True)
+class NightSettlement:
+    """What :func:`settle_night` did for one analysis date: ``tests`` heterogeneity tests of
+    ``experiments`` experiments in the family, ``heterogeneous`` of them survive, ``flagged``
+    segments; ``changed`` rows rewritten (0: nothing to change, no commit)."""
+
+    analysis_date: date
+    experiments: int
+    tests: int
+    heterogeneous: int
+    flagged: int
+    changed: int
+
+
+def settle_night(
+    catalog: Catalog,
+    analysis_date: date,
+    namespace: str = "strata",
+    alpha: float | None = None,
+    table: str = RESULTS_TABLE,
+    window: str = CUMULATIVE_WINDOW,
+) -> NightSettlement:
+    """Control the false discovery rate of the segment flags across the whole night: BH over the
+    heterogeneity tests of *every* experiment evaluated at ``analysis_date``
+    (:func:`strata.stats.segments.settle_families`), rewriting only those experiments'
+    ``heterogeneity`` and ``segment_deviation`` rows of that date, in one overwrite commit, and
+    only when something changed (running it twice gives the same rows, one commit at most).
+
+    Run it after every evaluation of the date has been written (the DAG's ``write_reports``,
+    the end of :func:`strata.stats.nightly.evaluate_night`), never beside a running one: its
+    overwrite replaces the rows it read. Without a results table, or segment rows that day,
+    it does nothing.
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.expressions import And, EqualTo, In
+
+    alpha = EvaluationConfig().alpha if alpha is None else alpha
+    statistics = ["heterogeneity", "segment_deviation"]
+    try:
+        tbl = catalog.load_table(_identifier(catalog, table, namespace))
+    except NoSuchTableError:
+        return NightSettlement(analysis_date, 0, 0, 0, 0, 0)
+    row_filter = And(
+        EqualTo("analysis_date", analysis_date.isoformat()),
+        And(EqualTo("window", window), In("statistic", statistics)),
+    )
+    arrow = tbl.scan(row_filter=row_filter).to_arrow()
+    rows = arrow.to_pandas()
+    if rows.empty or "dimension" not in rows:
+        return NightSettlement(analysis_date, 0, 0, 0, 0, 0)
+    settled = settle_families(rows, alpha)
+    het = settled["statistic"] == "heterogeneity"
+    cols = ["p_value_adjusted", "decision"]
+    before, after = rows[cols], settled[cols]
+    same = (before.isna() & after.isna()) | (before == after)
+    changed = int((~same.all(axis=1)).sum())
+    ids = sorted(set(settled["experiment_id"]))
+    if changed:
+        schema = tbl.schema().as_arrow()
+        frame = settled[schema.names]
+        tbl.overwrite(
+            pa.Table.from_pandas(frame, schema=schema, preserve_index=False),
+            overwrite_filter=And(row_filter, In("experiment_id", ids)),
+        )
+    return NightSettlement(
+        analysis_date, len(ids), int(het.sum()),
+        int((settled.loc[het, "decision"] == "heterogeneous").sum()),
+        int(((settled["statistic"] == "segment_deviation")
+             & (settled["decision"] == FLAGGED)).sum()),
+        changed,
+    )  # fmt: skip
+
+
 def read_results(
     catalog: Catalog,
     experiment_id: str | None = None,
@@ -385,6 +556,9 @@ class Inputs:
     cross: pd.DataFrame | None
     experiments: list[ExperimentDesign]
     snapshots: dict[str, int | None]
+    #: The segment aggregates of the date (None: no segment table, or no rows that day).
+    segment_goals: pd.DataFrame | None = None
+    segment_cross: pd.DataFrame | None = None
 
 
 def _scan(
@@ -415,12 +589,15 @@ def read_inputs(
     cross_table: str | None = CROSS_TABLE,
     experiments_table: str = EXPERIMENTS_TABLE,
     snapshots: Mapping[str, int | None] | None = None,
+    segment_goals_table: str | None = SEGMENT_GOALS_TABLE,
+    segment_cross_table: str | None = SEGMENT_CROSS_TABLE,
 ) -> Inputs:
     """Read the aggregates of ``analysis_date`` (and the designs) at pinned or current snapshots.
 
     The ``as_of_date`` column selects the cumulative window and is dropped; every other
     non-standard column of the aggregates is a dimension. A missing cross table is allowed (the
-    engine then fails clearly if a metric needs it).
+    engine then fails clearly if a metric needs it). The segment tables are optional: missing
+    (a stack built before segments), or without rows for the date, there is no segment analysis.
     """
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.expressions import And, EqualTo, In
@@ -451,7 +628,19 @@ def read_inputs(
         raise AggregateError(f"experiments not found in {e_ident}: {missing}")
     refuse_per_request(records)
     _require(goals, g_ident)
-    return Inputs(goals, cross, [experiment_from_record(r) for r in records], got)
+    seg_frames: list[pd.DataFrame | None] = []
+    for name in (segment_goals_table, segment_cross_table):
+        frame = None
+        if name:
+            ident = _identifier(catalog, name, namespace)
+            try:
+                frame, got[ident] = _scan(catalog, ident, flt, snapshots.get(ident))
+                frame = frame.drop(columns=[AS_OF_COLUMN])
+            except NoSuchTableError:
+                if ident in snapshots:
+                    raise
+        seg_frames.append(frame if frame is not None and len(frame) else None)
+    return Inputs(goals, cross, [experiment_from_record(r) for r in records], got, *seg_frames)
 
 
 def refuse_per_request(records: Sequence[Mapping[str, Any]]) -> None:
@@ -503,7 +692,16 @@ def run_evaluation(
     evaluation = evaluate(
         inputs.goals, inputs.experiments, inputs.cross, analysis_date=analysis_date, config=config
     )
-    frame = results_frame(evaluation, run_id or uuid.uuid4().hex, inputs.snapshots)
+    run_id, now = run_id or uuid.uuid4().hex, datetime.now(UTC)
+    frame = results_frame(evaluation, run_id, inputs.snapshots, evaluated_at=now)
+    if inputs.segment_goals is not None:
+        segments = evaluate_segments(
+            inputs.segment_goals, inputs.experiments, inputs.segment_cross,
+            analysis_date=analysis_date, config=config,
+        )  # fmt: skip
+        seg_rows = segment_results_frame(segments, run_id, inputs.snapshots, evaluated_at=now)
+        if len(seg_rows):
+            frame = pd.concat([frame, seg_rows], ignore_index=True)
     if write:
         write_results(catalog, frame, results_table, namespace)
     return evaluation, frame
@@ -574,6 +772,12 @@ def reproduce(
         catalog, [experiment_id], analysis_date, namespace, config,
         run_id=stored["run_id"].iloc[0], snapshots=snapshots, write=False, **tables,
     )  # fmt: skip
-    order = ["experiment_id", "metric_id", "variant", "statistic"]
-    stored = stored.sort_values(order, kind="stable", ignore_index=True)
-    return stored, recomputed.sort_values(order, kind="stable", ignore_index=True)
+    order = ["experiment_id", "metric_id", "variant", "statistic", "dimension", "segment"]
+    for frame in (stored, recomputed):  # overall rows: null dimension and segment
+        for col in ("dimension", "segment"):
+            frame[col] = frame[col].where(frame[col].notna(), None) if col in frame else None
+    stored = stored.sort_values(order, kind="stable", ignore_index=True, na_position="first")
+    recomputed = recomputed.sort_values(
+        order, kind="stable", ignore_index=True, na_position="first"
+    )
+    return stored, recomputed

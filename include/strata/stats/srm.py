@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from strata.stats.inputs import KEY_COLUMNS, VALUE_COLUMNS, variant_codes
+from strata.stats.inputs import dimension_columns, variant_codes
 
 if TYPE_CHECKING:
     from strata.stats.models import EvaluationConfig, ExperimentDesign
@@ -41,7 +41,7 @@ def sample_ratio_mismatch(
         & (goals["agg_type"] == "global")
         & (goals["goal"] == config.exposure_goal)
     ]
-    dims = sorted(set(g.columns) - set(KEY_COLUMNS) - set(VALUE_COLUMNS))
+    dims = dimension_columns(g)
     if dims:  # the undimensioned exposure row counts units
         g = g[(g[dims].fillna("").astype(str) == "").all(axis=1)]
     unit_types = sorted(g["unit_type"].astype(str).unique())

@@ -178,3 +178,40 @@ def test_results_without_recommendation_rows_still_render(tmp_path):
     good = (tmp_path / "good.html").read_text()
     assert "No recommendation stored for this analysis." in good
     assert "<td>–</td><td>–</td>" in (tmp_path / "index.html").read_text()
+
+
+def test_flagged_segments_are_shown_in_page_and_index(tmp_path):
+    """A DE-only lift: the page lists country=DE as flagged with its effect and every
+    heterogeneity test; the index names it; a page without segment rows has no section."""
+    from strata.stats.results import segment_results_frame
+    from strata.stats.segments import evaluate_segments
+
+    rng = np.random.default_rng(12)
+    frames = []
+    for dim, segs in (
+        ("country", {"US": 1.0, "GB": 1.0, "DE": 1.6}),
+        ("visitor", {"new": 1.1, "returning": 1.1}),
+    ):
+        for seg, lift in segs.items():
+            clicks = rng.poisson(np.array([1.0, lift, 1.0])[None, :, None], (1, 3, 1500)) * 1.0
+            g, _ = aggregate_arrays(
+                ["good"], [["1", "2", "3"]], "user", {"click": (clicks, clicks)}
+            )
+            frames.append(g.assign(dimension=dim, segment=seg))
+    day = START + timedelta(days=DAYS - 1)
+    seg = evaluate_segments(pd.concat(frames, ignore_index=True), [experiment("good")],
+                            analysis_date=day)  # fmt: skip
+    rows = pd.concat([history(), segment_results_frame(seg, "run-seg", {})], ignore_index=True)
+    write_reports(rows, tmp_path)
+    page = (tmp_path / "good.html").read_text()
+    assert "<h2>Segments</h2>" in page
+    assert "Flagged" in page
+    assert re.search(r"<td>country=DE</td><td>clicks &lt;script&gt;", page)
+    assert "country=US</td>" not in page
+    assert "visitor=" not in page
+    assert page.count("<td>heterogeneous</td>") == 0  # class attribute carries the style
+    assert page.count(">heterogeneous</td>") >= 1
+    assert ">homogeneous</td>" in page
+    index = (tmp_path / "index.html").read_text()
+    assert "1 2: country=DE" in index
+    assert "<h2>Segments</h2>" not in (tmp_path / "lossy.html").read_text()

@@ -189,3 +189,146 @@ def test_reproduce_refuses_an_expired_input_snapshot(catalog):
     table.maintenance.expire_snapshots().by_id(old).commit()  # what maintenance does, later
     with pytest.raises(SnapshotExpiredError, match=rf"expiry_goals no longer has snapshot {old}"):
         reproduce(catalog, "exp_e", DAY, namespace=NAMESPACE, **names)
+
+
+SEG_NAMESPACE = "stats_results_segments_test"
+
+
+def segment_aggregates(seed: int, exp_id: str, lifts: dict[str, float]):
+    """Per-country aggregates of one experiment; clicks lifted by ``lifts[country]``."""
+    rng = np.random.default_rng(seed)
+    exps = [experiment_record(exp_id)]
+    pairs = list(required_cross_terms(exps)[["term_x", "term_y"]].itertuples(index=False))
+    goals, cross = [], []
+    for country, lift in lifts.items():
+        views = 1.0 + rng.poisson(3.0, (1, 2, 2000))
+        clicks = rng.binomial(views.astype(int), 0.1 * np.array([1.0, lift])[None, :, None]) * 1.0
+        g, c = aggregate_arrays(
+            [exp_id], [[1001, 1002]], "user",
+            {"view": (views, views), "click": (clicks, clicks)}, [tuple(p) for p in pairs],
+        )  # fmt: skip
+        goals.append(g.assign(dimension="country", segment=country))
+        cross.append(c.assign(dimension="country", segment=country))
+    return (pd.concat(goals, ignore_index=True).assign(as_of_date=DAY),
+            pd.concat(cross, ignore_index=True).assign(as_of_date=DAY))  # fmt: skip
+
+
+def test_segment_rows_are_written_beside_the_overall_rows_and_reproduced(catalog):
+    from strata.stats.results import SEGMENT_STATISTICS
+
+    catalog.create_namespace_if_not_exists(SEG_NAMESPACE)
+
+    def put_seg(name, frame):
+        arrow = pa.Table.from_pandas(frame, preserve_index=False)
+        table = catalog.create_table_if_not_exists(f"{SEG_NAMESPACE}.{name}", schema=arrow.schema)
+        table.overwrite(arrow)
+
+    put_seg("experiments", pd.DataFrame([experiment_record("exp_s")]))
+    goals, cross = aggregates(4, ["exp_s"])
+    put_seg("goal_aggregates", goals)
+    put_seg("goal_cross_aggregates", cross)
+    seg_goals, seg_cross = segment_aggregates(5, "exp_s", {"US": 1.0, "GB": 1.0, "DE": 1.5})
+    put_seg("goal_segment_aggregates", seg_goals)
+    put_seg("goal_segment_cross_aggregates", seg_cross)
+
+    _, frame = run_evaluation(catalog, ["exp_s"], DAY, namespace=SEG_NAMESPACE, run_id="seg")
+    overall = frame[frame["dimension"].isna()]
+    assert not set(SEGMENT_STATISTICS) & set(overall["statistic"])
+    seg = frame[frame["dimension"].notna()]
+    assert set(seg["statistic"]) == set(SEGMENT_STATISTICS)
+    het = seg[seg["statistic"] == "heterogeneity"].set_index("metric_id")
+    assert het.loc["ctr", "decision"] == "heterogeneous"
+    assert het.loc["ctr", "segment"] == ""
+    flagged = seg[seg["decision"] == "flagged"]
+    assert flagged[["metric_id", "segment", "variant"]].values.tolist() == [["ctr", "DE", "1002"]]
+    counts = seg[seg["statistic"] == "segment_count"]
+    assert set(counts["segment"]) == {"US", "GB", "DE"}
+    assert (counts["point"] == 2000).all()
+    stored = read_results(catalog, namespace=SEG_NAMESPACE)
+    assert len(stored) == len(frame)
+    snaps = json.loads(stored["input_snapshots"].iloc[0])
+    assert f"{SEG_NAMESPACE}.goal_segment_aggregates" in snaps
+
+    before, again = reproduce(catalog, "exp_s", DAY, namespace=SEG_NAMESPACE)
+    cols = ["metric_id", "variant", "statistic", "dimension", "segment", "point", "p_value",
+            "p_value_adjusted", "decision"]  # fmt: skip
+    pd.testing.assert_frame_equal(before[cols], again[cols])
+
+
+NIGHT_NAMESPACE = "stats_results_night_test"
+
+
+def test_settle_night_adjusts_across_the_nights_experiments_in_one_commit(catalog):
+    """Two experiments of one night in a real Iceberg table: exp_s (DE planted, evaluated) and
+    exp_t (its rows with heterogeneity p-values 0.04 and 0.045: heterogeneous on its own, BH over
+    its 2 tests). Across the night's 4 tests exp_t's do not survive: its flag becomes a
+    candidate. Only that date's segment-test rows are rewritten, in one commit; again: no commit."""
+    from pyiceberg.expressions import EqualTo
+
+    from strata.stats.results import settle_night, write_results
+    from strata.stats.segments import settle_families
+
+    catalog.create_namespace_if_not_exists(NIGHT_NAMESPACE)
+
+    def put_night(name, frame):
+        arrow = pa.Table.from_pandas(frame, preserve_index=False)
+        ident = f"{NIGHT_NAMESPACE}.{name}"
+        catalog.create_table_if_not_exists(ident, schema=arrow.schema).overwrite(arrow)
+
+    put_night("experiments", pd.DataFrame([experiment_record("exp_s")]))
+    goals, cross = aggregates(4, ["exp_s"])
+    put_night("goal_aggregates", goals)
+    put_night("goal_cross_aggregates", cross)
+    seg_goals, seg_cross = segment_aggregates(5, "exp_s", {"US": 1.0, "GB": 1.0, "DE": 1.5})
+    put_night("goal_segment_aggregates", seg_goals)
+    put_night("goal_segment_cross_aggregates", seg_cross)
+    _, frame = run_evaluation(catalog, ["exp_s"], DAY, namespace=NIGHT_NAMESPACE, run_id="s")
+
+    het = frame["statistic"] == "heterogeneity"
+    assert frame.loc[het, "p_value"].min() < 1e-6  # the planted DE: survives any family here
+    t = frame.assign(experiment_id="exp_t", run_id="t")
+    t.loc[het & (t["metric_id"] == "ctr"), "p_value"] = 0.04
+    t.loc[het & (t["metric_id"] == "views"), "p_value"] = 0.045
+    t = settle_families(t, 0.05)  # per experiment: what its own evaluation would have written
+    assert (t.loc[het, "decision"] == "heterogeneous").all()
+    assert (t["decision"] == "flagged").sum() == 1
+    earlier = t.assign(analysis_date=date(2026, 3, 9))  # another night: untouched
+    write_results(catalog, pd.concat([t, earlier], ignore_index=True), namespace=NIGHT_NAMESPACE)
+    table = catalog.load_table(f"{NIGHT_NAMESPACE}.results")
+    before = read_results(catalog, namespace=NIGHT_NAMESPACE)
+    snapshots = len(table.snapshots())
+
+    settled = settle_night(catalog, DAY, NIGHT_NAMESPACE)
+    table = catalog.load_table(f"{NIGHT_NAMESPACE}.results")
+    assert len(table.snapshots()) == snapshots + 2  # one overwrite: its delete and its append
+    after = read_results(catalog, namespace=NIGHT_NAMESPACE)
+    assert (settled.experiments, settled.tests) == (2, 4)
+    assert settled.changed > 0
+    key = ["experiment_id", "analysis_date", "metric_id", "variant", "statistic", "dimension",
+           "segment"]  # fmt: skip
+    b = before.sort_values(key, ignore_index=True, na_position="first")
+    a = after.sort_values(key, ignore_index=True, na_position="first")
+    assert len(a) == len(b)
+    tests = ["heterogeneity", "segment_deviation"]
+    night = (b["analysis_date"] == DAY) & b["statistic"].isin(tests)
+    pd.testing.assert_frame_equal(a[~night], b[~night])  # every other row as it was
+    expected = settle_families(b[night], 0.05)
+    pd.testing.assert_frame_equal(a[night], expected)
+    tt = a[(a["experiment_id"] == "exp_t") & (a["analysis_date"] == DAY)]
+    assert set(tt.loc[tt["statistic"] == "heterogeneity", "decision"]) == {"homogeneous"}
+    assert (tt["decision"] == "candidate").sum() == 1
+    assert (tt["decision"] == "flagged").sum() == 0
+    ss = a[(a["experiment_id"] == "exp_s") & (a["decision"] == "flagged")]
+    assert ss[["metric_id", "segment"]].values.tolist() == [["ctr", "DE"]]
+    old = table.scan(row_filter=EqualTo("analysis_date", "2026-03-09")).to_pandas()
+    assert (old["decision"] == "flagged").sum() == 1
+
+    again = settle_night(catalog, DAY, NIGHT_NAMESPACE)
+    assert again.changed == 0
+    assert len(catalog.load_table(f"{NIGHT_NAMESPACE}.results").snapshots()) == snapshots + 2
+    pd.testing.assert_frame_equal(
+        read_results(catalog, namespace=NIGHT_NAMESPACE).sort_values(
+            key, ignore_index=True, na_position="first"
+        ),
+        a,
+    )

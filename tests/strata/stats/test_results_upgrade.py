@@ -15,6 +15,7 @@ from strata.stats import evaluate
 from strata.stats.results import (
     BAYES_STATISTICS,
     RESULTS_SCHEMA,
+    SCHEMA_VERSION,
     read_results,
     results_frame,
     write_results,
@@ -131,7 +132,8 @@ def test_table_of_the_previous_version_is_appended_to_in_place(catalog):
     assert table.metadata.table_uuid == uuid  # the same table, not dropped and recreated
     after = field_ids(table)
     assert {k: after[k] for k in ids} == ids  # existing columns keep their field ids
-    assert set(after) - set(ids) == {"reason"}  # the one new column, evolved in place
+    # the columns added since: reason (recommendations) and dimension, segment (segments)
+    assert set(after) - set(ids) == {"reason", "dimension", "segment"}
     assert not table.schema().find_field("reason").required
     stored = read_results(catalog, table="results_prev", namespace=NAMESPACE)
     old = stored[stored["run_id"] == "old-run"]
@@ -139,6 +141,8 @@ def test_table_of_the_previous_version_is_appended_to_in_place(catalog):
     assert len(old) == n_old > 0  # old rows kept
     assert set(old["analysis_date"]) == {OLD_DAY}
     assert old["reason"].isna().all()  # rows written before the column read it as null
+    assert old["dimension"].isna().all()
+    assert old["segment"].isna().all()
     assert not (BAYES | RECOMMENDATION) & set(old["statistic"])
     assert set(new["statistic"]) >= BAYES | RECOMMENDATION  # new rows present
     top = new[new["metric_id"] == "__recommendation__"]
@@ -172,7 +176,7 @@ def test_table_missing_columns_is_evolved_in_place(catalog):
     assert len(old) > 0
     assert old["schema_version"].isna().all()
     assert old["p_value_adjusted"].isna().all()
-    assert (new["schema_version"] == "2").all()
+    assert (new["schema_version"] == SCHEMA_VERSION).all()
     assert new.loc[new["statistic"] == "rel_diff", "p_value_adjusted"].notna().all()
     assert set(new["statistic"]) >= BAYES
 

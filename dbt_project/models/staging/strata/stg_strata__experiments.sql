@@ -1,4 +1,5 @@
--- Experiment windows: an event counts if it happened in [starts_at, ends_at).
+-- Experiment windows: an event counts if it happened in [starts_at, ends_at); and the metrics
+-- (JSON, as the definitions store them) for the metric options dbt applies (caps).
 select
     experiment_id,
     unit_type,
@@ -6,6 +7,7 @@ select
     start_date,
     end_date,
     cast(start_date as timestamp) as starts_at,
-    cast(date_add(end_date, 1) as timestamp) as ends_at
+    cast(date_add(end_date, 1) as timestamp) as ends_at,
+    metrics
 
 from {{ source('strata', 'experiments') }}

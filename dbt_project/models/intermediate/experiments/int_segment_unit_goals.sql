@@ -1,0 +1,54 @@
+-- Per exposed unit and goal: the unit's goal count and value from its exposure up to its
+-- experiment's newest analysis date (the as-of day of the run; pre_<goal> covariates included),
+-- with the unit's segments beside it. One row per unit and goal it has; the segment marts read it
+-- once each. Segment results are for that one date per run (the results table keeps the history).
+{{ config(materialized='table') }}
+
+with
+
+targets as (
+
+    -- each experiment's newest analysis date: the run's as-of day, or its window's last day
+    select
+        experiment_id,
+        max(as_of_date) as as_of_date
+    from {{ ref('int_analysis_dates') }}
+    group by experiment_id
+
+),
+
+totals as (
+
+    select
+        f.experiment_id,
+        f.unit_type,
+        f.unit_id,
+        f.goal,
+        sum(f.goal_count) as goal_count,
+        sum(f.goal_value) as goal_value
+    from {{ ref('fct_unit_goals_daily') }} as f
+    inner join targets as t
+        on f.experiment_id = t.experiment_id and f.event_date <= t.as_of_date
+    group by f.experiment_id, f.unit_type, f.unit_id, f.goal
+
+)
+
+select
+    t.as_of_date,
+    s.experiment_id,
+    s.variant_id,
+    s.unit_type,
+    s.unit_id,
+    {%- for d in segment_dimensions() %}
+        s.{{ d }},
+    {%- endfor %}
+    g.goal,
+    g.goal_count,
+    g.goal_value
+
+from {{ ref('int_unit_segments') }} as s
+inner join targets as t
+    on s.experiment_id = t.experiment_id and s.exposure_date <= t.as_of_date
+-- a unit without goals keeps one row with a null goal: it is still exposed
+left join totals as g
+    on s.experiment_id = g.experiment_id and s.unit_type = g.unit_type and s.unit_id = g.unit_id
