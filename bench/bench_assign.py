@@ -176,6 +176,8 @@ def same_io_floor(units, defs, rows_per_unit: float):
             lay.priority,
             lay.service,
             v.params_json,
+            None,  # first_assigned_date: the bench's day, below
+            0,  # ramp_period
         )
         for lay in defs.layers
         for e in defs.layer_experiments(lay.id)
@@ -196,6 +198,8 @@ def same_io_floor(units, defs, rows_per_unit: float):
     def field(name: str, dtype: str):
         if name == "slot":
             return (F.col("code") % F.lit(SLOTS)).cast("int")
+        if name == "first_assigned_date":
+            return F.current_date()
         i = names.index(name)
         return F.element_at(F.array(*[F.lit(m[i]).cast(dtype) for m in meta]), index)
 

@@ -61,10 +61,13 @@ from strata.contracts import (
 from strata.definitions import (
     Definitions,
     ExperimentDefinition,
+    Holdout,
     bundled_path,
     canonical_json,
+    holdout_record,
     load,
     metrics_json,
+    ramp_json,
     variants_json,
 )
 from strata.lifecycle import RecordedState, check_transitions, next_states, states_from_rows
@@ -98,6 +101,8 @@ ASSIGNMENT_FIELDS = (
     ("service", "string"),
     ("slot", "int"),
     ("params", "string"),
+    ("first_assigned_date", "date"),
+    ("ramp_period", "int"),
 )
 ASSIGNMENTS_SCHEMA = (
     "unit_type string, unit_id string, "
@@ -108,7 +113,8 @@ EXPERIMENTS_SCHEMA = (
     "experiment_id string, name string, owner string, description string, layer_id string, "
     "domain_id string, unit_type string, status string, start_date date, end_date date, "
     "deployment_key string, platforms array<string>, variants string, metrics string, "
-    "definitions_version string, status_since date, status_version string"
+    "definitions_version string, status_since date, status_version string, sticky boolean, "
+    "ramp string"
 )
 
 
@@ -203,6 +209,12 @@ def assign_units(
     salts = sorted(
         {lay.salt for lay in layers}
         | {d.salt for lay in layers for d in defs.domain_chain(lay.domain)}
+        | {
+            d.holdout_salt
+            for lay in layers
+            for d in defs.domain_chain(lay.domain)
+            if d.holdout_salt is not None
+        }
     )
     slot_names = {salt: f"__slot_{i}" for i, salt in enumerate(salts)}
     # Slots and semver sort keys first, in their own projections, so each is computed once per
@@ -246,7 +258,7 @@ def assign_units(
             if key not in rule_ids:
                 rule_ids[key] = len(rules)
                 rules.append(to_column(e.targeting, schema, semver_keys=semver_keys))
-            for v in e.variants:
+            for v in e.variants_on(day):
                 meta.append(
                     (
                         e.id,
@@ -258,6 +270,8 @@ def assign_units(
                         lay.priority,
                         lay.service,
                         v.params_json,
+                        None,  # first_assigned_date: the day (see field below)
+                        e.period(day),
                     )
                 )
                 by_slot[v.start : v.end] = [len(meta) - 1] * (v.end - v.start)
@@ -275,6 +289,8 @@ def assign_units(
         for d in defs.domain_chain(lay.domain):
             ds = F.col(slot_names[d.salt])
             in_domain = in_domain & (ds >= d.start) & (ds < d.end)
+            if d.holdout_salt is not None:  # the domain's holdout is in none of its experiments
+                in_domain = in_domain & (F.col(slot_names[d.holdout_salt]) >= d.holdout_slots)
         hit = in_domain & (candidate >= 0) & passes
         codes.append(F.when(hit, candidate * SLOTS + s))
     if not codes:
@@ -287,6 +303,8 @@ def assign_units(
     def field(i: int, name: str, dtype: str) -> Column:
         if name == "slot":
             return (code_col % F.lit(SLOTS)).cast("int")
+        if name == "first_assigned_date":
+            return F.lit(day).cast("date")
         values = F.array(*[F.lit(row[i]).cast(dtype) for row in meta])
         return F.element_at(values, index)
 
@@ -305,13 +323,211 @@ def assign_units(
     )
 
 
-def shipped_units(units: DataFrame, unit_type: str, defs: Definitions) -> list[DataFrame]:
+def holdout_rows(units: DataFrame, h: Holdout, defs: Definitions, day: dt.date) -> DataFrame:
+    """The rows of holdout ``h``'s comparison (:func:`strata.assignment.holdout_assignments`):
+    every unit in its domain (not held out by an enclosing domain), ``holdout`` or ``rest``."""
+    from pyspark.sql import functions as F
+
+    uid = F.col(h.unit_type)
+    inside = F.lit(True)
+    for d in defs.domain_chain(h.domain):
+        ds = slot_column(d.salt, uid)
+        inside = inside & (ds >= d.start) & (ds < d.end)
+        if d.id != h.domain and d.holdout_salt is not None:
+            inside = inside & (slot_column(d.holdout_salt, uid) >= d.holdout_slots)
+    s = slot_column(h.salt, uid)
+    held = s < F.lit(h.slots)
+    return units.where(inside).select(
+        F.lit(h.unit_type).alias("unit_type"),
+        uid.alias("unit_id"),
+        F.lit(h.experiment_id).alias("experiment_id"),
+        F.when(held, F.lit(h.holdout_vid)).otherwise(F.lit(h.rest_vid)).alias("variant_id"),
+        F.when(held, F.lit("holdout")).otherwise(F.lit("rest")).alias("variant_name"),
+        held.alias("is_control"),
+        F.lit("").alias("layer_id"),
+        F.lit(h.domain).alias("domain_id"),
+        F.lit(0).alias("layer_priority"),
+        F.lit(None).cast("string").alias("service"),
+        s.alias("slot"),
+        F.lit("{}").alias("params"),
+        F.lit(day).cast("date").alias("first_assigned_date"),
+        F.lit(0).alias("ramp_period"),
+    )
+
+
+# --- sticky assignment: the previous snapshot ------------------------------------------------
+
+
+def sticky_experiments(defs: Definitions, day: dt.date) -> list[ExperimentDefinition]:
+    """Sticky experiments the batch job assigns on ``day``."""
+    online = online_experiments(defs)
+    return [e for e in defs.experiments if e.sticky and e.assigned_on(day) and e.id not in online]
+
+
+def sticky_eligible(units: DataFrame, unit_type: str, defs: Definitions, day: dt.date) -> DataFrame:
+    """``(unit_type, unit_id, experiment_id)`` of the units that may keep a previous variant of a
+    sticky experiment on ``day``: in the layer's domains and matched by its targeting today."""
+    from pyspark.sql import functions as F
+
+    uid = F.col(unit_type)
+    tags = []
+    for e in sticky_experiments(defs, day):
+        lay = defs.layer(e.layer)
+        if lay.unit_type != unit_type:
+            continue
+        ok = to_column(e.targeting, units.schema)
+        for d in defs.domain_chain(lay.domain):
+            ds = slot_column(d.salt, uid)
+            ok = ok & (ds >= d.start) & (ds < d.end)
+            if d.holdout_salt is not None:
+                ok = ok & (slot_column(d.holdout_salt, uid) >= d.holdout_slots)
+        tags.append(F.when(ok, F.lit(e.id)))
+    if not tags:
+        return units.sparkSession.createDataFrame(
+            [], "unit_type string, unit_id string, experiment_id string"
+        )
+    return (
+        units.select(uid.alias("unit_id"), F.explode(F.array(*tags)).alias("experiment_id"))
+        .where(F.col("experiment_id").isNotNull())
+        .select(F.lit(unit_type).alias("unit_type"), "unit_id", "experiment_id")
+    )
+
+
+def period_column(defs: Definitions, experiment_id: Column, day: Column) -> Column:
+    """The ramp period of ``experiment_id`` on ``day`` (0 without a ramp): Spark's
+    :meth:`ExperimentDefinition.period`."""
+    from pyspark.sql import functions as F
+
+    out: Any = None
+    for e in defs.experiments:
+        if not e.ramp:
+            continue
+        p = sum((day >= F.lit(step.date)).cast("int") for step in e.ramp)
+        hit = experiment_id == F.lit(e.id)
+        out = F.when(hit, p) if out is None else out.when(hit, p)
+    return F.lit(0) if out is None else out.otherwise(F.lit(0))
+
+
+def with_previous(
+    fresh: DataFrame,
+    previous: DataFrame,
+    units: dict[str, DataFrame],
+    defs: Definitions,
+    day: dt.date,
+) -> DataFrame:
+    """Today's rows given the previous ``assignments`` snapshot (the reference's semantics,
+    :func:`strata.assignment.assign_layer`): a unit keeps its previous variant and slot of a
+    sticky experiment assigned today that still has that variant and still targets it (then the
+    unit is in no other experiment of that layer); every other row is today's ``fresh`` one.
+    ``first_assigned_date`` carries over while a unit keeps its variant (rows written before the
+    column existed read as the experiment's ``start_date``); ``ramp_period`` is its period."""
+    from pyspark.sql import functions as F
+
+    spark = fresh.sparkSession
+    first = (
+        F.col("first_assigned_date")
+        if "first_assigned_date" in previous.columns
+        else F.lit(None).cast("date")
+    )
+    prev = previous.select(
+        "unit_type",
+        "unit_id",
+        "experiment_id",
+        "variant_id",
+        F.col("slot").alias("prev_slot"),
+        first.alias("prev_first"),
+    )
+    starts = spark.createDataFrame(
+        [(e.id, e.start_date) for e in defs.experiments], "experiment_id string, start date"
+    )
+    prev = prev.join(F.broadcast(starts), "experiment_id", "left").select(
+        "unit_type",
+        "unit_id",
+        "experiment_id",
+        "variant_id",
+        "prev_slot",
+        F.coalesce("prev_first", "start").alias("prev_first"),
+    )
+    fields = [n for n, _ in ASSIGNMENT_FIELDS]
+    sticky = sticky_experiments(defs, day)
+    if sticky:
+        eligible = None
+        for unit_type, df in sorted(units.items()):
+            part = sticky_eligible(df, unit_type, defs, day)
+            eligible = part if eligible is None else eligible.unionByName(part)
+        meta = []
+        for e in sticky:
+            lay = defs.layer(e.layer)
+            for v in e.variants_on(day):
+                meta.append(
+                    (
+                        e.id,
+                        v.vid,
+                        v.name,
+                        v.is_control,
+                        lay.id,
+                        lay.domain,
+                        lay.priority,
+                        lay.service,
+                        v.params_json,
+                    )
+                )
+        variants = spark.createDataFrame(
+            meta,
+            "experiment_id string, variant_id int, variant_name string, is_control boolean, "
+            "layer_id string, domain_id string, layer_priority int, service string, "
+            "params string",
+        )
+        assert eligible is not None
+        kept = (
+            prev.join(eligible, ["unit_type", "unit_id", "experiment_id"])
+            .join(F.broadcast(variants), ["experiment_id", "variant_id"])
+            .withColumnRenamed("prev_slot", "slot")
+            .withColumnRenamed("prev_first", "first_assigned_date")
+        )
+        kept = kept.select(
+            "unit_type",
+            "unit_id",
+            *[
+                period_column(defs, F.col("experiment_id"), F.col("first_assigned_date")).alias(n)
+                if n == "ramp_period"
+                else F.col(n)
+                for n in fields
+            ],
+        )
+        fresh = fresh.join(
+            kept.select("unit_type", "unit_id", "layer_id"),
+            ["unit_type", "unit_id", "layer_id"],
+            "left_anti",
+        )
+    else:
+        kept = None
+    carried = fresh.join(
+        prev.drop("prev_slot"), ["unit_type", "unit_id", "experiment_id", "variant_id"], "left"
+    ).withColumn("first_assigned_date", F.coalesce("prev_first", "first_assigned_date"))
+    carried = carried.select(
+        "unit_type",
+        "unit_id",
+        *[
+            period_column(defs, F.col("experiment_id"), F.col("first_assigned_date")).alias(n)
+            if n == "ramp_period"
+            else F.col(n)
+            for n in fields
+        ],
+    )
+    return carried if kept is None else carried.unionByName(kept)
+
+
+def shipped_units(
+    units: DataFrame, unit_type: str, defs: Definitions, day: dt.date | None = None
+) -> list[DataFrame]:
     """Rows serving each shipped experiment (of layers hashing ``unit_type``) to every unit in its
     layer's scope: in the layer's domains and matching its targeting, whatever the slot. They
     carry ``shipped:<id>`` as experiment id (kept out of the experiment's analysis) and the launch
     layer's id and priority (so experiments of higher-priority layers override them), the
     experiment layer's service and the shipped variant. Windows do not apply (a launch lasts
-    until the definitions remove it). As :func:`strata.assignment.shipped_assignments`."""
+    until the definitions remove it). ``first_assigned_date`` is the run day ``day`` (default
+    today UTC), ``ramp_period`` 0. As :func:`strata.assignment.shipped_assignments`."""
     from pyspark.sql import functions as F
 
     launch = next((lay for lay in defs.layers if lay.launch), None)
@@ -336,6 +552,8 @@ def shipped_units(units: DataFrame, unit_type: str, defs: Definitions) -> list[D
             "layer_priority": launch.priority,
             "service": layer.service,
             "params": v.params_json,
+            "first_assigned_date": day or utc_today(),
+            "ramp_period": 0,
         }
         out.append(
             units.where(cond).select(
@@ -358,12 +576,15 @@ def transform(
     run_id: str,
     assigned_at: dt.datetime,
     as_of: dt.date | None = None,
+    previous: DataFrame | None = None,
     kept: DataFrame | None = None,
 ) -> DataFrame:
     """All assignment rows on the day ``as_of`` (default today UTC), with the run columns: the
-    pure core of the job (nothing written). Running experiments are assigned; shipped ones get
-    their serving rows (:func:`shipped_units`); ``kept`` (the previous snapshot's rows of paused,
-    stopped and shipped experiments: :func:`kept_rows`) is carried over unchanged."""
+    pure core of the job (nothing written). Running experiments are assigned; ``previous``: the
+    current ``assignments`` snapshot (None on a first run), for sticky experiments and
+    ``first_assigned_date`` (:func:`with_previous`). Shipped ones get their serving rows
+    (:func:`shipped_units`); ``kept`` (the previous snapshot's rows of paused, stopped and
+    shipped experiments: :func:`kept_rows`) is carried over unchanged."""
     from pyspark.sql import functions as F
 
     frames = [
@@ -371,17 +592,34 @@ def transform(
         for unit_type, df in sorted(units.items())
         if any(lay.unit_type == unit_type for lay in defs.layers)
     ]
+    day = as_of or utc_today()
     frames += [
-        f for unit_type, df in sorted(units.items()) for f in shipped_units(df, unit_type, defs)
+        holdout_rows(units[h.unit_type], h, defs, day)
+        for h in defs.holdouts
+        if h.unit_type in units and h.window(day) is None
+    ]
+    # rows of no sticky/ramp concern: shipped serving rows (first assigned the run day, period
+    # 0) and frozen experiments' kept rows (unchanged), joined after with_previous
+    other = [
+        f
+        for unit_type, df in sorted(units.items())
+        for f in shipped_units(df, unit_type, defs, day)
     ]
     if kept is not None:
-        frames.append(kept.select("unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]))
-    if not frames:  # no layer (so no experiment) for any unit type: an empty snapshot
+        other.append(kept.select("unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]))
+    if not frames and not other:  # no layer (so no experiment) for any unit type: empty
         spark = next(iter(units.values())).sparkSession
         return spark.createDataFrame([], ASSIGNMENTS_SCHEMA)
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f)
+    out: DataFrame | None = None
+    if frames:
+        out = frames[0]
+        for f in frames[1:]:
+            out = out.unionByName(f)
+        if previous is not None:
+            out = with_previous(out, previous, units, defs, day)
+    for f in other:
+        out = f if out is None else out.unionByName(f)
+    assert out is not None
     return out.select(
         "*",
         F.lit(defs.version).alias("definitions_version"),
@@ -422,6 +660,33 @@ def experiments_frame(
                 defs.version,
                 state.since,
                 state.version,
+                e.sticky,
+                canonical_json(ramp_json(e)),
+            )
+        )
+    for h in defs.holdouts:  # the long-term comparisons: status holdout, never published
+        r = holdout_record(h)
+        rows.append(
+            (
+                r["experiment_id"],
+                r["name"],
+                r["owner"],
+                r["description"],
+                r["layer_id"],
+                r["domain_id"],
+                r["unit_type"],
+                r["status"],
+                h.start_date,
+                h.end_date,
+                None,
+                [],
+                canonical_json(r["variants"]),
+                canonical_json(r["metrics"]),
+                defs.version,
+                h.start_date,
+                defs.version,
+                False,
+                "[]",
             )
         )
     return spark.createDataFrame(rows, EXPERIMENTS_SCHEMA)
@@ -446,19 +711,49 @@ def recorded(spark: SparkSession, settings: Settings) -> dict[str, RecordedState
     return states_from_rows(r.asDict() for r in spark.table(table).collect())
 
 
-def kept_rows(spark: SparkSession, settings: Settings, defs: Definitions) -> DataFrame | None:
+def assignments_snapshot(spark: SparkSession, settings: Settings) -> DataFrame | None:
+    """The current ``assignments`` snapshot, pinned by snapshot id (None when the table does not
+    exist or is empty): read once per run, for sticky experiments (:func:`previous_snapshot`)
+    and the rows frozen experiments keep (:func:`kept_rows`). A replace commit deletes no data
+    file, so the write can stream from the snapshot it replaces."""
+    table = settings.table(ASSIGNMENTS_TABLE)
+    sid = _current_snapshot(spark, table)
+    return None if sid is None else spark.read.option("snapshot-id", sid).table(table)
+
+
+def kept_rows(
+    spark: SparkSession,
+    settings: Settings,
+    defs: Definitions,
+    current: DataFrame | None = None,
+) -> DataFrame | None:
     """The current ``assignments`` rows of paused, stopped and shipped experiments (their serving
-    ``shipped:`` rows excluded: those are recomputed), read at the table's current snapshot; None
-    when there is nothing to keep."""
+    ``shipped:`` rows excluded: those are recomputed), read at the table's current snapshot
+    (``current``: that snapshot, already read); None when there is nothing to keep. Rows written
+    before ``first_assigned_date``/``ramp_period`` existed get the experiment's ``start_date``
+    and period 0."""
     from pyspark.sql import functions as F
 
     frozen = sorted(e.id for e in defs.experiments if e.frozen)
-    table = settings.table(ASSIGNMENTS_TABLE)
-    sid = _current_snapshot(spark, table) if frozen else None
-    if sid is None:
+    if not frozen:
         return None
-    rows = spark.read.option("snapshot-id", sid).table(table)
-    return rows.where(F.col("experiment_id").isin(frozen))
+    rows = current if current is not None else assignments_snapshot(spark, settings)
+    if rows is None:
+        return None
+    rows = rows.where(F.col("experiment_id").isin(frozen))
+    if "first_assigned_date" not in rows.columns:
+        starts: Any = None
+        for e in defs.experiments:
+            if e.id in frozen:
+                hit = F.col("experiment_id") == F.lit(e.id)
+                start = F.lit(e.start_date).cast("date")
+                starts = F.when(hit, start) if starts is None else starts.when(hit, start)
+        rows = rows.withColumn("first_assigned_date", starts)
+    if "ramp_period" not in rows.columns:
+        rows = rows.withColumn("ramp_period", F.lit(0))
+    return rows.select(
+        "unit_type", "unit_id", *[F.col(n).cast(t).alias(n) for n, t in ASSIGNMENT_FIELDS]
+    )
 
 
 def outside_window(defs: Definitions, day: dt.date) -> dict[str, str]:
@@ -507,21 +802,40 @@ def input_snapshots(spark: SparkSession, settings: Settings) -> dict[str, tuple[
     return out
 
 
+def previous_snapshot(
+    spark: SparkSession, settings: Settings, current: DataFrame | None = None
+) -> DataFrame | None:
+    """The current ``assignments`` snapshot (None on a first run), pinned by snapshot id before
+    the job replaces the table (``current``: that snapshot, already read by
+    :func:`assignments_snapshot`). Its schema may predate ``first_assigned_date``/
+    ``ramp_period``: :func:`with_previous` reads such rows."""
+    df = current if current is not None else assignments_snapshot(spark, settings)
+    if df is None:
+        return None
+    cols = ["unit_type", "unit_id", "experiment_id", "variant_id", "slot"]
+    cols += [c for c in ("first_assigned_date",) if c in df.columns]
+    return df.select(*cols)  # pinned: the replace commit leaves that snapshot's files in place
+
+
 def run_identity(
     version: str,
     snapshots: dict[str, tuple[int, dt.datetime]],
     left_out: dict[str, str] | None = None,
     kept: list[str] | None = None,
+    periods: dict[str, int] | None = None,
 ) -> tuple[str, Any]:
     """(run_id, assigned_at): functions of the definitions, the input snapshots, the running
     experiments the day leaves out of their window (none: the key is the one from before dates
     were honoured, so such runs keep their ids) and the paused/stopped/shipped experiments whose
-    rows are kept from the previous snapshot (none: the key from before states)."""
+    rows are kept from the previous snapshot (none: the key from before states) and the ramp
+    periods past the first step (none: the key from before ramps)."""
     key = version + "|" + "|".join(f"{n}@{sid}" for n, (sid, _) in sorted(snapshots.items()))
     if left_out:
         key += "|outside:" + ",".join(f"{e}={w}" for e, w in sorted(left_out.items()))
     if kept:
         key += "|kept:" + ",".join(sorted(kept))
+    if periods:  # ramped experiments past their first step: the day changes their ranges
+        key += "|periods:" + ",".join(f"{e}={p}" for e, p in sorted(periods.items()))
     run_id = hashlib.sha256(key.encode()).hexdigest()[:16]
     return run_id, max(at for _, at in snapshots.values())
 
@@ -552,16 +866,19 @@ def run(
     if bad:
         raise ValueError(f"input units with a null id (cannot be hashed): {bad}")
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
-    kept = kept_rows(spark, settings, defs)
+    periods = {e.id: p for e in defs.experiments if e.assigned and (p := e.period(day))}
     frozen = [e.id for e in defs.experiments if e.frozen]
-    run_id, assigned_at = run_identity(defs.version, snapshots, left_out, frozen)
+    run_id, assigned_at = run_identity(defs.version, snapshots, left_out, frozen, periods)
+    current = assignments_snapshot(spark, settings)  # read once: sticky and kept rows
+    previous = previous_snapshot(spark, settings, current)
+    kept = kept_rows(spark, settings, defs, current)
     warnings = unassignable(units, defs, day)
     props = {
         "strata.definitions-version": defs.version,
         "strata.run-id": run_id,
         "strata.inputs": json.dumps({n: sid for n, (sid, _) in sorted(snapshots.items())}),
     }
-    assignments = transform(units, defs, run_id, assigned_at, day, kept)
+    assignments = transform(units, defs, run_id, assigned_at, day, previous, kept)
     writer = (
         assignments.sortWithinPartitions("unit_id")
         .writeTo(settings.table(ASSIGNMENTS_TABLE))

@@ -421,6 +421,8 @@ def evaluate_experiment(experiment_id: str, analysis_date: str, history: bool = 
     rec = (recs["recommendation"].iloc[0], recs["reason"].iloc[0]) if len(recs) else (None, None)
     log.info("%s as of %s: %d result rows over %d dates; verdict per variant %s; recommend %s: %s",
              experiment_id, day, night.rows, night.dates, verdict, *rec)  # fmt: skip
+    for line in night.ramp_srm_lines():
+        log.info("%s", line)
     return {"experiment_id": experiment_id, "analysis_date": analysis_date, "rows": night.rows,
             "dates": night.dates, "verdicts": verdict, "recommendation": rec[0],
             "evaluated_dates": [d.isoformat() for d in night.evaluated_dates]}  # fmt: skip

@@ -62,7 +62,12 @@ from strata.rules import evaluate, fields
 SlotOf = Callable[[str, str], int]
 
 if TYPE_CHECKING:
-    from strata.definitions import Definitions, Layer
+    from strata.definitions import (
+        Definitions,
+        ExperimentDefinition,
+        Layer,
+        VariantDefinition,
+    )
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,78 @@ class Assignment:
     service: str | None
     slot: int
     params: str  # canonical JSON
+    #: The day the unit got this variant (kept across runs while it keeps it), and the ramp
+    #: period in effect that day (its cohort: :meth:`ExperimentDefinition.period`).
+    first_assigned_date: dt.date | None = None
+    ramp_period: int = 0
 
     def key(self) -> tuple[Any, ...]:
         return tuple(self.__dict__.values())
 
 
+@dataclass(frozen=True)
+class Previous:
+    """A unit's row for one experiment in the previous ``assignments`` snapshot (what sticky
+    assignment and ``first_assigned_date`` read). ``first_assigned_date`` is None for rows
+    written before the column existed (read as the experiment's ``start_date``)."""
+
+    variant_id: int
+    slot: int
+    first_assigned_date: dt.date | None = None
+
+
 def in_domain(defs: Definitions, domain_id: str, unit_id: str, slot_of: SlotOf = slot) -> bool:
     """Is the unit inside ``domain_id`` (and every domain enclosing it)?"""
     return all(d.start <= slot_of(d.salt, unit_id) < d.end for d in defs.domain_chain(domain_id))
+
+
+def held_out(defs: Definitions, domain_id: str, unit_id: str, slot_of: SlotOf = slot) -> bool:
+    """Is the unit in the holdout of ``domain_id`` or of a domain enclosing it? Then it is in no
+    experiment of the domain: ``slot(holdout salt, unit_id) < holdout slots`` (percent x 100)."""
+    return any(
+        d.holdout_salt is not None and slot_of(d.holdout_salt, unit_id) < d.holdout_slots
+        for d in defs.domain_chain(domain_id)
+    )
+
+
+def holdout_assignments(
+    defs: Definitions, unit_type: str, unit_id: str, *, as_of: dt.date | None = None
+) -> list[Assignment]:
+    """The unit's rows of the domain holdouts' comparisons on ``as_of`` (default today UTC):
+    for each holdout with a comparison window holding the day, of the unit's type, whose domain
+    the unit is in (and not held out by an enclosing domain), a row of the pseudo-experiment
+    ``holdout_<domain>``: variant ``holdout`` (the control) or ``rest``. Batch only: these rows
+    are written to ``assignments``, never served (status ``holdout``)."""
+    day = as_of or utc_today()
+    out = []
+    for h in defs.holdouts:
+        if h.unit_type != unit_type or h.window(day) is not None:
+            continue
+        if not in_domain(defs, h.domain, unit_id) or held_out(
+            defs, defs.domain(h.domain).parent, unit_id
+        ):
+            continue
+        s = slot(h.salt, unit_id)
+        held = s < h.slots
+        out.append(
+            Assignment(
+                unit_type,
+                unit_id,
+                h.experiment_id,
+                h.holdout_vid if held else h.rest_vid,
+                "holdout" if held else "rest",
+                held,
+                "",
+                h.domain,
+                0,
+                None,
+                s,
+                "{}",
+                day,
+                0,
+            )
+        )
+    return out
 
 
 def assign_layer(
@@ -100,47 +169,83 @@ def assign_layer(
     as_of: dt.date | None = None,
     only: Collection[str] | None = None,
     slot_of: SlotOf = slot,
+    previous: Mapping[str, Previous] | None = None,
 ) -> Assignment | None:
     """The unit's variant in one layer on the day ``as_of`` (default today UTC), or None.
 
     ``only`` restricts the experiments considered (the others' slots then give None);
     ``slot_of`` replaces the slot formula (:func:`assign_random` draws instead).
+    ``previous``: the unit's rows of the previous snapshot by experiment id. A unit keeps
+    its previous variant (and slot) of a *sticky* experiment that is assigned on the day, still
+    has that variant and whose targeting still matches (re-checked; the domain too), whatever
+    today's ranges say; it is then in no other experiment of the layer. Otherwise the slot
+    picks the variant in the ranges of the day (:meth:`ExperimentDefinition.variants_on`).
     """
-    if not in_domain(defs, layer.domain, unit_id, slot_of):
+    if not in_domain(defs, layer.domain, unit_id, slot_of) or held_out(
+        defs, layer.domain, unit_id, slot_of
+    ):
         return None
     day = as_of or utc_today()
-    s = slot_of(layer.salt, unit_id)
-    for e in defs.layer_experiments(layer.id):
-        if not e.assigned_on(day) or (only is not None and e.id not in only):
+    previous = previous or {}
+    experiments = [
+        e
+        for e in defs.layer_experiments(layer.id)
+        if e.assigned_on(day) and (only is None or e.id in only)
+    ]
+
+    def row(e: ExperimentDefinition, v: VariantDefinition, s: int, first: dt.date) -> Assignment:
+        return Assignment(
+            layer.unit_type,
+            unit_id,
+            e.id,
+            v.vid,
+            v.name,
+            v.is_control,
+            layer.id,
+            layer.domain,
+            layer.priority,
+            layer.service,
+            s,
+            v.params_json,
+            first,
+            e.period(first),
+        )
+
+    for e in experiments:  # sticky: the previous variant wins over today's ranges
+        prev = previous.get(e.id)
+        if not e.sticky or prev is None:
             continue
-        for v in e.variants:
+        kept = next((v for v in e.variants_on(day) if v.vid == prev.variant_id), None)
+        if kept is not None and evaluate(e.targeting, context):
+            return row(e, kept, prev.slot, prev.first_assigned_date or e.start_date)
+    s = slot_of(layer.salt, unit_id)
+    for e in experiments:
+        for v in e.variants_on(day):
             if v.start <= s < v.end:
                 if not evaluate(e.targeting, context):
                     return None
-                return Assignment(
-                    layer.unit_type,
-                    unit_id,
-                    e.id,
-                    v.vid,
-                    v.name,
-                    v.is_control,
-                    layer.id,
-                    layer.domain,
-                    layer.priority,
-                    layer.service,
-                    s,
-                    v.params_json,
-                )
+                prev = previous.get(e.id)
+                first = day
+                if prev is not None and prev.variant_id == v.vid:
+                    first = prev.first_assigned_date or e.start_date
+                return row(e, v, s, first)
     return None
 
 
 def shipped_assignments(
-    defs: Definitions, unit_type: str, unit_id: str, context: Mapping[str, Any]
+    defs: Definitions,
+    unit_type: str,
+    unit_id: str,
+    context: Mapping[str, Any],
+    *,
+    as_of: dt.date | None = None,
 ) -> list[Assignment]:
     """The rows serving shipped experiments to this unit: one per shipped experiment of a layer
     hashing ``unit_type`` whose domains hold the unit and whose targeting matches it, whatever
     its slot and the day. Experiment id ``shipped:<id>`` (outside the experiment's analysis),
-    the shipped variant, the launch layer's id and priority, the experiment layer's service."""
+    the shipped variant, the launch layer's id and priority, the experiment layer's service;
+    ``first_assigned_date`` the day ``as_of`` (default today UTC), ramp period 0."""
+    day = as_of or utc_today()
     launch = next((lay for lay in defs.layers if lay.launch), None)
     out = []
     for e in defs.experiments:
@@ -163,6 +268,8 @@ def shipped_assignments(
                     layer.service,
                     slot(layer.salt, unit_id),
                     v.params_json,
+                    day,
+                    0,
                 )
             )
     return out
@@ -176,13 +283,15 @@ def assign_unit(
     *,
     as_of: dt.date | None = None,
     only: Collection[str] | None = None,
+    previous: Mapping[str, Previous] | None = None,
 ) -> list[Assignment]:
     """Every experiment the unit is in on the day ``as_of`` (default today UTC), and the shipped
     experiments it is served (:func:`shipped_assignments`), by id (``only``: among these
-    experiments). A url unit is hashed in its normal form (:func:`strata.keyspace.normalize_url`),
-    which is also the context's ``url``. The rows a paused, stopped or shipped experiment keeps
-    from earlier runs are history, not a function of the unit: the assignment job carries them
-    over; they are never served."""
+    experiments; ``previous``: the unit's rows of the previous snapshot by experiment id, for
+    sticky experiments, see :func:`assign_layer`). A url unit is hashed in its normal form
+    (:func:`strata.keyspace.normalize_url`), which is also the context's ``url``. The rows a
+    paused, stopped or shipped experiment keeps from earlier runs are history, not a function of
+    the unit: the assignment job carries them over; they are never served."""
     if unit_id is None:
         raise ValueError(f"unit_id is None for unit type {unit_type!r}")
     if unit_type in PER_REQUEST_UNIT_TYPES:
@@ -195,9 +304,14 @@ def assign_unit(
         a
         for layer in defs.layers
         if layer.unit_type == unit_type
-        and (a := assign_layer(defs, layer, unit_id, context, as_of=day, only=only)) is not None
+        and (
+            a := assign_layer(
+                defs, layer, unit_id, context, as_of=day, only=only, previous=previous
+            )
+        )
+        is not None
     ]
-    rows += shipped_assignments(defs, unit_type, unit_id, context)
+    rows += shipped_assignments(defs, unit_type, unit_id, context, as_of=day)
     return sorted(rows, key=lambda a: a.experiment_id)
 
 

@@ -87,6 +87,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+class HoldoutModel(_Strict):
+    """A domain's holdout: the units with ``slot(salt, unit_id) < percent * 100`` are in no
+    experiment of the domain (nested domains included)."""
+
+    percent: float = Field(gt=0, lt=100, description="Share of the domain's units held out, %.")
+    salt: str = Field(min_length=1, description="Salt of the holdout split (its own hash).")
+    unit_type: Literal["user_id", "device_id"] = Field(
+        "user_id", description="Unit of the long-term comparison rows (holdout vs the rest)."
+    )
+    start_date: dt.date | None = Field(None, description="Comparison window (with end_date).")
+    end_date: dt.date | None = None
+    holdout_vid: int | None = Field(None, ge=1, description="vid of the holdout (control).")
+    rest_vid: int | None = Field(None, ge=1, description="vid of everyone else in the domain.")
+
+    @model_validator(mode="after")
+    def _comparison(self) -> HoldoutModel:
+        given = [
+            x is not None for x in (self.start_date, self.end_date, self.holdout_vid, self.rest_vid)
+        ]
+        if any(given) and not all(given):
+            raise ValueError(
+                "a holdout comparison needs start_date, end_date, holdout_vid and rest_vid"
+            )
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        if self.holdout_vid is not None and self.holdout_vid == self.rest_vid:
+            raise ValueError("holdout_vid and rest_vid must differ")
+        return self
+
+
 class DomainModel(_Strict):
     """A share of traffic (seed 003). Siblings share ``salt`` and own disjoint ``slots``."""
 
@@ -97,6 +127,9 @@ class DomainModel(_Strict):
     salt: str = Field(min_length=1, description="Salt of the split among sibling domains.")
     slots: tuple[int, int] = Field(description="[start, end) of the parent's split, in 0..10000.")
     kind: Literal["overlapping", "non_overlapping"] = "overlapping"
+    holdout: HoldoutModel | None = Field(
+        None, description="Units excluded from every experiment in the domain (and its nested)."
+    )
 
 
 class LayerModel(_Strict):
@@ -207,6 +240,24 @@ class VariantModel(_Strict):
         return self
 
 
+class RampStepModel(_Strict):
+    """One step of a ramp: from ``date`` on (UTC, inclusive), new units split by ``weights``
+    (variant name -> weight) over ``slots`` (default: the experiment's ``slots``)."""
+
+    date: dt.date
+    weights: dict[str, float] = Field(description="Every variant's weight (> 0), by name.")
+    slots: tuple[int, int] | None = Field(None, description="[start, end) split from this date.")
+
+    @model_validator(mode="after")
+    def _step(self) -> RampStepModel:
+        bad = sorted(n for n, w in self.weights.items() if not w > 0)
+        if bad:
+            raise ValueError(f"ramp weights must be > 0, not for {bad}")
+        if self.slots is not None:
+            _check_range(*self.slots)
+        return self
+
+
 class ExperimentModel(_Strict):
     """One experiment: where it runs, who it targets, its variants and its metrics."""
 
@@ -224,6 +275,16 @@ class ExperimentModel(_Strict):
     targeting: RuleNode | None = None
     variants: list[VariantModel] = Field(min_length=2)
     metrics: list[MetricModel] = Field(default_factory=list)
+    sticky: bool | None = Field(
+        None,
+        description="Units keep the variant of the previous assignments snapshot (default: true "
+        "when the experiment has a ramp, else false).",
+    )
+    ramp: list[RampStepModel] = Field(
+        default_factory=list,
+        description="Traffic changes over time: from each step's date, new units split by its "
+        "weights (weighted variants only).",
+    )
     shipped_variant: int | str | None = Field(
         None,
         description="status shipped: the variant (vid or name) whose params every unit in the "
@@ -258,6 +319,7 @@ class ExperimentModel(_Strict):
             raise ValueError("slots is only for weighted variants; explicit ranges give their own")
         if self.slots is not None:
             _check_range(*self.slots)
+        self._check_ramp()
         for m in self.metrics:
             if m.margin is not None and m.role != "guardrail":
                 raise ValueError(
@@ -266,6 +328,30 @@ class ExperimentModel(_Strict):
                 )
         _check_caps(self)
         return self
+
+    def _check_ramp(self) -> None:
+        if not self.ramp:
+            return
+        if self.slots is None:
+            raise ValueError("a ramp needs weighted variants and the experiment's slots")
+        names = [v.name for v in self.variants]
+        previous = self.start_date
+        for i, step in enumerate(self.ramp):
+            if not self.start_date < step.date <= self.end_date:
+                raise ValueError(
+                    f"ramp[{i}].date {step.date} is not inside ({self.start_date}, "
+                    f"{self.end_date}] (after start_date, up to end_date)"
+                )
+            if step.date <= previous and i > 0:
+                raise ValueError(
+                    f"ramp[{i}].date {step.date} is not after ramp[{i - 1}].date {previous}"
+                )
+            previous = step.date
+            if sorted(step.weights) != sorted(names):
+                raise ValueError(
+                    f"ramp[{i}].weights must name every variant {sorted(names)}, "
+                    f"got {sorted(step.weights)}"
+                )
 
     def shipped(self) -> VariantModel | None:
         """The variant ``shipped_variant`` names (by vid, else by name), or None."""
@@ -339,6 +425,9 @@ class Domain:
     start: int
     end: int
     kind: str
+    #: Holdout: (salt, slots held out: ``slot(salt, unit) < holdout_slots``); None: no holdout.
+    holdout_salt: str | None = None
+    holdout_slots: int = 0
 
 
 @dataclass(frozen=True)
@@ -371,6 +460,14 @@ class VariantDefinition:
 
 
 @dataclass(frozen=True)
+class RampStep:
+    """From ``date`` on, new units split by these ranges (the period's ``variants``)."""
+
+    date: dt.date
+    variants: tuple[VariantDefinition, ...]
+
+
+@dataclass(frozen=True)
 class ExperimentDefinition:
     """An experiment as reviewed in a definitions file, resolved: what assignment serves and what
     the ``experiments`` table stores. The engine evaluates its
@@ -390,10 +487,28 @@ class ExperimentDefinition:
     targeting_json: dict[str, Any] | None
     variants: tuple[VariantDefinition, ...]
     metrics: tuple[Metric, ...]
+    #: Units keep their previous variant (see :mod:`strata.assignment`, sticky assignment).
+    sticky: bool = False
+    #: Ramp steps, dates increasing; before the first, ``variants`` hold (period 0).
+    ramp: tuple[RampStep, ...] = ()
     #: status shipped: the vid of the variant every unit in the layer's scope is served.
     shipped_vid: int | None = None
     #: The definitions file that declares it (as shown in validation messages); not content.
     source: str = field(default="", compare=False)
+
+    def period(self, day: dt.date) -> int:
+        """The ramp period in effect on ``day``: 0 before the first step, ``i + 1`` from
+        ``ramp[i].date`` on."""
+        return sum(1 for step in self.ramp if step.date <= day)
+
+    def variants_on(self, day: dt.date) -> tuple[VariantDefinition, ...]:
+        """The variants with the slot ranges that split new units on ``day``."""
+        p = self.period(day)
+        return self.variants if p == 0 else self.ramp[p - 1].variants
+
+    def periods(self) -> list[tuple[dt.date, tuple[VariantDefinition, ...]]]:
+        """Every period's first day and variants: ``[(start_date, variants), *ramp]``."""
+        return [(self.start_date, self.variants)] + [(s.date, s.variants) for s in self.ramp]
 
     @property
     def assigned(self) -> bool:
@@ -420,6 +535,27 @@ class ExperimentDefinition:
 
 
 @dataclass(frozen=True)
+class Holdout:
+    """A domain holdout's long-term comparison: a pseudo-experiment ``experiment_id``
+    (``holdout_<domain>``) whose control is the holdout and whose other variant is everyone else
+    in the domain, on the primary metrics of the domain's experiments."""
+
+    domain: str
+    experiment_id: str
+    salt: str
+    slots: int
+    unit_type: str
+    start_date: dt.date
+    end_date: dt.date
+    holdout_vid: int
+    rest_vid: int
+    metrics: tuple[Metric, ...]
+
+    def window(self, day: dt.date) -> str | None:
+        return outside_window(self.start_date, self.end_date, day)
+
+
+@dataclass(frozen=True)
 class Definitions:
     """A validated definitions set; ``version`` hashes its canonical content."""
 
@@ -427,6 +563,8 @@ class Definitions:
     layers: tuple[Layer, ...]
     experiments: tuple[ExperimentDefinition, ...]
     version: str
+    #: Domain holdouts with a comparison window (see :class:`Holdout`).
+    holdouts: tuple[Holdout, ...] = ()
 
     def domain(self, domain_id: str) -> Domain:
         return next(d for d in self.domains if d.id == domain_id)
@@ -655,6 +793,41 @@ def _cross_check(
             f"domain {parent!r}",
             problems,
         )
+    # Holdout comparisons: their vids and pseudo-experiment ids are unique too.
+    vids = {v.vid for e in experiments for v in e.model.variants}
+    exp_ids = {e.model.id for e in experiments}
+    for d in domains:
+        h = d.model.holdout
+        if h is None or h.holdout_vid is None:
+            continue
+        for name in ("holdout_vid", "rest_vid"):
+            vid = getattr(h, name)
+            if vid in vids:
+                problems.append(f"{_where(d, '.holdout.' + name)}: vid {vid} is already used")
+            vids.add(vid)
+        if f"holdout_{d.model.id}" in exp_ids:
+            problems.append(
+                f"{_where(d, '.holdout')}: an experiment is named holdout_{d.model.id}, the id of "
+                "this holdout's comparison"
+            )
+    # Holdouts hash on their own salt: not a domain split's or a layer's (else not independent).
+    split_salts = {d.model.salt for d in domains} | {lay.model.salt for lay in layers}
+    holdout_salts: dict[str, _Located] = {}
+    for d in domains:
+        h = d.model.holdout
+        if h is None:
+            continue
+        if h.salt in split_salts:
+            problems.append(
+                f"{_where(d, '.holdout.salt')}: {h.salt!r} is also a domain or layer salt; a "
+                "holdout needs its own salt"
+            )
+        elif h.salt in holdout_salts:
+            problems.append(
+                f"{_where(d, '.holdout.salt')}: duplicate holdout salt {h.salt!r} (first at "
+                f"{_where(holdout_salts[h.salt])})"
+            )
+        holdout_salts.setdefault(h.salt, d)
     # Layers: known domain, launch layer rules, non-overlapping domains hold one layer.
     layer_by_id = {lay.model.id: lay for lay in layers}
     per_domain: dict[str, list[_Located]] = defaultdict(list)
@@ -684,25 +857,55 @@ def _cross_check(
                     f"{_where(e, '.status')}: a shipped experiment is served through the launch "
                     "layer, and the definitions declare none (a layer with launch: true)"
                 )
-    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%. Stopped and
-    # shipped experiments never get units again: their slots are free for new experiments.
-    per_layer: dict[str, list[tuple[int, int, str, _Located]]] = defaultdict(list)
+    # Experiments: known layer, slot ranges disjoint inside the layer and <= 100%, on every
+    # day of a ramp schedule (each step's ranges against every experiment's ranges that day).
+    # Stopped and shipped experiments never get units again: their slots are free for new
+    # experiments.
+    per_layer: dict[str, list[_Located]] = defaultdict(list)
     for e in experiments:
-        m = e.model
-        if m.layer not in layer_by_id:
-            problems.append(f"{_where(e, '.layer')}: unknown layer {m.layer!r}")
+        if e.model.layer not in layer_by_id:
+            problems.append(f"{_where(e, '.layer')}: unknown layer {e.model.layer!r}")
             continue
-        if m.status in ENDED_STATUSES:
+        if e.model.status in ENDED_STATUSES:
             continue
-        for i, (start, end) in enumerate(_variant_ranges(m)):
-            per_layer[m.layer].append(
-                (start, end, f"{m.id}/{m.variants[i].name}", _Located(e.file, e.path, m))
-            )
-    for lid, ranges in per_layer.items():
-        _overlaps(ranges, f"layer {lid!r}", problems)
+        per_layer[e.model.layer].append(e)
+    for lid, located in per_layer.items():
+        days: list[dt.date | None] = [None]
+        days += sorted({s.date for e in located for s in e.model.ramp})
+        for day in days:
+            ranges = []
+            for e in located:
+                m = e.model
+                step = _step_on(m, day)
+                for i, (start, end) in enumerate(_variant_ranges(m, step)):
+                    path = e.path if step is None else f"{e.path}.ramp[{m.ramp.index(step)}]"
+                    ranges.append(
+                        (start, end, f"{m.id}/{m.variants[i].name}", _Located(e.file, path, m))
+                    )
+            container = f"layer {lid!r}" + ("" if day is None else f" from {day}")
+            before = len(problems)
+            _overlaps(ranges, container, problems)
+            if day is not None and len(problems) > before:
+                # report a ramp day only for what it adds (a base overlap persists every day)
+                base = {p.split(" in layer ")[0] for p in problems[:before]}
+                problems[before:] = [
+                    p for p in problems[before:] if p.split(" in layer ")[0] not in base
+                ]
 
 
-def _variant_ranges(m: ExperimentModel) -> list[tuple[int, int]]:
+def _step_on(m: ExperimentModel, day: dt.date | None) -> RampStepModel | None:
+    """The ramp step in effect on ``day`` (None: the base ranges)."""
+    if day is None:
+        return None
+    steps = [s for s in m.ramp if s.date <= day]
+    return steps[-1] if steps else None
+
+
+def _variant_ranges(m: ExperimentModel, step: RampStepModel | None = None) -> list[tuple[int, int]]:
+    if step is not None:
+        slots = step.slots or m.slots
+        assert slots is not None  # validated: a ramp needs weighted variants
+        return _weighted_ranges(*slots, [step.weights[v.name] for v in m.variants])
     if m.slots is not None:
         return _weighted_ranges(*m.slots, [v.weight or 0.0 for v in m.variants])
     return [(v.start, v.end) for v in m.variants]  # type: ignore[misc]
@@ -713,7 +916,15 @@ def _resolve(
 ) -> Definitions:
     ds = tuple(
         Domain(
-            m.id, m.name or m.id, m.description, m.parent, m.salt, m.slots[0], m.slots[1], m.kind
+            m.id,
+            m.name or m.id,
+            m.description,
+            m.parent,
+            m.salt,
+            m.slots[0],
+            m.slots[1],
+            m.kind,
+            *((m.holdout.salt, round(m.holdout.percent * SLOTS / 100)) if m.holdout else ()),
         )
         for m in sorted((d.model for d in domains), key=lambda m: m.id)
     )
@@ -753,22 +964,140 @@ def _resolve(
                 m.targeting.model_dump(exclude_none=True) if m.targeting else None,
                 variants,
                 tuple(x.metric() for x in m.metrics),
+                m.sticky if m.sticky is not None else bool(m.ramp),
+                tuple(_ramp_step(m, step) for step in m.ramp),
                 shipped.vid if (shipped := m.shipped()) is not None else None,
                 located.file,
             )
         )
-    content = {
-        "domains": [d.__dict__ for d in ds],
+    scratch = Definitions(ds, ls, tuple(es), "")
+    found = [_holdout(m, scratch) for m in sorted((d.model for d in domains), key=lambda m: m.id)]
+    holdouts = tuple(h for h in found if h is not None)
+    content: dict[str, Any] = {  # no holdout: the content (so the version) is as before
+        "domains": [
+            {k: v for k, v in d.__dict__.items() if d.holdout_salt or not k.startswith("holdout")}
+            for d in ds
+        ],
         "layers": [lay.__dict__ for lay in ls],
         "experiments": [_experiment_json(e) for e in es],
     }
+    if holdouts:
+        content["holdouts"] = [holdout_record(h) for h in holdouts]
     version = hashlib.sha256(canonical_json(content).encode()).hexdigest()[:16]
-    return Definitions(ds, ls, tuple(es), version)
+    return Definitions(ds, ls, tuple(es), version, holdouts)
+
+
+def _holdout(m: DomainModel, defs: Definitions) -> Holdout | None:
+    """The comparison of domain ``m``'s holdout (None: no window given, exclusion only), on the
+    primary metrics of every experiment in the domain or its nested domains (first by id)."""
+    h = m.holdout
+    if h is None or h.start_date is None or h.end_date is None:
+        return None
+    assert h.holdout_vid is not None  # validated: all four given together
+    assert h.rest_vid is not None
+    metrics: dict[str, Metric] = {}
+    for e in defs.experiments:
+        if m.id in [d.id for d in defs.domain_chain(defs.layer(e.layer).domain)]:
+            for x in e.metrics:
+                if x.role == "primary":
+                    metrics.setdefault(x.id, x)
+    return Holdout(
+        m.id,
+        f"holdout_{m.id}",
+        h.salt,
+        round(h.percent * SLOTS / 100),
+        h.unit_type,
+        h.start_date,
+        h.end_date,
+        h.holdout_vid,
+        h.rest_vid,
+        tuple(metrics.values()),
+    )
+
+
+def holdout_variants(h: Holdout) -> list[dict[str, Any]]:
+    """The comparison's ``variants`` (as :func:`variants_json`): the holdout (control, its
+    slots of the holdout split) and the rest of the domain."""
+    return [
+        {
+            "vid": h.holdout_vid,
+            "name": "holdout",
+            "is_control": True,
+            "weight": float(h.slots),
+            "start": 0,
+            "end": h.slots,
+            "params": {},
+        },
+        {
+            "vid": h.rest_vid,
+            "name": "rest",
+            "is_control": False,
+            "weight": float(SLOTS - h.slots),
+            "start": h.slots,
+            "end": SLOTS,
+            "params": {},
+        },
+    ]
+
+
+def holdout_record(h: Holdout) -> dict[str, Any]:
+    """What the ``experiments`` table stores of a holdout comparison (status ``holdout``: never
+    published to the lookup table) besides the definitions version."""
+    return {
+        "experiment_id": h.experiment_id,
+        "name": f"Holdout of domain {h.domain}",
+        "owner": "strata",
+        "description": f"{h.slots / SLOTS:.2%} of domain {h.domain!r} in none of its experiments "
+        "(control) vs everyone else in the domain, on its experiments' primary metrics",
+        "layer_id": "",
+        "domain_id": h.domain,
+        "unit_type": h.unit_type,
+        "status": "holdout",
+        "start_date": h.start_date.isoformat(),
+        "end_date": h.end_date.isoformat(),
+        "variants": holdout_variants(h),
+        "metrics": [x.as_json() for x in h.metrics],
+    }
+
+
+def _ramp_step(m: ExperimentModel, step: RampStepModel) -> RampStep:
+    slots = step.slots or m.slots
+    assert slots is not None  # validated: a ramp needs weighted variants
+    weights = [step.weights[v.name] for v in m.variants]
+    ranges = _weighted_ranges(*slots, weights)
+    return RampStep(
+        step.date,
+        tuple(
+            VariantDefinition(v.vid, v.name, v.is_control, w, start, end, v.params)
+            for v, w, (start, end) in zip(m.variants, weights, ranges, strict=True)
+        ),
+    )
+
+
+def ramp_json(e: ExperimentDefinition) -> list[dict[str, Any]]:
+    """The ``experiments.ramp`` column content: per step its date and ``{vid, weight, start,
+    end}`` per variant (empty without a ramp)."""
+    return [
+        {
+            "date": step.date.isoformat(),
+            "variants": [
+                {"vid": v.vid, "weight": v.weight, "start": v.start, "end": v.end}
+                for v in step.variants
+            ],
+        }
+        for step in e.ramp
+    ]
 
 
 def _experiment_json(e: ExperimentDefinition) -> dict[str, Any]:
-    shipped = {} if e.shipped_vid is None else {"shipped_vid": e.shipped_vid}
-    return shipped | {
+    extra: dict[str, Any] = {}  # only when set: definitions without them keep their version
+    if e.sticky:
+        extra["sticky"] = True
+    if e.ramp:
+        extra["ramp"] = ramp_json(e)
+    if e.shipped_vid is not None:
+        extra["shipped_vid"] = e.shipped_vid
+    return extra | {
         "id": e.id,
         "name": e.name,
         "owner": e.owner,

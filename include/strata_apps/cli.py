@@ -322,6 +322,8 @@ def _evaluate(argv: list[str]) -> int:
             )
         print(night.verdicts().to_string(index=False))
         print("\n".join(night.recommendation_lines()))
+        for line in night.ramp_srm_lines():
+            print(line)
     return 0
 
 

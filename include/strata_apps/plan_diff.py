@@ -89,13 +89,15 @@ def planned_assignments(
     spark: SparkSession, settings: Settings, defs: Definitions, as_of: dt.date | None = None
 ) -> DataFrame:
     """The rows the assignment job would write on the day ``as_of`` (default today UTC) for
-    ``defs`` and the current input snapshots, computed by the job's own transform, not written.
+    ``defs``, the current input snapshots and the current ``assignments`` snapshot (sticky
+    experiments), computed by the job's own transform, not written.
 
     The rows paused, stopped and shipped experiments keep (the job carries them over for their
     analysis; they are not served) are left out, so such an experiment shows as ``removed``: the
     diff is about what would be served. A shipped one's serving rows show as ``shipped:<id>``."""
     from spark_jobs.assign_experiments import (
         input_snapshots,
+        previous_snapshot,
         run_identity,
         transform,
         unit_contexts,
@@ -108,7 +110,8 @@ def planned_assignments(
     }
     units = unit_contexts(read[USERS], read[ORGS], read[DEVICES])
     run_id, assigned_at = run_identity(defs.version, snapshots)
-    return transform(units, defs, run_id, assigned_at, as_of)
+    # sticky experiments keep the units of the current snapshot, as the job would
+    return transform(units, defs, run_id, assigned_at, as_of, previous_snapshot(spark, settings))
 
 
 def live_publication(

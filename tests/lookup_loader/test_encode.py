@@ -229,7 +229,9 @@ NOT_SERVED = {s for s in contracts.STATUSES if not contracts.is_served(s)}
 
 
 class TestExcluded:
-    @pytest.mark.parametrize("status", sorted(NOT_SERVED | {"paused", "archived", "", "typo"}))
+    @pytest.mark.parametrize(
+        "status", sorted(NOT_SERVED | {"paused", "archived", "holdout", "", "typo"})
+    )
     def test_not_served_statuses(self, status):
         rows = [row("dev_a", "d1", 1), row("dev_b", "d1", 1), row("dev_b", "d2", 0)]
         exp = experiments(EXPS, status={"dev_b": status.upper()})

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from strata import contracts
 from strata.errors import DataError
 from strata.stats.engine import Evaluation, verdicts
+from strata.stats.ramps import read_ramp_srm
 from strata.stats.recommend import recommend
 from strata.stats.results import (
     NightSettlement,
@@ -84,11 +85,24 @@ class NightResult:
     rows: int
     dates: int
     evaluation: Evaluation
+    #: SRM per ramp cohort of the ramped experiments among them (:mod:`strata.stats.ramps`;
+    #: empty without ramps): the engine's pooled SRM row is not meaningful for those.
+    ramp_srm: pd.DataFrame | None = None
     #: The segment flags settled across each evaluated date's night (:func:`settle_night`),
     #: oldest first; empty when the caller settles later (``settle=False``).
     settlements: tuple[NightSettlement, ...] = ()
     #: Every analysis date evaluated, oldest first (``dates`` of them).
     evaluated_dates: tuple[date, ...] = ()
+
+    def ramp_srm_lines(self) -> list[str]:
+        """``ramp SRM <experiment>: passed|FAILED (chi2 .., dof .., p ..)``, per ramped one."""
+        if self.ramp_srm is None:
+            return []
+        return [
+            f"ramp SRM {r.exp_id}: {'passed' if r.passed else 'FAILED'} (chi2 {r.chi2:.2f}, "
+            f"dof {r.dof}, p {r.p_value:.4g}, {r.units:,.0f} units in {len(r.observed)} cohorts)"
+            for r in self.ramp_srm.itertuples(index=False)
+        ]
 
     def verdicts(self) -> pd.DataFrame:
         """One verdict per experiment × treatment variant at ``analysis_date``."""
@@ -252,7 +266,15 @@ def evaluate_night(
         evaluation, frame = run_evaluation(catalog, at, d, namespace=namespace)
         rows += len(frame)
     assert evaluation is not None
+    ramps = read_ramp_srm(catalog, ids, evaluation.config.srm_alpha, namespace)
     settled = tuple(settle_night(catalog, d, namespace) for d in per_date) if settle else ()
     return NightResult(
-        max(per_date), tuple(ids), rows, len(per_date), evaluation, settled, tuple(per_date)
+        max(per_date),
+        tuple(ids),
+        rows,
+        len(per_date),
+        evaluation,
+        ramps,
+        settled,
+        tuple(per_date),
     )
