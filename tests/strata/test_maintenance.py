@@ -198,17 +198,28 @@ def test_missing_tables_are_skipped_and_failures_named(spark, maint_settings):
         Settings(maintenance_orphan_hours=2)
 
 
-def test_cli_maintains_the_tables_named(spark, settings, capsys):
+def test_cli_maintains_the_tables_named(spark, settings, capsys, monkeypatch):
+    """On a namespace of its own: the session's tables (other tests') are neither touched nor
+    make a table of this test exist."""
+    from strata.config import get_settings
     from strata_apps.cli import main
 
-    spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {settings.catalog_name}.{settings.namespace}")
-    full = settings.table(contracts.DEVICES)
-    spark.sql(f"DROP TABLE IF EXISTS {full} PURGE")
-    spark.sql(f"CREATE TABLE {full} (device_id STRING) USING iceberg")
-    spark.sql(f"INSERT INTO {full} VALUES ('d-1')")
-    assert main(["maintain", contracts.DEVICES, contracts.GOAL_CROSS_AGGREGATES]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{contracts.DEVICES}: snapshots 1 -> 1, data files 1 -> 1")
-    assert out[1] == f"{contracts.GOAL_CROSS_AGGREGATES}: missing"
-    assert main(["maintain", "no_such_table"]) == 2
-    assert "not Strata tables: no_such_table" in capsys.readouterr().err
+    namespace = "maintenance_cli_test"
+    monkeypatch.setenv("STRATA_NAMESPACE", namespace)
+    get_settings.cache_clear()
+    try:
+        ours = get_settings()
+        spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {ours.catalog_name}.{namespace}")
+        full = ours.table(contracts.DEVICES)
+        spark.sql(f"DROP TABLE IF EXISTS {full} PURGE")
+        spark.sql(f"CREATE TABLE {full} (device_id STRING) USING iceberg")
+        spark.sql(f"INSERT INTO {full} VALUES ('d-1')")
+        assert main(["maintain", contracts.DEVICES, contracts.GOAL_CROSS_AGGREGATES]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith(f"{contracts.DEVICES}: snapshots 1 -> 1, data files 1 -> 1")
+        assert out[1] == f"{contracts.GOAL_CROSS_AGGREGATES}: missing"
+        assert main(["maintain", "no_such_table"]) == 2
+        assert "not Strata tables: no_such_table" in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
