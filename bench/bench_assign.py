@@ -162,23 +162,11 @@ def same_io_floor(units, defs, rows_per_unit: float):
 
     from pyspark.sql import functions as F
 
-    from spark_jobs.assign_experiments import ASSIGNMENT_FIELDS
+    from spark_jobs.assign_experiments import ASSIGNMENT_FIELDS, variant_fields
     from strata.bucketing import SLOTS
 
     meta = [
-        (
-            e.id,
-            v.vid,
-            v.name,
-            v.is_control,
-            lay.id,
-            lay.domain,
-            lay.priority,
-            lay.service,
-            v.params_json,
-            None,  # first_assigned_date: the bench's day, below
-            0,  # ramp_period
-        )
+        (*variant_fields(e, lay, v), None, 0)  # first_assigned_date (below), ramp_period
         for lay in defs.layers
         for e in defs.layer_experiments(lay.id)
         for v in e.variants

@@ -62,6 +62,8 @@ from strata.definitions import (
     Definitions,
     ExperimentDefinition,
     Holdout,
+    Layer,
+    VariantDefinition,
     bundled_path,
     canonical_json,
     holdout_record,
@@ -176,6 +178,21 @@ def slot_column(salt: str, unit_id: Column) -> Column:
     return F.pmod(F.xxhash64(F.concat(F.lit(f"{salt}:"), unit_id)), F.lit(SLOTS)).cast("int")
 
 
+def variant_fields(e: ExperimentDefinition, lay: Layer, v: VariantDefinition) -> tuple[Any, ...]:
+    """A variant's ASSIGNMENT_FIELDS from experiment_id to params, slot excepted."""
+    return (
+        e.id,
+        v.vid,
+        v.name,
+        v.is_control,
+        lay.id,
+        lay.domain,
+        lay.priority,
+        lay.service,
+        v.params_json,
+    )
+
+
 def int_array(values: list[int]) -> Column:
     """A constant ``array<int>`` built from one string literal: Spark folds it into a single
     literal (a Column per element would cost one JVM call each, 10,000 per layer)."""
@@ -259,21 +276,8 @@ def assign_units(
                 rule_ids[key] = len(rules)
                 rules.append(to_column(e.targeting, schema, semver_keys=semver_keys))
             for v in e.variants_on(day):
-                meta.append(
-                    (
-                        e.id,
-                        v.vid,
-                        v.name,
-                        v.is_control,
-                        lay.id,
-                        lay.domain,
-                        lay.priority,
-                        lay.service,
-                        v.params_json,
-                        None,  # first_assigned_date: the day (see field below)
-                        e.period(day),
-                    )
-                )
+                # first_assigned_date: the day (see field below)
+                meta.append((*variant_fields(e, lay, v), None, e.period(day)))
                 by_slot[v.start : v.end] = [len(meta) - 1] * (v.end - v.start)
                 rule_by_slot[v.start : v.end] = [rule_ids[key]] * (v.end - v.start)
         candidate = F.element_at(int_array(by_slot), s + 1)
@@ -459,19 +463,7 @@ def with_previous(
         for e in sticky:
             lay = defs.layer(e.layer)
             for v in e.variants_on(day):
-                meta.append(
-                    (
-                        e.id,
-                        v.vid,
-                        v.name,
-                        v.is_control,
-                        lay.id,
-                        lay.domain,
-                        lay.priority,
-                        lay.service,
-                        v.params_json,
-                    )
-                )
+                meta.append(variant_fields(e, lay, v))
         variants = spark.createDataFrame(
             meta,
             "experiment_id string, variant_id int, variant_name string, is_control boolean, "
