@@ -10,7 +10,9 @@ delta-method tests, CUPED, Holm/BH, SRM against the design weights, sequential b
 replaces that experiment's rows in the Iceberg `results` table; an experiment with broken
 inputs fails alone. `write_reports` first settles the segment flags across the night (BH over
 every experiment's heterogeneity tests of the date), then writes the HTML reports (each
-evaluation task links to its experiment's page) and emits the `results` asset event.
+evaluation task links to its experiment's page) and emits the `results` asset event. The last
+task, `check_evaluations`, fails (one summary alert) when an experiment was not evaluated,
+naming it, so such a run is red in the grid and not green beside a red task.
 `{"history": true}` re-evaluates every earlier date too (after a backfill or a full refresh: the
 effect-over-time curves).
 """

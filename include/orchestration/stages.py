@@ -15,6 +15,7 @@ from orchestration.dbt import execution_config, profile_config, project_config, 
 from orchestration.defaults import DEFAULT_ARGS, SPARK_POOL
 from orchestration.tasks import (
     assign_units,
+    check_evaluations,
     check_suite,
     evaluate_experiment,
     ingest_exposure_logs,
@@ -106,9 +107,11 @@ def evaluation_stage(group_id: str = "evaluation") -> TaskGroup:
     """Plan (date, experiments) → one mapped task per experiment → the HTML reports.
 
     Each experiment's evaluation is its own task instance, named by the experiment id: one with
-    broken inputs fails alone, and the reports are written for the others.
+    broken inputs fails alone, and the reports are written for the others; the last task,
+    ``check_evaluations``, then turns the run red, naming the experiments without results.
     """
     with TaskGroup(group_id=group_id) as group:
-        evaluated = evaluate_experiment.expand_kwargs(plan_evaluation())
-        write_reports(evaluated)
+        planned = plan_evaluation()
+        evaluated = evaluate_experiment.expand_kwargs(planned)
+        write_reports(evaluated) >> check_evaluations(planned, evaluated)
     return group

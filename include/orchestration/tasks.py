@@ -461,6 +461,28 @@ def write_reports(evaluated: list[dict]) -> dict:
     return {"pages": len(pages), "folder": str(out), "evaluated": len(done)}
 
 
+@task(trigger_rule="all_done_min_one_success")
+def check_evaluations(planned: list[dict], evaluated: list[dict]) -> dict:
+    """The run's last task: red when any planned experiment was not evaluated.
+
+    ``write_reports`` runs also when some evaluations failed, so without this task a run whose
+    experiment failed would end green in the grid. Each failed evaluation has sent its own
+    alert; this one's (not retried) is the night's summary, naming every experiment without
+    results.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    done = {e["experiment_id"] for e in evaluated if e}
+    missing = sorted({p["experiment_id"] for p in planned} - done)
+    if missing:
+        raise AirflowFailException(
+            f"{len(missing)} of {len(planned)} experiments not evaluated (see their "
+            f"evaluate_experiment tasks): {', '.join(missing)}"
+        )
+    log.info("all %d planned experiments evaluated", len(planned))
+    return {"planned": len(planned), "evaluated": len(done)}
+
+
 # --- lookup table health -------------------------------------------------------------------------
 
 

@@ -120,6 +120,7 @@ def test_bad_conf_fails_the_first_task_once_and_notifies(evaluation_dag, webhook
     assert states["plan_evaluation"] == "failed"
     assert "evaluate_experiment" not in {k.split("[")[0] for k in states if states[k] == "success"}
     assert states["write_reports"] in ("upstream_failed", "skipped")
+    assert states["check_evaluations"] in ("upstream_failed", "skipped")
     plan = next(ti for ti in run.get_task_instances() if ti.task_id.endswith("plan_evaluation"))
     assert plan.try_number == 1, "a deterministic error is not retried"
     (message,) = webhook
@@ -138,6 +139,7 @@ def test_one_experiment_selected_evaluates_only_it(evaluation_dag, webhook):
         "plan_evaluation": "success",
         "evaluate_experiment[exp_b]": "success",
         "write_reports": "success",
+        "check_evaluations": "success",
     }
     results = _results(catalog)
     assert set(results["experiment_id"]) == {"exp_b"}
@@ -155,11 +157,19 @@ def test_a_broken_experiment_fails_alone(evaluation_dag, webhook):
         "evaluate_experiment[exp_b]": "success",
         "evaluate_experiment[exp_c]": "failed",
         "write_reports": "success",
+        "check_evaluations": "failed",
     }
+    # The reports are written for the others, and the run is red (not green beside a red task).
+    assert str(run.state) == "failed"
+    check = next(ti for ti in run.get_task_instances() if ti.task_id.endswith("check_evaluations"))
+    assert check.try_number == 1
     results = _results(catalog)
     assert set(results["experiment_id"]) == {"exp_a", "exp_b"}
     assert set(results["analysis_date"]) == {date(2026, 3, 10)}
-    (message,) = webhook
+    # The failed evaluation's alert, then the night's summary from check_evaluations.
+    message, summary = sorted(webhook, key=lambda m: m["task_id"].endswith("check_evaluations"))
+    assert summary["error"].endswith("1 of 3 experiments not evaluated (see their "
+                                     "evaluate_experiment tasks): exp_c")  # fmt: skip
     assert message["experiment_id"] == "exp_c"
     assert message["stage"] == "evaluation"
     assert "control" in message["error"]

@@ -121,6 +121,7 @@ class TestConfAUserCanTrust:
             "evaluation.plan_evaluation": ("success", 1),
             "evaluation.evaluate_experiment[checkout_button]": ("success", 1),
             "evaluation.write_reports": ("success", 1),
+            "evaluation.check_evaluations": ("success", 1),
         }
 
 
