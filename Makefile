@@ -80,8 +80,8 @@ $(DBT_MANIFEST): $(STAMP)/python $(DBT_SOURCES)
 demo: setup redis-start  ## run the whole pipeline on the embedded stack and print the results
 	$(PY) scripts/demo.py
 
-test: setup  ## the full test suite (starts its own Redis on a test port; ~5 min)
-	$(PY) -m pytest
+test: setup  ## the full test suite (starts its own Redis on a test port; ~25 min on 2 cores)
+	$(PY) -m pytest --durations=25
 
 # The pure tests and the doctests of every package but orchestration (the Airflow layer): no JVM,
 # Redis or Airflow. tests/conftest.py marks the others `integration` (by the fixtures they use and
