@@ -231,7 +231,8 @@ def bench_publication(settings, units: int, spark: bool) -> dict:
     from strata.keyspace import KeySpace
     from strata.stack import redis_client
 
-    client = redis_client(settings)
+    # FLUSHDB of a 10M-unit version runs for seconds (minutes under load): no socket timeout
+    client = redis_client(settings, socket_timeout=600)
     t0 = time.perf_counter()
     assignments, experiments = build_tables(units)
     build_s = time.perf_counter() - t0
