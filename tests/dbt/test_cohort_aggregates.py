@@ -32,8 +32,10 @@ pytestmark = pytest.mark.slow
 DAY = dt.date(2026, 11, 4)
 RAMP = [{"date": "2026-11-03", "variants": [{"vid": 10, "weight": 50}, {"vid": 11, "weight": 50}]}]
 E1_VARIANTS = json.dumps(
-    [{"vid": 0, "name": "control", "is_control": True, "weight": 1},
-     {"vid": 1, "name": "treatment", "weight": 1}]  # fmt: skip
+    [
+        {"vid": 0, "name": "control", "is_control": True, "weight": 1},
+        {"vid": 1, "name": "treatment", "weight": 1},
+    ]
 )
 METRICS = [
     {"id": "clicks", "name": "Clicks per user", "role": "primary",
@@ -98,8 +100,10 @@ def ramped_tables(spark, settings, fixture_tables):
         "experiment_id": "ramped",
         "layer_id": "l2",
         "variants": json.dumps(
-            [{"vid": 10, "name": "control", "is_control": True, "weight": 90},
-             {"vid": 11, "name": "treatment", "weight": 10}]  # fmt: skip
+            [
+                {"vid": 10, "name": "control", "is_control": True, "weight": 90},
+                {"vid": 11, "name": "treatment", "weight": 10},
+            ]
         ),
         "metrics": json.dumps(METRICS),
         "ramp": json.dumps(RAMP),
@@ -145,9 +149,11 @@ def test_ramped_experiment_per_cohort_through_dbt_and_the_results(
     summed = mine.groupby(["exp_variant_id", "goal"])[value_columns].sum()
     assert summed.to_dict() == pooled.set_index(["exp_variant_id", "goal"])[value_columns].to_dict()
     clicks = mine[mine["goal"] == "click"].set_index(["ramp_period", "exp_variant_id"])["count"]
-    assert clicks.to_dict() == units.groupby(["ramp_period", "variant_id"])["clicks"].sum().to_dict()
+    per_cell = units.groupby(["ramp_period", "variant_id"])["clicks"].sum()
+    assert clicks.to_dict() == per_cell.to_dict()
     cross = _rows(spark, settings, contracts.GOAL_COHORT_CROSS_AGGREGATES, "true")
-    assert set(cross["ramp_period"]) == {0, 1} and cross["sum_product"].notna().all()
+    assert set(cross["ramp_period"]) == {0, 1}
+    assert cross["sum_product"].notna().all()
 
     catalog = iceberg_catalog(settings)
     _, frame = run_evaluation(catalog, ["e1", "ramped"], DAY, write=False)
@@ -164,7 +170,8 @@ def test_ramped_experiment_per_cohort_through_dbt_and_the_results(
     mean = np.zeros((2, 2))
     var = np.zeros((2, 2))
     for (k, vid), u in units.groupby(["ramp_period", "variant_id"]):
-        n[k, vid - 10], mean[k, vid - 10], var[k, vid - 10] = len(u), u.clicks.mean(), u.clicks.var()
+        cell = (k, vid - 10)
+        n[cell], mean[cell], var[cell] = len(u), u.clicks.mean(), u.clicks.var()
     effect, _, _ = stratified_difference(n, mean, var)
     diff = frame[
         (frame["experiment_id"] == "ramped")

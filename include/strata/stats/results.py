@@ -40,9 +40,9 @@ import pyarrow as pa
 from strata import contracts
 from strata.stats.engine import (
     CROSS_COLUMNS,
-    SRM_COHORTS,
     DATE_COLUMN,
     KEY_COLUMNS,
+    SRM_COHORTS,
     VALUE_COLUMNS,
     Evaluation,
     evaluate,

@@ -150,7 +150,8 @@ def test_the_srm_row_is_the_cohort_srm(data):
     assert row["observed"] == list(observed.sum(axis=0))
     # the pooled test against period 0's weights (what the engine wrote before) fails loudly
     pooled = _evaluate(data, with_cohorts=False).srm.set_index("exp_id").loc["ramped"]
-    assert not pooled["passed"] and pooled["p_value"] < 1e-100
+    assert not pooled["passed"]
+    assert pooled["p_value"] < 1e-100
     frame = results_frame(ev, "run", {})
     srm = frame[(frame["metric_id"] == "__srm__") & (frame["experiment_id"] == "ramped")]
     assert srm["metric_name"].tolist() == ["sample ratio mismatch by ramp cohort (user)"]
@@ -182,7 +183,8 @@ def test_effects_are_stratified_by_cohort(data):
     prow = pooled[
         (pooled["exp_id"] == "ramped") & (pooled["metric_id"] == "clicks") & ~pooled["is_control"]
     ].iloc[0]
-    assert prow["abs_diff"] > 0.3 and prow["decision"] == "invalid_srm"
+    assert prow["abs_diff"] > 0.3
+    assert prow["decision"] == "invalid_srm"
     assert row["decision"] == "inconclusive"
 
 
@@ -190,10 +192,13 @@ def test_ratio_and_cuped_metrics_are_stratified_too(data):
     ev = _evaluate(data, covariate=True)
     m = ev.metrics.set_index(["exp_id", "metric_id", "variant"])
     cuped = m.loc[("ramped", "clicks", "2")]
-    assert cuped["cuped"] and 0.0 < cuped["variance_reduction"] < 1.0
+    assert cuped["cuped"]
+    assert 0.0 < cuped["variance_reduction"] < 1.0
     assert abs(cuped["abs_diff"]) < 3 * cuped["abs_se"]
     ratio = m.loc[("ramped", "ctr", "2")]
-    assert ratio["kind"] == "ratio" and np.isfinite(ratio["abs_se"]) and ratio["abs_se"] > 0
+    assert ratio["kind"] == "ratio"
+    assert np.isfinite(ratio["abs_se"])
+    assert ratio["abs_se"] > 0
     # without cohorts the CUPED mean still carries the ramp's bias
     pooled = _evaluate(data, covariate=True, with_cohorts=False).metrics
     p = pooled.set_index(["exp_id", "metric_id", "variant"]).loc[("ramped", "clicks", "2")]
