@@ -676,7 +676,8 @@ def refuse_per_request(records: Sequence[Mapping[str, Any]]) -> None:
             raise DesignError(
                 f"{r['experiment_id']}: a {r['unit_type']} (per-request) experiment is not "
                 "analysable per unit: each request draws its variant afresh, so no unit carries "
-                "one variant (count its exposures instead)"
+                "one variant (its requests per variant are counted instead: the endpoint's "
+                "strata_endpoint_random_served_total, checked by random_split)"
             )
 
 
