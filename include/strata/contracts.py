@@ -71,6 +71,15 @@ GOAL_SEGMENT_CROSS_AGGREGATES = "goal_segment_cross_aggregates"
 #: totals beside its segments (both dbt tables, read by the segment marts).
 UNIT_SEGMENTS = "int_unit_segments"
 SEGMENT_UNIT_GOALS = "int_segment_unit_goals"
+#: The same sums per ramp cohort (column :data:`COHORT_COLUMN`) of the ramped experiments, at every
+#: analysis date: the per-cohort SRM and the effects stratified by cohort read them; and the
+#: per-unit totals beside the unit's cohort they are built from (a dbt table).
+GOAL_COHORT_AGGREGATES = "goal_cohort_aggregates"
+GOAL_COHORT_CROSS_AGGREGATES = "goal_cohort_cross_aggregates"
+COHORT_UNIT_GOALS = "int_cohort_unit_goals"
+#: The ramp cohort of a unit: the period of its experiment's ramp it was first assigned in
+#: (a column of ``assignments`` and of the cohort aggregates; 0 without a ramp).
+COHORT_COLUMN = "ramp_period"
 #: The evaluation's output.
 RESULTS = "results"
 #: dbt's intermediate exposure table (rebuilt by each run; int_unit_segments and
@@ -98,6 +107,9 @@ TABLES = (
     SEGMENT_UNIT_GOALS,
     GOAL_SEGMENT_AGGREGATES,
     GOAL_SEGMENT_CROSS_AGGREGATES,
+    COHORT_UNIT_GOALS,
+    GOAL_COHORT_AGGREGATES,
+    GOAL_COHORT_CROSS_AGGREGATES,
     RESULTS,
 )
 
@@ -116,6 +128,9 @@ DBT_TABLES = (
     SEGMENT_UNIT_GOALS,
     GOAL_SEGMENT_AGGREGATES,
     GOAL_SEGMENT_CROSS_AGGREGATES,
+    COHORT_UNIT_GOALS,
+    GOAL_COHORT_AGGREGATES,
+    GOAL_COHORT_CROSS_AGGREGATES,
 )
 
 # --- unit types ------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ Bad input is a 4xx ``{"error": {"code", "message", "errors"}}``; Redis trouble a
 get another answer).
 
 ``GET /metrics`` is Prometheus text (:mod:`strata_apps.endpoint_metrics`): requests by route and
-status, a latency histogram, lookups by outcome, the live version.
+status, a latency histogram, lookups by outcome, the live version, and the requests served each
+variant of a random experiment (their only exposure count: ``random_split`` checks the split).
 
 Run it with ``scripts/endpoint.sh start`` or ``strata serve``: nginx on 127.0.0.1
 (``STRATA_ENDPOINT_PORT``, default 8090) in front of uvicorn, which bounds how long a client may
@@ -897,6 +898,9 @@ def create_app(
         served = answer.experiments
         if extra:  # random experiments are never logged (no unit: not analysable per unit)
             drawn = {a.experiment_id for a in extra if a.unit_type in PER_REQUEST_UNIT_TYPES}
+            for e, v in served:  # but counted per variant: their split is checkable
+                if e in drawn:
+                    metrics.served_random(e, v)
             served = [(e, v) for e, v in served if e not in drawn]
         if served:
             sink.append(

@@ -13,7 +13,12 @@ Families (each app has its own registry, so two apps in one process never share 
   table does not hold, evaluated online), ``no_live_version`` and ``unavailable`` (Redis could not
   answer: a 503);
 - ``strata_endpoint_live_version{version}``: 1 for the lookup version this process last read
-  (from an answer, ``/healthz`` or the scrape itself); no sample while none is live.
+  (from an answer, ``/healthz`` or the scrape itself); no sample while none is live;
+- ``strata_endpoint_random_served_total{experiment_id, variant_id}``: device-register requests
+  served each variant of a random (per-request) experiment, the only exposure count such an
+  experiment has (no unit, no LOG event): :func:`random_split` tests the split against the
+  variants' shares of the draw (:func:`strata.stats.srm.request_split`). Labels are bounded by the
+  definitions (experiments × variants).
 
 Single process: the server runs one uvicorn process (:mod:`strata_apps.endpoint_server`), so the
 in-process registry is the whole truth. Running several workers would need prometheus_client's
@@ -79,6 +84,11 @@ class Metrics:
             "strata_endpoint_live_version", "1 for the lookup version this process last read",
             ["version"], registry=self.registry,
         )  # fmt: skip
+        self.random_served = Counter(
+            "strata_endpoint_random_served",
+            "Requests served each variant of a random (per-request) experiment",
+            ["experiment_id", "variant_id"], registry=self.registry,
+        )  # fmt: skip
         self._version: str | None = None
         self._lock = threading.Lock()
 
@@ -88,6 +98,10 @@ class Metrics:
 
     def lookup(self, route: str, outcome: str, n: int = 1) -> None:
         self.lookups.labels(route, outcome).inc(n)
+
+    def served_random(self, experiment_id: str, variant_id: int) -> None:
+        """One request served ``variant_id`` of the random experiment ``experiment_id``."""
+        self.random_served.labels(experiment_id, str(variant_id)).inc()
 
     def live_version(self, version: str | None) -> None:
         """Record the live version (None: none is live); cheap when it did not change."""
@@ -141,3 +155,45 @@ class MetricsMiddleware:
                 self.metrics.request(
                     route_of(scope.get("path", "")), code, time.perf_counter() - started
                 )
+
+
+def random_served_counts(exposition: str) -> dict[tuple[str, int], float]:
+    """``{(experiment_id, vid): requests}`` from a ``/metrics`` scrape (Prometheus text)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, int], float] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name != "strata_endpoint_random_served":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                key = (sample.labels["experiment_id"], int(sample.labels["variant_id"]))
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def random_shares(defs: Any, day: Any) -> dict[str, dict[int, float]]:
+    """``{experiment_id: {vid: share}}`` of the random experiments of ``defs`` (a
+    :class:`strata.definitions.Definitions`) on ``day``: each variant's slot width in that day's
+    ranges over the experiment's (the probability a request served the experiment drew it)."""
+    from strata.contracts import PER_REQUEST_UNIT_TYPES
+
+    layers = {lay.id: lay.unit_type for lay in defs.layers}
+    out = {}
+    for e in defs.experiments:
+        if layers.get(e.layer) in PER_REQUEST_UNIT_TYPES:
+            widths = {v.vid: float(v.end - v.start) for v in e.variants_on(day)}
+            total = sum(widths.values())
+            if total > 0:
+                out[e.id] = {vid: w / total for vid, w in widths.items()}
+    return out
+
+
+def random_split(exposition: str, defs: Any, day: Any, alpha: float = 0.001) -> Any:
+    """The split check of every random experiment from a ``/metrics`` scrape: the requests
+    served per variant against the shares of ``day`` (:func:`strata.stats.srm.request_split`;
+    a DataFrame, one row per experiment with requests). A random experiment ramped while the
+    counters ran mixes two periods' shares: check it from a restart after the ramp day."""
+    from strata.stats.srm import request_split
+
+    return request_split(random_served_counts(exposition), random_shares(defs, day), alpha)

@@ -23,6 +23,7 @@ from strata.keyspace import normalize_url
 from strata.rules import evaluate
 from strata.stats.errors import DesignError
 from strata.stats.results import refuse_per_request
+from strata.stats.srm import request_split
 
 TYPES = Path(__file__).parents[1] / "data" / "experiment_types"
 DAY = dt.date(2026, 11, 15)
@@ -132,6 +133,17 @@ class TestRandom:
 
 
 class TestContracts:
+    def test_the_request_split_of_a_random_experiment(self):
+        shares = {"banner_color": {601: 0.5, 602: 0.5}, "idle": {1: 0.2, 2: 0.8}}
+        even = request_split({("banner_color", 601): 510, ("banner_color", 602): 490}, shares)
+        assert even["exp_id"].tolist() == ["banner_color"]  # no requests: no row
+        assert (even.loc[0, "dof"], bool(even.loc[0, "passed"])) == (1, True)
+        skewed = request_split({("banner_color", 601): 600, ("banner_color", 602): 400}, shares)
+        assert skewed.loc[0, "chi2"] == pytest.approx(40.0)
+        assert not skewed.loc[0, "passed"]
+        with pytest.raises(ValueError, match=r"banner_color: requests served variant\(s\) \[603\]"):
+            request_split({("banner_color", 603): 1}, shares)
+
     def test_random_is_a_unit_type_without_an_id(self):
         assert "random" in contracts.UNIT_TYPES
         assert "random" not in contracts.UNIT_ID_TYPES

@@ -22,6 +22,7 @@ from strata.bucketing import slot
 from strata.definitions import load
 from strata.lookup import LookupClient
 from strata_apps.endpoint import create_app
+from strata_apps.endpoint_metrics import random_served_counts, random_split
 
 TYPES = Path(__file__).parents[1] / "data" / "experiment_types"
 DAY = dt.date(2026, 11, 15)
@@ -94,6 +95,19 @@ class TestUrlExperiments:
         body = post(client, {"user_id": "u00000002", "url": CART})
         assert body["sources"]["user_id"] == "lookup"
         assert len(vids(body, "web_svc")) == 1
+
+    def test_random_requests_are_counted_per_variant_and_split_by_the_shares(self, published, defs):
+        with client_for(published, defs) as c:  # its own app: its own metrics registry
+            for i in range(400):
+                register(c, did=f"d{i:08d}", url="", channel="")
+            text = c.get("/metrics").text
+        counts = random_served_counts(text)
+        assert set(counts) == {("banner_color", 601), ("banner_color", 602)}
+        assert sum(counts.values()) == 400  # one draw per request, all served
+        row = random_split(text, defs, DAY).set_index("exp_id").loc["banner_color"]
+        assert row["requests"] == 400
+        assert row["expected_share"] == {601: 0.5, 602: 0.5}
+        assert row["passed"], row["p_value"]  # fails at the SRM alpha, 0.1% of runs
 
     def test_nothing_is_served_outside_the_window(self, published, defs):
         for day in (dt.date(2026, 11, 7), dt.date(2026, 11, 22)):
@@ -209,6 +223,19 @@ class TestDeviceRegister:
         assert "cart_copy" not in ids
         assert "app_nav" not in ids
         assert "banner_color" in ids
+
+    def test_random_requests_are_counted_per_variant_and_split_by_the_shares(self, published, defs):
+        with client_for(published, defs) as c:  # its own app: its own metrics registry
+            for i in range(400):
+                register(c, did=f"d{i:08d}", url="", channel="")
+            text = c.get("/metrics").text
+        counts = random_served_counts(text)
+        assert set(counts) == {("banner_color", 601), ("banner_color", 602)}
+        assert sum(counts.values()) == 400  # one draw per request, all served
+        row = random_split(text, defs, DAY).set_index("exp_id").loc["banner_color"]
+        assert row["requests"] == 400
+        assert row["expected_share"] == {601: 0.5, 602: 0.5}
+        assert row["passed"], row["p_value"]  # fails at the SRM alpha, 0.1% of runs
 
     def test_nothing_is_served_outside_the_window(self, published, defs):
         with client_for(published, defs, dt.date(2026, 11, 22)) as c:

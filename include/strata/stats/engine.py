@@ -49,7 +49,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from strata import contracts
 from strata.metrics import (
+    CAPPED_COLUMNS,
     CAPPED_FUNCTION,
     LinearForm,
     Term,
@@ -210,6 +212,8 @@ def evaluate(
     cross: pd.DataFrame | None = None,
     analysis_date: date | None = None,
     config: EvaluationConfig | None = None,
+    cohorts: pd.DataFrame | None = None,
+    cohort_cross: pd.DataFrame | None = None,
 ) -> Evaluation:
     """Evaluate every metric of every experiment from ep-stats-layout aggregates.
 
@@ -223,9 +227,17 @@ def evaluate(
     uses are only checked for valid counts (:func:`strata.stats.inputs.check_counts`); rows for
     variants missing from a listed experiment's design are an error.
 
+    ``cohorts`` / ``cohort_cross``: the same aggregates per ramp cohort (a ``ramp_period``
+    column; ``goal_cohort_aggregates``, the ramped experiments only). An experiment with cohort
+    rows is evaluated by cohort (:func:`_cohort_srm`, :func:`_stratify`): its SRM is the
+    chi-square summed over cohorts against each period's shares, and its metrics (but capped
+    ones and those with dimension terms, which stay pooled) are post-stratified by cohort. The
+    others are evaluated as without ``cohorts``.
+
     The steps: designs → metric rows → SRM → term sums → per-variant moments → CUPED →
-    comparisons with the control → significance (corrections, sequential boundaries) → power →
-    decisions → the Bayesian view (:mod:`strata.stats.bayes`) → the metrics frame.
+    (stratification by ramp cohort) → comparisons with the control → significance
+    (corrections, sequential boundaries) → power → decisions → the Bayesian view
+    (:mod:`strata.stats.bayes`) → the metrics frame.
     """
     config = config or EvaluationConfig()
     exps = _designs(experiments)
@@ -233,6 +245,9 @@ def evaluate(
     n_var = max(len(e.variants) for e in exps)
     check_counts(goals, exps, config.exposure_goal)
     srm = sample_ratio_mismatch(goals, exps, config)
+    by_cohort = _cohort_frames(cohorts, cohort_cross, exps)
+    if by_cohort:
+        srm = _cohort_srm(srm, by_cohort, exps, config)
     days = _days_run(exps, analysis_date)
     if not len(rows.metrics):
         return Evaluation(pd.DataFrame(), srm, config, analysis_date, days)
@@ -240,6 +255,8 @@ def evaluate(
     q = quadratic_sums(rows, sums, cross_lookup(cross, exps, rows, n_var), n_var)
     mom = _moments(rows, sums, q, exps, n_var)
     cuped = _cuped(rows, mom)
+    if by_cohort:
+        _stratify(rows, exps, mom, cuped, by_cohort, n_var)
     cmp = _comparisons(rows, exps, mom, cuped, n_var)
     sig = _significance(rows, exps, cmp, analysis_date, config)
     pw = _power(rows, mom, cmp, sig, config)
@@ -301,6 +318,192 @@ def evaluate(
     for col in INTERVAL_COLUMNS:
         out.loc[~out["p_value"].notna(), col] = np.nan
     return Evaluation(out, srm, config, analysis_date, days)
+
+
+#: The ramp cohort column of the cohort aggregates (strata.contracts.COHORT_COLUMN).
+COHORT_COLUMN = contracts.COHORT_COLUMN
+#: ``method`` of an SRM row: against the design's weights, or per ramp cohort.
+SRM_POOLED, SRM_COHORTS = "pooled", "ramp_cohorts"
+
+
+def _cohort_frames(
+    cohorts: pd.DataFrame | None,
+    cohort_cross: pd.DataFrame | None,
+    exps: list[ExperimentDesign],
+) -> dict[int, tuple[pd.DataFrame, pd.DataFrame | None]]:
+    """{ramp period: (its goal rows, its cross rows)} of the listed experiments, without the
+    ``ramp_period`` column; empty when no listed experiment has cohort rows. A period past an
+    experiment's ramp (or cohorts of one without a ramp) is an :class:`AggregateError`."""
+    if cohorts is None or not len(cohorts):
+        return {}
+    if COHORT_COLUMN not in cohorts.columns:
+        raise AggregateError(f"cohort aggregates lack the {COHORT_COLUMN!r} column")
+    wanted = {e.experiment_id: e for e in exps}
+    c = cohorts[cohorts["exp_id"].astype(str).isin(wanted)]
+    if not len(c):
+        return {}
+    periods = pd.to_numeric(c[COHORT_COLUMN], errors="coerce")
+    if periods.isna().any() or (periods < 0).any():
+        raise AggregateError(f"cohort aggregates: missing or negative {COHORT_COLUMN}")
+    for exp_id, top in periods.groupby(c["exp_id"].astype(str)).max().items():
+        n_periods = max(len(wanted[exp_id].periods), 1)
+        if top >= n_periods:
+            raise AggregateError(
+                f"cohort aggregates of {exp_id!r}: ramp period {int(top)} but its design has "
+                f"{n_periods} period(s) (the experiments table's ramp)"
+            )
+    x = None
+    if cohort_cross is not None and len(cohort_cross):
+        if COHORT_COLUMN not in cohort_cross.columns:
+            raise AggregateError(f"cohort cross-products lack the {COHORT_COLUMN!r} column")
+        x = cohort_cross[cohort_cross["exp_id"].astype(str).isin(wanted)]
+    out = {}
+    for k in sorted(periods.astype(int).unique()):
+        g = c[periods.astype(int) == k].drop(columns=[COHORT_COLUMN])
+        xk = None if x is None else x[x[COHORT_COLUMN] == k].drop(columns=[COHORT_COLUMN])
+        out[int(k)] = (g, xk)
+    return out
+
+
+def _cohort_srm(
+    srm: pd.DataFrame,
+    by_cohort: Mapping[int, tuple[pd.DataFrame, pd.DataFrame | None]],
+    exps: list[ExperimentDesign],
+    config: EvaluationConfig,
+) -> pd.DataFrame:
+    """The SRM rows of the experiments with cohort rows replaced by the per-cohort test
+    (:func:`strata.stats.ramps.cohort_srm`: each cohort's exposures against its period's shares,
+    chi-square and degrees of freedom summed); ``observed`` stays the pooled exposures per
+    variant and ``expected_share`` becomes the pooled share the cohorts' sizes imply."""
+    from strata.stats.ramps import cohort_srm
+
+    exposures = pd.concat(
+        [g.assign(**{COHORT_COLUMN: k}) for k, (g, _) in by_cohort.items()], ignore_index=True
+    )
+    exposures = exposures[
+        (exposures["agg_type"] == "global") & (exposures["goal"] == config.exposure_goal)
+    ]
+    out = srm.copy()
+    if "method" not in out:
+        out["method"] = SRM_POOLED
+    out["method"] = out["method"].astype(object)
+    for exp in exps:  # design-sized
+        mine = exposures[exposures["exp_id"].astype(str) == exp.experiment_id]
+        if mine.empty:
+            continue
+        shares = np.asarray(exp.periods or ((tuple(v.weight for v in exp.variants)),), float)
+        shares = shares / shares.sum(axis=1, keepdims=True)
+        vids = [v.vid for v in exp.variants]
+        for unit_type, part in mine.groupby(mine["unit_type"].astype(str)):
+            observed = np.zeros_like(shares)
+            for r in part.itertuples(index=False):
+                vid = int(r.exp_variant_id)
+                if vid not in vids:
+                    raise AggregateError(
+                        f"cohort aggregates of {exp.experiment_id!r}: variant {vid} is not in "
+                        f"its design (vids {vids})"
+                    )
+                observed[int(getattr(r, COHORT_COLUMN)), vids.index(vid)] += float(r.count)
+            chi2, dof, p = cohort_srm(observed, shares)
+            sizes = observed.sum(axis=1)
+            row = {
+                "exp_id": exp.experiment_id,
+                "unit_type": unit_type,
+                "exposures": float(observed.sum()),
+                "observed": list(observed.sum(axis=0)),
+                "expected_share": list(sizes @ shares / max(sizes.sum(), 1.0)),
+                "chi2": float(chi2),
+                "dof": int(dof),
+                "p_value": float(p),
+                "passed": bool(p >= config.srm_alpha),
+                "method": SRM_COHORTS,
+            }
+            hit = (out["exp_id"] == exp.experiment_id) & (out["unit_type"] == unit_type)
+            out = out[~hit]
+            out = pd.concat([out, pd.DataFrame([row])], ignore_index=True)
+    return out.sort_values(["exp_id", "unit_type"], kind="stable", ignore_index=True)
+
+
+def _stratify(
+    rows: MetricRows,
+    exps: list[ExperimentDesign],
+    mom: _Moments,
+    cuped: _Cuped,
+    by_cohort: Mapping[int, tuple[pd.DataFrame, pd.DataFrame | None]],
+    n_var: int,
+) -> None:
+    """Post-stratify by ramp cohort, in place, the metric rows of the experiments with cohort
+    rows (not capped metrics, nor metrics with dimension terms: the cohort aggregates carry
+    neither; those stay pooled).
+
+    Each cohort's moments and CUPED are computed as for the pooled rows (its own ``theta``);
+    cohort ``c`` gets weight ``w_c = N_c / sum N`` (its units in every variant) when every
+    variant has at least ``MIN_UNITS`` units in it (else it is left out, its weight going to the
+    others, as :func:`strata.stats.ramps.stratified_difference`). Each variant's value is then
+    ``sum_c w_c m_vc`` and the variance of its mean ``sum_c w_c² Var_vc / n_vc``; the pooled unit
+    count ``n`` stays, with the variance scaled to ``n · that`` so every later step (Welch test,
+    intervals, power, the Bayesian view) uses the stratified estimate. A row with no usable
+    cohort has insufficient data."""
+    ids = {e.experiment_id for e in exps}
+    with_cohorts = {
+        str(e) for g, _ in by_cohort.values() for e in g["exp_id"].astype(str).unique()
+    } & ids
+    exp_has = np.array([e.experiment_id in with_cohorts for e in exps])
+    plain = np.array(
+        [
+            m.cap is None and not any(rows.terms[t].dimensions for t in slots if t >= 0)
+            for m, slots in zip(rows.metrics, rows.slot_term, strict=True)
+        ],
+        dtype=bool,
+    )
+    sel = np.flatnonzero(exp_has[rows.exp_index] & plain)
+    if not len(sel):
+        return
+    sub = MetricRows(
+        exp_index=rows.exp_index[sel],
+        experiments=rows.experiments,
+        metrics=[rows.metrics[r] for r in sel],
+        terms=rows.terms,
+        slot_term=rows.slot_term[sel],
+        coef={k: c[sel] for k, c in rows.coef.items()},
+        is_ratio=rows.is_ratio[sel],
+        has_cov=rows.has_cov[sel],
+    )
+    capped = any(t.func == CAPPED_FUNCTION for t in rows.terms)
+    parts = []
+    for goals_k, cross_k in by_cohort.values():
+        if capped:  # capped metrics are not stratified: their columns are only placeholders
+            goals_k = goals_k.assign(**dict.fromkeys(CAPPED_COLUMNS, np.nan))
+        sums = goal_sums(goals_k, exps, sub, n_var)
+        q = quadratic_sums(sub, sums, cross_lookup(cross_k, exps, sub, n_var), n_var)
+        mom_k = _moments(sub, sums, q, exps, n_var)
+        parts.append((mom_k, _cuped(sub, mom_k)))
+    n_k = np.stack([mk.n for mk, _ in parts])  # (K, R', V)
+    defined = mom.valid_variant[sub.exp_index]  # (R', V): the experiment's variants
+    usable = np.stack([(mk.valid | ~defined).all(axis=1) for mk, _ in parts])  # (K, R')
+    size = np.where(usable, np.where(defined, n_k, 0).sum(axis=2), 0.0)
+    total = size.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = (size / total)[:, :, None]  # (K, R', 1)
+
+        def combine(values: list[np.ndarray], squared: bool = False) -> np.ndarray:
+            a = np.stack(values)
+            terms = w**2 * a / n_k if squared else w * a
+            return np.where(usable[:, :, None], terms, 0.0).sum(axis=0)
+
+        m = combine([ck.m for _, ck in parts])
+        m_raw = combine([ck.m_raw for _, ck in parts])
+        a_cuped = combine([ck.var_l for _, ck in parts], squared=True)
+        a_raw = combine([mk.var_l for mk, _ in parts], squared=True)
+        n = mom.n[sel]
+        var_l = a_cuped * n
+        reduction = np.where(sub.has_cov[:, None] & (a_raw > 0), 1.0 - a_cuped / a_raw, np.nan)
+    ok = (total > 0)[:, None] & defined
+    mom.valid[sel] = mom.valid[sel] & ok
+    cuped.m[sel] = np.where(ok, m, np.nan)
+    cuped.m_raw[sel] = np.where(ok, m_raw, np.nan)
+    cuped.var_l[sel] = np.where(ok, var_l, np.nan)
+    cuped.variance_reduction[sel] = np.where(ok & sub.has_cov[:, None], reduction, np.nan)
 
 
 def _days_run(exps: list[ExperimentDesign], analysis_date: date | None) -> dict[str, int]:

@@ -69,6 +69,9 @@ class ExperimentDesign:
     metrics: tuple[Metric, ...]
     start_date: date | None = None
     end_date: date | None = None
+    #: Allocation shares per ramp period (rows: period 0 = the variants' weights, then each ramp
+    #: step; columns: ``variants`` in order, each row summing to 1); empty without a ramp.
+    periods: tuple[tuple[float, ...], ...] = ()
 
     @property
     def control(self) -> VariantDesign:
@@ -245,7 +248,36 @@ def experiment_from_record(record: Mapping[str, Any]) -> ExperimentDesign:
                 parse_linear(text)
             except ExpressionError as exc:
                 raise DesignError(f"experiment {name!r}, metric {m.id!r} {side}: {exc}") from exc
-    return ExperimentDesign(spec.experiment_id, variants, metrics, spec.start_date, spec.end_date)
+    return ExperimentDesign(
+        spec.experiment_id,
+        variants,
+        metrics,
+        spec.start_date,
+        spec.end_date,
+        _periods(name, variants, record.get("ramp")),
+    )
+
+
+def _periods(
+    experiment: str, variants: tuple[VariantDesign, ...], raw: Any
+) -> tuple[tuple[float, ...], ...]:
+    """Shares per ramp period from the ``experiments`` table's ``ramp`` JSON (a list of steps,
+    each ``{date, variants: [{vid, weight, ...}]}``); empty when there is no ramp."""
+    if raw is None or (isinstance(raw, float) and raw != raw):  # null / NaN from pandas
+        return ()
+    try:
+        steps = json.loads(raw) if isinstance(raw, str) else raw
+        if not steps:
+            return ()
+        rows = [[v.weight for v in variants]]
+        for step in steps:
+            by_vid = {int(v["vid"]): float(v["weight"]) for v in step["variants"]}
+            rows.append([by_vid.get(v.vid, 0.0) for v in variants])
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise DesignError(f"experiment {experiment!r}: unreadable ramp {raw!r}: {exc}") from exc
+    if any(sum(r) <= 0 for r in rows):
+        raise DesignError(f"experiment {experiment!r}: a ramp period's weights sum to zero")
+    return tuple(tuple(w / sum(r) for w in r) for r in rows)
 
 
 def _cap(experiment: str, m: _MetricIn) -> Cap | None:

@@ -85,8 +85,9 @@ class NightResult:
     rows: int
     dates: int
     evaluation: Evaluation
-    #: SRM per ramp cohort of the ramped experiments among them (:mod:`strata.stats.ramps`;
-    #: empty without ramps): the engine's pooled SRM row is not meaningful for those.
+    #: SRM per ramp cohort of the ramped experiments among them over their assigned units
+    #: (:mod:`strata.stats.ramps`; empty without ramps); the ``results`` SRM row of such an
+    #: experiment is the same test over its exposed units (``goal_cohort_aggregates``).
     ramp_srm: pd.DataFrame | None = None
     #: The segment flags settled across each evaluated date's night (:func:`settle_night`),
     #: oldest first; empty when the caller settles later (``settle=False``).

@@ -42,6 +42,7 @@ from strata.stats.engine import (
     CROSS_COLUMNS,
     DATE_COLUMN,
     KEY_COLUMNS,
+    SRM_COHORTS,
     VALUE_COLUMNS,
     Evaluation,
     evaluate,
@@ -66,6 +67,8 @@ GOALS_TABLE = contracts.GOAL_AGGREGATES
 CROSS_TABLE = contracts.GOAL_CROSS_AGGREGATES
 SEGMENT_GOALS_TABLE = contracts.GOAL_SEGMENT_AGGREGATES
 SEGMENT_CROSS_TABLE = contracts.GOAL_SEGMENT_CROSS_AGGREGATES
+COHORT_GOALS_TABLE = contracts.GOAL_COHORT_AGGREGATES
+COHORT_CROSS_TABLE = contracts.GOAL_COHORT_CROSS_AGGREGATES
 EXPERIMENTS_TABLE = contracts.EXPERIMENTS
 #: Column of the aggregate tables that selects the analysis date (cumulative window).
 AS_OF_COLUMN = DATE_COLUMN
@@ -218,7 +221,13 @@ def results_frame(
             {
                 "experiment_id": srm["exp_id"],
                 "metric_id": SRM_METRIC_ID,
-                "metric_name": "sample ratio mismatch (" + srm["unit_type"] + ")",
+                "metric_name": np.where(
+                    srm["method"].eq(SRM_COHORTS) if "method" in srm else False,
+                    "sample ratio mismatch by ramp cohort (",
+                    "sample ratio mismatch (",
+                )
+                + srm["unit_type"]
+                + ")",
                 "role": "check",
                 "variant": "",
                 "comparison": "",
@@ -559,6 +568,9 @@ class Inputs:
     #: The segment aggregates of the date (None: no segment table, or no rows that day).
     segment_goals: pd.DataFrame | None = None
     segment_cross: pd.DataFrame | None = None
+    #: The ramp-cohort aggregates of the date (None: no cohort table, or no ramped experiment).
+    cohort_goals: pd.DataFrame | None = None
+    cohort_cross: pd.DataFrame | None = None
 
 
 def _scan(
@@ -591,6 +603,8 @@ def read_inputs(
     snapshots: Mapping[str, int | None] | None = None,
     segment_goals_table: str | None = SEGMENT_GOALS_TABLE,
     segment_cross_table: str | None = SEGMENT_CROSS_TABLE,
+    cohort_goals_table: str | None = COHORT_GOALS_TABLE,
+    cohort_cross_table: str | None = COHORT_CROSS_TABLE,
 ) -> Inputs:
     """Read the aggregates of ``analysis_date`` (and the designs) at pinned or current snapshots.
 
@@ -598,6 +612,8 @@ def read_inputs(
     non-standard column of the aggregates is a dimension. A missing cross table is allowed (the
     engine then fails clearly if a metric needs it). The segment tables are optional: missing
     (a stack built before segments), or without rows for the date, there is no segment analysis.
+    So are the ramp-cohort tables (``goal_cohort_aggregates``): without rows for these
+    experiments and date, every experiment is evaluated pooled.
     """
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.expressions import And, EqualTo, In
@@ -629,7 +645,8 @@ def read_inputs(
     refuse_per_request(records)
     _require(goals, g_ident)
     seg_frames: list[pd.DataFrame | None] = []
-    for name in (segment_goals_table, segment_cross_table):
+    tables = (segment_goals_table, segment_cross_table, cohort_goals_table, cohort_cross_table)
+    for name in tables:
         frame = None
         if name:
             ident = _identifier(catalog, name, namespace)
@@ -659,7 +676,8 @@ def refuse_per_request(records: Sequence[Mapping[str, Any]]) -> None:
             raise DesignError(
                 f"{r['experiment_id']}: a {r['unit_type']} (per-request) experiment is not "
                 "analysable per unit: each request draws its variant afresh, so no unit carries "
-                "one variant (count its exposures instead)"
+                "one variant (its requests per variant are counted instead: the endpoint's "
+                "strata_endpoint_random_served_total, checked by random_split)"
             )
 
 
@@ -690,8 +708,9 @@ def run_evaluation(
         catalog, experiment_ids, analysis_date, namespace, snapshots=snapshots, **tables
     )
     evaluation = evaluate(
-        inputs.goals, inputs.experiments, inputs.cross, analysis_date=analysis_date, config=config
-    )
+        inputs.goals, inputs.experiments, inputs.cross, analysis_date=analysis_date, config=config,
+        cohorts=inputs.cohort_goals, cohort_cross=inputs.cohort_cross,
+    )  # fmt: skip
     run_id, now = run_id or uuid.uuid4().hex, datetime.now(UTC)
     frame = results_frame(evaluation, run_id, inputs.snapshots, evaluated_at=now)
     if inputs.segment_goals is not None:

@@ -19,6 +19,7 @@ Usage:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from strata.stats.inputs import dimension_columns, variant_codes
+from strata.stats.models import DEFAULT_SRM_ALPHA
 
 if TYPE_CHECKING:
     from strata.stats.models import EvaluationConfig, ExperimentDesign
@@ -89,3 +91,60 @@ def sample_ratio_mismatch(
     ]
     out["passed"] = out["p_value"] >= config.srm_alpha
     return out
+
+
+def request_split(
+    served: Mapping[tuple[str, int], float],
+    shares: Mapping[str, Mapping[int, float]],
+    alpha: float = DEFAULT_SRM_ALPHA,
+) -> pd.DataFrame:
+    """The split check of random (per-request) experiments, which have no unit: a chi-square
+    test of the **requests** served each variant against the variants' shares of the draw.
+
+    ``served``: ``{(experiment_id, vid): requests}`` (the endpoint's
+    ``strata_endpoint_random_served_total``); ``shares``: ``{experiment_id: {vid: share}}``
+    (each variant's slot width: the probability a served request draws it). Each request is an
+    independent draw, so any set of counted requests (e.g. since the endpoint last restarted)
+    splits by the shares; a failed check means the draw or the counting is broken. No per-unit
+    metric exists for these experiments (``refuse_per_request``). One row per experiment with
+    requests: ``exp_id, requests, observed, expected_share, chi2, dof, p_value, passed``.
+
+    Usage:
+        >>> out = request_split({("banner", 1): 5120, ("banner", 2): 4880},
+        ...                     {"banner": {1: 0.5, 2: 0.5}})
+        >>> round(float(out.loc[0, "chi2"]), 2), bool(out.loc[0, "passed"])
+        (5.76, True)
+    """
+    rows = []
+    for exp_id in sorted(shares):
+        vids = sorted(shares[exp_id])
+        observed = np.array([float(served.get((exp_id, v), 0.0)) for v in vids])
+        unknown = sorted(v for e, v in served if e == exp_id and v not in shares[exp_id])
+        if unknown:
+            raise ValueError(f"{exp_id}: requests served variant(s) {unknown}, not in {vids}")
+        total = observed.sum()
+        if total <= 0:
+            continue
+        share = np.array([float(shares[exp_id][v]) for v in vids])
+        share = share / share.sum()
+        expected = total * share
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(expected > 0, (observed - expected) ** 2 / expected, 0.0)
+            terms = np.where((expected == 0) & (observed > 0), np.inf, terms)
+        chi2 = float(terms.sum())
+        dof = int((share > 0).sum() - 1)
+        p = float(stats.chi2.sf(chi2, max(dof, 1))) if dof > 0 else 1.0
+        rows.append(
+            {
+                "exp_id": exp_id,
+                "requests": float(total),
+                "observed": dict(zip(vids, observed.tolist(), strict=True)),
+                "expected_share": dict(zip(vids, share.tolist(), strict=True)),
+                "chi2": chi2,
+                "dof": dof,
+                "p_value": p,
+                "passed": p >= alpha,
+            }
+        )
+    columns = ["exp_id", "requests", "observed", "expected_share", "chi2", "dof", "p_value"]
+    return pd.DataFrame(rows, columns=[*columns, "passed"])
