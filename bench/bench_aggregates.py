@@ -96,7 +96,12 @@ def _setup_inputs(spark, settings, n_events: int, caps: bool = True) -> int:
 
 
 #: The segment models timed after the goal_aggregates run (their inputs are built by then).
-SEGMENT_MODELS = ("int_unit_segments", "int_segment_unit_goals", "goal_segment_aggregates")
+SEGMENT_MODELS = (
+    "int_unit_first_seen",
+    "int_unit_segments",
+    "int_segment_unit_goals",
+    "goal_segment_aggregates",
+)
 
 
 def _run_dbt(settings, profiles: Path, select: tuple[str, ...] = ("+goal_aggregates",)) -> float:

@@ -10,14 +10,39 @@
 
 
 {#- Incremental runs recompute `lookback_days` of `column` before the run's day: before the
-    as-of date when given (and nothing after it), else before the newest day already built. -#}
-{% macro recompute_window(column) -%}
+    as-of date when given (and nothing after it), else before the newest day already built
+    (the newest `this_column` of the model's table; default `column`). -#}
+{% macro recompute_window(column, this_column=none) -%}
     {%- set day = as_of_date() -%}
     {%- if day %}
     {{ column }} between date_sub({{ day }}, {{ var('lookback_days') }}) and {{ day }}
     {%- else %}
     {{ column }} >= (
-        select date_sub(max({{ column }}), {{ var('lookback_days') }}) from {{ this }}
+        select date_sub(max({{ this_column or column }}), {{ var('lookback_days') }})
+        from {{ this }}
     )
     {%- endif %}
+{%- endmacro %}
+
+
+{#- The event days an incremental run of fct_unit_goals_daily can attribute (a filter on the
+    events' own day `column`, in date literals so the scan reads only those partitions): the
+    recompute window, and the `pre_period_days` before the start of every experiment still open
+    in it (a unit exposed in the window brings its pre-period events as covariates). -#}
+{% macro attributable_event_dates(column) -%}
+    {%- set day = as_of_date() -%}
+    {%- if day and execute -%}
+        {%- set starts = run_query(
+            "select distinct cast(start_date as string) from " ~ ref('stg_strata__experiments')
+            ~ " where end_date >= date_sub(" ~ day ~ ", " ~ var('lookback_days') ~ ")"
+            ~ " and start_date <= " ~ day ~ " order by 1"
+        ).columns[0].values() -%}
+    ({{ recompute_window(column) }}
+        {%- for start in starts %}
+        or {{ column }} between date_sub(date '{{ start }}', {{ var('pre_period_days') }})
+        and date_sub(date '{{ start }}', 1)
+        {%- endfor %})
+    {%- else -%}
+    true  {#- without an as-of day the window is a query on the model's table: no pruning #}
+    {%- endif -%}
 {%- endmacro %}

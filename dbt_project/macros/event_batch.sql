@@ -1,14 +1,29 @@
+{#- The newest arrival already loaded minus the lookback window, as a timestamp literal read
+    when the model runs: a literal lets the scan skip the raw files whose arrivals all precede it
+    (their min/max statistics), where a subquery made every night read all of raw_events. -#}
+{% macro batch_start() -%}
+    {%- set sql -%}
+        select cast(
+            coalesce(max(arrived_at), timestamp '1970-01-01')
+            - interval {{ var('lookback_hours') }} hours as string
+        )
+        from {{ this }}
+    {%- endset -%}
+    {%- if execute -%}
+        timestamp '{{ run_query(sql).columns[0].values()[0] }}'
+    {%- else -%}
+        timestamp '1970-01-01 00:00:00'
+    {%- endif -%}
+{%- endmacro %}
+
+
 {#- Rows of raw_events that a run of `model` must (re)process: all of them on a full build, else
     the arrivals since the newest one already loaded minus the lookback window. -#}
 {% macro event_batch(relation) -%}
     select *
     from {{ relation }}
     {% if is_incremental() -%}
-    where arrived_at > (
-        select coalesce(max(arrived_at), timestamp '1970-01-01')
-            - interval {{ var('lookback_hours') }} hours
-        from {{ this }}
-    )
+    where arrived_at > {{ batch_start() }}
     {%- endif %}
 {%- endmacro %}
 

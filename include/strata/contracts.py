@@ -82,9 +82,14 @@ COHORT_UNIT_GOALS = "int_cohort_unit_goals"
 COHORT_COLUMN = "ramp_period"
 #: The evaluation's output.
 RESULTS = "results"
-#: dbt's intermediate exposure table (rebuilt by each run; int_unit_segments and
-#: int_segment_unit_goals, above, are tables too; the other intermediate models are views).
+#: dbt's intermediate exposure table (incremental; int_unit_segments and int_segment_unit_goals,
+#: above, are tables too; the other intermediate models are views but int_unit_first_seen).
 UNITS_EXPOSED = "int_units_exposed"
+#: The running per-unit states of the incremental nights (dbt tables): each unit's totals
+#: through the last day no run recomputes (goal_aggregates and goal_cross_aggregates read them),
+#: and each unit's first event.
+UNIT_GOAL_STATE = "fct_unit_goal_state"
+UNIT_FIRST_SEEN = "int_unit_first_seen"
 
 #: Every Iceberg table Strata writes: what table maintenance (``strata.maintenance``) keeps tidy.
 TABLES = (
@@ -100,7 +105,9 @@ TABLES = (
     STG_EVENTS,
     STG_EVENT_REJECTS,
     UNITS_EXPOSED,
+    UNIT_FIRST_SEEN,
     UNIT_GOALS_DAILY,
+    UNIT_GOAL_STATE,
     GOAL_AGGREGATES,
     GOAL_CROSS_AGGREGATES,
     UNIT_SEGMENTS,

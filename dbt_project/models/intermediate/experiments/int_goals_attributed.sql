@@ -61,6 +61,9 @@ select
     event_at,
     case when is_pre_period then exposure_date else event_date end as event_date,
     platform,
-    value
+    value,
+    -- the day the event happened (a pre-period goal's event_date is the exposure day): a filter
+    -- on it reaches the events' partitions
+    event_date as occurred_date
 
 from matched

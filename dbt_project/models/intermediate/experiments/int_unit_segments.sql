@@ -9,7 +9,16 @@
 --                      started, else 'new'
 --   plan               orgs.plan of the org of the unit's user
 -- A missing attribute (unknown device, logged-out traffic) is the segment 'unknown'.
-{{ config(materialized='table') }}
+-- Incremental: segments are fixed at the first exposure, so a run computes the units whose first
+-- exposure falls in its recompute window (new units, or one that a late event moved earlier)
+-- from that window's exposing events and merges them; the others keep their row.
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='merge',
+        unique_key=['experiment_id', 'unit_type', 'unit_id'],
+    )
+}}
 
 with
 
@@ -26,6 +35,9 @@ exposed as (
     from {{ ref('int_units_exposed') }} as x
     inner join {{ ref('stg_strata__experiments') }} as w
         on x.experiment_id = w.experiment_id
+    {% if is_incremental() -%}
+        where {{ recompute_window('x.exposure_date', 'exposure_date') }}
+    {%- endif %}
 
 ),
 
@@ -39,7 +51,11 @@ exposing_events as (
         device_id,
         platform
     from {{ ref('stg_events__events') }}
-    where event_name = 'session_start' and user_id is not null
+    where
+        event_name = 'session_start' and user_id is not null
+        {%- if is_incremental() %}
+            and {{ recompute_window('event_date', 'exposure_date') }}
+        {%- endif %}
     union all
     select
         experiment_id,
@@ -48,7 +64,11 @@ exposing_events as (
         device_id,
         cast(null as string) as platform
     from {{ ref('stg_strata__exposure_logs') }}
-    where user_id is not null
+    where
+        user_id is not null
+        {%- if is_incremental() %}
+            and {{ recompute_window('cast(served_at as date)', 'exposure_date') }}
+        {%- endif %}
 
 ),
 
@@ -72,12 +92,7 @@ exposing_devices as (
 
 first_seen as (
 
-    select
-        unit_type,
-        unit_id,
-        min(event_at) as first_event_at
-    from {{ ref('int_events_by_unit') }}
-    group by unit_type, unit_id
+    select * from {{ ref('int_unit_first_seen') }}
 
 ),
 

@@ -2,7 +2,9 @@
 -- Pre-period goals (pre_<goal>, the CUPED covariates) are dated on the unit's exposure day.
 -- Incremental: each run recomputes the last `lookback_days` event dates from the deduplicated
 -- staging events and merges them, so late events are counted exactly once and re-running a day
--- reproduces it.
+-- reproduces it. The events it reads are those of the window and of the pre-periods of the
+-- experiments open in it (attributable_event_dates: date literals, so only their partitions).
+-- depends_on: {{ ref('stg_strata__experiments') }}
 {{
     config(
         materialized='incremental',
@@ -18,7 +20,9 @@ attributed as (
 
     select * from {{ ref('int_goals_attributed') }}
     {% if is_incremental() -%}
-        where {{ recompute_window('event_date') }}
+        where
+            {{ recompute_window('event_date') }}
+            and {{ attributable_event_dates('occurred_date') }}
     {%- endif %}
 
 )

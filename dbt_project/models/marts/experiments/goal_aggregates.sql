@@ -24,6 +24,10 @@
 -- A percentile cap moves with the analysis date, so min(V, cap) is not a sum of daily increments:
 -- these come from each unit's value as of every analysis date (capped goals' rows x dates).
 -- The table was created without these columns by earlier versions: on_schema_change adds them.
+-- Incremental runs window over each unit's running totals (fct_unit_goal_state, dated on its
+-- day, before every date the run recomputes) and the daily rows after it, not over every daily
+-- row since the start (macro unit_goal_rows): same sums, a night's cost flat in the history.
+-- depends_on: {{ ref('fct_unit_goal_state') }}
 {{
     config(
         materialized='incremental',
@@ -58,7 +62,7 @@ cumulative as (
         sum(goal_count) over unit_day as unit_day_count,
         sum(goal_value) over unit_day as unit_day_value,
         row_number() over unit_order as unit_nth_row
-    from {{ ref('fct_unit_goals_daily') }}
+    from {{ unit_goal_rows() }}
     window
         platform_history as (
             partition by unit_id, unit_type, experiment_id, variant_id, goal, platform
@@ -184,7 +188,7 @@ aggregates as (
 capped_goal_rows as (
 
     select f.*
-    from {{ ref('fct_unit_goals_daily') }} as f
+    from {{ unit_goal_rows() }} as f
     left semi join {{ ref('int_metric_caps') }} as c
         on f.experiment_id = c.experiment_id and f.goal = c.goal
 

@@ -3,6 +3,10 @@
 -- them for the covariance in ratio metrics (delta method) and for CUPED; the pairs are listed
 -- by the cross_term_pairs macro. Terms are ep-stats texts, e.g. count(user.unit.purchase).
 -- Windows list unit_id first so Spark's sort prefix separates rows (see goal_aggregates).
+-- Incremental runs window over each unit's running totals (fct_unit_goal_state, dated on its
+-- day, before every date the run recomputes) and the daily rows after it, not over every daily
+-- row since the start (macro unit_goal_rows): same sums, a night's cost flat in the history.
+-- depends_on: {{ ref('fct_unit_goal_state') }}
 {{
     config(
         materialized='incremental',
@@ -34,7 +38,7 @@ unit_days as (
         sum(case when goal = '{{ g }}' then goal_value else 0 end) as value_{{ g }}
         {{- "," if not loop.last }}
     {%- endfor %}
-    from {{ ref('fct_unit_goals_daily') }}
+    from {{ unit_goal_rows() }}
     group by experiment_id, variant_id, unit_type, unit_id, event_date
 
 ),
