@@ -9,7 +9,7 @@ project (`dbt run --full-refresh --select +goal_aggregates`); DuckDB runs an equ
 on 2 threads over the Parquet files. The run checks both produce the same totals, then prints
 times and ratios. Then the segments: dbt builds int_unit_segments, int_segment_unit_goals and
 goal_segment_aggregates, DuckDB the same rows from its steps above and the users / devices / orgs
-files (DUCKDB_SEGMENT_SQL); same totals checked, times printed.
+files (DUCKDB_SEGMENT_SQL), capped sums included; same totals checked, times printed.
 
     .venv/bin/python bench/bench_aggregates.py [--sizes 1,10,100]     # millions of events
     .venv/bin/python bench/bench_aggregates.py --no-caps    # no capped metric (what caps cost)
@@ -307,7 +307,8 @@ FROM agg a LEFT JOIN capped c
 #: goal_segment_aggregates (dbt: int_unit_segments -> int_segment_unit_goals ->
 #: goal_segment_aggregates) from the temp tables above and the users / devices / orgs files: each
 #: exposed unit's segments at first exposure, its goal totals up to the experiment's newest
-#: analysis date, unpivoted one dimension at a time.
+#: analysis date, unpivoted one dimension at a time; capped goals' totals capped at the
+#: experiment's pooled cap of goal_aggregates (one cap per experiment, not per segment).
 DUCKDB_SEGMENT_SQL = """
 CREATE OR REPLACE TEMP TABLE goal_segment_aggregates AS
 WITH targets AS (
@@ -358,18 +359,28 @@ totals AS (
 ),
 long AS (
     UNPIVOT units ON __DIMENSIONS__ INTO NAME dimension VALUE segment
+),
+caps AS (  -- the experiment's pooled cap at the date (goal_aggregates' all-platform series)
+    SELECT DISTINCT as_of_date, exp_id, unit_type, goal, value_cap FROM goal_aggregates
+    WHERE agg_type = 'unit' AND platform = '' AND value_cap IS NOT NULL
 )
 SELECT l.as_of_date, l.experiment_id AS exp_id, l.variant_id AS exp_variant_id, l.unit_type,
        'unit' AS agg_type, g.goal, l.dimension, l.segment, sum(g.c) AS count,
        sum(g.c * g.c) AS sum_sqr_count, sum(g.v) AS sum_value, sum(g.v * g.v) AS sum_sqr_value,
-       count(*) AS count_unique
+       count(*) AS count_unique, max(c.value_cap) AS value_cap,
+       sum(CASE WHEN c.value_cap IS NOT NULL THEN least(g.v, c.value_cap) END)
+           AS sum_value_capped,
+       sum(CASE WHEN c.value_cap IS NOT NULL THEN least(g.v, c.value_cap) ^ 2 END)
+           AS sum_sqr_value_capped
 FROM long l
 JOIN totals g ON g.experiment_id = l.experiment_id AND g.unit_type = l.unit_type
     AND g.unit_id = l.unit_id
+LEFT JOIN caps c ON c.as_of_date = l.as_of_date AND c.exp_id = l.experiment_id
+    AND c.unit_type = l.unit_type AND c.goal = g.goal
 GROUP BY ALL
 UNION ALL
 SELECT as_of_date, experiment_id, variant_id, unit_type, 'global', 'exposure', dimension, segment,
-       count(*), count(*), 0, 0, count(*)
+       count(*), count(*), 0, 0, count(*), NULL::DOUBLE, NULL::DOUBLE, NULL::DOUBLE
 FROM long
 GROUP BY ALL
 """
