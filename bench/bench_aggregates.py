@@ -393,7 +393,9 @@ TOTALS = (
 )
 
 
-def _run_duckdb(settings, caps: bool = True) -> tuple[float, tuple, float, tuple]:
+def _run_duckdb(
+    settings, caps: bool = True, memory: str = "14GB"
+) -> tuple[float, tuple, float, tuple]:
     """Seconds and totals of goal_aggregates, then of goal_segment_aggregates."""
     import duckdb
 
@@ -401,7 +403,8 @@ def _run_duckdb(settings, caps: bool = True) -> tuple[float, tuple, float, tuple
     con.execute("SET threads = 2")
     # Beside the (idle) Spark driver's 6 GB heap on a 24 GB machine; without a cap a 10M run was
     # OOM-killed. At 10M events DuckDB took 172 s with 8 GB here and 102 s alone with 16 GB.
-    con.execute("SET memory_limit = '14GB'")
+    # With other jobs on the machine, 14 GB was OOM-killed at 10M too (2026-12-03): --duckdb-memory.
+    con.execute(f"SET memory_limit = '{memory}'")
     for name, alias in (
         ("raw_events", "raw"),
         ("assignments", "assignments"),
@@ -430,6 +433,10 @@ def main() -> int:
     parser.add_argument(
         "--no-caps", action="store_true", help="no capped metric (what capping costs)"
     )
+    parser.add_argument(
+        "--duckdb-memory", default="14GB",
+        help="DuckDB's memory_limit (lower it when other jobs share the machine: 8GB)",
+    )  # fmt: skip
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="strata-bench-aggregates-"))
     os.environ.update(
@@ -447,7 +454,9 @@ def main() -> int:
     spark = spark_session(settings, "bench-aggregates")
     try:
         sizes = [float(m) for m in args.sizes.split(",")]
-        return _compare(spark, settings, sizes, caps=not args.no_caps)
+        return _compare(
+            spark, settings, sizes, caps=not args.no_caps, duckdb_memory=args.duckdb_memory
+        )
     finally:
         spark.stop()
         if args.keep:
@@ -456,14 +465,16 @@ def main() -> int:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _compare(spark, settings, sizes: list[float], caps: bool = True) -> int:
+def _compare(
+    spark, settings, sizes: list[float], caps: bool = True, duckdb_memory: str = "14GB"
+) -> int:
     """Run both engines per size and print the table; 1 if any result differs."""
     from strata.stack import write_dbt_profile
 
     profiles = write_dbt_profile(settings)
     print(
         f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {settings.home}; "
-        f"capped metrics: {CAPS if caps else 'none'}\n"
+        f"capped metrics: {CAPS if caps else 'none'}; DuckDB memory_limit {duckdb_memory}\n"
     )
     print(f"{'events':>12} {'dbt-spark s':>12} {'duckdb s':>9} {'ratio':>7}  same result")
     results, all_same, segment_rows = [], True, []
@@ -477,7 +488,9 @@ def _compare(spark, settings, sizes: list[float], caps: bool = True) -> int:
         seg_totals = tuple(
             spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_segment_aggregates')}").first()
         )
-        t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(settings, caps)
+        t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(
+            settings, caps, duckdb_memory
+        )
         same = all(
             math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
             for a, b in zip(spark_totals, duck_totals, strict=True)
@@ -497,6 +510,7 @@ def _compare(spark, settings, sizes: list[float], caps: bool = True) -> int:
             f"{'yes' if same else f'NO: {spark_totals} vs {duck_totals}'}",
             flush=True,
         )
+        print(f"    segments: {segment_rows[-1].strip()}", flush=True)  # kept if a later size dies
     print()
     for (n0, s0, d0), (n1, s1, d1) in itertools.pairwise(results):
         print(
