@@ -9,7 +9,7 @@ project (`dbt run --full-refresh --select +goal_aggregates`); DuckDB runs an equ
 on 2 threads over the Parquet files. The run checks both produce the same totals, then prints
 times and ratios. Then the segments: dbt builds int_unit_segments, int_segment_unit_goals and
 goal_segment_aggregates, DuckDB the same rows from its steps above and the users / devices / orgs
-files (DUCKDB_SEGMENT_SQL); same totals checked, times printed.
+files (DUCKDB_SEGMENT_SQL), capped sums included; same totals checked, times printed.
 
     .venv/bin/python bench/bench_aggregates.py [--sizes 1,10,100]     # millions of events
     .venv/bin/python bench/bench_aggregates.py --no-caps    # no capped metric (what caps cost)
@@ -312,7 +312,8 @@ FROM agg a LEFT JOIN capped c
 #: goal_segment_aggregates (dbt: int_unit_segments -> int_segment_unit_goals ->
 #: goal_segment_aggregates) from the temp tables above and the users / devices / orgs files: each
 #: exposed unit's segments at first exposure, its goal totals up to the experiment's newest
-#: analysis date, unpivoted one dimension at a time.
+#: analysis date, unpivoted one dimension at a time; capped goals' totals capped at the
+#: experiment's pooled cap of goal_aggregates (one cap per experiment, not per segment).
 DUCKDB_SEGMENT_SQL = """
 CREATE OR REPLACE TEMP TABLE goal_segment_aggregates AS
 WITH targets AS (
@@ -363,18 +364,28 @@ totals AS (
 ),
 long AS (
     UNPIVOT units ON __DIMENSIONS__ INTO NAME dimension VALUE segment
+),
+caps AS (  -- the experiment's pooled cap at the date (goal_aggregates' all-platform series)
+    SELECT DISTINCT as_of_date, exp_id, unit_type, goal, value_cap FROM goal_aggregates
+    WHERE agg_type = 'unit' AND platform = '' AND value_cap IS NOT NULL
 )
 SELECT l.as_of_date, l.experiment_id AS exp_id, l.variant_id AS exp_variant_id, l.unit_type,
        'unit' AS agg_type, g.goal, l.dimension, l.segment, sum(g.c) AS count,
        sum(g.c * g.c) AS sum_sqr_count, sum(g.v) AS sum_value, sum(g.v * g.v) AS sum_sqr_value,
-       count(*) AS count_unique
+       count(*) AS count_unique, max(c.value_cap) AS value_cap,
+       sum(CASE WHEN c.value_cap IS NOT NULL THEN least(g.v, c.value_cap) END)
+           AS sum_value_capped,
+       sum(CASE WHEN c.value_cap IS NOT NULL THEN least(g.v, c.value_cap) ^ 2 END)
+           AS sum_sqr_value_capped
 FROM long l
 JOIN totals g ON g.experiment_id = l.experiment_id AND g.unit_type = l.unit_type
     AND g.unit_id = l.unit_id
+LEFT JOIN caps c ON c.as_of_date = l.as_of_date AND c.exp_id = l.experiment_id
+    AND c.unit_type = l.unit_type AND c.goal = g.goal
 GROUP BY ALL
 UNION ALL
 SELECT as_of_date, experiment_id, variant_id, unit_type, 'global', 'exposure', dimension, segment,
-       count(*), count(*), 0, 0, count(*)
+       count(*), count(*), 0, 0, count(*), NULL::DOUBLE, NULL::DOUBLE, NULL::DOUBLE
 FROM long
 GROUP BY ALL
 """
@@ -387,7 +398,9 @@ TOTALS = (
 )
 
 
-def _run_duckdb(settings, caps: bool = True) -> tuple[float, tuple, float, tuple]:
+def _run_duckdb(
+    settings, caps: bool = True, memory: str = "14GB"
+) -> tuple[float, tuple, float, tuple]:
     """Seconds and totals of goal_aggregates, then of goal_segment_aggregates."""
     import duckdb
 
@@ -395,7 +408,8 @@ def _run_duckdb(settings, caps: bool = True) -> tuple[float, tuple, float, tuple
     con.execute("SET threads = 2")
     # Beside the (idle) Spark driver's 6 GB heap on a 24 GB machine; without a cap a 10M run was
     # OOM-killed. At 10M events DuckDB took 172 s with 8 GB here and 102 s alone with 16 GB.
-    con.execute("SET memory_limit = '14GB'")
+    # With other jobs on the machine, 14 GB was OOM-killed at 10M too (2026-12-03): --duckdb-memory.
+    con.execute(f"SET memory_limit = '{memory}'")
     for name, alias in (
         ("raw_events", "raw"),
         ("assignments", "assignments"),
@@ -424,6 +438,10 @@ def main() -> int:
     parser.add_argument(
         "--no-caps", action="store_true", help="no capped metric (what capping costs)"
     )
+    parser.add_argument(
+        "--duckdb-memory", default="14GB",
+        help="DuckDB's memory_limit (lower it when other jobs share the machine: 8GB)",
+    )  # fmt: skip
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="strata-bench-aggregates-"))
     os.environ.update(
@@ -441,7 +459,9 @@ def main() -> int:
     spark = spark_session(settings, "bench-aggregates")
     try:
         sizes = [float(m) for m in args.sizes.split(",")]
-        return _compare(spark, settings, sizes, caps=not args.no_caps)
+        return _compare(
+            spark, settings, sizes, caps=not args.no_caps, duckdb_memory=args.duckdb_memory
+        )
     finally:
         spark.stop()
         if args.keep:
@@ -450,14 +470,16 @@ def main() -> int:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _compare(spark, settings, sizes: list[float], caps: bool = True) -> int:
+def _compare(
+    spark, settings, sizes: list[float], caps: bool = True, duckdb_memory: str = "14GB"
+) -> int:
     """Run both engines per size and print the table; 1 if any result differs."""
     from strata.stack import write_dbt_profile
 
     profiles = write_dbt_profile(settings)
     print(
         f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {settings.home}; "
-        f"capped metrics: {CAPS if caps else 'none'}\n"
+        f"capped metrics: {CAPS if caps else 'none'}; DuckDB memory_limit {duckdb_memory}\n"
     )
     print(f"{'events':>12} {'dbt-spark s':>12} {'duckdb s':>9} {'ratio':>7}  same result")
     results, all_same, segment_rows = [], True, []
@@ -471,7 +493,9 @@ def _compare(spark, settings, sizes: list[float], caps: bool = True) -> int:
         seg_totals = tuple(
             spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_segment_aggregates')}").first()
         )
-        t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(settings, caps)
+        t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(
+            settings, caps, duckdb_memory
+        )
         same = all(
             math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
             for a, b in zip(spark_totals, duck_totals, strict=True)
@@ -491,6 +515,7 @@ def _compare(spark, settings, sizes: list[float], caps: bool = True) -> int:
             f"{'yes' if same else f'NO: {spark_totals} vs {duck_totals}'}",
             flush=True,
         )
+        print(f"    segments: {segment_rows[-1].strip()}", flush=True)  # kept if a later size dies
     print()
     for (n0, s0, d0), (n1, s1, d1) in itertools.pairwise(results):
         print(

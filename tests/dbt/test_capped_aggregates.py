@@ -1,4 +1,5 @@
-"""Capping (winsorization) in goal_aggregates, on the hand-built fixture of test_goal_aggregates.
+"""Capping (winsorization) in goal_aggregates and goal_segment_aggregates, on the hand-built
+fixture of test_goal_aggregates.
 
 The fixture's purchases (after quarantine and the window): u1 (control) 10.0 on 11-03; u2
 (treatment) 20.0 on 11-02 and 5.0 on 11-04. Units' cumulative purchase values, pooled:
@@ -13,6 +14,7 @@ import json
 import pytest
 
 from strata.stats.engine import evaluate
+from strata.stats.segments import evaluate_segments
 from tests.dbt import test_goal_aggregates as base
 
 _build = base._build
@@ -48,6 +50,14 @@ def _capped(spark, settings, platform: str = "") -> dict[tuple, tuple]:
             WHERE platform = '{platform}' AND agg_type = 'unit' AND exp_id = 'e1'"""
     ).collect()
     return {(str(r[0]), r[1], r[2]): tuple(r[3:]) for r in rows}
+
+
+def _segment_capped(spark, settings) -> dict[tuple, tuple]:
+    rows = spark.sql(
+        f"""SELECT exp_variant_id, dimension, segment, goal, sum_value, {", ".join(CAPPED)}
+            FROM {settings.table("goal_segment_aggregates")} WHERE exp_id = 'e1'"""
+    ).collect()
+    return {tuple(r[:4]): tuple(r[4:]) for r in rows}
 
 
 def test_percentile_cap_pooled_per_analysis_date(spark, settings, fixture_tables, tmp_path):
@@ -89,6 +99,37 @@ def test_percentile_cap_pooled_per_analysis_date(spark, settings, fixture_tables
     assert m.loc[("revenue", "1"), "sum_value"] == 17.5  # not 25
     assert m.loc[("revenue", "0"), "mean"] == 5.0  # 10 over two exposed units
 
+    # per segment: the experiment's cap of 11-04 (17.5, pooled), not a cap per segment; u1
+    # (control: US, ios, 2, returning, pro) 10.0 -> 10.0, u2 (treatment: DE, android, 1, new,
+    # free) 25.0 -> 17.5; u4 (control) has no purchase. Each dimension adds up to the overall row.
+    seg = _segment_capped(spark, settings)
+    assert seg[(0, "country", "US", "purchase")] == (10.0, 17.5, 10.0, 100.0)
+    assert seg[(1, "country", "DE", "purchase")] == (25.0, 17.5, 17.5, 306.25)
+    assert seg[(0, "plan", "pro", "purchase")] == (10.0, 17.5, 10.0, 100.0)
+    assert seg[(0, "plan", "pro", "click")][1:] == (None, None, None)  # uncapped goal: null
+    assert seg[(0, "plan", "pro", "exposure")][1:] == (None, None, None)
+    for dim in ("country", "platform", "app_version_major", "visitor", "plan"):
+        for variant in (0, 1):
+            summed = [
+                sum(v[i] for k, v in seg.items() if k[:2] == (variant, dim) and k[3] == "purchase")
+                for i in (0, 2, 3)
+            ]
+            overall = got[("2026-11-04", variant, "purchase")]
+            assert tuple(summed) == (overall[0], overall[2], overall[3]), (dim, variant)
+
+    # the segment evaluation reads them: the capped metric per segment
+    seg_goals = (
+        spark.table(settings.table("goal_segment_aggregates"))
+        .where("exp_id = 'e1'")
+        .toPandas()
+        .drop(columns=["as_of_date"])
+    )
+    rows = evaluate_segments(seg_goals, [design]).segments.set_index(
+        ["metric_id", "dimension", "segment", "variant"]
+    )
+    assert rows.loc[("revenue", "plan", "pro", "0"), "mean"] == 5.0  # 10 over u1 and u4
+    assert ("revenue", "country", "DE", "1") in rows.index  # u2 alone: too few units for a mean
+
 
 def test_capping_columns_added_to_a_table_of_the_previous_version(
     spark, settings, fixture_tables, tmp_path
@@ -100,6 +141,11 @@ def test_capping_columns_added_to_a_table_of_the_previous_version(
     before = spark.sql(f"SELECT count(*) FROM {table}").collect()[0][0]
     spark.sql(f"ALTER TABLE {table} DROP COLUMNS ({', '.join(CAPPED)})")
     snapshots = spark.sql(f"SELECT count(*) FROM {table}.snapshots").collect()[0][0]
+    # the segment tables (dbt `table`s: replaced in place by each run, history kept)
+    segment_table = settings.table("goal_segment_aggregates")
+    spark.sql(f"ALTER TABLE {segment_table} DROP COLUMNS ({', '.join(CAPPED)})")
+    spark.sql(f"ALTER TABLE {settings.table('int_segment_unit_goals')} DROP COLUMN value_cap")
+    segment_snapshots = spark.sql(f"SELECT count(*) FROM {segment_table}.snapshots").first()[0]
 
     _set_metrics(spark, settings, _revenue({"value": 15}))
     _build(settings, tmp_path)
@@ -110,3 +156,10 @@ def test_capping_columns_added_to_a_table_of_the_previous_version(
     got = _capped(spark, settings)
     assert got[("2026-11-04", 1, "purchase")] == (25.0, 15.0, 15.0, 225.0)
     assert got[("2026-11-04", 0, "purchase")] == (10.0, 15.0, 10.0, 100.0)
+    assert set(CAPPED) <= set(spark.table(segment_table).columns)
+    assert spark.sql(f"SELECT count(*) FROM {segment_table}.snapshots").first()[0] > (
+        segment_snapshots
+    )  # not dropped and created anew
+    seg = _segment_capped(spark, settings)
+    assert seg[(1, "country", "DE", "purchase")] == (25.0, 15.0, 15.0, 225.0)
+    assert seg[(0, "country", "US", "purchase")] == (10.0, 15.0, 10.0, 100.0)

@@ -80,7 +80,7 @@ def test_cap_validated_with_experiment_and_metric(metric, message):
     with pytest.raises(DefinitionError) as exc:
         load_metrics(metric)
     (problem,) = exc.value.problems
-    assert "experiments[0]" in problem
+    assert problem.startswith("d.yaml: experiments[0]")  # the file, then where in it
     assert "experiment '" in problem
     assert "metric 'rev'" in problem
     assert message in problem
@@ -162,6 +162,10 @@ def test_engine_refuses_a_stored_cap_it_cannot_apply():
                                             "count(user.unit.purchase)"}]}  # fmt: skip
     with pytest.raises(ExpressionError, match="metric 'rev': cap is not supported on a ratio"):
         evaluate(goals(), [bad])
+    cuped = {**DESIGN, "metrics": [REVENUE | {"cap": {"value": 50}, "covariate":
+                                              "value(user.unit.pre_purchase)"}]}  # fmt: skip
+    with pytest.raises(ExpressionError, match="metric 'rev': cap is not supported with a CUPED"):
+        evaluate(goals(), [cuped])
     with pytest.raises(DesignError, match="experiment 'e', metric 'rev': cap percentile"):
         experiment_from_record({**DESIGN, "metrics": [REVENUE | {"cap": {"percentile": 2}}]})
 

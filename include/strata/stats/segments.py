@@ -29,8 +29,11 @@ all in one call; then, per family of one experiment × dimension × metric × tr
 Segment analysis is fixed-horizon (an exploratory read of the cumulative data: it never changes
 an experiment's verdict). Segments with fewer than ``min_units`` units in either arm, or a
 non-positive mean, take no part in the heterogeneity test (still evaluated, if estimable).
-Metrics whose terms carry dimension filters (``goal(platform=ios)``) are not segmented, nor are
-capped metrics (the segment aggregates carry no capped sums: a per-segment cap is not defined yet).
+Metrics whose terms carry dimension filters (``goal(platform=ios)``) are not segmented. Capped
+metrics are, from the segment aggregates' capped sums: the experiment's cap (pooled over variants,
+the one of ``goal_aggregates``), not a per-segment cap, so a dimension's segments add up to the
+experiment's row; segment aggregates without the capping columns (a table from before them)
+leave capped metrics out.
 
 Usage:
     >>> import numpy as np
@@ -54,7 +57,7 @@ from scipy import stats
 from strata.metrics import parse_linear
 from strata.stats.engine import evaluate, fieller_relative
 from strata.stats.errors import AggregateError
-from strata.stats.inputs import CROSS_COLUMNS, KEY_COLUMNS, VALUE_COLUMNS
+from strata.stats.inputs import CAP_COLUMNS, CROSS_COLUMNS, KEY_COLUMNS, VALUE_COLUMNS
 from strata.stats.models import EvaluationConfig, ExperimentDesign, experiment_from_record
 from strata.stats.multiple import benjamini_hochberg, holm
 
@@ -292,15 +295,21 @@ def evaluate_segments(
     g = goals[goals["exp_id"].astype(str).isin(by_id)] if len(goals) else goals
     if not len(g):
         return _empty(config, analysis_date)
-    pg = _pseudo(g, KEY_COLUMNS + VALUE_COLUMNS, "segment aggregates")
+    capped = all(c in g.columns for c in CAP_COLUMNS)
+    pg = _pseudo(
+        g, KEY_COLUMNS + VALUE_COLUMNS + (CAP_COLUMNS if capped else ()), "segment aggregates"
+    )
     pc = None
     if cross is not None and len(cross):
         c = cross[cross["exp_id"].astype(str).isin(by_id)]
         pc = _pseudo(c, CROSS_COLUMNS, "segment cross aggregates")
     keys = g[["exp_id", *SEGMENT_COLUMNS]].astype(str).drop_duplicates()
     pseudo: list[ExperimentDesign] = []
-    segmentable = {  # per experiment, once: metrics without dimension filters, uncapped
-        e.experiment_id: tuple(m for m in e.metrics if not _has_dimensions(m) and m.cap is None)
+    segmentable = {  # per experiment, once: metrics without dimension filters (capped ones
+        # where the aggregates carry the capped sums)
+        e.experiment_id: tuple(
+            m for m in e.metrics if not _has_dimensions(m) and (capped or m.cap is None)
+        )
         for e in exps
     }
     for exp_id, dim, seg in keys.itertuples(index=False):  # design-sized: segments, not rows

@@ -268,17 +268,49 @@ def test_metrics_with_dimension_filters_are_not_segmented_and_bad_input_is_named
     assert empty.heterogeneity.empty
 
 
-def test_capped_metrics_are_not_segmented():
-    """The segment aggregates carry no capped sums: a capped metric is left out of the segment
-    analysis (the demo's price_display once failed its whole evaluation on it)."""
+def test_capped_metrics_are_segmented_with_the_experiments_pooled_cap():
+    """A capped metric yields segment rows from the segment aggregates' capped sums, capped at
+    the experiment's cap (both variants and every segment pooled), so a dimension's segments add
+    up to the experiment's capped sums; the evaluated segment means are the capped means."""
     rng = np.random.default_rng(7)
-    goals = segment_goals(rng, ["e"], ["US", "GB"], [100, 100], [0.3, 0.3], [1, 1])
-    capped = Metric(
-        "capped", "capped invites", "value(user.unit.invite)", MEAN[1],
-        cap=Cap.from_json({"percentile": 0.99}),
-    )  # fmt: skip
-    ev = evaluate_segments(goals, [design(metrics=[Metric("m", "i", *MEAN), capped])])
-    assert set(ev.segments["metric_id"]) == {"m"}
+    segments, n = ["US", "GB", "DE"], [120, 80, 100]
+    values = [rng.lognormal(1.0, 1.2, (2, k)) * (rng.random((2, k)) < 0.4) for k in n]
+    pooled = np.concatenate([v.ravel() for v in values])
+    cap = float(np.percentile(pooled[pooled > 0], 90))  # exact, linear (as dbt's percentile)
+    frames = []
+    for seg, v in zip(segments, values, strict=True):
+        counts = (v > 0).astype(float)
+        g, _ = aggregate_arrays(["e"], [["1", "2"]], "user", {"purchase": (counts[None], v[None])})
+        capped = np.minimum(v, cap) * (v > 0)
+        rows = g["goal"] == "purchase"
+        g["value_cap"] = np.where(rows, cap, np.nan)
+        g.loc[rows, "sum_value_capped"] = capped.sum(axis=1)
+        g.loc[rows, "sum_sqr_value_capped"] = (capped**2).sum(axis=1)
+        frames.append(g.assign(dimension="country", segment=seg))
+    goals = pd.concat(frames, ignore_index=True)
+    goals["exp_variant_id"] = goals["exp_variant_id"].astype(int)
+    revenue = ("value(user.unit.purchase)", MEAN[1])
+    capped_metric = Metric("rev_capped", "revenue, capped", *revenue,
+                           cap=Cap.from_json({"percentile": 0.9}))  # fmt: skip
+    metrics = [Metric("rev", "revenue", *revenue), capped_metric]
+    ev = evaluate_segments(goals, [design(metrics=metrics)])
+    rows = ev.segments.set_index(["metric_id", "segment", "variant"])
+    for seg, v in zip(segments, values, strict=True):
+        for j, variant in enumerate(("1", "2")):
+            assert rows.loc[("rev_capped", seg, variant), "mean"] == pytest.approx(
+                np.minimum(v[j], cap).mean()
+            )
+            assert rows.loc[("rev", seg, variant), "mean"] == pytest.approx(v[j].mean())
+    assert np.isfinite(rows.loc[("rev_capped", "US", "2"), "p_value"])  # tested, not skipped
+    assert set(ev.heterogeneity["metric_id"]) == {"rev", "rev_capped"}
+    # the segments' capped sums add up to the experiment's (one pooled cap, not one per segment)
+    whole = np.concatenate(values, axis=1)
+    summed = goals[goals["goal"] == "purchase"].groupby("exp_variant_id")["sum_value_capped"]
+    assert summed.sum().to_numpy() == pytest.approx(np.minimum(whole, cap).sum(axis=1))
+    # segment aggregates from before the capping columns: capped metrics are left out
+    old = goals.drop(columns=["value_cap", "sum_value_capped", "sum_sqr_value_capped"])
+    ev = evaluate_segments(old, [design(metrics=metrics)])
+    assert set(ev.segments["metric_id"]) == {"rev"}
 
 
 def test_bh_runs_across_the_heterogeneity_tests_of_an_experiment():

@@ -2,6 +2,10 @@
 -- experiment's newest analysis date (the as-of day of the run; pre_<goal> covariates included),
 -- with the unit's segments beside it. One row per unit and goal it has; the segment marts read it
 -- once each. Segment results are for that one date per run (the results table keeps the history).
+-- value_cap: for the goals a metric of the experiment caps (int_metric_caps), the experiment's
+-- cap at that date, as goal_aggregates computed it (its all-platform series, both variants
+-- pooled: the fixed cap or the exact pooled percentile); null elsewhere. One cap per experiment,
+-- not per segment, so the segments' capped sums add up to the experiment's (docs/statistics.md).
 {{ config(materialized='table') }}
 
 with
@@ -31,6 +35,19 @@ totals as (
         on f.experiment_id = t.experiment_id and f.event_date <= t.as_of_date
     group by f.experiment_id, f.unit_type, f.unit_id, f.goal
 
+),
+
+caps as (
+
+    select distinct
+        as_of_date,
+        exp_id,
+        unit_type,
+        goal,
+        value_cap
+    from {{ ref('goal_aggregates') }}
+    where agg_type = 'unit' and platform = '' and value_cap is not null
+
 )
 
 select
@@ -44,7 +61,8 @@ select
     {%- endfor %}
     g.goal,
     g.goal_count,
-    g.goal_value
+    g.goal_value,
+    c.value_cap
 
 from {{ ref('int_unit_segments') }} as s
 inner join targets as t
@@ -52,3 +70,9 @@ inner join targets as t
 -- a unit without goals keeps one row with a null goal: it is still exposed
 left join totals as g
     on s.experiment_id = g.experiment_id and s.unit_type = g.unit_type and s.unit_id = g.unit_id
+left join caps as c
+    on
+        t.as_of_date = c.as_of_date
+        and s.experiment_id = c.exp_id
+        and {{ ep_unit_type('s.unit_type') }} = c.unit_type
+        and g.goal = c.goal
