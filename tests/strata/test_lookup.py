@@ -363,3 +363,229 @@ class TestConnection:
         held.send_command("CLIENT", "ID")
         assert admin.client_kill_filter(_id=held.read_response()) == 1
         assert reader.lookup_many(requests) == first  # both at once
+
+
+ANSWER = [
+    {"type": "experiment", "data": {"id": "e", "variantId": 1, "params": {"a": {"b": [1]}}}},
+    {"type": "configUpdate", "data": {"service": None, "params": {"x": 2.5, "y": True}}},
+]
+
+
+class TestCopier:
+    """Pure: the memo's copies of an answer (``lookup_many``'s per-request copy)."""
+
+    def test_each_copy_is_new_and_equal(self):
+        from strata.lookup import copier
+
+        make = copier(ANSWER)
+        first, second = make(), make()
+        assert first == second == ANSWER
+        first[0]["data"]["params"]["a"]["b"].append(2)
+        first[1]["data"]["params"]["z"] = 1
+        first.append({"type": "junk"})
+        assert make() == ANSWER
+        assert second == ANSWER
+
+    def test_same_shape_shares_one_compiled_maker(self):
+        from strata import lookup
+
+        other = [
+            {
+                "type": "experiment",
+                "data": {"id": "f", "variantId": 0, "params": {"a": {"b": [7]}}},
+            },
+            {"type": "configUpdate", "data": {"service": "s", "params": {"x": 1, "y": None}}},
+        ]
+        assert lookup.copier(ANSWER).func is lookup.copier(other).func
+        assert lookup.copier(other)() == other
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            [],
+            {},
+            "text",
+            [
+                [
+                    [
+                        [
+                            [
+                                [
+                                    [
+                                        [
+                                            [
+                                                [
+                                                    [
+                                                        [
+                                                            [
+                                                                [
+                                                                    [
+                                                                        [
+                                                                            [
+                                                                                [
+                                                                                    [
+                                                                                        [
+                                                                                            [
+                                                                                                [
+                                                                                                    [
+                                                                                                        [
+                                                                                                            [
+                                                                                                                [
+                                                                                                                    [
+                                                                                                                        [
+                                                                                                                            [
+                                                                                                                                [
+                                                                                                                                    [
+                                                                                                                                        [
+                                                                                                                                            [
+                                                                                                                                                [
+                                                                                                                                                    [
+                                                                                                                                                        [
+                                                                                                                                                            [
+                                                                                                                                                                [
+                                                                                                                                                                    [
+                                                                                                                                                                        [
+                                                                                                                                                                            [
+                                                                                                                                                                                "deep"
+                                                                                                                                                                            ]
+                                                                                                                                                                        ]
+                                                                                                                                                                    ]
+                                                                                                                                                                ]
+                                                                                                                                                            ]
+                                                                                                                                                        ]
+                                                                                                                                                    ]
+                                                                                                                                                ]
+                                                                                                                                            ]
+                                                                                                                                        ]
+                                                                                                                                    ]
+                                                                                                                                ]
+                                                                                                                            ]
+                                                                                                                        ]
+                                                                                                                    ]
+                                                                                                                ]
+                                                                                                            ]
+                                                                                                        ]
+                                                                                                    ]
+                                                                                                ]
+                                                                                            ]
+                                                                                        ]
+                                                                                    ]
+                                                                                ]
+                                                                            ]
+                                                                        ]
+                                                                    ]
+                                                                ]
+                                                            ]
+                                                        ]
+                                                    ]
+                                                ]
+                                            ]
+                                        ]
+                                    ]
+                                ]
+                            ]
+                        ]
+                    ]
+                ]
+            ],
+            {"k": ("a", "tuple")},  # not JSON-shaped: copied through marshal
+            {1: "int key"},
+        ],
+    )
+    def test_any_value_marshal_can_copy(self, value):
+        from strata.lookup import copier
+
+        make = copier(value)
+        assert make() == value
+        if isinstance(value, list | dict):
+            assert make() is not value
+
+
+class TestBatchParsing:
+    """Pure: ``lookup_many``'s inlined request parsing equals ``request_units``."""
+
+    REQUESTS = (
+        ("d1", None, None),
+        ("d1", "u1", None),
+        ("", "u1", ""),
+        (None, None, None),
+        ("", "", ""),
+        ("d1", "u1", "HTTPS://Shop.Example.COM:443/cart#x"),
+        ("é" * 128, None, None),  # 256 bytes: within the limit
+        ("d" * 200, None, None),  # over 128 characters: checked the long way, still accepted
+        ("d2", None, "https://x/p"),
+    )
+
+    def test_script_arguments_equal_the_units_of_each_request(self, monkeypatch):
+        from strata import lookup
+        from strata.keyspace import UNIT_CODES, unit_hash
+
+        for batch_units in (1, 2, 3, 1000):
+            monkeypatch.setattr(lookup, "BATCH_UNITS", batch_units)
+            chunks = lookup.LookupClient._chunks(self.REQUESTS)
+            expected = [lookup.request_units(*r) for r in self.REQUESTS]
+            got_counts = [n for counts, args in chunks for n in counts or [1] * (len(args) // 3)]
+            assert got_counts == [len(u) for u in expected]
+            flat = [a for _, args in chunks for a in args]
+            assert flat == [
+                x
+                for units in expected
+                for t, uid in units
+                for x in (UNIT_CODES[t], unit_hash(uid), uid)
+            ]
+            for counts, args in chunks:  # a call holds whole requests, at most BATCH_UNITS units
+                assert len(args) <= 3 * max(batch_units, max(counts or [1]))
+
+    @pytest.mark.parametrize(
+        ("request_", "message"),
+        [
+            (("bad\nid", None, None), "device id 'bad\\\\nid' contains a control character"),
+            (("d1", "u" * 600, None), "user id is longer than 512 bytes"),
+            ((42, None, None), "device id must be a non-empty string, got 42"),
+            (("d1", 0, None), "user id must be a non-empty string, got 0"),
+            (("d1", "u\x7f", "https://x/"), "user id 'u\\\\x7f' contains a control character"),
+        ],
+    )
+    def test_bad_ids_are_refused_like_single_lookups(self, request_, message):
+        from strata.lookup import LookupClient, request_units
+
+        with pytest.raises(DataError, match=message):
+            request_units(*request_)
+        with pytest.raises(DataError, match=message):
+            LookupClient._chunks([("ok", None, None), request_])
+
+    def test_plain_id_is_check_unit_ids_fast_case(self):
+        from strata.keyspace import MAX_UNIT_ID_BYTES, check_unit_id
+        from strata.lookup import _PLAIN_ID
+
+        short = MAX_UNIT_ID_BYTES // 4
+        for text in ("a", "é" * short, "x" * short, "😀" * short):
+            assert _PLAIN_ID(text)
+            assert check_unit_id(text) == text
+        for text in ("", "x" * (short + 1), "a\nb", "\x00", "a\x7f", "tab\there"):
+            assert not _PLAIN_ID(text)
+
+
+class TestGcPause:
+    def test_thresholds_are_restored_and_older_generations_paused_inside(self):
+        import gc
+
+        from strata.lookup import _gc_paused
+
+        before = gc.get_threshold()
+        gc.set_threshold(500, 7, 9)
+        try:
+            with _gc_paused():
+                with _gc_paused():  # nested (another thread's batch): the last one out restores
+                    assert gc.get_threshold()[0] == 500
+                    assert min(gc.get_threshold()[1:]) > 10**6
+                assert gc.get_threshold()[0] == 500
+                assert min(gc.get_threshold()[1:]) > 10**6
+            assert gc.get_threshold() == (500, 7, 9)
+            gc.disable()
+            with _gc_paused():
+                assert gc.get_threshold() == (500, 7, 9), "a disabled collector is left alone"
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+            gc.set_threshold(*before)
