@@ -208,9 +208,18 @@ def _units(device_id: str | None, user_id: str | None, url: str | None) -> list[
         if value is None or value == "":
             continue
         if unit_type == "url":
-            value = normalize_url(check_unit_id(value, "url"))
-        units.append((unit_type, check_unit_id(value, what)))
+            value = _url_unit(value) if type(value) is str else _url_unit.__wrapped__(value)
+        else:
+            value = check_unit_id(value, what)
+        units.append((unit_type, value))
     return units
+
+
+@functools.lru_cache(maxsize=4096)
+def _url_unit(url: str) -> str:
+    """A request's url as looked up: checked, normalised, checked again (cached: a site's
+    pages recur, and ``normalize_url`` costs more than the rest of a request's parsing)."""
+    return check_unit_id(normalize_url(check_unit_id(url, "url")), "url")
 
 
 def request_units(

@@ -544,6 +544,13 @@ class TestBatchParsing:
             ((42, None, None), "device id must be a non-empty string, got 42"),
             (("d1", 0, None), "user id must be a non-empty string, got 0"),
             (("d1", "u\x7f", "https://x/"), "user id 'u\\\\x7f' contains a control character"),
+            (
+                ("d1", None, "https://x/a\nb"),
+                "url 'https://x/a\\\\nb' contains a control character",
+            ),
+            ((None, None, 5), "url must be a non-empty string, got 5"),
+            ((None, None, ["https://x/"]), "url must be a non-empty string, got \\['https"),
+            ((None, None, "https://x/" + "p" * 600), "url is longer than 512 bytes"),
         ],
     )
     def test_bad_ids_are_refused_like_single_lookups(self, request_, message):
