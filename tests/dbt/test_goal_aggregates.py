@@ -590,6 +590,19 @@ def test_nightly_incremental_runs_equal_a_full_refresh(spark, settings, fixture_
                    dbt_vars=lookback | {"as_of_date": night})  # fmt: skip
         state = spark.table(settings.table("fct_unit_goal_state"))
         assert state.agg({"through_date": "max"}).first()[0] == dt.date(2026, 11, 3)
+        # the last night's merges read the destination's partitions from a floor, not all
+        run = tmp_path / "target" / "run" / "strata" / "models"
+        floors = {
+            "staging/events/stg_events__events.sql": "DBT_INTERNAL_DEST.event_date >= date '",
+            "marts/experiments/fct_unit_goals_daily.sql": (
+                "DBT_INTERNAL_DEST.event_date >= date_sub(date '2026-11-05', 1)"
+            ),
+            "marts/experiments/goal_aggregates.sql": (
+                "DBT_INTERNAL_DEST.as_of_date >= date_sub(date '2026-11-05', 1)"
+            ),
+        }
+        for path, floor in floors.items():
+            assert floor in (run / path).read_text(), path
         incremental = {m: _rows(spark, settings, m) for m in INCREMENTAL_MODELS}
         segment_totals = _segment_totals(spark, settings)
         assert segment_totals == _daily_totals(spark, settings)  # state + the days after it
