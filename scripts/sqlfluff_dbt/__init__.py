@@ -41,15 +41,20 @@ class _Column:
 
 
 class _Adapter:
-    """dbt's ``adapter`` for the models that look at a relation's columns
-    (``stg_strata__assignments``: ``ramp_period`` when the table has it): every relation has
-    the columns of the newest schema, so the linted SQL is what dbt renders today."""
+    """dbt's ``adapter`` for the models that look at a relation or its columns
+    (``stg_strata__assignments``: ``ramp_period`` when the table has it): every relation exists
+    with the columns of the newest schema, so the linted SQL is what dbt renders today."""
 
     COLUMNS: ClassVar[dict[str, tuple[str, ...]]] = {"assignments": ("ramp_period",)}
 
     def get_columns_in_relation(self, relation: Any) -> list[_Column]:
         name = str(relation).rsplit(".", 1)[-1].strip("`")
         return [_Column(c) for c in self.COLUMNS.get(name, ())]
+
+    def get_relation(self, database: Any, schema: Any, identifier: str) -> str:
+        """Every relation exists (the models that read a table when it is there, e.g.
+        ``int_segment_unit_goals`` and ``fct_unit_goal_state``, are linted on that path)."""
+        return identifier
 
 
 adapter = _Adapter()

@@ -544,6 +544,34 @@ def _rows(spark, settings, model: str) -> list[tuple]:
     return [tuple(round(v, 9) if isinstance(v, float) else v for v in r) for r in rows]
 
 
+def _segment_totals(spark, settings) -> dict:
+    """int_segment_unit_goals' goal totals per experiment, unit and goal."""
+    rows = spark.sql(
+        f"""SELECT DISTINCT experiment_id, unit_type, unit_id, goal, goal_count, goal_value
+            FROM {settings.table("int_segment_unit_goals")} WHERE goal IS NOT NULL"""
+    ).collect()
+    return {(r[0], r[1], r[2], r[3]): (r[4], round(r[5], 9)) for r in rows}
+
+
+def _daily_totals(spark, settings) -> dict:
+    """The same totals summed from every daily row up to each experiment's analysis date, for
+    the units int_unit_segments holds exposed by then."""
+    rows = spark.sql(
+        f"""WITH targets AS (
+                SELECT experiment_id, max(as_of_date) AS as_of_date
+                FROM {settings.table("int_analysis_dates")} GROUP BY experiment_id)
+            SELECT f.experiment_id, f.unit_type, f.unit_id, f.goal,
+                   sum(f.goal_count), sum(f.goal_value)
+            FROM {settings.table("fct_unit_goals_daily")} f
+            JOIN targets t ON f.experiment_id = t.experiment_id AND f.event_date <= t.as_of_date
+            LEFT SEMI JOIN {settings.table("int_unit_segments")} s
+              ON f.experiment_id = s.experiment_id AND f.unit_type = s.unit_type
+             AND f.unit_id = s.unit_id AND s.exposure_date <= t.as_of_date
+            GROUP BY f.experiment_id, f.unit_type, f.unit_id, f.goal"""
+    ).collect()
+    return {(r[0], r[1], r[2], r[3]): (r[4], round(r[5], 9)) for r in rows}
+
+
 def test_nightly_incremental_runs_equal_a_full_refresh(spark, settings, fixture_tables, tmp_path):
     """Night after night (each day's arrivals, then a run as of that day, a 1-day lookback so the
     running state of fct_unit_goal_state holds days the marts no longer recompute), every
@@ -562,7 +590,22 @@ def test_nightly_incremental_runs_equal_a_full_refresh(spark, settings, fixture_
                    dbt_vars=lookback | {"as_of_date": night})  # fmt: skip
         state = spark.table(settings.table("fct_unit_goal_state"))
         assert state.agg({"through_date": "max"}).first()[0] == dt.date(2026, 11, 3)
+        # the last night's merges read the destination's partitions from a floor, not all
+        run = tmp_path / "target" / "run" / "strata" / "models"
+        floors = {
+            "staging/events/stg_events__events.sql": "DBT_INTERNAL_DEST.event_date >= date '",
+            "marts/experiments/fct_unit_goals_daily.sql": (
+                "DBT_INTERNAL_DEST.event_date >= date_sub(date '2026-11-05', 1)"
+            ),
+            "marts/experiments/goal_aggregates.sql": (
+                "DBT_INTERNAL_DEST.as_of_date >= date_sub(date '2026-11-05', 1)"
+            ),
+        }
+        for path, floor in floors.items():
+            assert floor in (run / path).read_text(), path
         incremental = {m: _rows(spark, settings, m) for m in INCREMENTAL_MODELS}
+        segment_totals = _segment_totals(spark, settings)
+        assert segment_totals == _daily_totals(spark, settings)  # state + the days after it
         _build(settings, tmp_path, "--full-refresh", dbt_vars=lookback | {"as_of_date": nights[-1]})
         for model in INCREMENTAL_MODELS:
             assert incremental[model] == _rows(spark, settings, model), model

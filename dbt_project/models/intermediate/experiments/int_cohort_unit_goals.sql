@@ -5,7 +5,23 @@
 -- rows here (one cohort: their pooled aggregates are already right). A unit without goals keeps
 -- one row with a null goal: it is still exposed. Read by goal_cohort_aggregates and
 -- goal_cohort_cross_aggregates (docs/statistics.md, "Ramps: analysis per cohort").
-{{ config(materialized='table') }}
+-- Incremental: a run recomputes the analysis dates of its recompute window (`lookback_days`
+-- before the run's day) and overwrites those dates' partitions. Their totals are each unit's
+-- running state (fct_unit_goal_state, through a day before every date of the window) plus the
+-- daily rows after it, so a night reads the units and the new days, not the history. (A table
+-- built unpartitioned by an earlier version keeps the window's dates only: all its incremental
+-- readers read; `--full-refresh` rebuilds every date.)
+-- depends_on: {{ ref('fct_unit_goal_state') }}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='insert_overwrite',
+        partition_by=['as_of_date'],
+    )
+}}
+
+{%- set state = ref('fct_unit_goal_state') if is_incremental() else none %}
+{%- set since = state_through_date(state) if state is not none else "date '0001-01-01'" %}
 
 with
 
@@ -37,6 +53,9 @@ targets as (
     from {{ ref('int_analysis_dates') }} as d
     left semi join ramped as r
         on d.experiment_id = r.experiment_id
+    {% if is_incremental() -%}
+        where {{ recompute_window('d.as_of_date', 'as_of_date') }}
+    {%- endif %}
 
 ),
 
@@ -58,6 +77,39 @@ exposed as (
 
 ),
 
+unit_goal_rows as (
+
+    -- the daily rows (after the state's day, incremental), and the state (its rows carry no date:
+    -- they count on every date of the window)
+    select
+        experiment_id,
+        unit_type,
+        unit_id,
+        goal,
+        goal_count,
+        goal_value,
+        event_date
+    from {{ ref('fct_unit_goals_daily') }}
+    where event_date > {{ since }}
+    -- the state's branch: sqlfluff reads the block as an indent (noqa LT02)
+    -- noqa: disable=LT02
+    {%- if state is not none %}
+    union all
+    select
+        experiment_id,
+        unit_type,
+        unit_id,
+        goal,
+        goal_count,
+        goal_value,
+        cast(null as date) as event_date
+    from {{ state }}
+    where first_date is not null
+    {%- endif %}
+    -- noqa: enable=LT02
+
+),
+
 totals as (
 
     select
@@ -68,9 +120,11 @@ totals as (
         f.goal,
         sum(f.goal_count) as goal_count,
         sum(f.goal_value) as goal_value
-    from {{ ref('fct_unit_goals_daily') }} as f
+    from unit_goal_rows as f
     inner join targets as t
-        on f.experiment_id = t.experiment_id and f.event_date <= t.as_of_date
+        on
+            f.experiment_id = t.experiment_id
+            and (f.event_date is null or f.event_date <= t.as_of_date)
     group by t.as_of_date, f.experiment_id, f.unit_type, f.unit_id, f.goal
 
 )

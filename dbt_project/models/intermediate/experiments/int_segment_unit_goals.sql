@@ -6,7 +6,16 @@
 -- cap at that date, as goal_aggregates computed it (its all-platform series, both variants
 -- pooled: the fixed cap or the exact pooled percentile); null elsewhere. One cap per experiment,
 -- not per segment, so the segments' capped sums add up to the experiment's (docs/statistics.md).
+-- The totals come from each unit's running state (fct_unit_goal_state, through its day) plus the
+-- daily rows after that day, not from every daily row since the start: a night's cost follows
+-- the units, not the days of history (an experiment that ended before the state's day has no
+-- daily rows after its end, so its state is its total).
+-- depends_on: {{ ref('fct_unit_goal_state') }}
 {{ config(materialized='table') }}
+
+{%- set state = adapter.get_relation(this.database, this.schema, 'fct_unit_goal_state')
+    if execute else none %}
+{%- set since = state_through_date(state) if state is not none else "date '0001-01-01'" %}
 
 with
 
@@ -21,6 +30,39 @@ targets as (
 
 ),
 
+unit_goal_rows as (
+
+    -- the daily rows after the state's day, and the state (its rows carry no date: they count
+    -- whatever the experiment's analysis date)
+    select
+        experiment_id,
+        unit_type,
+        unit_id,
+        goal,
+        goal_count,
+        goal_value,
+        event_date
+    from {{ ref('fct_unit_goals_daily') }}
+    where event_date > {{ since }}
+    -- the state's branch: sqlfluff reads the block as an indent (noqa LT02)
+    -- noqa: disable=LT02
+    {%- if state is not none %}
+    union all
+    select
+        experiment_id,
+        unit_type,
+        unit_id,
+        goal,
+        goal_count,
+        goal_value,
+        cast(null as date) as event_date
+    from {{ state }}
+    where first_date is not null
+    {%- endif %}
+    -- noqa: enable=LT02
+
+),
+
 totals as (
 
     select
@@ -30,9 +72,11 @@ totals as (
         f.goal,
         sum(f.goal_count) as goal_count,
         sum(f.goal_value) as goal_value
-    from {{ ref('fct_unit_goals_daily') }} as f
+    from unit_goal_rows as f
     inner join targets as t
-        on f.experiment_id = t.experiment_id and f.event_date <= t.as_of_date
+        on
+            f.experiment_id = t.experiment_id
+            and (f.event_date is null or f.event_date <= t.as_of_date)
     group by f.experiment_id, f.unit_type, f.unit_id, f.goal
 
 ),

@@ -11,6 +11,7 @@
         incremental_strategy='merge',
         unique_key=['experiment_id', 'unit_type', 'unit_id', 'goal', 'platform', 'event_date'],
         partition_by=['event_date'],
+        incremental_predicates=window_merge_predicates('event_date'),
     )
 }}
 

@@ -36,6 +36,7 @@
         unique_key=['as_of_date', 'exp_id', 'exp_variant_id', 'unit_type', 'agg_type', 'goal',
                     'platform'],
         partition_by=['as_of_date'],
+        incremental_predicates=window_merge_predicates('as_of_date'),
     )
 }}
 

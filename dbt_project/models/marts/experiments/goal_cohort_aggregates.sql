@@ -4,13 +4,27 @@
 -- `global` row of each cohort (its exposed units). The evaluation tests SRM per cohort against
 -- that period's weights and stratifies effects by cohort (strata.stats.engine). Not a segment
 -- dimension: nothing here is tested for heterogeneity.
-{{ config(materialized='table') }}
+-- Incremental: a run merges the analysis dates of its recompute window (int_cohort_unit_goals
+-- holds their units' totals), reading and rewriting only those dates' partitions.
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='merge',
+        unique_key=['as_of_date', 'exp_id', 'exp_variant_id', 'unit_type', 'agg_type', 'goal',
+                    'ramp_period'],
+        partition_by=['as_of_date'],
+        incremental_predicates=window_merge_predicates('as_of_date'),
+    )
+}}
 
 with
 
 unit_goals as (
 
     select * from {{ ref('int_cohort_unit_goals') }}
+    {% if is_incremental() -%}
+        where {{ recompute_window('as_of_date') }}
+    {%- endif %}
 
 ),
 

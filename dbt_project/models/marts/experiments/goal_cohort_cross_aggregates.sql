@@ -1,7 +1,18 @@
 -- goal_cross_aggregates per ramp cohort: per variant, ramp_period and as_of_date, the sum over
 -- units of x_u * y_u for the term pairs of cross_term_pairs (ratio metrics, CUPED), for the
 -- ramped experiments (int_cohort_unit_goals), like goal_cohort_aggregates.
-{{ config(materialized='table') }}
+-- Incremental: a run merges the analysis dates of its recompute window (int_cohort_unit_goals
+-- holds their units' totals), reading and rewriting only those dates' partitions.
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='merge',
+        unique_key=['as_of_date', 'exp_id', 'exp_variant_id', 'ramp_period', 'term_x',
+                    'term_y'],
+        partition_by=['as_of_date'],
+        incremental_predicates=window_merge_predicates('as_of_date'),
+    )
+}}
 
 {%- set pairs = cross_term_pairs() -%}
 {%- set goal_columns = strata_goals_with_covariates() %}
@@ -25,10 +36,14 @@ units as (
         sum(case when goal = '{{ g }}' then goal_value else 0 end) as value_{{ g }}
         {{- "," if not loop.last }}
     {%- endfor %}
-    -- noqa: enable=LT02
     from {{ ref('int_cohort_unit_goals') }}
-    where goal is not null
+    where
+        goal is not null
+        {%- if is_incremental() %}
+            and {{ recompute_window('as_of_date') }}
+        {%- endif %}
     group by as_of_date, experiment_id, variant_id, unit_type, unit_id, ramp_period
+    -- noqa: enable=LT02
 
 ),
 

@@ -13,6 +13,7 @@
         incremental_strategy='merge',
         unique_key=['as_of_date', 'exp_id', 'exp_variant_id', 'term_x', 'term_y'],
         partition_by=['as_of_date'],
+        incremental_predicates=window_merge_predicates('as_of_date'),
     )
 }}
 

@@ -3,8 +3,13 @@
         unique_key='event_id',
         partition_by=['event_date'],
         merge_update_columns=['arrived_at'],
+        meta={'merge_floor': 'batch_event_date'},
     )
 }}
+
+-- Incremental: a merge on event_id of the batch (arrivals since the newest loaded minus
+-- `lookback_hours`) into the staged events of the batch's earliest event day and after
+-- (macros/merge.sql: the other partitions are not read).
 
 with
 
