@@ -202,8 +202,9 @@ def int_array(spark: SparkSession, values: list[int]) -> Column:
     Integers: each ``element_at`` then chases a pointer (measured at 1M units x 10 layers: 1.1 s
     of JVM CPU for the lookups alone, as much as hashing the slots; this form: none measurable),
     and the task binary holds ~10 bytes per element in Java serialization (42 MB at 100 layers).
-    Built with two JVM calls from the packed bytes, through Catalyst's ``Literal`` constructor
-    (public in Spark since 2.0; PySpark has no primitive-array literal).
+    PySpark has no primitive-array literal: this builds one from the packed bytes with a few JVM
+    calls, through Catalyst's (internal, unchanged since Spark 2.x) ``UnsafeArrayData`` and
+    ``Literal`` constructors.
     """
     from pyspark.sql.column import Column as PyColumn
 
@@ -247,13 +248,14 @@ def assign_units(
     The plan, per unit: its semver sort keys (once per field), whether it is in each domain (the
     domain and holdout slots hashed once per salt), then one row per layer with the layer's slot
     (``posexplode`` of the layer slots), kept when the unit is in the layer's domain, the slot
-    falls in a variant's range and that experiment's rule matches. The variant and the rule of a
-    (layer, slot) come from constant primitive arrays indexed by ``layer * SLOTS + slot``, and
-    only that rule is evaluated (a CASE over the distinct rules), so the generated code grows
-    with the distinct rules, not with the layers or experiments (code per layer, or a CASE WHEN
-    per variant, outgrew Java's 64 KB method limit and ran interpreted). Ranges in a layer are
-    disjoint (validated), so a slot has at most one candidate. Each output field is then looked
-    up once per output row by variant index in a constant array of that field's values.
+    falls in a variant's range and that experiment's rule matches. The variant of a (layer, slot)
+    comes from a constant primitive array indexed by ``layer * SLOTS + slot``, its rule from one
+    indexed by variant, and only that rule is evaluated (a CASE over the distinct rules), so the
+    generated code grows with the distinct rules, not with the layers or experiments (code per
+    layer, or a CASE WHEN per variant, outgrew Java's 64 KB method limit and ran interpreted).
+    Ranges in a layer are disjoint (validated), so a slot has at most one candidate. Each output
+    field is then looked up once per output row by variant index in a constant array of that
+    field's values.
     """
     from pyspark.sql import functions as F
 
@@ -311,8 +313,8 @@ def assign_units(
         return inside
 
     # Per (layer, slot): the variant (index in meta) whose range holds the slot, -1 for none;
-    # per variant: its experiment's rule (index in rules). One large array, not two: the
-    # lookups at random slots miss the CPU caches (measured: 20% of the job with two).
+    # per variant: its experiment's rule (index in rules). One array of layers x SLOTS, not two:
+    # lookups at random slots miss the CPU caches, a second such array doubles the misses.
     meta: list[tuple[Any, ...]] = []
     rule_ids: dict[str, int] = {}
     rules: list[Column] = []
