@@ -16,7 +16,8 @@ are checked to hash every slot), best of ``--repeat`` runs, with wall time and t
     .venv/bin/python bench/bench_assign.py [--units 10000000] [--udf-units 200000] [--breakdown]
     .venv/bin/python bench/bench_assign.py --scale 20x10,200x10,1000x10,1000x100
 
-``--breakdown`` also times the job's stages cumulatively (where the time goes). ``--scale``
+``--breakdown`` also times the job's stages cumulatively (where the time goes): the partial
+plans :func:`~spark_jobs.assign_experiments.assign_units` builds (``stages=``). ``--scale``
 compares numbers of experiments (x layers) against the floor and the bare scan: with the same
 layers the rows per unit stay the same, so the job's time should grow little with experiments;
 with more layers each unit gets more rows, and the table gives time per output row.
@@ -387,54 +388,22 @@ def single(spark, units, args) -> None:
 
 
 def breakdown(spark, units, defs, repeat: int) -> None:
-    """Cumulative stages of :func:`assign_units` (same expressions, built step by step)."""
+    """Cumulative stages of :func:`assign_units`: the partial plans the job itself builds."""
     from pyspark.sql import functions as F
 
-    from spark_jobs.assign_experiments import slot_column
-    from strata.bucketing import SLOTS
-    from strata.rules import to_column, with_semver_keys
+    from spark_jobs.assign_experiments import assign_units
 
-    uid = F.col("user_id")
-    salts = sorted(
-        {lay.salt for lay in defs.layers}
-        | {d.salt for lay in defs.layers for d in defs.domain_chain(lay.domain)}
-    )
-    names = {s: f"__slot_{i}" for i, s in enumerate(salts)}
-    slots = [slot_column(s, uid).alias(n) for s, n in names.items()]
-    keyed = with_semver_keys(units, {"app_version": "__semver_0"})
-    codes, k = [], 0
-    for lay in defs.layers:
-        s, code = F.col(names[lay.salt]), None
-        for e in defs.layer_experiments(lay.id):
-            rule = to_column(
-                e.targeting, units.schema, semver_keys={"app_version": F.col("__semver_0")}
-            )
-            for v in e.variants:
-                hit = (s >= v.start) & (s < v.end) & rule
-                value = F.lit(k * SLOTS) + s
-                code = F.when(hit, value) if code is None else code.when(hit, value)
-                k += 1
-        in_domain = F.lit(True)
-        for d in defs.domain_chain(lay.domain):
-            ds = F.col(names[d.salt])
-            in_domain = in_domain & (ds >= d.start) & (ds < d.end)
-        codes.append(F.when(in_domain, code))
-    with_slots = keyed.select("*", *slots)
-    stages = [
-        ("stage 1: 11 slots + all context columns", units.select("*", *slots)),
-        ("stage 2: + semver sort key", with_slots),
-        (
-            "stage 3: + 10 layer codes (targeting)",
-            with_slots.select("user_id", *[c.alias(f"c{i}") for i, c in enumerate(codes)]),
-        ),
-        (
-            "stage 4: + explode, drop nulls",
-            with_slots.select(uid.alias("unit_id"), F.explode(F.array(*codes)).alias("code")).where(
-                "code is not null"
-            ),
-        ),
+    stages: dict = {}
+    full_df = assign_units(units, "user_id", defs, DAY, stages=stages)
+    layers = len(defs.layers)
+    rows = [
+        ("stage 0: read the context columns", units.where(F.col("user_id").isNotNull())),
+        ("stage 1: + semver sort keys", stages["keys"]),
+        (f"stage 2: domain + {layers} layer slots, rows in a range", stages["slots"]),
+        ("stage 3: + semver keys and targeting rules", stages["targeted"]),
+        ("stage 4: + output fields (the whole job)", full_df),
     ]
-    for label, df in stages:
+    for label, df in rows:
         measure(spark, label, lambda df=df: noop(df), repeat)
 
 

@@ -41,6 +41,7 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import struct
 from typing import TYPE_CHECKING, Any
 
 from strata.assignment import online_experiments, online_only
@@ -193,21 +194,68 @@ def variant_fields(e: ExperimentDefinition, lay: Layer, v: VariantDefinition) ->
     )
 
 
-def int_array(values: list[int]) -> Column:
-    """A constant ``array<int>`` built from one string literal: Spark folds it into a single
-    literal (a Column per element would cost one JVM call each, 10,000 per layer)."""
+def int_array(spark: SparkSession, values: list[int]) -> Column:
+    """A constant ``array<int>`` (no nulls) held as a primitive ``int[]`` (Catalyst's
+    ``UnsafeArrayData``) in one literal.
+
+    A folded ``array(...)`` or ``cast(split(...))`` literal is a ``GenericArrayData`` of boxed
+    Integers: each ``element_at`` then chases a pointer (measured at 1M units x 10 layers: 1.1 s
+    of JVM CPU for the lookups alone, as much as hashing the slots; this form: none measurable),
+    and the task binary holds ~10 bytes per element in Java serialization (42 MB at 100 layers).
+    PySpark has no primitive-array literal: this builds one from the packed bytes with a few JVM
+    calls, through Catalyst's (internal, unchanged since Spark 2.x) ``UnsafeArrayData`` and
+    ``Literal`` constructors.
+    """
+    from pyspark.sql.column import Column as PyColumn
+
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    packed = bytearray(struct.pack(f"={len(values)}i", *values))  # native order, as Platform reads
+    data = jvm.org.apache.spark.sql.catalyst.expressions.UnsafeArrayData.fromPrimitiveArray(
+        packed, jvm.org.apache.spark.unsafe.Platform.BYTE_ARRAY_OFFSET, len(values), 4
+    )
+    types = jvm.org.apache.spark.sql.types.DataTypes
+    literal = jvm.org.apache.spark.sql.catalyst.expressions.Literal(
+        data, types.createArrayType(types.IntegerType, False)
+    )
+    return PyColumn(jvm.org.apache.spark.sql.Column(literal))
+
+
+def constant_array(values: list[Any], dtype: str) -> Column:
+    """A constant ``array<dtype>`` from one JSON literal, folded by Spark into one array literal
+    (a Column per element costs one JVM call each: 18,000 for 1,000 experiments' fields)."""
     from pyspark.sql import functions as F
 
-    return F.split(F.lit(",".join(map(str, values))), ",").cast("array<int>")
+    return F.from_json(F.lit(json.dumps(values)), f"array<{dtype}>")
 
 
 def assign_units(
-    units: DataFrame, unit_type: str, defs: Definitions, as_of: dt.date | None = None
+    units: DataFrame,
+    unit_type: str,
+    defs: Definitions,
+    as_of: dt.date | None = None,
+    stages: dict[str, DataFrame] | None = None,
 ) -> DataFrame:
     """Assignment rows (``unit_type``, ``unit_id`` + ASSIGNMENT_FIELDS) for units of one type,
     on the day ``as_of`` (default today UTC): only experiments inside their window get units.
 
-    ``units`` has the unit id column named ``unit_type`` plus the context columns.
+    ``units`` has the unit id column named ``unit_type`` plus the context columns. ``stages``,
+    when given, receives partial plans for ``bench_assign.py --breakdown``: ``keys`` (the units
+    with their semver keys), ``slots`` (unit, layer, slot of the rows in the layer's domain and
+    in a variant's range: hashing, no keys, no rules) and ``targeted`` (the same after the
+    rules: everything but the output fields).
+
+    The plan, per unit: its semver sort keys (once per field), whether it is in each domain (the
+    domain and holdout slots hashed once per salt), then one row per layer with the layer's slot
+    (``posexplode`` of the layer slots), kept when the unit is in the layer's domain, the slot
+    falls in a variant's range and that experiment's rule matches. The variant of a (layer, slot)
+    comes from a constant primitive array indexed by ``layer * SLOTS + slot``, its rule from one
+    indexed by variant, and only that rule is evaluated (a CASE over the distinct rules), so the
+    generated code grows with the distinct rules, not with the layers or experiments (code per
+    layer, or a CASE WHEN per variant, outgrew Java's 64 KB method limit and ran interpreted).
+    Ranges in a layer are disjoint (validated), so a slot has at most one candidate. Each output
+    field is then looked up once per output row by variant index in a constant array of that
+    field's values.
     """
     from pyspark.sql import functions as F
 
@@ -222,20 +270,14 @@ def assign_units(
         for lay in defs.layers
         if lay.unit_type == unit_type and any(batch(e) for e in defs.layer_experiments(lay.id))
     ]
+    spark = units.sparkSession
+    if not layers:
+        return spark.createDataFrame([], ASSIGNMENTS_SCHEMA).select(
+            "unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]
+        )
     uid = F.col(unit_type)
-    salts = sorted(
-        {lay.salt for lay in layers}
-        | {d.salt for lay in layers for d in defs.domain_chain(lay.domain)}
-        | {
-            d.holdout_salt
-            for lay in layers
-            for d in defs.domain_chain(lay.domain)
-            if d.holdout_salt is not None
-        }
-    )
-    slot_names = {salt: f"__slot_{i}" for i, salt in enumerate(salts)}
-    # Slots and semver sort keys first, in their own projections, so each is computed once per
-    # unit (keys only for string columns: on any other type a semver predicate is false anyway).
+    # Semver sort keys first, in their own projections, so each is computed once per unit (keys
+    # only for string columns: on any other type a semver predicate is false anyway).
     strings = {f.name for f in units.schema.fields if f.dataType.typeName() == "string"}
     semver_preds = [
         p
@@ -248,26 +290,37 @@ def assign_units(
     semver_fields = sorted({p.field for p in semver_preds})
     key_names = {f: f"__semver_{i}" for i, f in enumerate(semver_fields)}
     n_ids = max([SEMVER_KEY_IDS] + [semver_ids(v) for p in semver_preds for v in p.values])
-    with_slots = with_semver_keys(units, key_names, n_ids).select(
-        "*", *[slot_column(s, uid).alias(n) for s, n in slot_names.items()]
-    )
     semver_keys = {f: F.col(n) for f, n in key_names.items()}
     schema = units.schema
-    # Each layer yields one int per unit: variant index * SLOTS + slot (null: not assigned). The
-    # variant whose range holds the slot comes from a constant array indexed by slot, and only
-    # that experiment's rule is evaluated (a CASE over the layer's distinct rules), so the code
-    # per layer grows with its distinct rules, not with its experiments: a CASE WHEN per variant
-    # stopped compiling (64 KB method limit) at 20 experiments per layer. Ranges in a layer are
-    # disjoint (validated), so a slot has at most one candidate. Each output field is then looked
-    # up once per output row by index in a constant array of that field's values.
+
+    # Domains: each salt hashed once per unit (one array column: a projection wider than
+    # spark.sql.codegen.maxFields, 100, is not code-generated), then one flag per domain.
+    domains = sorted({lay.domain for lay in layers})
+    chains = {dom: defs.domain_chain(dom) for dom in domains}
+    salts = sorted(
+        {d.salt for chain in chains.values() for d in chain}
+        | {d.holdout_salt for chain in chains.values() for d in chain if d.holdout_salt is not None}
+    )
+    slot_of = {salt: F.col("__domain_slots")[i] for i, salt in enumerate(salts)}
+
+    def in_domain(dom: str) -> Column:
+        inside = F.lit(True)
+        for d in chains[dom]:
+            ds = slot_of[d.salt]
+            inside = inside & (ds >= d.start) & (ds < d.end)
+            if d.holdout_salt is not None:  # the domain's holdout is in none of its experiments
+                inside = inside & (slot_of[d.holdout_salt] >= d.holdout_slots)
+        return inside
+
+    # Per (layer, slot): the variant (index in meta) whose range holds the slot, -1 for none;
+    # per variant: its experiment's rule (index in rules). One array of layers x SLOTS, not two:
+    # lookups at random slots miss the CPU caches, a second such array doubles the misses.
     meta: list[tuple[Any, ...]] = []
-    codes = []
-    for lay in layers:
-        s = F.col(slot_names[lay.salt])
-        by_slot = [-1] * SLOTS  # the variant (index in meta) whose range holds the slot
-        rule_by_slot = [-1] * SLOTS  # and its experiment's rule (index in rules)
-        rule_ids: dict[str, int] = {}
-        rules: list[Column] = []
+    rule_ids: dict[str, int] = {}
+    rules: list[Column] = []
+    variant_at = [-1] * (len(layers) * SLOTS)
+    rule_of_variant: list[int] = []
+    for k, lay in enumerate(layers):
         for e in defs.layer_experiments(lay.id):
             if not batch(e):
                 continue
@@ -278,52 +331,53 @@ def assign_units(
             for v in e.variants_on(day):
                 # first_assigned_date: the day (see field below)
                 meta.append((*variant_fields(e, lay, v), None, e.period(day)))
-                by_slot[v.start : v.end] = [len(meta) - 1] * (v.end - v.start)
-                rule_by_slot[v.start : v.end] = [rule_ids[key]] * (v.end - v.start)
-        candidate = F.element_at(int_array(by_slot), s + 1)
-        rule_index = F.element_at(int_array(rule_by_slot), s + 1)
-        passes: Any = None
-        for i, rule in enumerate(rules):
-            passes = (
-                F.when(rule_index == i, rule)
-                if passes is None
-                else passes.when(rule_index == i, rule)
-            )
-        in_domain = F.lit(True)
-        for d in defs.domain_chain(lay.domain):
-            ds = F.col(slot_names[d.salt])
-            in_domain = in_domain & (ds >= d.start) & (ds < d.end)
-            if d.holdout_salt is not None:  # the domain's holdout is in none of its experiments
-                in_domain = in_domain & (F.col(slot_names[d.holdout_salt]) >= d.holdout_slots)
-        hit = in_domain & (candidate >= 0) & passes
-        codes.append(F.when(hit, candidate * SLOTS + s))
-    if not codes:
-        return units.sparkSession.createDataFrame([], ASSIGNMENTS_SCHEMA).select(
-            "unit_type", "unit_id", *[n for n, _ in ASSIGNMENT_FIELDS]
-        )
-    code_col = F.col("code")
-    index = F.expr(f"code div {SLOTS}").cast("int") + 1  # codes are >= 0: integer division
+                rule_of_variant.append(rule_ids[key])
+                start, end = k * SLOTS + v.start, k * SLOTS + v.end
+                variant_at[start:end] = [len(meta) - 1] * (end - start)
+
+    layer, slot = F.col("__layer"), F.col("__slot")
+    candidate = F.element_at(int_array(spark, variant_at), layer * SLOTS + slot + 1)
+    index = candidate + 1  # of the variant in meta's arrays (1-based), when candidate >= 0
+    rule_index = F.get(int_array(spark, rule_of_variant), candidate)  # null for -1 (no variant)
+    passes: Any = rules[0] if len(rules) == 1 else None
+    for i, rule in enumerate(rules if len(rules) > 1 else []):
+        hit = rule_index == i
+        passes = F.when(hit, rule) if passes is None else passes.when(hit, rule)
+    domain_of_layer = int_array(spark, [domains.index(lay.domain) for lay in layers])
+    in_layer_domain = F.col("__in_domain")[F.element_at(domain_of_layer, layer + 1)]
 
     def field(i: int, name: str, dtype: str) -> Column:
         if name == "slot":
-            return (code_col % F.lit(SLOTS)).cast("int")
+            return slot
         if name == "first_assigned_date":
             return F.lit(day).cast("date")
-        values = F.array(*[F.lit(row[i]).cast(dtype) for row in meta])
-        return F.element_at(values, index)
+        return F.element_at(constant_array([row[i] for row in meta], dtype), index)
 
     fields = [n for n, _ in ASSIGNMENT_FIELDS if n != "slot"]
-    return (
-        with_slots.select(uid.alias("unit_id"), F.explode(F.array(*codes)).alias("code"))
-        .where(code_col.isNotNull())
+    keyed = with_semver_keys(units, key_names, n_ids)
+    by_layer = (
+        keyed.select("*", F.array(*[slot_column(s, uid) for s in salts]).alias("__domain_slots"))
+        .select("*", F.array(*[in_domain(dom) for dom in domains]).alias("__in_domain"))
         .select(
-            F.lit(unit_type).alias("unit_type"),
-            "unit_id",
-            *[
-                field(fields.index(n) if n != "slot" else -1, n, t).alias(n)
-                for n, t in ASSIGNMENT_FIELDS
-            ],
+            "*",
+            F.posexplode(F.array(*[slot_column(lay.salt, uid) for lay in layers])).alias(
+                "__layer", "__slot"
+            ),
         )
+    )
+    targeted = by_layer.where(in_layer_domain & (candidate >= 0) & passes)
+    if stages is not None:
+        ids = [uid.alias("unit_id"), layer, slot]
+        stages["keys"] = keyed
+        stages["slots"] = by_layer.where(in_layer_domain & (candidate >= 0)).select(*ids)
+        stages["targeted"] = targeted.select(*ids)
+    return targeted.select(
+        F.lit(unit_type).alias("unit_type"),
+        uid.alias("unit_id"),
+        *[
+            field(fields.index(n) if n != "slot" else -1, n, t).alias(n)
+            for n, t in ASSIGNMENT_FIELDS
+        ],
     )
 
 
