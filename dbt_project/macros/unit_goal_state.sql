@@ -92,3 +92,38 @@
         {{ ref('fct_unit_goals_daily') }}
     {%- endif -%}
 {%- endmacro %}
+
+
+{#- Each unit's goal totals as rows to sum: the running state `state` (fct_unit_goal_state, or
+    none: then every daily row) with no date, so its rows count on every analysis date, plus the
+    daily rows after its day (columns experiment_id, unit_type, unit_id, goal, goal_count,
+    goal_value, event_date). For the models that sum a unit's totals up to an analysis date on
+    or after the state's day (int_segment_unit_goals, int_cohort_unit_goals): an experiment that
+    ended before the state's day has no daily rows after its end, so its state is its total. -#}
+{% macro unit_goal_totals_rows(state) -%}
+    (
+        select
+            experiment_id,
+            unit_type,
+            unit_id,
+            goal,
+            goal_count,
+            goal_value,
+            event_date
+        from {{ ref('fct_unit_goals_daily') }}
+        {%- if state is not none %}
+        where event_date > {{ state_through_date(state) }}
+        union all
+        select
+            experiment_id,
+            unit_type,
+            unit_id,
+            goal,
+            goal_count,
+            goal_value,
+            cast(null as date) as event_date
+        from {{ state }}
+        where first_date is not null
+        {%- endif %}
+    )
+{%- endmacro %}

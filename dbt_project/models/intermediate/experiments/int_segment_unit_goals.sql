@@ -15,7 +15,6 @@
 
 {%- set state = adapter.get_relation(this.database, this.schema, 'fct_unit_goal_state')
     if execute else none %}
-{%- set since = state_through_date(state) if state is not none else "date '0001-01-01'" %}
 
 with
 
@@ -30,39 +29,6 @@ targets as (
 
 ),
 
-unit_goal_rows as (
-
-    -- the daily rows after the state's day, and the state (its rows carry no date: they count
-    -- whatever the experiment's analysis date)
-    select
-        experiment_id,
-        unit_type,
-        unit_id,
-        goal,
-        goal_count,
-        goal_value,
-        event_date
-    from {{ ref('fct_unit_goals_daily') }}
-    where event_date > {{ since }}
-    -- the state's branch: sqlfluff reads the block as an indent (noqa LT02)
-    -- noqa: disable=LT02
-    {%- if state is not none %}
-    union all
-    select
-        experiment_id,
-        unit_type,
-        unit_id,
-        goal,
-        goal_count,
-        goal_value,
-        cast(null as date) as event_date
-    from {{ state }}
-    where first_date is not null
-    {%- endif %}
-    -- noqa: enable=LT02
-
-),
-
 totals as (
 
     select
@@ -72,7 +38,7 @@ totals as (
         f.goal,
         sum(f.goal_count) as goal_count,
         sum(f.goal_value) as goal_value
-    from unit_goal_rows as f
+    from {{ unit_goal_totals_rows(state) }} as f
     inner join targets as t
         on
             f.experiment_id = t.experiment_id
