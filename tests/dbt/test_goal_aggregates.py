@@ -544,6 +544,29 @@ def _rows(spark, settings, model: str) -> list[tuple]:
     return [tuple(round(v, 9) if isinstance(v, float) else v for v in r) for r in rows]
 
 
+def _state(spark, settings) -> dict:
+    """fct_unit_goal_state's units (a row with no first_date is absent) and their totals."""
+    rows = spark.sql(
+        f"""SELECT experiment_id, variant_id, unit_type, unit_id, goal, platform, goal_count,
+                   goal_value, first_date, through_date
+            FROM {settings.table("fct_unit_goal_state")} WHERE first_date IS NOT NULL"""
+    ).collect()
+    return {tuple(r[:6]): (r[6], round(r[7], 9), r[8], r[9]) for r in rows}
+
+
+def _daily_state(spark, settings, through: str) -> dict:
+    """The same state summed from every daily row up to ``through``."""
+    rows = spark.sql(
+        f"""SELECT experiment_id, variant_id, unit_type, unit_id, goal, platform,
+                   sum(goal_count), sum(goal_value), min(event_date)
+            FROM {settings.table("fct_unit_goals_daily")}
+            WHERE event_date <= DATE '{through}'
+            GROUP BY experiment_id, variant_id, unit_type, unit_id, goal, platform"""
+    ).collect()
+    day = dt.date.fromisoformat(through)
+    return {tuple(r[:6]): (r[6], round(r[7], 9), r[8], day) for r in rows}
+
+
 def _segment_totals(spark, settings) -> dict:
     """int_segment_unit_goals' goal totals per experiment, unit and goal."""
     rows = spark.sql(
@@ -590,6 +613,12 @@ def test_nightly_incremental_runs_equal_a_full_refresh(spark, settings, fixture_
                    dbt_vars=lookback | {"as_of_date": night})  # fmt: skip
         state = spark.table(settings.table("fct_unit_goal_state"))
         assert state.agg({"through_date": "max"}).first()[0] == dt.date(2026, 11, 3)
+        assert _state(spark, settings) == _daily_state(spark, settings, "2026-11-03")
+        # a backfill of 11-03 rebuilds the state through 11-01; the next night adds the days
+        _build(settings, tmp_path, dbt_vars=lookback | {"as_of_date": nights[1]})
+        assert _state(spark, settings) == _daily_state(spark, settings, "2026-11-01")
+        _build(settings, tmp_path, dbt_vars=lookback | {"as_of_date": nights[-1]})
+        assert _state(spark, settings) == _daily_state(spark, settings, "2026-11-03")
         # the last night's merges read the destination's partitions from a floor, not all
         run = tmp_path / "target" / "run" / "strata" / "models"
         floors = {

@@ -4,14 +4,19 @@
 -- Their incremental runs read this state plus the daily rows after it (macro unit_goal_rows), so
 -- a night reads the units' state and the new days, never the whole history.
 -- Incremental: a run adds the daily rows after the state's day up to the new one to the units
--- they belong to (a left join of those rows to the state, merged by key). A run whose day is
--- before the state's (a backfill) rebuilds the state from the daily rows up to its day, zeroing
--- the units it drops (`first_date` null: read as absent); `--full-refresh` rebuilds it.
+-- they belong to (a full outer join of those rows with the state) and overwrites the table: one
+-- read and one write of the units' rows, where a merge read them three times (the runtime filter,
+-- the source's join, the copy-on-write join) to rewrite every file anyway (a night's units are
+-- spread over all of them). A run whose day is before the state's (a backfill) rebuilds the state
+-- from the daily rows up to its day; `--full-refresh` rebuilds it. (`first_date` null: a unit a
+-- backfill dropped, written by earlier versions; read as absent.) The overwrite is static (the
+-- whole table) whatever mode an earlier partitioned model left the session in: a dynamic
+-- overwrite of no rows would keep the old ones.
 {{
     config(
         materialized='incremental',
-        incremental_strategy='merge',
-        unique_key=['experiment_id', 'variant_id', 'unit_type', 'unit_id', 'goal', 'platform'],
+        incremental_strategy='insert_overwrite',
+        pre_hook="set spark.sql.sources.partitionOverwriteMode = static",
     )
 }}
 
@@ -42,14 +47,14 @@ daily as (
 )
 
 -- noqa: disable=LT02
-{%- if not is_incremental() %}
+{%- if rebuild %}
 
 select
     *,
     {{ through }} as through_date
 from daily
 
-{%- elif rebuild %}
+{%- else %}
 
 select
     coalesce(d.experiment_id, s.experiment_id) as experiment_id,
@@ -58,35 +63,12 @@ select
     coalesce(d.unit_id, s.unit_id) as unit_id,
     coalesce(d.goal, s.goal) as goal,
     coalesce(d.platform, s.platform) as platform,
-    coalesce(d.goal_count, 0) as goal_count,
-    coalesce(d.goal_value, 0) as goal_value,
-    d.first_date,
-    {{ through }} as through_date
-from daily as d
-full outer join {{ this }} as s
-    on
-        d.experiment_id = s.experiment_id
-        and d.variant_id = s.variant_id
-        and d.unit_type = s.unit_type
-        and d.unit_id = s.unit_id
-        and d.goal = s.goal
-        and d.platform = s.platform
-
-{%- else %}
-
-select
-    d.experiment_id,
-    d.variant_id,
-    d.unit_type,
-    d.unit_id,
-    d.goal,
-    d.platform,
-    d.goal_count + coalesce(s.goal_count, 0) as goal_count,
-    d.goal_value + coalesce(s.goal_value, 0) as goal_value,
+    coalesce(d.goal_count, 0) + coalesce(s.goal_count, 0) as goal_count,
+    coalesce(d.goal_value, 0) + coalesce(s.goal_value, 0) as goal_value,
     coalesce(s.first_date, d.first_date) as first_date,
     {{ through }} as through_date
 from daily as d
-left join {{ this }} as s
+full outer join {{ this }} as s
     on
         d.experiment_id = s.experiment_id
         and d.variant_id = s.variant_id
