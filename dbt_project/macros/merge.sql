@@ -24,8 +24,7 @@
 {% macro batch_event_date_floor() -%}
     {%- set sql -%}
         select cast(coalesce(min(cast(event_at as date)), current_date()) as string)
-        from {{ source('events', 'raw_events') }}
-        where arrived_at > {{ batch_start() }}
+        from ({{ event_batch(source('events', 'raw_events')) }}) as batch
     {%- endset -%}
     {%- if execute -%}
         date '{{ run_query(sql).columns[0].values()[0] }}'
