@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from resources import Peaks
+
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_PER_USER = 10.6  # what the generator yields over 14 days (measured: 1.06M for 100k users)
 EXPERIMENTS = [  # (experiment_id, unit_type, salt): two arms split at slot 5000
@@ -184,6 +186,22 @@ def _duckdb_sql(caps: bool = True) -> str:
         .replace("__CAPPED_GOALS__", capped_goals)
         .replace("__CAPS__", cap_sql)
     )
+
+
+#: Disk per raw event for the check before generating: Parquet raw events (~40 B/event), the
+#: staged copy, the marts, Spark's shuffle files and DuckDB's spill (measured at 10M events:
+#: see the peaks line each size prints), with room to spare.
+BYTES_PER_EVENT = 400
+
+
+def _check_disk(settings, millions: float) -> None:
+    need = millions * 1e6 * BYTES_PER_EVENT
+    free = shutil.disk_usage(settings.home).free
+    if free < need:
+        raise SystemExit(
+            f"bench_aggregates: {need / 1e9:.0f} GB needed for {millions:g}M events, "
+            f"{free / 1e9:.0f} GB free under {settings.home}"
+        )
 
 
 def _files(settings, name: str) -> list[str]:
@@ -484,17 +502,31 @@ def _compare(
     print(f"{'events':>12} {'dbt-spark s':>12} {'duckdb s':>9} {'ratio':>7}  same result")
     results, all_same, segment_rows = [], True, []
     for millions in sizes:
-        n = _setup_inputs(spark, settings, int(millions * 1_000_000), caps)
-        t_spark = _run_dbt(settings, profiles)
-        spark_totals = tuple(
-            spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_aggregates')}").first()
-        )
-        t_seg = _run_dbt(settings, profiles, SEGMENT_MODELS)
-        seg_totals = tuple(
-            spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_segment_aggregates')}").first()
-        )
-        t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(
-            settings, caps, duckdb_memory
+        _check_disk(settings, millions)
+        peaks = Peaks(settings.home)
+        with peaks:
+            with peaks.stage("generate"):
+                n = _setup_inputs(spark, settings, int(millions * 1_000_000), caps)
+            with peaks.stage("dbt-spark"):
+                t_spark = _run_dbt(settings, profiles)
+            spark_totals = tuple(
+                spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_aggregates')}").first()
+            )
+            with peaks.stage("dbt-spark segments"):
+                t_seg = _run_dbt(settings, profiles, SEGMENT_MODELS)
+            seg_totals = tuple(
+                spark.sql(
+                    f"SELECT {TOTALS} FROM {settings.table('goal_segment_aggregates')}"
+                ).first()
+            )
+            with peaks.stage("duckdb"):
+                t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(
+                    settings, caps, duckdb_memory
+                )
+        print(
+            "    peaks (memory: this process and its JVM; disk: growth since the size began): "
+            + "; ".join(f"{name} {peaks.line(name)}" for name in peaks.stages),
+            flush=True,
         )
         same = all(
             math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
