@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from resources import Peaks
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("assign", "publish", "dbt", "evaluate", "maintain")
 #: Raw event bytes per user and day on disk (Parquet, measured ~40 B/event, ~0.8 events a day),
@@ -97,6 +99,9 @@ def _phase(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     spark = spark_session(settings, f"bench-night-{args.phase}")
+    port = os.environ.get("STRATA_REDIS_PORT", "6390")  # as scripts/redis.sh started it
+    redis_pid = int((Path(settings.home) / "redis" / f"redis-{port}.pid").read_text())
+    peaks = Peaks(settings.home, extra_pids=(redis_pid,)).__enter__()
     start = dt.date.fromisoformat(args.start_date)
     night = start + dt.timedelta(days=args.days)
     night_at = f"TIMESTAMP '{night.isoformat()} 00:00:00'"
@@ -109,10 +114,13 @@ def _phase(args: argparse.Namespace) -> int:
 
         days = args.days + 1 if args.phase == "history" else 1
         t0 = time.perf_counter()
-        write_tables(
-            spark, GeneratorConfig(users=args.users, days=days, start_date=start), settings.table
-        )
-        ensure_tables(spark, settings.table)
+        with peaks.stage("generate"):
+            write_tables(
+                spark,
+                GeneratorConfig(users=args.users, days=days, start_date=start),
+                settings.table,
+            )
+            ensure_tables(spark, settings.table)
         stash = Path(args.night_rows)
         if args.phase == "history":
             # the night's rows aside (the reference loads them), the history stays
@@ -132,22 +140,25 @@ def _phase(args: argparse.Namespace) -> int:
         from strata_apps.assignment_tasks import assign
 
         t0 = time.perf_counter()
-        assign(args.definitions, (night - dt.timedelta(days=1)).isoformat())
-        _dbt(settings, profiles, night - dt.timedelta(days=1))
+        with peaks.stage("history build"):
+            assign(args.definitions, (night - dt.timedelta(days=1)).isoformat())
+            _dbt(settings, profiles, night - dt.timedelta(days=1))
         out["history_build_s"] = round(time.perf_counter() - t0, 1)
         print(f"[{args.phase}] the night before built in {out['history_build_s']} s", flush=True)
         # the night's rows land (not timed: the landing is the events pipeline's, not the night's)
         spark.read.parquet(str(stash)).writeTo(raw).append()
         out["night_events"] = spark.table(raw).count() - out["history_events"]
         out["raw_events_total"] = out["history_events"] + out["night_events"]
-        out["stages"] = _night(spark, settings, profiles, args.definitions, night)
+        out["stages"] = _night(spark, settings, profiles, args.definitions, night, peaks)
+        out["peaks"] = peaks.stages
     finally:
+        peaks.__exit__(None, None, None)
         spark.stop()
     Path(args.out).write_text(json.dumps(out))
     return 0
 
 
-def _night(spark, settings, profiles: Path, definitions: str, night: dt.date) -> dict:
+def _night(spark, settings, profiles: Path, definitions: str, night: dt.date, peaks: Peaks) -> dict:
     from lookup_loader.loader import publish
     from strata.maintenance import maintain
     from strata.stack import iceberg_catalog
@@ -158,9 +169,10 @@ def _night(spark, settings, profiles: Path, definitions: str, night: dt.date) ->
 
     def timed(name: str, fn):
         t0 = time.perf_counter()
-        value = fn()
-        stages[name] = {"s": round(time.perf_counter() - t0, 2)}
-        print(f"    {name}: {stages[name]['s']} s", flush=True)
+        with peaks.stage(name):
+            value = fn()
+        stages[name] = {"s": round(time.perf_counter() - t0, 2)} | peaks.stages[name]
+        print(f"    {name}: {stages[name]['s']} s, {peaks.line(name)}", flush=True)
         return value
 
     assigned = timed("assign", lambda: assign(definitions, night.isoformat()))
@@ -234,8 +246,21 @@ def _total(run: dict, stages: tuple[str, ...] = STAGES) -> float:
 def _print_night(run: dict) -> None:
     total = _total(run)
     for s in STAGES:
-        print(f"    {s:<9} {run['stages'][s]['s']:>8.1f} s  {run['stages'][s]['s'] / total:>5.0%}")
-    print(f"    {'night':<9} {total:>8.1f} s")
+        stage = run["stages"][s]
+        print(
+            f"    {s:<9} {stage['s']:>8.1f} s  {stage['s'] / total:>5.0%}  peak memory "
+            f"{stage.get('rss_gb', float('nan')):>5.1f} GB, disk +{stage.get('disk_gb', 0):.1f} GB"
+        )
+    print(
+        f"    {'night':<9} {total:>8.1f} s         peak memory "
+        f"{max(run['stages'][s].get('rss_gb', 0) for s in STAGES):>5.1f} GB"
+    )
+    for name in ("generate", "history build"):
+        if name in run.get("peaks", {}):
+            p = run["peaks"][name]
+            seconds = run["generate_s" if name == "generate" else "history_build_s"]
+            print(f"    (untimed {name}: {seconds:.1f} s, peak memory {p['rss_gb']:.1f} GB, "
+                  f"disk +{p['disk_gb']:.1f} GB)")  # fmt: skip
     models = run["stages"]["dbt"]["models"]
     print("    dbt models: " + ", ".join(f"{m} {s:.1f}s" for m, s in models[:8]))
 
@@ -272,6 +297,10 @@ def main() -> int:
     )
     parser.add_argument("--start-date", default="2026-09-01")
     parser.add_argument("--keep", action="store_true", help="keep the warehouses afterwards")
+    parser.add_argument(
+        "--no-reference", action="store_true",
+        help="only the night on the history (no night-alone reference): the big sizes",
+    )  # fmt: skip
     parser.add_argument("--json", help="write every run's figures to this file")
     # internal: one warehouse's run in a process of its own
     parser.add_argument("--phase", choices=("history", "reference"), help=argparse.SUPPRESS)
@@ -303,7 +332,7 @@ def main() -> int:
                 night + dt.timedelta(days=60),
             )
             runs[f"history-{days}"] = _run_phase(args, "history", days, work, definitions)
-            if days == args.days:
+            if days == args.days and not args.no_reference:
                 runs["reference"] = _run_phase(args, "reference", days, work, definitions)
         print(f"\nincremental night, {args.users:,} users, local[2]; load {os.getloadavg()[0]:.1f}")
         for name, run in runs.items():
@@ -312,7 +341,7 @@ def main() -> int:
                 f"night's {run['night_events']:,} (history {run['history_events']:,})"
             )
             _print_night(run)
-        ok = _compare(
+        ok = args.no_reference or _compare(
             runs[f"history-{args.days}"], runs["reference"],
             f"night on {args.days} days vs the night alone", 1.5,
         )  # fmt: skip
