@@ -10,6 +10,8 @@ on 2 threads over the Parquet files. The run checks both produce the same totals
 times and ratios. Then the segments: dbt builds int_unit_segments, int_segment_unit_goals and
 goal_segment_aggregates, DuckDB the same rows from its steps above and the users / devices / orgs
 files (DUCKDB_SEGMENT_SQL), capped sums included; same totals checked, times printed.
+Each engine runs in a process of its own (the Spark one generates the data first), and each
+size prints its peak memory and disk per step (bench/resources.py).
 
     .venv/bin/python bench/bench_aggregates.py [--sizes 1,10,100]     # millions of events
     .venv/bin/python bench/bench_aggregates.py --no-caps    # no capped metric (what caps cost)
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -194,13 +197,13 @@ def _duckdb_sql(caps: bool = True) -> str:
 BYTES_PER_EVENT = 400
 
 
-def _check_disk(settings, millions: float) -> None:
+def _check_disk(folder: Path, millions: float) -> None:
     need = millions * 1e6 * BYTES_PER_EVENT
-    free = shutil.disk_usage(settings.home).free
+    free = shutil.disk_usage(folder).free
     if free < need:
         raise SystemExit(
             f"bench_aggregates: {need / 1e9:.0f} GB needed for {millions:g}M events, "
-            f"{free / 1e9:.0f} GB free under {settings.home}"
+            f"{free / 1e9:.0f} GB free under {folder}"
         )
 
 
@@ -417,17 +420,20 @@ TOTALS = (
 
 
 def _run_duckdb(
-    settings, caps: bool = True, memory: str = "14GB"
+    settings, caps: bool = True, memory: str = "16GB"
 ) -> tuple[float, tuple, float, tuple]:
     """Seconds and totals of goal_aggregates, then of goal_segment_aggregates."""
     import duckdb
 
-    con = duckdb.connect()
+    # In a process of its own: beside the idle Spark driver (7 GB resident) a 14 GB limit ran out
+    # of memory at 100M events (2026-12-03). A database file and a spill folder let its tables
+    # and operators leave memory; insertion order is not needed (every step aggregates).
+    home = Path(settings.home)
+    con = duckdb.connect(str(home / "reference.duckdb"))
     con.execute("SET threads = 2")
-    # Beside the (idle) Spark driver's 6 GB heap on a 24 GB machine; without a cap a 10M run was
-    # OOM-killed. At 10M events DuckDB took 172 s with 8 GB here and 102 s alone with 16 GB.
-    # With other jobs on the machine, 14 GB was OOM-killed at 10M too (2026-12-03): --duckdb-memory.
     con.execute(f"SET memory_limit = '{memory}'")
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET temp_directory = '{home / 'duckdb-spill'}'")
     for name, alias in (
         ("raw_events", "raw"),
         ("assignments", "assignments"),
@@ -457,97 +463,133 @@ def main() -> int:
         "--no-caps", action="store_true", help="no capped metric (what capping costs)"
     )
     parser.add_argument(
-        "--duckdb-memory", default="14GB",
-        help="DuckDB's memory_limit (lower it when other jobs share the machine: 8GB)",
+        "--duckdb-memory", default="16GB",
+        help="DuckDB's memory_limit (lower it when other jobs share the machine)",
     )  # fmt: skip
+    # internal: one engine's run over one size's data, in a process of its own
+    parser.add_argument("--phase", choices=("spark", "duckdb"), help=argparse.SUPPRESS)
+    parser.add_argument("--millions", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="strata-bench-aggregates-"))
-    os.environ.update(
-        {
-            "STRATA_HOME": str(home),
-            "STRATA_SPARK_MASTER": "local[2]",
-            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-        }
-    )
     sys.path.insert(0, str(ROOT))
+    if args.phase:
+        return _phase(args)
+    work = Path(tempfile.mkdtemp(prefix="strata-bench-aggregates-"))
+    try:
+        return _compare(args, work, [float(m) for m in args.sizes.split(",")])
+    finally:
+        if args.keep:
+            print(f"data kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _phase(args: argparse.Namespace) -> int:
+    """One engine over the size's warehouse (STRATA_HOME): seconds, totals and peaks as JSON.
+
+    spark: generate the inputs, then dbt builds goal_aggregates and the segment models;
+    duckdb: the same rows from the same Parquet files, without a JVM beside it."""
     from strata.config import get_settings
-    from strata.stack import spark_session
 
     settings = get_settings()
-    spark = spark_session(settings, "bench-aggregates")
-    try:
-        sizes = [float(m) for m in args.sizes.split(",")]
-        return _compare(
-            spark, settings, sizes, caps=not args.no_caps, duckdb_memory=args.duckdb_memory
-        )
-    finally:
-        spark.stop()
-        if args.keep:
-            print(f"data kept in {home}")
+    caps = not args.no_caps
+    out: dict = {}
+    with Peaks(settings.home) as peaks:
+        if args.phase == "spark":
+            from strata.stack import spark_session, write_dbt_profile
+
+            spark = spark_session(settings, "bench-aggregates")
+            try:
+                with peaks.stage("generate"):
+                    out["events"] = _setup_inputs(
+                        spark, settings, int(args.millions * 1_000_000), caps
+                    )
+                profiles = write_dbt_profile(settings)
+                with peaks.stage("dbt-spark"):
+                    out["s"] = _run_dbt(settings, profiles)
+                out["totals"] = tuple(
+                    spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_aggregates')}").first()
+                )
+                with peaks.stage("dbt-spark segments"):
+                    out["segments_s"] = _run_dbt(settings, profiles, SEGMENT_MODELS)
+                table = settings.table("goal_segment_aggregates")
+                out["segment_totals"] = tuple(spark.sql(f"SELECT {TOTALS} FROM {table}").first())
+            finally:
+                spark.stop()
         else:
-            shutil.rmtree(home, ignore_errors=True)
+            with peaks.stage("duckdb"):
+                out["s"], out["totals"], out["segments_s"], out["segment_totals"] = _run_duckdb(
+                    settings, caps, args.duckdb_memory
+                )
+    out["peaks"] = peaks.stages
+    Path(args.out).write_text(json.dumps(out, default=float))
+    return 0
 
 
-def _compare(
-    spark, settings, sizes: list[float], caps: bool = True, duckdb_memory: str = "14GB"
-) -> int:
-    """Run both engines per size and print the table; 1 if any result differs."""
-    from strata.stack import write_dbt_profile
+def _run_engine(args, phase: str, home: Path, millions: float) -> dict:
+    out = home.parent / f"{home.name}-{phase}.json"
+    env = os.environ | {
+        "STRATA_HOME": str(home),
+        "STRATA_SPARK_MASTER": "local[2]",
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    command = [sys.executable, __file__, "--phase", phase, "--millions", str(millions)]
+    command += ["--out", str(out), "--duckdb-memory", args.duckdb_memory]
+    subprocess.run(command + (["--no-caps"] if args.no_caps else []), env=env, check=True)
+    return json.loads(out.read_text())
 
-    profiles = write_dbt_profile(settings)
+
+def _compare(args, work: Path, sizes: list[float]) -> int:
+    """Run both engines per size, each in a process of its own; 1 if any result differs."""
     print(
-        f"dbt-spark on {settings.spark_master} vs DuckDB (2 threads); data in {settings.home}; "
-        f"capped metrics: {CAPS if caps else 'none'}; DuckDB memory_limit {duckdb_memory}\n"
+        f"dbt-spark on local[2] vs DuckDB (2 threads, memory_limit {args.duckdb_memory}), each "
+        f"engine in a process of its own; data in {work}; "
+        f"capped metrics: {'none' if args.no_caps else CAPS}\n"
     )
     print(f"{'events':>12} {'dbt-spark s':>12} {'duckdb s':>9} {'ratio':>7}  same result")
     results, all_same, segment_rows = [], True, []
     for millions in sizes:
-        _check_disk(settings, millions)
-        peaks = Peaks(settings.home)
-        with peaks:
-            with peaks.stage("generate"):
-                n = _setup_inputs(spark, settings, int(millions * 1_000_000), caps)
-            with peaks.stage("dbt-spark"):
-                t_spark = _run_dbt(settings, profiles)
-            spark_totals = tuple(
-                spark.sql(f"SELECT {TOTALS} FROM {settings.table('goal_aggregates')}").first()
-            )
-            with peaks.stage("dbt-spark segments"):
-                t_seg = _run_dbt(settings, profiles, SEGMENT_MODELS)
-            seg_totals = tuple(
-                spark.sql(
-                    f"SELECT {TOTALS} FROM {settings.table('goal_segment_aggregates')}"
-                ).first()
-            )
-            with peaks.stage("duckdb"):
-                t_duck, duck_totals, t_duck_seg, duck_seg_totals = _run_duckdb(
-                    settings, caps, duckdb_memory
-                )
+        home = work / f"{millions:g}M"
+        home.mkdir()
+        _check_disk(home, millions)
+        spark = _run_engine(args, "spark", home, millions)
+        duck = _run_engine(args, "duckdb", home, millions)
+        n = spark["events"]
         print(
-            "    peaks (memory: this process and its JVM; disk: growth since the size began): "
-            + "; ".join(f"{name} {peaks.line(name)}" for name in peaks.stages),
+            "    peaks (memory: the engine's process and its children; disk: growth since its "
+            "process began): "
+            + "; ".join(
+                f"{name} {p['rss_gb']:.1f} GB, disk +{p['disk_gb']:.1f} GB"
+                for run in (spark, duck)
+                for name, p in run["peaks"].items()
+            ),
             flush=True,
         )
         same = all(
             math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
-            for a, b in zip(spark_totals, duck_totals, strict=True)
+            for a, b in zip(spark["totals"], duck["totals"], strict=True)
         )
         seg_same = all(
             math.isclose(float(a), float(b), rel_tol=1e-9)
-            for a, b in zip(seg_totals, duck_seg_totals, strict=True)
+            for a, b in zip(spark["segment_totals"], duck["segment_totals"], strict=True)
         )
         all_same &= same and seg_same
+        t_seg, t_duck_seg = spark["segments_s"], duck["segments_s"]
         segment_rows.append(
             f"{n:>12,} {t_seg:>12.1f} {t_duck_seg:>9.1f} {t_seg / t_duck_seg:>6.2f}x  "
-            + ("yes" if seg_same else f"NO: {seg_totals} vs {duck_seg_totals}")
+            + ("yes" if seg_same else f"NO: {spark['segment_totals']} vs {duck['segment_totals']}")
         )
+        t_spark, t_duck = spark["s"], duck["s"]
         results.append((n, t_spark, t_duck))
+        differs = f"NO: {spark['totals']} vs {duck['totals']}"
         print(
             f"{n:>12,} {t_spark:>12.1f} {t_duck:>9.1f} {t_spark / t_duck:>6.2f}x  "
-            f"{'yes' if same else f'NO: {spark_totals} vs {duck_totals}'}",
+            f"{'yes' if same else differs}",
             flush=True,
         )
         print(f"    segments: {segment_rows[-1].strip()}", flush=True)  # kept if a later size dies
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
     print()
     for (n0, s0, d0), (n1, s1, d1) in itertools.pairwise(results):
         print(
