@@ -127,3 +127,50 @@
         {%- endif %}
     )
 {%- endmacro %}
+
+
+{#- For an incremental run of a cumulative mart: the rows its windows need to follow the units
+    that moved after the state's day. These are the daily rows after that day and the state rows
+    (macro unit_goal_rows' columns) of the units they belong to, a unit being the columns `key`
+    (the mart's window partition). The other units' state rows contribute only their first row's
+    increment, which the mart sums without a window (a group-by over the state): the sort that
+    windows need then follows the night's active units, not every unit ever exposed. -#}
+{% macro active_unit_goal_rows(key) -%}
+    {%- set state = ref('fct_unit_goal_state') -%}
+    {%- set through = state_through_date(state) -%}
+    {%- set later -%}
+        select
+            experiment_id,
+            variant_id,
+            unit_type,
+            unit_id,
+            goal,
+            platform,
+            event_date,
+            goal_count,
+            goal_value
+        from {{ ref('fct_unit_goals_daily') }}
+        where event_date > {{ through }}
+    {%- endset %}
+    (
+        {{ later }}
+        union all
+        select
+            s.experiment_id,
+            s.variant_id,
+            s.unit_type,
+            s.unit_id,
+            s.goal,
+            s.platform,
+            s.through_date as event_date,
+            s.goal_count,
+            s.goal_value
+        from {{ state }} as s
+        left semi join ({{ later }}) as a
+            on
+            {%- for column in key %}
+                s.{{ column }} = a.{{ column }}{{ " and" if not loop.last }}
+            {%- endfor %}
+        where s.first_date is not null
+    )
+{%- endmacro %}
