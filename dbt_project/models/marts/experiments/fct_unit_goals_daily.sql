@@ -3,9 +3,7 @@
 -- Incremental: each run recomputes the last `lookback_days` event dates from the deduplicated
 -- staging events and merges them, so late events are counted exactly once and re-running a day
 -- reproduces it. The events it reads are those of the window and of the pre-periods of the
--- experiments open in it (attributable_event_dates: date literals, so only their partitions),
--- and the pre-period events meet only the units exposed in the window (the window's filter on
--- event_date reaches int_goals_attributed's pre-period join on the exposure day).
+-- experiments open in it (attributable_event_dates: date literals, so only their partitions).
 -- depends_on: {{ ref('stg_strata__experiments') }}
 {{
     config(

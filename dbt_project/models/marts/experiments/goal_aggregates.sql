@@ -26,10 +26,7 @@
 -- The table was created without these columns by earlier versions: on_schema_change adds them.
 -- Incremental runs window over each unit's running totals (fct_unit_goal_state, dated on its
 -- day, before every date the run recomputes) and the daily rows after it, not over every daily
--- row since the start: same sums, a night's cost flat in the history. Only the units with daily
--- rows after the state's day are windowed (macro active_unit_goal_rows, the increments of their
--- later rows); every unit's state row is a first row, whose increments (the total, its square,
--- one unique) a group-by sums (state_increments).
+-- row since the start (macro unit_goal_rows): same sums, a night's cost flat in the history.
 -- depends_on: {{ ref('fct_unit_goal_state') }}
 {{
     config(
@@ -42,11 +39,6 @@
         incremental_predicates=window_merge_predicates('as_of_date'),
     )
 }}
-
-{%- set state = ref('fct_unit_goal_state') %}
-{#- the state's day; a full build windows every daily row and has no state rows to add -#}
-{%- set through = state_through_date(state) if is_incremental() else "date '0001-01-01'" %}
-{%- set with_state = 'true' if is_incremental() else 'false' %}
 
 with
 
@@ -71,9 +63,7 @@ cumulative as (
         sum(goal_count) over unit_day as unit_day_count,
         sum(goal_value) over unit_day as unit_day_value,
         row_number() over unit_order as unit_nth_row
-    from
-        {{ active_unit_goal_rows(['unit_id', 'unit_type', 'experiment_id', 'variant_id', 'goal'])
-            if is_incremental() else unit_goal_rows() }}
+    from {{ unit_goal_rows() }}
     window
         platform_history as (
             partition by unit_id, unit_type, experiment_id, variant_id, goal, platform
@@ -127,61 +117,7 @@ increments as (
                 'is_first_row', unit_nth_row = 1
             )
         )) series
-    where event_date > {{ through }}
     group by experiment_id, variant_id, unit_type, goal, series.platform, event_date
-
-),
-
-state_unit_totals as (
-
-    -- each unit's state over all its platforms
-    select
-        experiment_id,
-        variant_id,
-        unit_type,
-        unit_id,
-        goal,
-        sum(goal_count) as goal_count,
-        sum(goal_value) as goal_value
-    from {{ state }}
-    where first_date is not null and {{ with_state }}
-    group by experiment_id, variant_id, unit_type, unit_id, goal
-
-),
-
-state_increments as (
-
-    -- the state rows' increments: each series moves from nothing to the unit's total
-    select
-        experiment_id,
-        variant_id,
-        unit_type,
-        goal,
-        platform,
-        {{ through }} as event_date,
-        sum(goal_count) as d_count,
-        sum(goal_count * goal_count) as d_sqr_count,
-        sum(goal_value) as d_value,
-        sum(goal_value * goal_value) as d_sqr_value,
-        count(*) as d_unique
-    from {{ state }}
-    where first_date is not null and {{ with_state }}
-    group by experiment_id, variant_id, unit_type, goal, platform
-    union all
-    select
-        experiment_id,
-        variant_id,
-        unit_type,
-        goal,
-        '' as platform,
-        {{ through }} as event_date,
-        sum(goal_count) as d_count,
-        sum(goal_count * goal_count) as d_sqr_count,
-        sum(goal_value) as d_value,
-        sum(goal_value * goal_value) as d_sqr_value,
-        count(*) as d_unique
-    from state_unit_totals
-    group by experiment_id, variant_id, unit_type, goal
 
 ),
 
@@ -219,11 +155,6 @@ all_increments as (
         *,
         'unit' as agg_type
     from increments
-    union all
-    select
-        *,
-        'unit' as agg_type
-    from state_increments
     union all
     select
         *,

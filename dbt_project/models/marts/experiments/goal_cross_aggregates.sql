@@ -5,10 +5,7 @@
 -- Windows list unit_id first so Spark's sort prefix separates rows (see goal_aggregates).
 -- Incremental runs window over each unit's running totals (fct_unit_goal_state, dated on its
 -- day, before every date the run recomputes) and the daily rows after it, not over every daily
--- row since the start: same sums, a night's cost flat in the history. Only the units with daily
--- rows after the state's day are windowed (macro active_unit_goal_rows, the changes of their
--- later rows); every unit's state row moves its products from nothing to the product of its
--- totals, which a group-by sums (state_increments).
+-- row since the start (macro unit_goal_rows): same sums, a night's cost flat in the history.
 -- depends_on: {{ ref('fct_unit_goal_state') }}
 {{
     config(
@@ -26,20 +23,6 @@
     {%- do goal_columns.append(g) -%}
     {%- do goal_columns.append('pre_' ~ g) -%}
 {%- endfor %}
-{%- set state = ref('fct_unit_goal_state') %}
-{#- the state's day; a full build windows every daily row and has no state rows to add -#}
-{%- set through = state_through_date(state) if is_incremental() else "date '0001-01-01'" %}
-{%- set with_state = 'true' if is_incremental() else 'false' %}
-{#- a unit's goal counts and values, one column each, from its rows -#}
-{%- set pivot = [] %}
-{%- for g in goal_columns %}
-    {%- for measure in ['count', 'value'] %}
-        {%- do pivot.append(
-            "sum(case when goal = '" ~ g ~ "' then goal_" ~ measure ~ " else 0 end) as "
-            ~ measure ~ "_" ~ g
-        ) %}
-    {%- endfor %}
-{%- endfor %}
 
 with
 
@@ -51,10 +34,12 @@ unit_days as (
         unit_type,
         unit_id,
         event_date,
-        {{ pivot | join(',\n        ') }}
-    from
-        {{ active_unit_goal_rows(['unit_id', 'unit_type', 'experiment_id', 'variant_id'])
-            if is_incremental() else unit_goal_rows() }}
+    {%- for g in goal_columns %}
+        sum(case when goal = '{{ g }}' then goal_count else 0 end) as count_{{ g }},
+        sum(case when goal = '{{ g }}' then goal_value else 0 end) as value_{{ g }}
+        {{- "," if not loop.last }}
+    {%- endfor %}
+    from {{ unit_goal_rows() }}
     group by experiment_id, variant_id, unit_type, unit_id, event_date
 
 ),
@@ -117,37 +102,6 @@ unit_increments as (
 
 ),
 
-state_units as (
-
-    select
-        experiment_id,
-        variant_id,
-        unit_type,
-        unit_id,
-        {{ pivot | join(',\n        ') }}
-    from {{ state }}
-    where first_date is not null and {{ with_state }}
-    group by experiment_id, variant_id, unit_type, unit_id
-
-),
-
-state_increments as (
-
-    -- the state rows' changes: each unit's product moves from nothing to its totals' product
-    select
-        experiment_id,
-        variant_id,
-        {{ ep_unit_type('unit_type') }} as ep_unit_type,
-        {{ through }} as event_date,
-    {%- for fx, gx, fy, gy in pairs %}
-        sum({{ fx }}_{{ gx }} * {{ fy }}_{{ gy }}) as d{{ loop.index }}
-        {{- "," if not loop.last }}
-    {%- endfor %}
-    from state_units
-    group by experiment_id, variant_id, unit_type
-
-),
-
 increments as (
 
     select
@@ -160,10 +114,7 @@ increments as (
         {{- "," if not loop.last }}
     {%- endfor %}
     from unit_increments
-    where event_date > {{ through }}
     group by experiment_id, variant_id, unit_type, event_date
-    union all
-    select * from state_increments
 
 ),
 
