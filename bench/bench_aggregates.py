@@ -215,7 +215,7 @@ def _files(settings, name: str) -> list[str]:
 
 
 DUCKDB_SQL = """
-CREATE OR REPLACE TEMP TABLE events AS
+CREATE OR REPLACE TABLE events AS
 WITH valid AS (
     SELECT * FROM raw
     WHERE event_id IS NOT NULL AND device_id IS NOT NULL AND event_at IS NOT NULL
@@ -223,11 +223,12 @@ WITH valid AS (
       __VALUE_CHECKS__
       AND NOT (event_at > arrived_at + INTERVAL 24 HOUR)
 )
-SELECT * EXCLUDE (rn) FROM (
-    SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY arrived_at, device_id) AS rn
-    FROM valid) WHERE rn = 1;
--- the steps the segment reference reads again are temp tables (dbt's are tables or views)
-CREATE OR REPLACE TEMP TABLE by_unit AS (
+-- each event id's first delivery (by arrival, then device), as a grouped arg_min of the whole
+-- row: an aggregate spills to disk, a window over 100M partitions ran out of memory
+SELECT unnest(arg_min(valid, (arrived_at, device_id))) FROM valid GROUP BY event_id;
+-- the steps the segment reference reads again are tables (dbt's are tables or views): in the
+-- database file, so they leave memory when it runs short
+CREATE OR REPLACE TABLE by_unit AS (
     SELECT event_name, event_at, CAST(event_at AS DATE) AS event_date,
            coalesce(platform, 'unknown') AS platform, value,
            'device_id' AS unit_type, device_id AS unit_id FROM events
@@ -240,7 +241,7 @@ CREATE OR REPLACE TEMP VIEW windows AS (
            CAST(start_date AS TIMESTAMP) AS starts_at,
            CAST(end_date + 1 AS TIMESTAMP) AS ends_at FROM experiments
 );
-CREATE OR REPLACE TEMP TABLE exposed AS (
+CREATE OR REPLACE TABLE exposed AS (
     SELECT a.experiment_id, a.variant_id, a.unit_type, a.unit_id, min(e.event_at) AS exposed_at
     FROM by_unit e
     JOIN assignments a ON e.unit_type = a.unit_type AND e.unit_id = a.unit_id
@@ -248,7 +249,7 @@ CREATE OR REPLACE TEMP TABLE exposed AS (
     WHERE e.event_name = 'session_start' AND e.event_at >= w.starts_at AND e.event_at < w.ends_at
     GROUP BY ALL
 );
-CREATE OR REPLACE TEMP TABLE unit_days AS (
+CREATE OR REPLACE TABLE unit_days AS (
     SELECT x.experiment_id, x.variant_id, x.unit_type, x.unit_id, e.event_name AS goal,
            e.platform, e.event_date, count(*) AS goal_count, coalesce(sum(e.value), 0) AS goal_value
     FROM by_unit e
@@ -265,7 +266,7 @@ CREATE OR REPLACE TEMP TABLE unit_days AS (
     WHERE e.event_at >= w.starts_at - INTERVAL 7 DAY AND e.event_at < w.starts_at
     GROUP BY ALL
 );
-CREATE OR REPLACE TEMP TABLE goal_aggregates AS
+CREATE OR REPLACE TABLE goal_aggregates AS
 WITH dims AS (
     SELECT experiment_id, variant_id, unit_type, unit_id, goal, coalesce(platform, '') AS platform,
            event_date, sum(goal_count) AS goal_count, sum(goal_value) AS goal_value
@@ -336,7 +337,7 @@ FROM agg a LEFT JOIN capped c
 #: analysis date, unpivoted one dimension at a time; capped goals' totals capped at the
 #: experiment's pooled cap of goal_aggregates (one cap per experiment, not per segment).
 DUCKDB_SEGMENT_SQL = """
-CREATE OR REPLACE TEMP TABLE goal_segment_aggregates AS
+CREATE OR REPLACE TABLE goal_segment_aggregates AS
 WITH targets AS (
     SELECT experiment_id,
            least(end_date, (SELECT max(CAST(event_at AS DATE)) FROM events)) AS as_of_date
