@@ -444,7 +444,7 @@ def _run_duckdb(
         ("orgs", "orgs"),
     ):
         files = ", ".join(f"'{f}'" for f in _files(settings, name))
-        con.execute(f"CREATE VIEW {alias} AS SELECT * FROM read_parquet([{files}])")
+        con.execute(f"CREATE OR REPLACE VIEW {alias} AS SELECT * FROM read_parquet([{files}])")
     started = time.perf_counter()
     con.execute(_duckdb_sql(caps))
     elapsed = time.perf_counter() - started

@@ -44,9 +44,12 @@ from resources import Peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("assign", "publish", "dbt", "evaluate", "maintain")
-#: Raw event bytes per user and day on disk (Parquet, measured ~40 B/event, ~0.8 events a day),
-#: times the copies a build makes (staging, marts, snapshots): the disk check's estimate.
-BYTES_PER_USER_DAY = 40 * 0.8 * 12
+#: Peak disk per user and day of history for the disk check: ~0.76 events a user a day, and
+#: ~250 B per event at the peak of a full build (bench_aggregates at 100M events, 2026-12-03:
+#: +24.3 GB, generated data, staged copy, marts and Spark's shuffle files; 320 B at 2.4M events
+#: here, fixed costs included). The phases run one after another, each warehouse deleted after
+#: its run.
+BYTES_PER_USER_DAY = 0.76 * 250
 PRE_PERIOD_DAYS = 7
 
 
@@ -101,59 +104,60 @@ def _phase(args: argparse.Namespace) -> int:
     spark = spark_session(settings, f"bench-night-{args.phase}")
     port = os.environ.get("STRATA_REDIS_PORT", "6390")  # as scripts/redis.sh started it
     redis_pid = int((Path(settings.home) / "redis" / f"redis-{port}.pid").read_text())
-    peaks = Peaks(settings.home, extra_pids=(redis_pid,)).__enter__()
+    peaks = Peaks(settings.home, extra_pids=(redis_pid,))
     start = dt.date.fromisoformat(args.start_date)
     night = start + dt.timedelta(days=args.days)
     night_at = f"TIMESTAMP '{night.isoformat()} 00:00:00'"
     raw = settings.table("raw_events")
     out: dict = {"phase": args.phase, "history_days": args.days, "night": night.isoformat()}
-    try:
-        from spark_jobs.generate_synthetic import write_tables
-        from spark_jobs.ingest_exposure_logs import ensure_tables
-        from strata.synthetic import GeneratorConfig
+    with peaks:
+        try:
+            from spark_jobs.generate_synthetic import write_tables
+            from spark_jobs.ingest_exposure_logs import ensure_tables
+            from strata.synthetic import GeneratorConfig
 
-        days = args.days + 1 if args.phase == "history" else 1
-        t0 = time.perf_counter()
-        with peaks.stage("generate"):
-            write_tables(
-                spark,
-                GeneratorConfig(users=args.users, days=days, start_date=start),
-                settings.table,
-            )
-            ensure_tables(spark, settings.table)
-        stash = Path(args.night_rows)
-        if args.phase == "history":
-            # the night's rows aside (the reference loads them), the history stays
-            spark.table(raw).where(f"arrived_at >= {night_at}").write.mode("overwrite").parquet(
-                str(stash)
-            )
-            spark.sql(f"DELETE FROM {raw} WHERE arrived_at >= {night_at}")
-        else:
-            spark.sql(f"DELETE FROM {raw}")
-        out["history_events"] = spark.table(raw).count()
-        out["generate_s"] = round(time.perf_counter() - t0, 1)
-        profiles = write_dbt_profile(settings)
-        # the night before (untimed), in both warehouses: the history's build, or on the
-        # reference's empty warehouse the same stages over no events, so both processes come to
-        # the night equally warm (JIT, caches) and with the same tables, and the night is the
-        # same incremental run in both: only the history differs
-        from strata_apps.assignment_tasks import assign
+            days = args.days + 1 if args.phase == "history" else 1
+            t0 = time.perf_counter()
+            with peaks.stage("generate"):
+                write_tables(
+                    spark,
+                    GeneratorConfig(users=args.users, days=days, start_date=start),
+                    settings.table,
+                )
+                ensure_tables(spark, settings.table)
+            stash = Path(args.night_rows)
+            if args.phase == "history":
+                # the night's rows aside (the reference loads them), the history stays
+                spark.table(raw).where(f"arrived_at >= {night_at}").write.mode("overwrite").parquet(
+                    str(stash)
+                )
+                spark.sql(f"DELETE FROM {raw} WHERE arrived_at >= {night_at}")
+            else:
+                spark.sql(f"DELETE FROM {raw}")
+            out["history_events"] = spark.table(raw).count()
+            out["generate_s"] = round(time.perf_counter() - t0, 1)
+            profiles = write_dbt_profile(settings)
+            # the night before (untimed), in both warehouses: the history's build, or on the
+            # reference's empty warehouse the same stages over no events, so both processes come to
+            # the night equally warm (JIT, caches) and with the same tables, and the night is the
+            # same incremental run in both: only the history differs
+            from strata_apps.assignment_tasks import assign
 
-        t0 = time.perf_counter()
-        with peaks.stage("history build"):
-            assign(args.definitions, (night - dt.timedelta(days=1)).isoformat())
-            _dbt(settings, profiles, night - dt.timedelta(days=1))
-        out["history_build_s"] = round(time.perf_counter() - t0, 1)
-        print(f"[{args.phase}] the night before built in {out['history_build_s']} s", flush=True)
-        # the night's rows land (not timed: the landing is the events pipeline's, not the night's)
-        spark.read.parquet(str(stash)).writeTo(raw).append()
-        out["night_events"] = spark.table(raw).count() - out["history_events"]
-        out["raw_events_total"] = out["history_events"] + out["night_events"]
-        out["stages"] = _night(spark, settings, profiles, args.definitions, night, peaks)
-        out["peaks"] = peaks.stages
-    finally:
-        peaks.__exit__(None, None, None)
-        spark.stop()
+            t0 = time.perf_counter()
+            with peaks.stage("history build"):
+                assign(args.definitions, (night - dt.timedelta(days=1)).isoformat())
+                _dbt(settings, profiles, night - dt.timedelta(days=1))
+            out["history_build_s"] = round(time.perf_counter() - t0, 1)
+            built = out["history_build_s"]
+            print(f"[{args.phase}] the night before built in {built} s", flush=True)
+            # the night's rows land (not timed: the landing is the events pipeline's)
+            spark.read.parquet(str(stash)).writeTo(raw).append()
+            out["night_events"] = spark.table(raw).count() - out["history_events"]
+            out["raw_events_total"] = out["history_events"] + out["night_events"]
+            out["stages"] = _night(spark, settings, profiles, args.definitions, night, peaks)
+            out["peaks"] = peaks.stages
+        finally:
+            spark.stop()
     Path(args.out).write_text(json.dumps(out))
     return 0
 
@@ -314,7 +318,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="strata-bench-night-"))
     longest = max(args.days, args.compare_days)
-    need = args.users * (longest + 1) * BYTES_PER_USER_DAY * 2
+    need = args.users * (longest + 1) * BYTES_PER_USER_DAY
     free = shutil.disk_usage(work).free
     if free < need:
         raise SystemExit(
