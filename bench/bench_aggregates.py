@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resources import Peaks
+from resources import BUILD_BYTES_PER_EVENT, Peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_PER_USER = 10.6  # what the generator yields over 14 days (measured: 1.06M for 100k users)
@@ -191,14 +191,9 @@ def _duckdb_sql(caps: bool = True) -> str:
     )
 
 
-#: Disk per raw event for the check before generating: Parquet raw events (~40 B/event), the
-#: staged copy, the marts, Spark's shuffle files and DuckDB's spill (measured at 10M events:
-#: see the peaks line each size prints), with room to spare.
-BYTES_PER_EVENT = 400
-
-
 def _check_disk(folder: Path, millions: float) -> None:
-    need = millions * 1e6 * BYTES_PER_EVENT
+    # the build's peak, and as much again for DuckDB's database file and spill beside it
+    need = millions * 1e6 * BUILD_BYTES_PER_EVENT * 2
     free = shutil.disk_usage(folder).free
     if free < need:
         raise SystemExit(

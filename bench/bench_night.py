@@ -40,16 +40,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from resources import Peaks
+from resources import BUILD_BYTES_PER_EVENT, Peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("assign", "publish", "dbt", "evaluate", "maintain")
-#: Peak disk per user and day of history for the disk check: ~0.76 events a user a day, and
-#: ~250 B per event at the peak of a full build (bench_aggregates at 100M events, 2026-12-03:
-#: +24.3 GB, generated data, staged copy, marts and Spark's shuffle files; 320 B at 2.4M events
-#: here, fixed costs included). The phases run one after another, each warehouse deleted after
-#: its run.
-BYTES_PER_USER_DAY = 0.76 * 250
+#: Peak disk per user and day of history for the disk check: ~0.76 events a user a day at a
+#: full build's peak per event (320 B at 2.4M events here, fixed costs included). The phases run
+#: one after another, each warehouse deleted after its run.
+BYTES_PER_USER_DAY = 0.76 * BUILD_BYTES_PER_EVENT
 PRE_PERIOD_DAYS = 7
 
 

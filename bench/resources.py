@@ -24,6 +24,10 @@ from pathlib import Path
 import psutil
 
 GB = 1e9
+#: Peak disk growth of a full build per raw event (bench_aggregates, 102M events, 2026-12-03:
+#: +24.3 GB for generated data, the staged copy, the marts and Spark's shuffle files): the
+#: benchmarks' disk checks before they generate.
+BUILD_BYTES_PER_EVENT = 250
 
 
 class Peaks:
